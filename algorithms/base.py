@@ -1,0 +1,75 @@
+"""The socket algorithms plug into.
+
+An algorithm declares what it needs from the shared loop and supplies its loss; the harness
+(``benchmarks/trainer.py``) owns the models, the optimizer, the loop, evaluation, logging and
+outputs.
+
+Declarations (class attributes):
+- ``data``: ``"online"`` (rollouts from the current policy, ``responses_per_prompt`` per prompt),
+  ``"offline"`` (batches of the shared preference pairs) or ``"none"`` (nothing to train).
+- ``uses_value_model``: the harness builds a value model (initialised from the reward model) and
+  optimises it together with the policy.
+
+Per step the harness calls ``prepare(data)`` once (no gradients: old log-probs, advantages,
+cached reference log-probs...), then ``loss(minibatch)`` for each of ``cfg.epochs`` x
+``cfg.minibatches`` minibatches, then ``after_update(metrics)``. Tensors share one vocabulary:
+``logprobs``, ``old_logprobs``, ``ref_logprobs``, ``advantages``, ``response_mask``, ``rewards``, ``kl``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from benchmarks.config import AlgorithmConfig
+from benchmarks.evaluation import EvalPolicy, LMPolicy
+from benchmarks.models import SequenceBatch
+
+Tensors = dict[str, torch.Tensor]
+
+
+class Algorithm:
+    name: ClassVar[str]
+    config_class: ClassVar[type] = AlgorithmConfig
+    data: ClassVar[str] = "online"
+    uses_value_model: ClassVar[bool] = False
+
+    def __init__(self, cfg: Any, ctx: Any) -> None:
+        self.cfg, self.ctx = cfg, ctx
+
+    @property
+    def responses_per_prompt(self) -> int:
+        return int(getattr(self.cfg, "responses_per_prompt", 1))
+
+    @property
+    def group_size(self) -> int:
+        """Rows that must stay in the same minibatch (the responses of one prompt, a pair)."""
+        return self.responses_per_prompt if self.data == "online" else 2
+
+    def setup(self) -> None:
+        """Called once after the models exist (e.g. to cache reference log-probs)."""
+
+    def prepare(self, data: Any) -> Tensors:
+        raise NotImplementedError
+
+    def loss(self, mb: Tensors) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def after_update(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Hook after each step's updates (adaptive KL controllers...). Returns extra metrics."""
+        return {}
+
+    def eval_policy(self) -> EvalPolicy:
+        return LMPolicy(self.ctx.policy)
+
+    # helpers ---------------------------------------------------------------------------------
+    @staticmethod
+    def batch_tensors(batch: SequenceBatch) -> Tensors:
+        return {"query": batch.query, "query_mask": batch.query_mask, "response": batch.response,
+                "response_mask": batch.response_mask}
+
+    @staticmethod
+    def sequence_batch(mb: Tensors, prefix: str = "") -> SequenceBatch:
+        return SequenceBatch(mb[prefix + "query"], mb[prefix + "query_mask"], mb[prefix + "response"],
+                             mb[prefix + "response_mask"])

@@ -1,0 +1,83 @@
+"""Baselines with no training: ``sft`` (the origin of every frontier) and ``best_of_n``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks.config import AlgorithmConfig, check
+from benchmarks.evaluation import LMPolicy
+from benchmarks.models import SequenceBatch, score_batch
+
+from .base import Algorithm
+from .registry import register_algorithm
+
+
+@dataclass
+class SFTConfig(AlgorithmConfig):
+    name: str = "sft"
+
+
+@register_algorithm("sft", config=SFTConfig)
+class SFT(Algorithm):
+    """The shared SFT base itself, evaluated once: KL 0, the reward every method starts from."""
+
+    data = "none"
+
+
+@dataclass
+class BestOfNConfig(AlgorithmConfig):
+    name: str = "best_of_n"
+    n: int = 4  # samples from the SFT base per prompt; the one with the highest reward is returned
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.n >= 1, "n", ">= 1", self.n)
+
+
+class BestOfNPolicy:
+    """Best-of-n sampling from the reference policy, judged by the reward being optimised
+    (the proxy reward model, or the gold reward with ``reward_model=gold``).
+
+    KL: exact on enumerable tasks, where the law of the best of n draws is
+    ``P(y_(k)) = F_k^n - F_{k-1}^n`` over responses sorted by reward (F: the reference CDF).
+    Elsewhere the analytic value ``log n - (n-1)/n`` is reported (exact when rewards do not tie).
+    """
+
+    def __init__(self, ref_model, n: int, reward_kind: str):
+        self.ref, self.n, self.reward_kind = ref_model, n, reward_kind
+
+    def _reward(self, engine, batch: SequenceBatch) -> torch.Tensor:
+        proxy, gold = engine.score(batch)
+        return gold if self.reward_kind == "gold" else proxy
+
+    def sample(self, engine, prompts, generator):
+        repeated = [p for p in prompts for _ in range(self.n)]
+        batch = engine.sample(self.ref, repeated, generator)
+        best = self._reward(engine, batch).view(len(prompts), self.n).argmax(1)  # (P,)
+        rows = torch.arange(len(prompts), device=best.device) * self.n + best
+        return batch.select(rows)
+
+    def enumerated_logprobs(self, engine, table):
+        ref_p = table.ref_logp.exp()  # (P, N)
+        r = table.gold if self.reward_kind == "gold" else table.proxy
+        order = torch.argsort(r, dim=1)  # ascending reward
+        cdf = ref_p.gather(1, order).cumsum(1).clamp(max=1.0)  # F_k
+        prev = torch.cat([torch.zeros_like(cdf[:, :1]), cdf[:, :-1]], 1)  # F_{k-1}
+        p_sorted = cdf.pow(self.n) - prev.pow(self.n)
+        p = torch.zeros_like(p_sorted).scatter(1, order, p_sorted)
+        return p.clamp(min=1e-30).log()
+
+    def sequence_kl(self, engine, batch):
+        n = self.n
+        kl = torch.full((len(batch),), torch.log(torch.tensor(float(n))).item() - (n - 1) / n)
+        return kl, kl.clone()
+
+
+@register_algorithm("best_of_n", config=BestOfNConfig)
+class BestOfN(Algorithm):
+    data = "none"
+
+    def eval_policy(self):
+        return BestOfNPolicy(self.ctx.ref_model, self.cfg.n, self.ctx.reward_kind)

@@ -1,0 +1,86 @@
+"""Algorithm registry.
+
+Built-in algorithms register with the :func:`register_algorithm` decorator when their module is
+imported. Third-party packages add algorithms through the entry-point group
+``rlhf_bench.algorithms``; each entry point names a module (or object) whose import registers
+the algorithm::
+
+    [project.entry-points."rlhf_bench.algorithms"]
+    my_algo = "my_package.my_algo"
+
+The registry also stores each algorithm's config dataclass in Hydra's ConfigStore as
+``algorithm/<name>_schema``, which the YAML under ``conf/algorithm/`` extends.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Callable, TypeVar
+
+from hydra.core.config_store import ConfigStore
+
+log = logging.getLogger(__name__)
+ENTRY_POINT_GROUP = "rlhf_bench.algorithms"
+BUILTIN_MODULES = ("algorithms.baselines", "algorithms.ppo", "algorithms.dpo", "algorithms.online_dpo", "algorithms.p3o")
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    name: str
+    cls: type
+    config_class: type
+
+
+_REGISTRY: dict[str, AlgorithmSpec] = {}
+_loaded = False
+T = TypeVar("T", bound=type)
+
+
+def register_algorithm(name: str, config: type | None = None) -> Callable[[T], T]:
+    """Class decorator: ``@register_algorithm("ppo", config=PPOConfig)``."""
+
+    def deco(cls: T) -> T:
+        cfg_cls = config or getattr(cls, "config_class")
+        if name in _REGISTRY and _REGISTRY[name].cls is not cls:
+            log.warning("algorithm '%s' re-registered by %s (was %s)", name, cls, _REGISTRY[name].cls)
+        cls.name = name
+        cls.config_class = cfg_cls
+        _REGISTRY[name] = AlgorithmSpec(name, cls, cfg_cls)
+        ConfigStore.instance().store(group="algorithm", name=f"{name}_schema", node=cfg_cls)
+        return cls
+
+    return deco
+
+
+def load_algorithms() -> None:
+    """Import the built-in algorithms and every entry point of ``rlhf_bench.algorithms``."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in BUILTIN_MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            if e.name != mod:  # a real import error inside the module
+                raise
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # a broken third-party plugin must not take the suite down
+            log.error("could not load algorithm plugin '%s' (%s): %s", ep.name, ep.value, e)
+
+
+def available_algorithms() -> list[str]:
+    load_algorithms()
+    return sorted(_REGISTRY)
+
+
+def get_algorithm(name: str) -> AlgorithmSpec:
+    load_algorithms()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown algorithm '{name}'; known algorithms: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]

@@ -1,0 +1,320 @@
+"""Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/<group>/`` extend these schemas (``defaults: [<name>_schema]``), so a
+misspelt key or a wrong type fails when Hydra composes the config. Values are checked by
+:func:`validate`, which runs before any compute and raises :class:`ConfigError` naming the field
+and what it accepts.
+
+Groups: ``task`` (the experiment: world, shared-stage settings, rollout settings, budget),
+``model`` (architecture presets), ``reward_model`` (which reward the algorithms optimise, and how
+the proxy is trained), ``algorithm`` (one per plugin, see ``algorithms/``), ``logger``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range. The message names the field and the allowed values."""
+
+
+# --------------------------------------------------------------------------------------- checks
+def check(cond: bool, name: str, allowed: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
+def positive(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        check(v is not None and v > 0, n, "> 0", v)
+
+
+def non_negative(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        check(v is not None and v >= 0, n, ">= 0", v)
+
+
+def one_of(obj: Any, name: str, options: tuple[str, ...]) -> None:
+    v = getattr(obj, name)
+    check(v in options, name, f"one of {list(options)}", v)
+
+
+def in_unit_interval(obj: Any, *names: str, closed: bool = True) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        ok = 0.0 <= v <= 1.0 if closed else 0.0 < v < 1.0
+        check(ok, n, "in [0, 1]" if closed else "in (0, 1)", v)
+
+
+# ----------------------------------------------------------------------------------- schemas
+@dataclass
+class SFTConfig:
+    """Supervised fine-tuning of the shared base on the task's demonstrations."""
+
+    epochs: int = 3  # passes over the demonstrations
+    lr: float = 3e-3  # AdamW learning rate
+    batch_size: int = 64  # demonstrations per step
+    heldout_fraction: float = 0.1  # demonstrations kept aside to report held-out loss
+
+    def __post_init__(self) -> None:
+        positive(self, "epochs", "lr", "batch_size")
+        in_unit_interval(self, "heldout_fraction", closed=False)
+
+
+@dataclass
+class PreferenceConfig:
+    """Preference data: K SFT samples per prompt ranked by the gold reward with Plackett-Luce noise."""
+
+    k: int = 4  # responses per prompt (K); every list expands to C(K,2) pairs
+    n_prompts: int = 1000  # training prompts that get a ranked list
+    label_temperature: float = 1.0  # Plackett-Luce temperature on the gold reward: 0 = noiseless ranking
+    sample_temperature: float = 1.0  # SFT sampling temperature for the K responses
+    heldout_fraction: float = 0.1  # lists kept aside to report the reward model's held-out accuracy
+
+    def __post_init__(self) -> None:
+        check(self.k >= 2, "k", ">= 2 (a ranking needs at least two responses)", self.k)
+        positive(self, "n_prompts", "sample_temperature")
+        non_negative(self, "label_temperature")
+        in_unit_interval(self, "heldout_fraction", closed=False)
+
+
+@dataclass
+class TaskConfig:
+    """An experiment protocol: the synthetic world, its shared stages and the settings every
+    algorithm is run with (same rollouts, same budget, same evaluation)."""
+
+    name: str = MISSING
+    seed: int = 0  # seed of the world (vocabulary, gold reward, data) and of the shared stages
+    n_eval_prompts: int = 200  # held-out evaluation prompts
+    max_new_tokens: int = 32  # response length limit (EOS included)
+    temperature: float = 1.0  # sampling temperature for rollouts and evaluation (log-probs use it too)
+    steps: int = 200  # training iterations (one rollout batch, or one preference batch, each)
+    prompts_per_step: int = 64  # prompts per iteration (online algorithms sample n responses for each)
+    eval_every: int = 50  # evaluate every this many iterations (and at the end)
+    eval_seed: int = 1234  # fixed sampling seed of evaluation, identical for every run
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
+
+    def __post_init__(self) -> None:
+        positive(self, "n_eval_prompts", "max_new_tokens", "temperature", "steps", "prompts_per_step", "eval_every")
+
+
+@dataclass
+class BanditTaskConfig(TaskConfig):
+    """Enumerable task: every response is ``response_len`` actions then EOS."""
+
+    name: str = "bandit"
+    n_contexts: int = 4  # prompt classes the gold reward and the behaviour policy depend on
+    n_noise_tokens: int = 12  # irrelevant tokens that make prompts distinct
+    prompt_noise_len: int = 2  # noise tokens per prompt
+    n_actions: int = 4  # action alphabet size A
+    response_len: int = 4  # L: A**L responses per prompt
+    interaction_scale: float = 0.5  # weight of pairwise (adjacent) action interactions in the gold reward
+    behaviour_sharpness: float = 1.5  # scale of the behaviour policy's logits (SFT demonstrations)
+    n_sft_demos: int = 4000
+    max_new_tokens: int = 5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "n_contexts", "n_noise_tokens", "prompt_noise_len", "n_sft_demos", "behaviour_sharpness")
+        check(self.n_actions >= 2, "n_actions", ">= 2", self.n_actions)
+        check(1 <= self.response_len <= 8, "response_len", "in [1, 8]", self.response_len)
+        check(self.n_actions**self.response_len <= 4096, "n_actions**response_len",
+              "<= 4096 (the response space is enumerated)", self.n_actions**self.response_len)
+        non_negative(self, "interaction_scale")
+        n_prompts = self.n_contexts * self.n_noise_tokens**self.prompt_noise_len
+        check(n_prompts > self.n_eval_prompts, "n_contexts * n_noise_tokens**prompt_noise_len",
+              f"> n_eval_prompts ({self.n_eval_prompts}) so that training prompts remain", n_prompts)
+        check(self.max_new_tokens == self.response_len + 1, "max_new_tokens", f"response_len + 1 = {self.response_len + 1}",
+              self.max_new_tokens)
+
+
+@dataclass
+class SentimentTaskConfig(TaskConfig):
+    """Controlled sentiment in miniature: a bigram language, prompts are review prefixes."""
+
+    name: str = "sentiment"
+    n_words: int = 100  # vocabulary of the bigram language (specials excluded)
+    n_reviews: int = 6000  # pretraining corpus (also the source of prompts and demonstrations)
+    min_prefix: int = 2  # prompt prefix length range, in words
+    max_prefix: int = 8
+    min_review_len: int = 12
+    max_review_len: int = 40
+    mood_strength: float = 2.0  # how strongly a review's hidden mood tilts word choice
+    classifier_sharpness: float = 4.0  # slope of the gold sentiment classifier
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.n_words >= 10, "n_words", ">= 10", self.n_words)
+        positive(self, "n_reviews", "min_prefix", "min_review_len", "classifier_sharpness")
+        non_negative(self, "mood_strength")
+        check(self.min_prefix <= self.max_prefix, "max_prefix", f">= min_prefix ({self.min_prefix})", self.max_prefix)
+        check(self.max_prefix < self.min_review_len, "min_review_len", f"> max_prefix ({self.max_prefix})",
+              self.min_review_len)
+        check(self.min_review_len <= self.max_review_len, "max_review_len", f">= min_review_len", self.max_review_len)
+
+
+@dataclass
+class ModelConfig:
+    """Transformer used for the policy, the reference, the reward and the value model.
+
+    With ``pretrained`` set, weights and architecture are loaded with ``from_pretrained`` (a local
+    path or a hub name); otherwise a fresh model of ``architecture`` is built from the sizes below.
+    """
+
+    name: str = "tiny"
+    architecture: str = "gpt2"
+    pretrained: Optional[str] = None
+    n_layer: int = 2
+    n_embd: int = 64
+    n_head: int = 2
+    n_positions: int = 128
+    dropout: float = 0.0  # used while training the shared stages; always switched off for RL
+
+    def __post_init__(self) -> None:
+        one_of(self, "architecture", ("gpt2",))
+        positive(self, "n_layer", "n_embd", "n_head", "n_positions")
+        check(self.n_embd % self.n_head == 0, "n_embd", f"a multiple of n_head ({self.n_head})", self.n_embd)
+        check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+
+
+@dataclass
+class RewardModelConfig:
+    """Which reward the algorithms optimise, and how the shared proxy reward model is trained.
+
+    ``learned``: the proxy reward model trained on the preference data (the realistic setting).
+    ``gold``: the task's ground-truth reward, an oracle that removes proxy error. The proxy is
+    trained either way, because PPO's value model starts from it and evaluation reports it.
+    """
+
+    kind: str = "learned"
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 32  # prompts per step; each brings its K responses and C(K,2) comparisons
+
+    def __post_init__(self) -> None:
+        one_of(self, "kind", ("learned", "gold"))
+        positive(self, "epochs", "lr", "batch_size")
+
+
+@dataclass
+class AlgorithmConfig:
+    """Fields every algorithm has. Each plugin extends this with its own documented knobs."""
+
+    name: str = MISSING  # registered algorithm name (algorithms/registry.py)
+    label: str = ""  # name shown in reports and run directories (defaults to the config's file name)
+    beta: float = 0.1  # KL coefficient: the objective is E[r] - beta * KL(pi || pi_ref)
+    lr: float = 1e-3  # AdamW learning rate of the policy
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
+    epochs: int = 1  # optimisation passes over each batch
+    minibatches: int = 1  # minibatches per pass
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = self.name
+        positive(self, "beta", "lr", "epochs", "minibatches")
+        non_negative(self, "weight_decay", "max_grad_norm")
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go besides eval.jsonl. ``wandb`` logs offline unless ``mode=online``."""
+
+    name: str = "none"
+    project: str = "rlhf-bench"
+    mode: str = "offline"
+    entity: Optional[str] = None
+    group: Optional[str] = None  # defaults to the sweep directory name
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        one_of(self, "name", ("none", "wandb"))
+        one_of(self, "mode", ("offline", "online", "disabled"))
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = MISSING
+    model: ModelConfig = MISSING
+    reward_model: RewardModelConfig = MISSING
+    algorithm: AlgorithmConfig = MISSING
+    logger: LoggerConfig = MISSING
+    seed: int = 0  # the run's seed: reaches every random source of the algorithm's training
+    device: str = "cpu"  # cpu | cuda | auto
+    threads: int = 0  # torch CPU threads (0: leave torch's default)
+    cache_dir: str = "${oc.env:RLHF_BENCH_CACHE,.rlhf-bench-cache}"  # shared SFT/RM/preference cache
+    progress: bool = True  # progress bars
+    # Free-form description of the benchmark this run belongs to (filled by conf/benchmark/*).
+    benchmark: Optional[Any] = None
+
+
+TASK_SCHEMAS = {"bandit": BanditTaskConfig, "sentiment": SentimentTaskConfig}
+
+
+def register_configs() -> None:
+    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
+    for name, schema in TASK_SCHEMAS.items():
+        cs.store(group="task", name=f"{name}_schema", node=schema)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="reward_model", name="reward_model_schema", node=RewardModelConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    # Algorithm schemas are stored by the registry (algorithms/registry.py) as "<name>_schema".
+
+
+# -------------------------------------------------------------------------------- validation
+def _instantiate(group: str, node: DictConfig) -> Any:
+    try:
+        return OmegaConf.to_object(node)
+    except ConfigError as e:
+        raise ConfigError(f"{group}.{e}") from None
+    except Exception as e:  # OmegaConf validation errors
+        raise ConfigError(f"{group}: {e}") from None
+
+
+def validate(cfg: DictConfig) -> dict[str, Any]:
+    """Check every value of a composed config before any compute.
+
+    Returns the groups as dataclass instances. Raises :class:`ConfigError` with the dotted field
+    name (``algorithm.beta must be > 0, got -1.0``).
+    """
+    from algorithms.registry import get_algorithm
+
+    out: dict[str, Any] = {}
+    for group in ("task", "model", "reward_model", "logger"):
+        if group not in cfg or cfg[group] is None:
+            raise ConfigError(f"config group '{group}' is missing")
+        out[group] = _instantiate(group, cfg[group])
+    if "algorithm" not in cfg or cfg.algorithm is None:
+        raise ConfigError("config group 'algorithm' is missing")
+    spec = get_algorithm(cfg.algorithm.name)  # unknown names fail here with the known list
+    algo = _instantiate("algorithm", cfg.algorithm)
+    if not isinstance(algo, spec.config_class):
+        algo = spec.config_class(**{f.name: getattr(algo, f.name) for f in fields(algo) if hasattr(algo, f.name)})
+    out["algorithm"] = algo
+    check(cfg.device in ("cpu", "cuda", "auto") or str(cfg.device).startswith("cuda:"), "device",
+          "one of ['cpu', 'cuda', 'cuda:N', 'auto']", cfg.device)
+    check(cfg.threads >= 0, "threads", ">= 0", cfg.threads)
+    if hasattr(algo, "check_task"):
+        algo.check_task(out["task"])
+    return out
+
+
+def as_dict(obj: Any) -> Any:
+    if isinstance(obj, DictConfig):
+        return OmegaConf.to_container(obj, resolve=True)
+    if is_dataclass(obj):
+        return {f.name: as_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [as_dict(v) for v in obj]
+    return obj

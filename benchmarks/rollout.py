@@ -1,0 +1,114 @@
+"""Rollouts: batched sampling with a KV cache, shared by every online algorithm and by evaluation.
+
+Prompts are left-padded, position ids follow the attention mask, logits are divided by the
+sampling temperature and the task's logit mask is applied before sampling: the same recipe
+``models.token_logprobs`` uses, so the recorded ``logprobs`` are those of the distribution that
+generated the tokens. Generation stops at ``<eos>``; later positions are padding (mask 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked
+
+
+@torch.no_grad()
+def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
+                     temperature: float = 1.0, logit_mask: Optional[torch.Tensor] = None,
+                     generator: Optional[torch.Generator] = None) -> SequenceBatch:
+    """Sample one response per prompt (repeat prompts for several). Returns a :class:`SequenceBatch`."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    query, qmask = pad_left(prompts, pad_id, device)  # (B, Tq)
+    B = query.shape[0]
+    pos = position_ids(qmask)
+    out = model(input_ids=query, attention_mask=qmask, position_ids=pos, use_cache=True)
+    past, next_pos = out.past_key_values, pos[:, -1] + 1
+    logits = out.logits[:, -1].float()  # (B, V)
+    attn = qmask
+    tokens, done = [], torch.zeros(B, dtype=torch.bool, device=device)
+    resp_mask = []
+    for t in range(max_new_tokens):
+        logits = logits / temperature
+        if logit_mask is not None:
+            logits = logits.masked_fill(~logit_mask[t].to(device), NEG)
+        probs = torch.softmax(logits, dim=-1)
+        if generator is not None and generator.device != probs.device:
+            tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
+        else:
+            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        resp_mask.append((~done).long())
+        tokens.append(tok)
+        done = done | (tok == eos_id)
+        if bool(done.all()) or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
+        out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
+                    past_key_values=past, use_cache=True)
+        past, next_pos = out.past_key_values, next_pos + 1
+        logits = out.logits[:, -1].float()
+    model.train(was_training)
+    response = torch.stack(tokens, 1)  # (B, Tr)
+    rmask = torch.stack(resp_mask, 1)  # (B, Tr)
+    return SequenceBatch(query, qmask, response, rmask)
+
+
+@dataclass
+class Rollout:
+    """One batch of online experience. ``n`` consecutive rows share a prompt (a group)."""
+
+    batch: SequenceBatch
+    group_size: int
+    logprobs: torch.Tensor  # (B, Tr) log pi_old(y_t | x, y_<t), from logits / temperature
+    ref_logprobs: torch.Tensor  # (B, Tr) log pi_ref(y_t | x, y_<t), same temperature and mask
+    rewards: torch.Tensor  # (B,) the reward being optimised (proxy RM, or gold when reward_model=gold)
+    rewards_proxy: torch.Tensor  # (B,)
+    rewards_gold: torch.Tensor  # (B,)
+    eos: torch.Tensor  # (B,) bool: the response ended with EOS
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        return self.batch.response_mask
+
+
+class RolloutEngine:
+    """Samples responses from the current policy and scores them. The harness owns one."""
+
+    def __init__(self, task, ref_model, reward_model, *, reward_kind: str, temperature: float, device):
+        self.task, self.ref_model, self.reward_model = task, ref_model, reward_model
+        self.reward_kind, self.temperature, self.device = reward_kind, temperature, device
+        self.logit_mask = task.logit_mask(task.max_new_tokens).to(device)
+
+    def sample(self, model, prompts, generator=None, temperature=None) -> SequenceBatch:
+        return sample_responses(model, prompts, eos_id=self.task.eos_id, pad_id=self.task.pad_id,
+                                max_new_tokens=self.task.max_new_tokens,
+                                temperature=self.temperature if temperature is None else temperature,
+                                logit_mask=self.logit_mask, generator=generator)
+
+    def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
+        return token_logprobs_chunked(model, batch, self.temperature, self.logit_mask)
+
+    @torch.no_grad()
+    def score(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(proxy, gold) rewards (B,) of a batch."""
+        proxy = score_batch(self.reward_model, batch)
+        gold = self.task.gold_reward(batch.prompts(), batch.responses()).to(proxy.device)
+        return proxy, gold
+
+    @torch.no_grad()
+    def rollout(self, policy, prompts: Sequence[Sequence[int]], n: int, generator=None) -> Rollout:
+        repeated = [list(p) for p in prompts for _ in range(n)]
+        batch = self.sample(policy, repeated, generator)
+        proxy, gold = self.score(batch)
+        eos = (batch.response == self.task.eos_id).any(dim=1)
+        return Rollout(batch=batch, group_size=n, logprobs=self.logprobs(policy, batch),
+                       ref_logprobs=self.logprobs(self.ref_model, batch),
+                       rewards=gold if self.reward_kind == "gold" else proxy, rewards_proxy=proxy,
+                       rewards_gold=gold, eos=eos)

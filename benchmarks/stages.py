@@ -1,0 +1,305 @@
+"""Shared stages, trained once and reused by every run (InstructGPT's recipe).
+
+1. **SFT base**: next-token cross-entropy on the response tokens of the task's demonstrations.
+2. **Preference data**: K responses per training prompt sampled from the SFT base, ranked by the
+   gold reward with Plackett-Luce noise (``label_temperature``), as a ``datasets.Dataset`` with
+   columns ``prompt, responses, ranking`` (plus ``gold``), expandable to C(K,2) pairs.
+3. **Reward model**: the SFT transformer with a scalar head read at the last real token, trained
+   with the K-wise loss (InstructGPT eq. 1) with every comparison of a prompt in one batch, then
+   centred so that its mean over the preference data is zero.
+
+Each stage is cached under ``<cache_dir>/<task>/<stage>-<hash>`` where the hash covers every
+setting that determines it (and the hashes of the stages it depends on). Directories are written
+atomically and guarded by a file lock, so parallel sweep jobs never train twice and never read a
+half-written stage.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from filelock import FileLock
+from tqdm.auto import tqdm
+
+from .config import as_dict
+from .models import (SequenceBatch, build_policy, build_reward_model, freeze, masked_mean, reward_scores, score_batch,
+                     token_logprobs)
+from .rollout import sample_responses
+from .utils import atomic_directory, config_hash, derive_seed, make_generator
+
+log = logging.getLogger(__name__)
+STAGE_VERSION = 2  # bump when a stage's code changes what it produces
+
+
+# -------------------------------------------------------------------------------------- losses
+def ranking_loss(rewards: torch.Tensor, ranking: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """InstructGPT K-wise reward-model loss (Ouyang et al. 2022, eq. 1).
+
+    ``loss = -1/C(K,2) * sum_{i<j} log sigmoid(r(x, y_(i)) - r(x, y_(j)))``, averaged over prompts,
+    where ``y_(1) > y_(2) > ...`` is the ranking. For K = 2 this is ``-log sigmoid(r_c - r_r)``.
+
+    Args:
+        rewards: (B, K) scalar rewards of the K responses of each prompt.
+        ranking: (B, K) response indices, best first.
+    """
+    ordered = rewards.gather(1, ranking)  # (B, K) best first
+    diff = ordered.unsqueeze(2) - ordered.unsqueeze(1)  # (B, K, K): r_(i) - r_(j)
+    K = rewards.shape[1]
+    upper = torch.ones(K, K, dtype=torch.bool, device=rewards.device).triu(1)
+    pair_diff = diff[:, upper]  # (B, C(K,2)): every (winner, loser) pair
+    loss = -F.logsigmoid(pair_diff).mean(dim=1).mean()  # 1/C(K,2) per prompt, then mean over prompts
+    return loss, {"loss/reward_model": loss.detach(), "rm/accuracy": (pair_diff > 0).float().mean().detach(),
+                  "rm/margin": pair_diff.mean().detach()}
+
+
+def expand_pairs(ds: datasets.Dataset) -> datasets.Dataset:
+    """Expand ranked lists into their C(K,2) ``prompt, chosen, rejected`` pairs."""
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    for ex in ds:
+        order = ex["ranking"]
+        for i in range(len(order)):
+            for j in range(i + 1, len(order)):
+                rows["prompt"].append(ex["prompt"])
+                rows["chosen"].append(ex["responses"][order[i]])
+                rows["rejected"].append(ex["responses"][order[j]])
+    return datasets.Dataset.from_dict(rows)
+
+
+def plackett_luce_ranking(scores: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
+    """Sample rankings (B, K) from a Plackett-Luce model with utilities ``scores / temperature``
+    (Gumbel-max trick); temperature 0 gives the noiseless order."""
+    if temperature == 0:
+        return torch.argsort(scores, dim=1, descending=True)
+    u = torch.rand(scores.shape, generator=generator).clamp(1e-12, 1 - 1e-12)
+    gumbel = -torch.log(-torch.log(u))
+    return torch.argsort(scores / temperature + gumbel, dim=1, descending=True)
+
+
+# -------------------------------------------------------------------------------------- stages
+@dataclass
+class SharedArtifacts:
+    sft_dir: Path
+    preferences_dir: Path
+    reward_model_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    reused: dict[str, bool] = field(default_factory=dict)
+
+    def preferences(self, split: str = "train") -> datasets.Dataset:
+        return datasets.load_from_disk(str(self.preferences_dir / split))
+
+
+class SharedStages:
+    """Builds (or reuses) the SFT base, the preference data and the reward model of a run."""
+
+    def __init__(self, task, task_cfg, model_cfg, rm_cfg, cache_dir: str | Path, device: torch.device,
+                 progress: bool = True):
+        self.task, self.task_cfg, self.model_cfg, self.rm_cfg = task, task_cfg, model_cfg, rm_cfg
+        self.root = Path(cache_dir).expanduser().resolve() / task.name
+        self.device, self.progress = device, progress
+
+    # --- keys -------------------------------------------------------------------------------
+    def _world(self) -> dict:
+        protocol = {"steps", "prompts_per_step", "eval_every", "eval_seed", "temperature", "sft", "preferences"}
+        return {k: v for k, v in as_dict(self.task_cfg).items() if k not in protocol}
+
+    def keys(self) -> dict[str, str]:
+        model = {k: v for k, v in as_dict(self.model_cfg).items() if k != "name"}
+        sft = config_hash({"v": STAGE_VERSION, "world": self._world(), "model": model, "sft": as_dict(self.task_cfg.sft)})
+        prefs = config_hash({"v": STAGE_VERSION, "sft": sft, "prefs": as_dict(self.task_cfg.preferences)})
+        rm_train = {k: v for k, v in as_dict(self.rm_cfg).items() if k != "kind"}  # kind does not change the proxy
+        rm = config_hash({"v": STAGE_VERSION, "prefs": prefs, "rm": rm_train})
+        return {"sft": f"sft-{sft}", "preferences": f"preferences-{prefs}", "reward_model": f"reward_model-{rm}"}
+
+    # --- driver -----------------------------------------------------------------------------
+    def prepare(self) -> SharedArtifacts:
+        keys = self.keys()
+        art = SharedArtifacts(self.root / keys["sft"], self.root / keys["preferences"], self.root / keys["reward_model"])
+        for stage, builder in (("sft", self._train_sft), ("preferences", self._build_preferences),
+                               ("reward_model", self._train_reward_model)):
+            path = self.root / keys[stage]
+            self.root.mkdir(parents=True, exist_ok=True)
+            with FileLock(str(self.root / f"{keys[stage]}.lock")):
+                reused = (path / "metrics.json").exists()
+                if not reused:
+                    t0 = time.time()
+                    with atomic_directory(path) as tmp:
+                        metrics = builder(tmp, art)
+                        metrics["seconds"] = round(time.time() - t0, 2)
+                        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            metrics = json.loads((path / "metrics.json").read_text())
+            art.metrics[stage], art.reused[stage] = metrics, reused
+            verb = "reused from cache" if reused else "trained"
+            log.info("[shared] %s: %s %s (%.1f s to build)", stage, verb, path, metrics["seconds"])
+        return art
+
+    # --- 1. SFT -----------------------------------------------------------------------------
+    def _sft_batches(self, demos, batch_size, generator):
+        order = torch.randperm(len(demos), generator=generator).tolist()
+        for i in range(0, len(order), batch_size):
+            chunk = [demos[j] for j in order[i: i + batch_size]]
+            yield SequenceBatch.from_lists([p for p, _ in chunk], [r for _, r in chunk], self.task.pad_id,
+                                           device=self.device)
+
+    def _sft_loss(self, model, batch, mask) -> torch.Tensor:
+        return -masked_mean(token_logprobs(model, batch, 1.0, mask), batch.response_mask)
+
+    def _train_sft(self, out: Path, art: SharedArtifacts) -> dict:
+        cfg = self.task_cfg.sft
+        seed = derive_seed(self.task_cfg.seed, "sft")
+        torch.manual_seed(seed)
+        model = build_policy(self.task, self.model_cfg).to(self.device)
+        demos = self.task.demonstrations()
+        gen = make_generator(seed)
+        perm = torch.randperm(len(demos), generator=gen).tolist()
+        n_held = max(1, int(len(demos) * cfg.heldout_fraction))
+        held, train = [demos[i] for i in perm[:n_held]], [demos[i] for i in perm[n_held:]]
+        mask = self.task.logit_mask(self.task.max_new_tokens).to(self.device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
+        model.train()
+        bar = tqdm(total=steps, desc="SFT", disable=not self.progress, leave=False)
+        for _ in range(cfg.epochs):
+            for batch in self._sft_batches(train, cfg.batch_size, gen):
+                loss = self._sft_loss(model, batch, mask)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+        bar.close()
+        model.eval()
+        with torch.no_grad():
+            held_losses = [self._sft_loss(model, b, mask).item() * len(b) for b in self._sft_batches(held, 256, gen)]
+        metrics = {"sft/heldout_loss": sum(held_losses) / len(held), "sft/train_loss": loss.item(),
+                   "sft/demonstrations": len(train)}
+        model.save_pretrained(out)
+        self.task.tokenizer.save_pretrained(out)
+        log.info("[shared] SFT held-out loss %.4f", metrics["sft/heldout_loss"])
+        return metrics
+
+    def load_sft(self, art: SharedArtifacts):
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(art.sft_dir).to(self.device)
+
+    # --- 2. preference data ---------------------------------------------------------------------
+    def _build_preferences(self, out: Path, art: SharedArtifacts) -> dict:
+        cfg = self.task_cfg.preferences
+        seed = derive_seed(self.task_cfg.seed, "preferences")
+        gen = make_generator(seed)
+        sft = freeze(self.load_sft(art))
+        prompts_pool = self.task.train_prompts
+        idx = torch.randint(len(prompts_pool), (cfg.n_prompts,), generator=gen).tolist()
+        mask = self.task.logit_mask(self.task.max_new_tokens).to(self.device)
+        rows = {"prompt": [], "responses": [], "ranking": [], "gold": []}
+        chunk = max(1, 512 // cfg.k)
+        for i in tqdm(range(0, len(idx), chunk), desc="preferences", disable=not self.progress, leave=False):
+            prompts = [prompts_pool[j] for j in idx[i: i + chunk]]
+            batch = sample_responses(sft, [p for p in prompts for _ in range(cfg.k)], eos_id=self.task.eos_id,
+                                     pad_id=self.task.pad_id, max_new_tokens=self.task.max_new_tokens,
+                                     temperature=cfg.sample_temperature, logit_mask=mask, generator=gen)
+            responses = batch.responses()
+            gold = self.task.gold_reward(batch.prompts(), responses).view(len(prompts), cfg.k)
+            ranking = plackett_luce_ranking(gold, cfg.label_temperature, gen)
+            for b, p in enumerate(prompts):
+                rows["prompt"].append(self.task.decode(p))
+                rows["responses"].append([self.task.decode(r) for r in responses[b * cfg.k: (b + 1) * cfg.k]])
+                rows["ranking"].append(ranking[b].tolist())
+                rows["gold"].append(gold[b].tolist())
+        ds = datasets.Dataset.from_dict(rows)
+        n_held = max(1, int(len(ds) * cfg.heldout_fraction))
+        ds.select(range(n_held, len(ds))).save_to_disk(str(out / "train"))
+        ds.select(range(n_held)).save_to_disk(str(out / "heldout"))
+        gold = torch.tensor(rows["gold"])
+        ranked_gold = gold.gather(1, torch.tensor(rows["ranking"]))
+        agree = (ranked_gold[:, :-1] >= ranked_gold[:, 1:]).float().mean().item()
+        return {"preferences/lists": len(ds), "preferences/k": cfg.k, "preferences/train_pairs":
+                (len(ds) - n_held) * cfg.k * (cfg.k - 1) // 2, "preferences/adjacent_label_agreement_with_gold": agree,
+                "preferences/sft_gold_reward": gold.mean().item()}
+
+    # --- 3. reward model ------------------------------------------------------------------------
+    def _list_batch(self, rows: dict) -> tuple[SequenceBatch, torch.Tensor, int]:
+        prompts, responses = [], []
+        for p, rs in zip(rows["prompt"], rows["responses"]):
+            for r in rs:
+                prompts.append(self.task.encode(p))
+                responses.append(self.task.encode(r))
+        k = len(rows["responses"][0])
+        return (SequenceBatch.from_lists(prompts, responses, self.task.pad_id, device=self.device),
+                torch.tensor(rows["ranking"], device=self.device), k)
+
+    def _rm_rewards(self, model, rows) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, ranking, k = self._list_batch(rows)
+        r = reward_scores(model, batch.input_ids, batch.attention_mask)  # one forward per response
+        return r.view(-1, k), ranking  # (B, K)
+
+    def _train_reward_model(self, out: Path, art: SharedArtifacts) -> dict:
+        cfg = self.rm_cfg
+        seed = derive_seed(self.task_cfg.seed, "reward_model")
+        torch.manual_seed(seed)
+        gen = make_generator(seed)
+        model = build_reward_model(self.task, self.model_cfg)
+        sft = self.load_sft(art)
+        model.base_model.load_state_dict(sft.base_model.state_dict())  # RM starts from the SFT transformer
+        model.to(self.device)
+        train, held = art.preferences("train"), art.preferences("heldout")
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
+        model.train()
+        bar = tqdm(total=steps, desc="reward model", disable=not self.progress, leave=False)
+        for _ in range(cfg.epochs):
+            order = torch.randperm(len(train), generator=gen).tolist()
+            for i in range(0, len(order), cfg.batch_size):
+                rewards, ranking = self._rm_rewards(model, train[order[i: i + cfg.batch_size]])
+                loss, m = ranking_loss(rewards, ranking)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{m['rm/accuracy'].item():.2f}")
+        bar.close()
+        freeze(model)
+        with torch.no_grad():  # centring: the mean reward over the preference data becomes 0
+            all_r = torch.cat([self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)])
+            model.config.reward_bias = float(all_r.mean())
+            metrics = self._rm_eval(model, held)
+            metrics["rm/train_mean_after_centring"] = float(torch.cat(
+                [self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)]).mean())
+        metrics["rm/bias"] = model.config.reward_bias
+        model.save_pretrained(out)
+        self.task.tokenizer.save_pretrained(out)
+        log.info("[shared] reward model held-out accuracy: %.3f vs noisy labels, %.3f vs gold order",
+                 metrics["rm/heldout_accuracy_labels"], metrics["rm/heldout_accuracy_gold"])
+        return metrics
+
+    def _rm_eval(self, model, held: datasets.Dataset) -> dict:
+        rewards, ranking = self._rm_rewards(model, held[:])
+        _, m = ranking_loss(rewards, ranking)
+        gold = torch.tensor(held["gold"], device=rewards.device)
+        dg = gold.unsqueeze(2) - gold.unsqueeze(1)  # (B, K, K)
+        dr = rewards.unsqueeze(2) - rewards.unsqueeze(1)
+        strict = dg > 0  # noiseless gold order, ties excluded
+        acc_gold = ((dr > 0) & strict).sum().item() / max(1, strict.sum().item())
+        return {"rm/heldout_accuracy_labels": m["rm/accuracy"].item(), "rm/heldout_accuracy_gold": acc_gold,
+                "rm/heldout_loss": m["loss/reward_model"].item(), "rm/heldout_lists": len(held)}
+
+    def load_reward_model(self, art: SharedArtifacts):
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification.from_pretrained(art.reward_model_dir).to(self.device)

@@ -1,0 +1,1 @@
+"""Hydra config groups of rlhf-bench (a package so that installed copies find them)."""
