@@ -12,6 +12,7 @@ the proxy is trained), ``algorithm`` (one per plugin, see ``algorithms/``), ``lo
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Optional
 
@@ -53,6 +54,16 @@ def in_unit_interval(obj: Any, *names: str, closed: bool = True) -> None:
         check(ok, n, "in [0, 1]" if closed else "in (0, 1)", v)
 
 
+@contextlib.contextmanager
+def section(prefix: str):
+    """Prefix the field names of :class:`ConfigError` raised inside with ``prefix.``, so that a
+    nested section's error names its full path (``task.preferences.k``, not ``task.k``)."""
+    try:
+        yield
+    except ConfigError as e:
+        raise ConfigError(f"{prefix}.{e}") from None
+
+
 # ----------------------------------------------------------------------------------- schemas
 @dataclass
 class SFTConfig:
@@ -64,8 +75,9 @@ class SFTConfig:
     heldout_fraction: float = 0.1  # demonstrations kept aside to report held-out loss
 
     def __post_init__(self) -> None:
-        positive(self, "epochs", "lr", "batch_size")
-        in_unit_interval(self, "heldout_fraction", closed=False)
+        with section("sft"):
+            positive(self, "epochs", "lr", "batch_size")
+            in_unit_interval(self, "heldout_fraction", closed=False)
 
 
 @dataclass
@@ -79,10 +91,11 @@ class PreferenceConfig:
     heldout_fraction: float = 0.1  # lists kept aside to report the reward model's held-out accuracy
 
     def __post_init__(self) -> None:
-        check(self.k >= 2, "k", ">= 2 (a ranking needs at least two responses)", self.k)
-        positive(self, "n_prompts", "sample_temperature")
-        non_negative(self, "label_temperature")
-        in_unit_interval(self, "heldout_fraction", closed=False)
+        with section("preferences"):
+            check(self.k >= 2, "k", ">= 2 (a ranking needs at least two responses)", self.k)
+            positive(self, "n_prompts", "sample_temperature")
+            non_negative(self, "label_temperature")
+            in_unit_interval(self, "heldout_fraction", closed=False)
 
 
 @dataclass
@@ -181,6 +194,10 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         one_of(self, "architecture", ("gpt2",))
+        # conf/model/pretrained.yaml's `pretrained: ???` cannot override this schema's default
+        # (OmegaConf merges never let ??? replace a value), so the requirement is checked here.
+        check(bool(self.pretrained) or self.name != "pretrained", "pretrained",
+              "set to a local path or a hub name with model=pretrained", self.pretrained)
         positive(self, "n_layer", "n_embd", "n_head", "n_positions")
         check(self.n_embd % self.n_head == 0, "n_embd", f"a multiple of n_head ({self.n_head})", self.n_embd)
         check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
@@ -217,11 +234,13 @@ class AlgorithmConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     epochs: int = 1  # optimisation passes over each batch
     minibatches: int = 1  # minibatches per pass
+    lr_schedule: str = "constant"  # constant | linear (decay to 0 at task.steps)
 
     def __post_init__(self) -> None:
         if not self.label:
             self.label = self.name
         positive(self, "beta", "lr", "epochs", "minibatches")
+        one_of(self, "lr_schedule", ("constant", "linear"))
         non_negative(self, "weight_decay", "max_grad_norm")
 
 

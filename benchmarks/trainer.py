@@ -106,6 +106,17 @@ def split_groups(data: dict[str, torch.Tensor], group_size: int, n_minibatches: 
         yield {k: v[rows.to(v.device)] for k, v in data.items()}
 
 
+def rollout_metrics(rollout) -> dict[str, float]:
+    """What the policy did this step. ``rollout/kl`` is the sequence k1 estimate of KL(pi_old || pi_ref)
+    along the samples: the quantity PPO's KL penalty and an adaptive controller act on."""
+    mask = rollout.response_mask.float()
+    kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1)
+    return {"rollout/kl": kl.mean().item(), "rollout/reward": rollout.rewards.mean().item(),
+            "rollout/reward_gold": rollout.rewards_gold.mean().item(),
+            "rollout/reward_proxy": rollout.rewards_proxy.mean().item(),
+            "rollout/length": mask.sum(1).mean().item(), "rollout/eos_rate": rollout.eos.float().mean().item()}
+
+
 def _pair_table(task, ds) -> list[tuple[list[int], list[int], list[int]]]:
     pairs = expand_pairs(ds)
     return [(task.encode(p), task.encode(c), task.encode(r)) for p, c, r in
@@ -184,6 +195,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if value_model is not None:
             params += list(value_model.parameters())
         opt = torch.optim.AdamW(params, lr=acfg.lr, weight_decay=acfg.weight_decay) if steps else None
+        decay = (lambda s: max(0.0, 1.0 - s / steps)) if acfg.lr_schedule == "linear" else (lambda s: 1.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, decay) if steps else None
         row, samples = evaluate(0)
         prompt_rng = random.Random(derive_seed(cfg.seed, "prompts"))
         pair_order: list[int] = []
@@ -195,12 +208,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 prompts = prompt_rng.sample(task.train_prompts, tcfg.prompts_per_step) \
                     if len(task.train_prompts) >= tcfg.prompts_per_step else \
                     prompt_rng.choices(task.train_prompts, k=tcfg.prompts_per_step)
-                data = algo.prepare(engine.rollout(policy, prompts, algo.responses_per_prompt, gen))
+                rollout = engine.rollout(policy, prompts, algo.responses_per_prompt, gen)
+                rollout_stats = rollout_metrics(rollout)
+                data = algo.prepare(rollout)
             else:
                 if len(pair_order) < tcfg.prompts_per_step:
                     pair_order += torch.randperm(len(ctx.pairs), generator=gen).tolist()
                 idx, pair_order = pair_order[: tcfg.prompts_per_step], pair_order[tcfg.prompts_per_step:]
                 index = torch.tensor(idx)
+                rollout_stats = {}
                 data = algo.prepare(PreferenceBatch(index, [ctx.pairs[i][0] for i in idx],
                                                     [ctx.pairs[i][1] for i in idx], [ctx.pairs[i][2] for i in idx]))
             sums: dict[str, float] = {}
@@ -216,7 +232,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     n_updates += 1
                     for k, v in metrics.items():
                         sums[k] = sums.get(k, 0.0) + float(v)
-            stats = {k: v / max(n_updates, 1) for k, v in sums.items()}
+            sched.step()
+            stats = {**rollout_stats, **{k: v / max(n_updates, 1) for k, v in sums.items()}}
+            stats["train/lr"] = sched.get_last_lr()[0]
             stats.update(algo.after_update(stats))
             stats["time/step_seconds"] = time.time() - t0
             train_file.write(json.dumps(to_jsonable({"step": step, **stats})) + "\n")

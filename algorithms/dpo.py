@@ -1,0 +1,70 @@
+"""``dpo``: offline Direct Preference Optimization on the shared preference data.
+
+Every ranked list of the preference data is expanded into its C(K,2) (chosen, rejected) pairs.
+Loss (Rafailov et al. 2023, eq. 7): ``-log sigmoid(beta * Delta)`` with
+``Delta = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]``; or IPO
+(``loss_type: ipo``): ``(Delta_avg - 1/(2 beta))^2`` with per-token averaged log-ratios.
+Reference log-probs come from the frozen SFT base, computed once and cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from benchmarks.config import AlgorithmConfig, one_of
+
+from .base import Algorithm
+from .losses import dpo_loss, sequence_logratio
+from .registry import register_algorithm
+
+
+@dataclass
+class DPOConfig(AlgorithmConfig):
+    name: str = "dpo"
+    lr: float = 1e-3
+    loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo (averaged log-ratios)
+    precompute_ref_logprobs: bool = True  # compute pi_ref log-probs of every pair once, before training
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        one_of(self, "loss_type", ("sigmoid", "ipo"))
+
+
+def pair_logratios(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, average: bool):
+    """Interleaved rows (c0, r0, c1, r1, ...) -> chosen and rejected sequence log-ratios (P,)."""
+    ratios = sequence_logratio(logprobs, ref_logprobs, mask, average).view(-1, 2)  # (P, 2)
+    return ratios[:, 0], ratios[:, 1]
+
+
+@register_algorithm("dpo", config=DPOConfig)
+class DPO(Algorithm):
+    data = "offline"
+
+    def setup(self) -> None:
+        self.ref_cache = None
+        if self.cfg.precompute_ref_logprobs:
+            n = len(self.ctx.pairs)
+            chunks = [self._ref_logprobs(torch.arange(i, min(i + 256, n))) for i in range(0, n, 256)]
+            # (n_pairs, 2, T): chosen and rejected token log-probs under pi_ref
+            self.ref_cache = torch.cat(chunks).view(n, 2, -1)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, index: torch.Tensor) -> torch.Tensor:
+        return self.ctx.logprobs(self.ctx.ref_model, self.ctx.pair_batch(index))  # (2B, T)
+
+    @torch.no_grad()
+    def prepare(self, pairs) -> dict[str, torch.Tensor]:
+        batch = self.ctx.pair_batch(pairs.index)  # (2B rows: chosen, rejected interleaved)
+        if self.ref_cache is not None:
+            ref = self.ref_cache[pairs.index].reshape(2 * len(pairs.index), -1)
+        else:
+            ref = self._ref_logprobs(pairs.index)
+        return {**self.batch_tensors(batch), "ref_logprobs": ref}
+
+    def loss(self, mb):
+        logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (2B, T)
+        chosen, rejected = pair_logratios(logprobs, mb["ref_logprobs"], mb["response_mask"],
+                                          average=self.cfg.loss_type == "ipo")
+        return dpo_loss(chosen, rejected, self.cfg.beta, self.cfg.loss_type)
