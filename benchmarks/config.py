@@ -234,7 +234,7 @@ class AlgorithmConfig:
     max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     epochs: int = 1  # optimisation passes over each batch
     minibatches: int = 1  # minibatches per pass
-    lr_schedule: str = "constant"  # constant | linear (decay to 0 at task.steps)
+    lr_schedule: str = "linear"  # linear (decay to 0 at task.steps) | constant
 
     def __post_init__(self) -> None:
         if not self.label:

@@ -71,8 +71,8 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
 
 
 # ----------------------------------------------------------------------------------- padding
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(s) for s in seqs)
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device=None, length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    T = max(len(s) for s in seqs) if length is None else length
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
@@ -112,8 +112,9 @@ class SequenceBatch:
     response_mask: torch.Tensor  # (B, Tr) 1 on real response tokens (EOS included)
 
     @classmethod
-    def from_lists(cls, prompts, responses, pad_id: int, response_length: Optional[int] = None, device=None):
-        q, qm = pad_left(prompts, pad_id, device)
+    def from_lists(cls, prompts, responses, pad_id: int, response_length: Optional[int] = None, device=None,
+                   query_length: Optional[int] = None):
+        q, qm = pad_left(prompts, pad_id, device, query_length)
         r, rm = pad_right(responses, pad_id, response_length, device)
         return cls(q, qm, r, rm)
 

@@ -64,6 +64,7 @@ class Context:
     value_model: Optional[torch.nn.Module] = None
     pairs: Optional[list[tuple[list[int], list[int], list[int]]]] = None  # offline (prompt, chosen, rejected)
     _ptx: Optional[list[list[int]]] = field(default=None, repr=False)
+    _pair_prompt_len: Optional[int] = field(default=None, repr=False)
 
     @property
     def temperature(self) -> float:
@@ -77,14 +78,19 @@ class Context:
         return token_values(self.value_model, batch)
 
     def pair_batch(self, index: torch.Tensor) -> SequenceBatch:
-        """Chosen and rejected interleaved (2B rows: c0, r0, c1, r1, ...), response length padded to
-        the task's ``max_new_tokens`` so that every batch has the same shapes."""
+        """Chosen and rejected interleaved (2B rows: c0, r0, c1, r1, ...). Prompts are padded to the
+        longest prompt of the whole pair table and responses to ``max_new_tokens``, so every batch has
+        the same shapes and a pair's log-probs do not depend on the batch it lands in (reference
+        log-probs cached before training are bit-identical to those computed on the fly)."""
+        if self._pair_prompt_len is None:
+            self._pair_prompt_len = max(len(p) for p, _, _ in self.pairs)
         prompts, responses = [], []
         for i in index.tolist():
             p, c, r = self.pairs[i]
             prompts += [p, p]
             responses += [c, r]
-        return SequenceBatch.from_lists(prompts, responses, self.task.pad_id, self.task.max_new_tokens, self.device)
+        return SequenceBatch.from_lists(prompts, responses, self.task.pad_id, self.task.max_new_tokens, self.device,
+                                        query_length=self._pair_prompt_len)
 
     def ptx_loss(self, batch_size: int) -> torch.Tensor:
         """InstructGPT's pretraining term: LM loss on a batch of the task's pretraining text."""
