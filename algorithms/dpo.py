@@ -23,7 +23,7 @@ from .registry import register_algorithm
 @dataclass
 class DPOConfig(AlgorithmConfig):
     name: str = "dpo"
-    lr: float = 1e-3
+    lr: float = 3e-4
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo (averaged log-ratios)
     precompute_ref_logprobs: bool = True  # compute pi_ref log-probs of every pair once, before training
 

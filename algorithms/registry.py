@@ -9,7 +9,8 @@ the algorithm::
     my_algo = "my_package.my_algo"
 
 The registry also stores each algorithm's config dataclass in Hydra's ConfigStore as
-``algorithm/<name>_schema``, which the YAML under ``conf/algorithm/`` extends.
+``schema/algorithm/<name>``, which the YAML under ``conf/algorithm/`` extends
+(``defaults: [/schema/algorithm/<name>@_here_]``).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def register_algorithm(name: str, config: type | None = None) -> Callable[[T], T
         cls.name = name
         cls.config_class = cfg_cls
         _REGISTRY[name] = AlgorithmSpec(name, cls, cfg_cls)
-        ConfigStore.instance().store(group="algorithm", name=f"{name}_schema", node=cfg_cls)
+        ConfigStore.instance().store(group="schema/algorithm", name=name, node=cfg_cls)
         return cls
 
     return deco

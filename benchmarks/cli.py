@@ -24,7 +24,8 @@ log = logging.getLogger("rlhf_bench")
 DEFAULT_BENCHMARK = "bandit"
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
+    """Silence the libraries' own progress bars and info logs (ours remain)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("WANDB_MODE", "offline")
     import datasets
@@ -44,7 +45,7 @@ load_algorithms()
 def hydra_main(cfg: DictConfig) -> float | None:
     from .trainer import run
 
-    _quiet_libraries()
+    quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         summary = run(cfg, run_dir)

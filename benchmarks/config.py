@@ -1,6 +1,7 @@
 """Typed configuration: dataclass schemas registered in Hydra's ConfigStore.
 
-The YAML files under ``conf/<group>/`` extend these schemas (``defaults: [<name>_schema]``), so a
+The YAML files under ``conf/<group>/`` extend these schemas (``defaults: [/schema/<group>/<name>@_here_]``;
+the schemas live in their own ``schema/`` group so that they do not show up as options), so a
 misspelt key or a wrong type fails when Hydra composes the config. Values are checked by
 :func:`validate`, which runs before any compute and raises :class:`ConfigError` naming the field
 and what it accepts.
@@ -213,8 +214,8 @@ class RewardModelConfig:
     """
 
     kind: str = "learned"
-    epochs: int = 3
-    lr: float = 1e-3
+    epochs: int = 8
+    lr: float = 3e-3
     batch_size: int = 32  # prompts per step; each brings its K responses and C(K,2) comparisons
 
     def __post_init__(self) -> None:
@@ -284,11 +285,11 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     for name, schema in TASK_SCHEMAS.items():
-        cs.store(group="task", name=f"{name}_schema", node=schema)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="reward_model", name="reward_model_schema", node=RewardModelConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-    # Algorithm schemas are stored by the registry (algorithms/registry.py) as "<name>_schema".
+        cs.store(group="schema/task", name=name, node=schema)
+    cs.store(group="schema/model", name="model", node=ModelConfig)
+    cs.store(group="schema/reward_model", name="reward_model", node=RewardModelConfig)
+    cs.store(group="schema/logger", name="logger", node=LoggerConfig)
+    # Algorithm schemas are stored by the registry (algorithms/registry.py) as "schema/algorithm/<name>".
 
 
 # -------------------------------------------------------------------------------- validation

@@ -37,10 +37,12 @@ def compose(overrides: Sequence[str]):
     from hydra import initialize_config_dir
 
     from algorithms.registry import load_algorithms
+    from benchmarks.cli import quiet_libraries
     from benchmarks.config import register_configs
 
     register_configs()
     load_algorithms()
+    quiet_libraries()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))
 
