@@ -142,6 +142,26 @@ class SharedStages:
             log.info("[shared] %s: %s %s (%.1f s to build)", stage, verb, path, metrics["seconds"])
         return art
 
+    # --- shared optimisation loop ------------------------------------------------------------------
+    def _fit(self, model, batches, loss_fn, lr: float, steps: int, desc: str) -> torch.Tensor:
+        """AdamW with 20 warm-up steps then linear decay, gradient clipping at 1, a progress bar.
+        ``loss_fn(batch) -> (loss, postfix)``. Returns the last loss."""
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
+        model.train()
+        bar = tqdm(total=steps, desc=desc, disable=not self.progress, leave=False)
+        for batch in batches:
+            loss, postfix = loss_fn(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", **postfix)
+        bar.close()
+        return loss
+
     # --- 1. SFT -----------------------------------------------------------------------------
     def _sft_batches(self, demos, batch_size, generator):
         order = torch.randperm(len(demos), generator=generator).tolist()
@@ -164,22 +184,13 @@ class SharedStages:
         n_held = max(1, int(len(demos) * cfg.heldout_fraction))
         held, train = [demos[i] for i in perm[:n_held]], [demos[i] for i in perm[n_held:]]
         mask = self.task.logit_mask(self.task.max_new_tokens).to(self.device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+
+        def batches():
+            for _ in range(cfg.epochs):
+                yield from self._sft_batches(train, cfg.batch_size, gen)
+
         steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
-        model.train()
-        bar = tqdm(total=steps, desc="SFT", disable=not self.progress, leave=False)
-        for _ in range(cfg.epochs):
-            for batch in self._sft_batches(train, cfg.batch_size, gen):
-                loss = self._sft_loss(model, batch, mask)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-        bar.close()
+        loss = self._fit(model, batches(), lambda b: (self._sft_loss(model, b, mask), {}), cfg.lr, steps, "SFT")
         model.eval()
         with torch.no_grad():
             held_losses = [self._sft_loss(model, b, mask).item() * len(b) for b in self._sft_batches(held, 256, gen)]
@@ -256,24 +267,19 @@ class SharedStages:
         model.base_model.load_state_dict(sft.base_model.state_dict())  # RM starts from the SFT transformer
         model.to(self.device)
         train, held = art.preferences("train"), art.preferences("heldout")
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+
+        def batches():
+            for _ in range(cfg.epochs):
+                order = torch.randperm(len(train), generator=gen).tolist()
+                for i in range(0, len(order), cfg.batch_size):
+                    yield train[order[i: i + cfg.batch_size]]
+
+        def loss_fn(rows):
+            loss, m = ranking_loss(*self._rm_rewards(model, rows))
+            return loss, {"acc": f"{m['rm/accuracy'].item():.2f}"}
+
         steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
-        model.train()
-        bar = tqdm(total=steps, desc="reward model", disable=not self.progress, leave=False)
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(train), generator=gen).tolist()
-            for i in range(0, len(order), cfg.batch_size):
-                rewards, ranking = self._rm_rewards(model, train[order[i: i + cfg.batch_size]])
-                loss, m = ranking_loss(rewards, ranking)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{m['rm/accuracy'].item():.2f}")
-        bar.close()
+        self._fit(model, batches(), loss_fn, cfg.lr, steps, "reward model")
         freeze(model)
         with torch.no_grad():  # centring: the mean reward over the preference data becomes 0
             all_r = torch.cat([self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)])
