@@ -30,7 +30,7 @@ from .registry import register_algorithm
 @dataclass
 class OnlineDPOConfig(AlgorithmConfig):
     name: str = "online_dpo"
-    lr: float = 1e-3
+    lr: float = 3e-4  # the same as PPO and DPO
     epochs: int = 4  # epochs over each rollout batch (the same number of updates as PPO and P3O)
     minibatches: int = 2
     responses_per_prompt: int = 2  # a pair per prompt

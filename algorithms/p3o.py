@@ -23,7 +23,7 @@ from .registry import register_algorithm
 @dataclass
 class P3OConfig(AlgorithmConfig):
     name: str = "p3o"
-    lr: float = 1e-3
+    lr: float = 3e-4  # the same as PPO and DPO
     epochs: int = 4  # epochs over each rollout batch (the authors' HH setting)
     minibatches: int = 2
     responses_per_prompt: int = 2  # a pair per prompt
