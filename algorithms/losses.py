@@ -15,19 +15,12 @@ import math
 import torch
 import torch.nn.functional as F
 
+from benchmarks.models import masked_mean  # the harness's masked mean (sum / count, count clamped to 1)
+
 Metrics = dict[str, torch.Tensor]
 
 
 # ------------------------------------------------------------------------------------ helpers
-def masked_sum(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    return (x * mask).sum() if dim is None else (x * mask).sum(dim)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    return masked_sum(x, mask, dim) / (mask.sum() if dim is None else mask.sum(dim)).clamp(min=1.0)
-
-
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: float = 1e-8) -> torch.Tensor:
     """Normalise ``x`` to unit variance (and zero mean) over the masked entries. (B, T) -> (B, T)."""
     mean = masked_mean(x, mask)
