@@ -9,6 +9,8 @@ Declarations (class attributes):
   ``"offline"`` (batches of the shared preference pairs) or ``"none"`` (nothing to train).
 - ``uses_value_model``: the harness builds a value model (initialised from the reward model) and
   optimises it together with the policy.
+- ``beta_independent``: what the algorithm produces does not depend on ``beta`` (``sft``,
+  ``best_of_n``); a sweep over beta then runs it once per seed.
 
 Per step the harness calls ``prepare(data)`` once (no gradients: old log-probs, advantages,
 cached reference log-probs...), then ``loss(minibatch)`` for each of ``cfg.epochs`` x
@@ -22,9 +24,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from benchmarks.config import AlgorithmConfig
-from benchmarks.evaluation import EvalPolicy, LMPolicy
-from benchmarks.models import SequenceBatch
+from rlhf_bench.benchmarks.config import AlgorithmConfig
+from rlhf_bench.benchmarks.evaluation import EvalPolicy, LMPolicy
+from rlhf_bench.benchmarks.models import SequenceBatch
 
 Tensors = dict[str, torch.Tensor]
 
@@ -34,6 +36,7 @@ class Algorithm:
     config_class: ClassVar[type] = AlgorithmConfig
     data: ClassVar[str] = "online"
     uses_value_model: ClassVar[bool] = False
+    beta_independent: ClassVar[bool] = False
 
     def __init__(self, cfg: Any, ctx: Any) -> None:
         self.cfg, self.ctx = cfg, ctx

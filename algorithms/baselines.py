@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.config import AlgorithmConfig, check
-from benchmarks.evaluation import LMPolicy
-from benchmarks.models import SequenceBatch, score_batch
+from rlhf_bench.benchmarks.config import AlgorithmConfig, check
+from rlhf_bench.benchmarks.evaluation import LMPolicy
+from rlhf_bench.benchmarks.models import SequenceBatch, score_batch
 
 from .base import Algorithm
 from .registry import register_algorithm
@@ -24,6 +24,7 @@ class SFT(Algorithm):
     """The shared SFT base itself, evaluated once: KL 0, the reward every method starts from."""
 
     data = "none"
+    beta_independent = True
 
 
 @dataclass
@@ -78,6 +79,7 @@ class BestOfNPolicy:
 @register_algorithm("best_of_n", config=BestOfNConfig)
 class BestOfN(Algorithm):
     data = "none"
+    beta_independent = True
 
     def eval_policy(self):
         return BestOfNPolicy(self.ctx.ref_model, self.cfg.n, self.ctx.reward_kind)

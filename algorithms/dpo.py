@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.config import AlgorithmConfig, one_of
+from rlhf_bench.benchmarks.config import AlgorithmConfig, one_of
 
 from .base import Algorithm
 from .losses import dpo_loss, sequence_logratio

@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from benchmarks.models import masked_mean  # the harness's masked mean (sum / count, count clamped to 1)
+from rlhf_bench.benchmarks.models import masked_mean  # the harness's masked mean (sum / count, count clamped to 1)
 
 Metrics = dict[str, torch.Tensor]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.config import AlgorithmConfig, check, one_of
+from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of
 
 from .base import Algorithm
 from .dpo import pair_logratios

@@ -4,7 +4,7 @@ Two responses per prompt from the current policy; the KL-penalised reward differ
 ``q = (r_1 - r_2) - beta (l_1 - l_2)`` (sequence level, ``l = log pi_old - log pi_ref``) weights the
 pairwise policy gradient ``grad log(pi(y_1)/pi(y_2)) / 2``. No value model, no GAE. The pair's
 importance weight is clamped to [1/C, C]; clipping is ``separate`` (V1: each response's ratio)
-or ``joint`` (V2: the log-ratio difference). See ``algorithms.losses.p3o_loss``.
+or ``joint`` (V2: the log-ratio difference). See ``rlhf_bench.algorithms.losses.p3o_loss``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.config import AlgorithmConfig, check, one_of, positive
+from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of, positive
 
 from .base import Algorithm
 from .losses import p3o_loss

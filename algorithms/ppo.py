@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from benchmarks.config import AlgorithmConfig, check, non_negative, one_of, positive
+from rlhf_bench.benchmarks.config import AlgorithmConfig, check, non_negative, one_of, positive
 
 from .base import Algorithm
 from .losses import (AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, masked_whiten,

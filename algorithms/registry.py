@@ -25,7 +25,7 @@ from hydra.core.config_store import ConfigStore
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "rlhf_bench.algorithms"
-BUILTIN_MODULES = ("algorithms.baselines", "algorithms.ppo", "algorithms.dpo", "algorithms.online_dpo", "algorithms.p3o")
+BUILTIN_MODULES = ("rlhf_bench.algorithms.baselines", "rlhf_bench.algorithms.ppo", "rlhf_bench.algorithms.dpo", "rlhf_bench.algorithms.online_dpo", "rlhf_bench.algorithms.p3o")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,13 @@
 """``rlhf-bench``: the Hydra application.
 
+    rlhf-bench                                                   # the default benchmark, end to end
     rlhf-bench task=bandit algorithm=best_of_n algorithm.n=4     # one run
     rlhf-bench -m algorithm=ppo,p3o_v2 algorithm.beta=0.05,0.1    # a sweep
-    rlhf-bench                                                   # the default benchmark, end to end
+
+With no overrides the command runs :data:`DEFAULT_BENCHMARK` (``benchmark=bandit``); Hydra's own
+flags and settings apply to it (``rlhf-bench --cfg job``, ``rlhf-bench hydra.sweep.dir=results/bandit``).
+Configuration values are checked before any run starts (:class:`ValidateCallback`); a bad value
+ends the command with one line naming the field, and exit status 2.
 """
 
 from __future__ import annotations
@@ -11,17 +16,21 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
 
-from algorithms.registry import load_algorithms
+from rlhf_bench.algorithms.registry import load_algorithms
 
-from .config import ConfigError, register_configs
+from .config import ConfigError, register_configs, validate
 
 log = logging.getLogger("rlhf_bench")
 DEFAULT_BENCHMARK = "bandit"
+CONFIG_MODULE = "rlhf_bench.conf"
 
 
 def quiet_libraries() -> None:
@@ -37,11 +46,43 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
 
 
+def fail(message: str) -> None:
+    """End the command with one line on stderr and exit status 2 (no traceback)."""
+    print(f"rlhf-bench: invalid configuration: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class ValidateCallback(Callback):
+    """Validates the composed configuration before Hydra creates any run directory.
+
+    A single run is checked whole in ``on_run_start``; a multirun checks its master config (the
+    values every job shares) in ``on_multirun_start``, and each job is checked again by the trainer
+    before any compute.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        pass
+
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            fail(str(e))
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config)
+
+
 register_configs()
 load_algorithms()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     from .trainer import run
 
@@ -51,20 +92,32 @@ def hydra_main(cfg: DictConfig) -> float | None:
         summary = run(cfg, run_dir)
     except ConfigError as e:
         log.error("invalid configuration: %s", e)
-        print(f"rlhf-bench: invalid configuration: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
     final = summary["final"]
-    msg = (f"{summary['algorithm']} beta={summary['beta']:g} seed={summary['seed']}: KL {final['kl']:.4f}, "
-           f"gold reward {final['reward_gold']:.4f}, proxy reward {final['reward_proxy']:.4f} "
-           f"({summary['wall_time_seconds']:.1f} s) -> {run_dir}")
-    log.info(msg)
+    beta = "" if summary.get("beta_independent") else f" beta={summary['beta']:g}"
+    log.info("%s%s seed=%s: KL %.4f, gold reward %.4f, proxy reward %.4f (%.1f s) -> %s", summary["algorithm"], beta,
+             summary["seed"], final["kl"], final["reward_gold"], final["reward_proxy"], summary["wall_time_seconds"],
+             run_dir)
     return final["reward_gold"]
 
 
-def main() -> None:
-    """Console entry point. With no arguments, runs the default benchmark end to end."""
-    if len(sys.argv) == 1:
-        sys.argv.append(f"+benchmark={DEFAULT_BENCHMARK}")
+def with_default_benchmark(argv: Sequence[str]) -> list[str]:
+    """The command line Hydra receives: ``argv``, plus ``benchmark=<DEFAULT_BENCHMARK>`` when it
+    overrides no value of the run (the bare ``rlhf-bench``; Hydra's flags such as ``--cfg job`` and
+    its own settings such as ``hydra.sweep.dir=DIR`` apply to the default benchmark)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    argv = list(argv)
+    overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    if any(not o.is_hydra_override() for o in overrides):
+        return argv
+    return [*argv, f"benchmark={DEFAULT_BENCHMARK}"]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Console entry point. With no overrides, runs the default benchmark end to end."""
+    args = with_default_benchmark(sys.argv[1:] if argv is None else argv)
+    sys.argv = [sys.argv[0] if sys.argv else "rlhf-bench", *args]
     hydra_main()
 
 

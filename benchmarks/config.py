@@ -14,11 +14,16 @@ the proxy is trained), ``algorithm`` (one per plugin, see ``algorithms/``), ``lo
 from __future__ import annotations
 
 import contextlib
+import os
+import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+
+from .utils import config_hash
 
 
 class ConfigError(ValueError):
@@ -272,7 +277,7 @@ class RunConfig:
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 0  # torch CPU threads (0: leave torch's default)
     cache_dir: str = "${oc.env:RLHF_BENCH_CACHE,.rlhf-bench-cache}"  # shared SFT/RM/preference cache
-    progress: bool = True  # progress bars
+    progress: Optional[bool] = None  # progress bars: true | false | null (auto: on in a terminal, off in a multirun)
     # Free-form description of the benchmark this run belongs to (filled by conf/benchmark/*).
     benchmark: Optional[Any] = None
 
@@ -280,8 +285,66 @@ class RunConfig:
 TASK_SCHEMAS = {"bandit": BanditTaskConfig, "sentiment": SentimentTaskConfig}
 
 
+#: Config keys that do not change what a run computes, only how it is shown or where shared
+#: files live. They are left out of run names and of the identity a finished run is matched on.
+NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "hydra")
+_IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed")
+
+
+def run_identity(cfg: dict) -> dict:
+    """What a run computes: its resolved config without :data:`NON_IDENTITY_KEYS`, and without
+    ``algorithm.beta`` for algorithms that do not depend on beta (``sft``, ``best_of_n``), so that
+    a sweep over beta runs them once per seed."""
+    from rlhf_bench.algorithms.registry import get_algorithm
+
+    ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
+    algo = dict(ident.get("algorithm") or {})
+    if get_algorithm(algo["name"]).cls.beta_independent:
+        algo.pop("beta", None)
+    ident["algorithm"] = algo
+    return ident
+
+
+def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """The dotted keys where two nested dicts differ, with both values."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += config_differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [(prefix.rstrip("."), a, b)]
+
+
+def run_name(*, _root_: DictConfig) -> str:
+    """The ``${run_name:}`` resolver: a run directory's name, ``<label>_beta<beta>_seed<seed>``.
+
+    Beta-independent algorithms drop the beta, so every job of a sweep that differs only in beta
+    lands in one directory and runs once. Other overrides of the job that change what it computes
+    (``algorithm.lr=1e-4``) are appended, abbreviated to a hash when long.
+    """
+    from rlhf_bench.algorithms.registry import get_algorithm
+
+    algo = _root_.algorithm
+    parts = [str(algo.label)]
+    if not get_algorithm(algo.name).cls.beta_independent:
+        parts.append(f"beta{float(algo.beta):g}")
+    parts.append(f"seed{_root_.seed}")
+    overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
+    extra = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key not in _IDENTITY_KEYS_IN_NAME and key.split(".")[0].split("/")[0] not in NON_IDENTITY_KEYS:
+            extra.append(o.lstrip("+~").replace("/", "-"))
+    tail = ",".join(sorted(extra))
+    if len(tail) > 48:
+        tail = "cfg" + config_hash(sorted(extra), 8)
+    return "_".join(parts + ([tail] if tail else []))
+
+
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore and the ``run_name`` resolver (idempotent)."""
+    if not OmegaConf.has_resolver("run_name"):
+        OmegaConf.register_new_resolver("run_name", run_name)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     for name, schema in TASK_SCHEMAS.items():
@@ -306,9 +369,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     """Check every value of a composed config before any compute.
 
     Returns the groups as dataclass instances. Raises :class:`ConfigError` with the dotted field
-    name (``algorithm.beta must be > 0, got -1.0``).
+    name (``algorithm.beta must be > 0, got -1.0``). Besides the values themselves it checks what
+    the run needs from this machine: the device exists, ``model.pretrained`` is an existing
+    directory or a well-formed hub id, and ``cache_dir`` can be written.
     """
-    from algorithms.registry import get_algorithm
+    from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
 
     out: dict[str, Any] = {}
     for group in ("task", "model", "reward_model", "logger"):
@@ -317,17 +382,70 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         out[group] = _instantiate(group, cfg[group])
     if "algorithm" not in cfg or cfg.algorithm is None:
         raise ConfigError("config group 'algorithm' is missing")
-    spec = get_algorithm(cfg.algorithm.name)  # unknown names fail here with the known list
+    check(cfg.algorithm.name in available_algorithms(), "algorithm.name",
+          f"a registered algorithm, one of {available_algorithms()}", cfg.algorithm.name)
+    spec = get_algorithm(cfg.algorithm.name)
     algo = _instantiate("algorithm", cfg.algorithm)
     if not isinstance(algo, spec.config_class):
         algo = spec.config_class(**{f.name: getattr(algo, f.name) for f in fields(algo) if hasattr(algo, f.name)})
     out["algorithm"] = algo
-    check(cfg.device in ("cpu", "cuda", "auto") or str(cfg.device).startswith("cuda:"), "device",
-          "one of ['cpu', 'cuda', 'cuda:N', 'auto']", cfg.device)
     check(cfg.threads >= 0, "threads", ">= 0", cfg.threads)
+    check_device(cfg.device)
+    check_pretrained("model.pretrained", out["model"].pretrained)
+    check_writable_dir("cache_dir", cfg.cache_dir)
     if hasattr(algo, "check_task"):
         algo.check_task(out["task"])
     return out
+
+
+def check_device(device: str) -> None:
+    """``device`` must name a device this machine has: ``cpu``, ``auto``, or an available ``cuda[:N]``."""
+    import torch
+
+    ok = ("cpu", "cuda", "cuda:N", "auto")
+    check(device in ("cpu", "cuda", "auto") or str(device).startswith("cuda:"), "device", f"one of {list(ok)}", device)
+    if not str(device).startswith("cuda"):
+        return
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    check(n > 0, "device", "'cpu' or 'auto' on this machine (torch finds no CUDA device)", device)
+    if ":" in device:
+        idx = device.split(":", 1)[1]
+        check(idx.isdigit() and int(idx) < n, "device", f"cuda:0 .. cuda:{n - 1} ({n} CUDA device(s) here)", device)
+
+
+def check_pretrained(name: str, value: Optional[str]) -> None:
+    """A ``pretrained`` value is an existing local directory or a well-formed hub id (``org/name``)."""
+    if not value:
+        return
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    looks_like_path = value.startswith(("/", ".", "~"))  # a path that does not exist, not a hub id
+    try:
+        validate_repo_id(value)
+        valid_id = not looks_like_path
+    except HFValidationError:
+        valid_id = False
+    check(valid_id, name, "an existing local directory or a hub model id such as 'gpt2' or "
+          "'EleutherAI/pythia-160m' (no such directory here)", value)
+
+
+def check_writable_dir(name: str, value: str) -> None:
+    """``value`` is a directory that exists and can be written, or can be created. Probes by writing
+    (and removing) a temporary file, so it also holds for root and read-only file systems."""
+    path = Path(str(value)).expanduser().absolute()
+    probe = path
+    while not probe.exists():  # the nearest existing ancestor decides whether it can be created
+        probe = probe.parent
+    check(probe.is_dir(), name, f"a writable directory ({probe} is not a directory)", str(value))
+    try:
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        raise ConfigError(f"{name} must be a writable directory, got {str(value)!r} "
+                          f"({probe} cannot be written: {e.strerror or e})") from None
 
 
 def as_dict(obj: Any) -> Any:

@@ -6,7 +6,7 @@ and compare the final policy with the exact KL-regularised optimum ``pi*_beta``:
 - ``efficiency = (reward - reward_sft) / (optimal reward at the same KL - reward_sft)``
 - ``kl_rel_error = KL / KL(pi*_beta || pi_ref) - 1``
 
-    python -m benchmarks.convergence --out results/bandit_convergence
+    python -m rlhf_bench.benchmarks.convergence --out results/bandit_convergence
 
 writes ``convergence.csv`` and ``convergence.md`` (and the run directories under ``runs/``).
 The slow test ``tests/test_convergence.py`` runs the same grid and checks the thresholds.
@@ -36,9 +36,9 @@ def compose(overrides: Sequence[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from algorithms.registry import load_algorithms
-    from benchmarks.cli import quiet_libraries
-    from benchmarks.config import register_configs
+    from rlhf_bench.algorithms.registry import load_algorithms
+    from rlhf_bench.benchmarks.cli import quiet_libraries
+    from rlhf_bench.benchmarks.config import register_configs
 
     register_configs()
     load_algorithms()
@@ -49,7 +49,7 @@ def compose(overrides: Sequence[str]):
 
 def run_point(algorithm: str, beta: float, out_dir: str, cache_dir: str, overrides: Sequence[str] = ()) -> dict:
     """Train one (algorithm, beta) against the gold bandit reward; return its convergence row."""
-    from benchmarks.trainer import run
+    from rlhf_bench.benchmarks.trainer import run
 
     cfg = compose([f"algorithm={algorithm}", f"algorithm.beta={beta}", "task=bandit", "reward_model=gold",
                    f"cache_dir={cache_dir}", "progress=false", *overrides])
@@ -74,7 +74,7 @@ def convergence_grid(out_dir: Path, cache_dir: Path, algorithms: Sequence[str] =
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Build the shared stages once before fanning out (the lock would also serialise them).
-    from benchmarks.trainer import run
+    from rlhf_bench.benchmarks.trainer import run
 
     run(compose(["algorithm=sft", "task=bandit", "reward_model=gold", f"cache_dir={cache_dir}", "progress=false",
                  *overrides]), out_dir / "runs" / "sft")

@@ -3,7 +3,7 @@
     rlhf-bench-report multirun/2025-01-01_12-00-00 [more sweep dirs ...] [--out DIR]
 
 A run directory is any directory (at any depth under a sweep directory) holding ``summary.json``,
-written by ``benchmarks.trainer.run`` beside ``eval.jsonl``, ``samples.jsonl`` and, on enumerable
+written by ``rlhf_bench.benchmarks.trainer.run`` beside ``eval.jsonl``, ``samples.jsonl`` and, on enumerable
 tasks, ``optimal_frontier.csv``. Directories that look like runs (a ``.hydra`` folder or an
 ``eval.jsonl``) but have no ``summary.json`` (failed or unfinished runs) are skipped with a warning.
 
@@ -132,7 +132,8 @@ class Run:
 
     @property
     def beta_independent(self) -> bool:
-        return self.steps == 0
+        """Recorded by the trainer; runs written before it was recorded: untrained ones."""
+        return bool(self.summary.get("beta_independent", self.steps == 0))
 
     @property
     def group(self) -> tuple[str, str]:
@@ -367,7 +368,7 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
     order, else :class:`PromptMismatchError`. Outcomes 1 / 0.5 (tie) / 0 are pooled over the
     common seeds.
 
-    Confidence interval (``ci_low``, ``ci_high``): :func:`benchmarks.stats.win_rate` with the prompt
+    Confidence interval (``ci_low``, ``ci_high``): :func:`rlhf_bench.benchmarks.stats.win_rate` with the prompt
     index as cluster, i.e. a Wilson score interval on the design-effect (cluster-robust) effective
     sample size: comparisons of the same prompt for different seeds are not treated as independent,
     and an all-win result still gets an interval of non-zero width.
@@ -948,7 +949,7 @@ class ReportCallback(Callback):
         hydra:
           callbacks:
             report:
-              _target_: benchmarks.report.ReportCallback
+              _target_: rlhf_bench.benchmarks.report.ReportCallback
 
     Never raises: a failure to build the report is logged, the sweep's result is unaffected. Runs
     that failed (no summary.json) are skipped with a warning.

@@ -15,25 +15,27 @@ import csv
 import json
 import logging
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
+from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from algorithms.registry import get_algorithm
+from rlhf_bench.algorithms.registry import get_algorithm
 
-from .config import as_dict, validate
+from .config import ConfigError, as_dict, config_differences, run_identity, validate
 from .evaluation import Evaluator
 from .loggers import build_logger
 from .models import SequenceBatch, disable_dropout, freeze, lm_loss, pad_right, token_logprobs, token_values
 from .rollout import RolloutEngine
 from .stages import SharedArtifacts, SharedStages, expand_pairs
 from .tasks import build_task
-from .utils import derive_seed, git_revision, make_generator, package_versions, resolve_device, seed_everything, to_jsonable
+from .utils import adamw, derive_seed, git_revision, make_generator, package_versions, resolve_device, seed_everything, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +141,64 @@ def _hydra_group() -> Optional[str]:
         return None
 
 
+def show_progress(setting: Optional[bool]) -> bool:
+    """Progress bars: as set, or (``null``) in a terminal and outside multiruns, whose parallel
+    jobs would interleave their bars; a multirun's runs log one line per evaluation instead."""
+    if setting is not None:
+        return bool(setting)
+    return sys.stderr.isatty() and _hydra_group() is None
+
+
+def finished_run(run_dir: Path, resolved: dict) -> Optional[dict]:
+    """The summary of the run already finished in ``run_dir`` for the same configuration, or None.
+
+    The configurations are compared by :func:`~rlhf_bench.benchmarks.config.run_identity` (display
+    and location settings left out; beta left out for beta-independent algorithms). A finished run of
+    a different configuration is an error naming both, never overwritten.
+    """
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    theirs, ours = run_identity(summary.get("config") or {}), run_identity(resolved)
+    if theirs == ours:
+        return summary
+    diff = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in config_differences(theirs, ours)[:4])
+    raise ConfigError(f"run directory {run_dir} holds a finished run of another configuration ({diff}); "
+                      "choose another hydra.run.dir / hydra.sweep.dir or remove it")
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train and evaluate one (task, algorithm, beta, seed) and write the run files."""
-    t_start = time.time()
+    """Train and evaluate one (task, algorithm, beta, seed) and write the run files.
+
+    A run directory that already holds this run, finished (``summary.json`` for the same
+    configuration), is left as it is and its summary returned: a re-run sweep, or the betas of a
+    beta-independent baseline, skip it.
+    """
     groups = validate(cfg)  # fail before any compute
-    tcfg, mcfg, rmcfg, acfg = groups["task"], groups["model"], groups["reward_model"], groups["algorithm"]
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    with FileLock(str(run_dir / ".run.lock")):  # two jobs of one run (two betas of sft) never race
+        done = finished_run(run_dir, resolved)
+        if done is not None:
+            log.info("%s: already finished for this configuration, skipped", run_dir)
+            return done
+        return _run(cfg, groups, run_dir, resolved)
+
+
+def _run(cfg: DictConfig, groups: dict[str, Any], run_dir: Path, resolved: dict) -> dict[str, Any]:
+    t_start = time.time()
+    tcfg, mcfg, rmcfg, acfg = groups["task"], groups["model"], groups["reward_model"], groups["algorithm"]
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     device = resolve_device(cfg.device)
     spec = get_algorithm(acfg.name)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    progress = show_progress(cfg.progress)
 
     # --- shared stages (cached) ---------------------------------------------------------------
     task = build_task(tcfg)
-    stages = SharedStages(task, tcfg, mcfg, rmcfg, cfg.cache_dir, device, progress=cfg.progress)
+    stages = SharedStages(task, tcfg, mcfg, rmcfg, cfg.cache_dir, device, progress=progress)
     art = stages.prepare()
     t_shared = time.time()
 
@@ -180,7 +224,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             w.writeheader()
             w.writerows(evaluator.frontier_rows())
 
-    name = f"{acfg.label}_beta{acfg.beta:g}_seed{cfg.seed}"
+    name = f"{acfg.label}_seed{cfg.seed}" if spec.cls.beta_independent else f"{acfg.label}_beta{acfg.beta:g}_seed{cfg.seed}"
     logger = build_logger(groups["logger"], run_dir, resolved, name=name, job_type=acfg.label, group=_hydra_group())
     eval_file = open(run_dir / "eval.jsonl", "w")
     train_file = open(run_dir / "train.jsonl", "w")
@@ -200,13 +244,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         params = [p for p in policy.parameters()]
         if value_model is not None:
             params += list(value_model.parameters())
-        opt = torch.optim.AdamW(params, lr=acfg.lr, weight_decay=acfg.weight_decay) if steps else None
+        opt = adamw(params, lr=acfg.lr, weight_decay=acfg.weight_decay) if steps else None
         decay = (lambda s: max(0.0, 1.0 - s / steps)) if acfg.lr_schedule == "linear" else (lambda s: 1.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, decay) if steps else None
         row, samples = evaluate(0)
         prompt_rng = random.Random(derive_seed(cfg.seed, "prompts"))
         pair_order: list[int] = []
-        bar = tqdm(range(1, steps + 1), desc=name, disable=not cfg.progress)
+        bar = tqdm(range(1, steps + 1), desc=name, disable=not progress)
         for step in bar:
             t0 = time.time()
             policy.train()
@@ -233,7 +277,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if acfg.max_grad_norm > 0:
-                        metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, acfg.max_grad_norm)
+                        metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(params, acfg.max_grad_norm, foreach=True)
                     opt.step()
                     n_updates += 1
                     for k, v in metrics.items():
@@ -248,6 +292,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             if step % tcfg.eval_every == 0 or step == steps:
                 row, samples = evaluate(step)
                 bar.set_postfix(kl=f"{row['kl']:.3f}", gold=f"{row['reward_gold']:.3f}")
+                if not progress:
+                    log.info("%s step %d/%d: KL %.3f, gold reward %.3f", name, step, steps, row["kl"], row["reward_gold"])
         bar.close()
     finally:
         eval_file.close()
@@ -261,7 +307,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         policy.save_pretrained(run_dir / "policy")
         task.tokenizer.save_pretrained(run_dir / "policy")
     summary = {
-        "algorithm": acfg.label, "algorithm_name": acfg.name, "beta": acfg.beta, "seed": cfg.seed, "task": tcfg.name,
+        "algorithm": acfg.label, "algorithm_name": acfg.name, "beta": acfg.beta,
+        "beta_independent": spec.cls.beta_independent, "seed": cfg.seed, "task": tcfg.name,
         "reward_model": rmcfg.kind, "steps": steps, "final": row,
         "shared": {"metrics": art.metrics, "reused": art.reused, "dirs": {"sft": str(art.sft_dir),
                    "preferences": str(art.preferences_dir), "reward_model": str(art.reward_model_dir)}},

@@ -1,8 +1,8 @@
 """Helpers of the algorithm tests (test_algorithms.py, test_trl_dpo.py).
 
 Everything here is built without the shared stages: tiny randomly initialised GPT-2 models over a
-small task world, wired into a :class:`benchmarks.trainer.Context` exactly as
-``benchmarks.trainer.run`` wires them (policy and reference with dropout disabled, reference
+small task world, wired into a :class:`rlhf_bench.benchmarks.trainer.Context` exactly as
+``rlhf_bench.benchmarks.trainer.run`` wires them (policy and reference with dropout disabled, reference
 frozen, value model from the reward-model architecture). This keeps the algorithm tests fast
 (seconds) and independent of SFT/RM training.
 """
@@ -14,12 +14,12 @@ from typing import Optional
 
 import torch
 
-from benchmarks.config import BanditTaskConfig, ModelConfig, SentimentTaskConfig
-from benchmarks.models import build_policy, build_reward_model, disable_dropout, freeze
-from benchmarks.rollout import RolloutEngine
-from benchmarks.tasks import build_task
-from benchmarks.trainer import Context, PreferenceBatch
-from benchmarks.utils import make_generator
+from rlhf_bench.benchmarks.config import BanditTaskConfig, ModelConfig, SentimentTaskConfig
+from rlhf_bench.benchmarks.models import build_policy, build_reward_model, disable_dropout, freeze
+from rlhf_bench.benchmarks.rollout import RolloutEngine
+from rlhf_bench.benchmarks.tasks import build_task
+from rlhf_bench.benchmarks.trainer import Context, PreferenceBatch
+from rlhf_bench.benchmarks.utils import make_generator
 
 DEVICE = torch.device("cpu")
 
@@ -61,7 +61,7 @@ def perturb_(model: torch.nn.Module, scale: float = 0.05, seed: int = 123) -> to
 
 def make_context(task, base_lm, *, reward_model=None, value_model=None, pairs=None, temperature: float = 1.0,
                  seed: int = 0, keep_dropout: bool = False, logit_mask: Optional[torch.Tensor] = None) -> Context:
-    """Wire a Context as ``benchmarks.trainer.run`` does: ``ref = freeze(disable_dropout(sft))``,
+    """Wire a Context as ``rlhf_bench.benchmarks.trainer.run`` does: ``ref = freeze(disable_dropout(sft))``,
     ``policy = disable_dropout(sft)`` (a separate copy), ``value_model = disable_dropout(rm)``.
 
     ``keep_dropout=True`` skips ``disable_dropout`` on the policy (to show what the harness prevents).

@@ -9,14 +9,14 @@ Everything expensive is built once per test session and shared:
   base, preference data and reward model of each small task are trained once.
 - :func:`bandit` / :func:`sentiment` (session): a ready :class:`Bundle` for each task built from
   the small settings :data:`BANDIT_OVERRIDES` / :data:`SENTIMENT_OVERRIDES`: composed config,
-  validated groups, task, :class:`~benchmarks.stages.SharedStages`, prepared
-  :class:`~benchmarks.stages.SharedArtifacts`, and a :class:`~benchmarks.rollout.RolloutEngine`
+  validated groups, task, :class:`~rlhf_bench.benchmarks.stages.SharedStages`, prepared
+  :class:`~rlhf_bench.benchmarks.stages.SharedArtifacts`, and a :class:`~rlhf_bench.benchmarks.rollout.RolloutEngine`
   over the frozen SFT reference and the frozen reward model. Unpacks as
   ``task, stages, artifacts, engine = bandit``.
-- :func:`bandit_evaluator` (session): an :class:`~benchmarks.evaluation.Evaluator` on the bandit
+- :func:`bandit_evaluator` (session): an :class:`~rlhf_bench.benchmarks.evaluation.Evaluator` on the bandit
   eval prompts; its ``table`` holds the exact (prompt x response) gold/proxy/reference tables.
 - :func:`run_config` (function): ``run_config(bundle, *overrides)`` composes a full run config for
-  ``benchmarks.trainer.run`` that reuses the bundle's cached shared stages.
+  ``rlhf_bench.benchmarks.trainer.run`` that reuses the bundle's cached shared stages.
 
 Threads: torch runs single-threaded (the machine is small and shared; more threads only slow the
 tiny models down). Subprocesses inherit ``OMP_NUM_THREADS=1``.
@@ -50,13 +50,13 @@ from hydra import initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from algorithms.registry import load_algorithms  # noqa: E402
-from benchmarks.config import register_configs, validate  # noqa: E402
-from benchmarks.evaluation import Evaluator  # noqa: E402
-from benchmarks.models import disable_dropout, freeze  # noqa: E402
-from benchmarks.rollout import RolloutEngine  # noqa: E402
-from benchmarks.stages import SharedArtifacts, SharedStages  # noqa: E402
-from benchmarks.tasks import Task, build_task  # noqa: E402
+from rlhf_bench.algorithms.registry import load_algorithms  # noqa: E402
+from rlhf_bench.benchmarks.config import register_configs, validate  # noqa: E402
+from rlhf_bench.benchmarks.evaluation import Evaluator  # noqa: E402
+from rlhf_bench.benchmarks.models import disable_dropout, freeze  # noqa: E402
+from rlhf_bench.benchmarks.rollout import RolloutEngine  # noqa: E402
+from rlhf_bench.benchmarks.stages import SharedArtifacts, SharedStages  # noqa: E402
+from rlhf_bench.benchmarks.tasks import Task, build_task  # noqa: E402
 
 transformers.utils.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
@@ -133,7 +133,7 @@ def cache_dir(tmp_path_factory) -> Path:
 class Bundle:
     """A task with its prepared shared stages.
 
-    ``cfg``: the composed config (with ``cache_dir`` set); ``groups``: ``benchmarks.config.validate``
+    ``cfg``: the composed config (with ``cache_dir`` set); ``groups``: ``rlhf_bench.benchmarks.config.validate``
     output (dataclass instances: ``task``, ``model``, ``reward_model``, ``algorithm``, ``logger``);
     ``engine``: RolloutEngine over the frozen, dropout-free SFT reference and the frozen reward
     model, at the task's temperature. ``overrides``: the overrides that define these stages (pass
@@ -206,14 +206,14 @@ def sentiment(cache_dir) -> Bundle:
 @pytest.fixture(scope="session")
 def bandit_evaluator(bandit) -> Evaluator:
     """Evaluator on the bandit eval prompts (fixed eval seed); ``.table`` is the exact
-    :class:`~benchmarks.evaluation.ResponseTable` (``gold``, ``proxy``, ``ref_logp``: (P, N))."""
+    :class:`~rlhf_bench.benchmarks.evaluation.ResponseTable` (``gold``, ``proxy``, ``ref_logp``: (P, N))."""
     return Evaluator(bandit.engine, bandit.task.eval_prompts, seed=bandit.groups["task"].eval_seed)
 
 
 @pytest.fixture
 def run_config() -> Callable[..., DictConfig]:
     """``run_config(bundle, "algorithm=best_of_n", "seed=1")``: a run config on the bundle's task
-    and cache (shared stages reused), ready for ``benchmarks.trainer.run(cfg, run_dir)``."""
+    and cache (shared stages reused), ready for ``rlhf_bench.benchmarks.trainer.run(cfg, run_dir)``."""
 
     def make(bundle: Bundle, *overrides: str) -> DictConfig:
         return compose_config(*bundle.overrides, *overrides, cache_dir=bundle.cfg.cache_dir)

@@ -18,15 +18,15 @@ import torch
 
 from algo_fixtures import (bandit_task, make_context, perturb_, preference_batch, random_pairs, sentiment_task, tiny_lm,
                            tiny_rm)
-from algorithms.dpo import DPO, DPOConfig
-from algorithms.losses import pairwise_policy_gradient_surrogate
-from algorithms.online_dpo import OnlineDPO, OnlineDPOConfig
-from algorithms.p3o import P3O, P3OConfig
-from algorithms.ppo import PPO, PPOConfig
-from algorithms.registry import get_algorithm
-from benchmarks.models import SequenceBatch
-from benchmarks.trainer import split_groups
-from benchmarks.utils import make_generator
+from rlhf_bench.algorithms.dpo import DPO, DPOConfig
+from rlhf_bench.algorithms.losses import pairwise_policy_gradient_surrogate
+from rlhf_bench.algorithms.online_dpo import OnlineDPO, OnlineDPOConfig
+from rlhf_bench.algorithms.p3o import P3O, P3OConfig
+from rlhf_bench.algorithms.ppo import PPO, PPOConfig
+from rlhf_bench.algorithms.registry import get_algorithm
+from rlhf_bench.benchmarks.models import SequenceBatch
+from rlhf_bench.benchmarks.trainer import split_groups
+from rlhf_bench.benchmarks.utils import make_generator
 
 torch.set_num_threads(1)
 

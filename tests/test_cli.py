@@ -14,9 +14,7 @@ from pathlib import Path
 import pytest
 from hydra.core.config_store import ConfigStore
 
-import algorithms.registry
-from algorithms.base import Algorithm
-from benchmarks.config import AlgorithmConfig
+from rlhf_bench.algorithms import Algorithm, AlgorithmConfig, register_algorithm
 
 REPO = Path(__file__).resolve().parents[1]
 #: Small shared stages for the CLI runs (n_eval_prompts left at its default of 200).
@@ -25,9 +23,9 @@ SMALL = ["task=bandit", "task.n_sft_demos=1000", "task.sft.epochs=1", "task.pref
 
 
 def rlhf_bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run the installed console script (falls back to ``python -m benchmarks.cli``)."""
+    """Run the installed console script (falls back to ``python -m rlhf_bench.benchmarks.cli``)."""
     exe = Path(sys.executable).with_name("rlhf-bench")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "benchmarks.cli"]
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "rlhf_bench.benchmarks.cli"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
@@ -85,14 +83,33 @@ def test_cli_run_files_and_cache_reuse(tmp_path):
     assert (run2 / "eval.jsonl").read_text() == (run1 / "eval.jsonl").read_text()
 
 
-def test_cli_invalid_value_fails_before_any_compute(tmp_path):
-    cache = tmp_path / "cache"
-    res = rlhf_bench("task=bandit", "algorithm=best_of_n", "algorithm.beta=0", f"cache_dir={cache}",
-                     f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
-    assert res.returncode != 0
-    assert "algorithm.beta" in res.stderr and "> 0" in res.stderr, res.stderr[-2000:]
+BAD_VALUES = [
+    (["algorithm=best_of_n", "algorithm.beta=0"], "algorithm.beta must be > 0"),
+    (["device=cuda"], "device must be 'cpu' or 'auto' on this machine"),
+    (["model=pretrained", "model.pretrained=/no/such/dir"], "model.pretrained must be an existing local directory"),
+    (["cache_dir={blocked}/cache"], "cache_dir must be a writable directory"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_VALUES, ids=["beta", "device", "pretrained", "cache_dir"])
+def test_cli_bad_value_one_line_and_nothing_written(overrides, message, tmp_path):
+    """A bad value, path or device ends the real command with exit status 2 and one line naming the
+    field, before any compute and before Hydra creates the run directory."""
+    if overrides == ["device=cuda"] and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    cache, run_dir = tmp_path / "cache", tmp_path / "run"
+    args = [o.format(blocked=blocked) for o in overrides]
+    if not any(a.startswith("cache_dir=") for a in args):
+        args.append(f"cache_dir={cache}")
+    res = rlhf_bench("task=bandit", *args, f"hydra.run.dir={run_dir}", timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert lines == [lines[0]] and lines[0].startswith(f"rlhf-bench: invalid configuration: {message}"), lines
+    assert "Traceback" not in res.stdout + res.stderr
     assert not cache.exists()  # no shared stage was started
-    assert not (tmp_path / "run" / "eval.jsonl").exists()
+    assert not run_dir.exists()  # nothing written, not even Hydra's .hydra/
 
 
 def test_cli_unknown_option_lists_choices(tmp_path):
@@ -112,7 +129,7 @@ class ToyConfig(AlgorithmConfig):
     responses_per_prompt: int = 2
 
 
-@algorithms.registry.register_algorithm("toy", config=ToyConfig)
+@register_algorithm("toy", config=ToyConfig)
 class Toy(Algorithm):
     """REINFORCE with a batch-mean baseline, written against the public plugin API only."""
 
@@ -133,16 +150,16 @@ ConfigStore.instance().store(group="algorithm", name="toy", node=ToyConfig)
 
 def test_toy_plugin_runs_through_the_cli(tmp_path, monkeypatch, bandit):
     """``Toy`` above is registered by importing this file; no harness file names it. The real entry
-    point (``benchmarks.cli.main``, in-process) composes ``algorithm=toy`` from the ConfigStore node,
+    point (``rlhf_bench.benchmarks.cli.main``, in-process) composes ``algorithm=toy`` from the ConfigStore node,
     trains it for 3 steps on the session's bandit stages and writes the run files."""
-    import benchmarks.cli
+    from rlhf_bench.benchmarks import cli
 
     run_dir = tmp_path / "toy_run"
     monkeypatch.setattr(sys, "argv", ["rlhf-bench", *bandit.overrides, "progress=false", "threads=1", "algorithm=toy",
                                       "task.steps=3", "task.eval_every=3", "task.prompts_per_step=8",
                                       f"cache_dir={bandit.cfg.cache_dir}", f"hydra.run.dir={run_dir}"])
     try:
-        benchmarks.cli.main()
+        cli.main()
     except SystemExit as e:  # Hydra exits on errors; a clean run returns
         pytest.fail(f"rlhf-bench exited with {e.code}")
     for name in ("eval.jsonl", "train.jsonl", "samples.jsonl", "summary.json", "optimal_frontier.csv"):
@@ -154,3 +171,43 @@ def test_toy_plugin_runs_through_the_cli(tmp_path, monkeypatch, bandit):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["algorithm_name"] == "toy" and summary["algorithm"] == "toy" and summary["steps"] == 3
     assert (run_dir / "policy").is_dir()
+
+
+# ------------------------------------------------------------------------------ the bare command
+def test_bare_command_adds_the_default_benchmark_only_without_overrides():
+    from rlhf_bench.benchmarks.cli import with_default_benchmark
+
+    assert with_default_benchmark([]) == ["benchmark=bandit"]
+    assert with_default_benchmark(["--cfg", "job"]) == ["--cfg", "job", "benchmark=bandit"]
+    assert with_default_benchmark(["task=sentiment"]) == ["task=sentiment"]
+    assert with_default_benchmark(["-m", "algorithm=ppo,dpo"]) == ["-m", "algorithm=ppo,dpo"]
+    assert with_default_benchmark(["hydra.sweep.dir=d"]) == ["hydra.sweep.dir=d", "benchmark=bandit"]
+    assert with_default_benchmark(["hydra/launcher=basic"]) == ["hydra/launcher=basic", "benchmark=bandit"]
+
+
+def test_bare_command_composes_every_job_of_the_default_benchmark(monkeypatch, capsys):
+    """``rlhf-bench`` with no arguments, through ``cli.main`` itself (Hydra's ``--cfg all`` stops it
+    after composition): the default benchmark's multirun composes, and every job it would launch
+    composes and validates. A composition error in the bare command fails here, in seconds."""
+    from hydra import compose, initialize_config_module
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from rlhf_bench.benchmarks import cli
+    from rlhf_bench.benchmarks.config import validate
+
+    monkeypatch.setattr(sys, "argv", ["rlhf-bench", "--cfg", "all"])
+    cli.main()
+    master = OmegaConf.create(capsys.readouterr().out)
+    assert master.hydra.mode == "MULTIRUN" and master.benchmark.name == "bandit"
+    assert master.hydra.launcher._target_.endswith("JoblibLauncher")
+    params = [f"{k}={v}" for k, v in master.hydra.sweeper.params.items()]
+    jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
+    algorithms = {o.split("=")[1] for job in jobs for o in job if o.startswith("algorithm=")}
+    assert algorithms == {p.stem for p in (REPO / "conf" / "algorithm").glob("*.yaml")} - {"ppo_ptx"}
+    GlobalHydra.instance().clear()
+    with initialize_config_module(version_base="1.3", config_module=cli.CONFIG_MODULE):
+        for job in jobs:  # as the launcher composes each job: the command's overrides, then the job's
+            validate(compose("config", overrides=["benchmark=bandit", *job]))

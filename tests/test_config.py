@@ -6,15 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from algorithms.registry import available_algorithms, get_algorithm
-from benchmarks.config import ConfigError, validate
+from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
+from rlhf_bench.benchmarks.config import ConfigError, validate
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("task", "model", "reward_model", "algorithm", "logger")
 #: Options that need a value the YAML leaves mandatory (``???``) to be complete.
-REQUIRED_EXTRA = {("model", "pretrained"): ["model.pretrained=/path/to/a/local/model"]}
+#: (A well-formed hub id passes validation without being downloaded.)
+REQUIRED_EXTRA = {("model", "pretrained"): ["model.pretrained=gpt2"]}
 
 
 def _options(group: str) -> list[str]:
@@ -130,5 +132,44 @@ def test_unknown_algorithm_name_lists_known_names():
 
 def test_unregistered_algorithm_name_fails_validation(compose):
     cfg = compose("algorithm=best_of_n", "algorithm.name=nope")
-    with pytest.raises(KeyError, match="known algorithms"):
+    with pytest.raises(ConfigError, match=r"algorithm\.name must be a registered algorithm.*'best_of_n'.*got 'nope'"):
         validate(cfg)
+
+
+# ------------------------------------------------------------- what the run needs from this machine
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
+def test_unavailable_device_names_the_field(device, compose):
+    with pytest.raises(ConfigError, match=r"device must be 'cpu' or 'auto' on this machine .*no CUDA device"):
+        validate(compose(f"device={device}"))
+
+
+def test_auto_device_validates(compose):
+    validate(compose("device=auto"))
+
+
+@pytest.mark.parametrize("value", ["/no/such/dir", "./not/here", "a/b/c", "bad name!"])
+def test_pretrained_neither_directory_nor_hub_id(value, compose):
+    with pytest.raises(ConfigError, match=r"model\.pretrained must be an existing local directory or a hub model id"):
+        validate(compose("model=pretrained", f"model.pretrained='{value}'"))
+
+
+def test_pretrained_existing_directory_or_hub_id_passes(tmp_path, compose):
+    validate(compose("model=pretrained", f"model.pretrained={tmp_path}"))
+    validate(compose("model=pretrained", "model.pretrained=EleutherAI/pythia-160m"))
+
+
+def test_cache_dir_that_cannot_be_written(tmp_path, compose):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"cache_dir must be a writable directory .*is not a directory"):
+        validate(compose(f"cache_dir={blocker / 'cache'}"))
+    validate(compose(f"cache_dir={tmp_path / 'new' / 'cache'}"))  # creatable: fine, and nothing created
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs a read-only /proc (Linux)")
+def test_cache_dir_on_a_read_only_file_system(compose):
+    """Probed by writing, so it holds even for root, whom permission bits do not stop."""
+    with pytest.raises(ConfigError, match=r"cache_dir must be a writable directory.*/proc cannot be written"):
+        validate(compose("cache_dir=/proc/rlhf-bench-cache"))

@@ -2,7 +2,7 @@
 
 For three beta spanning a decade, each online algorithm trained against the gold reward must end
 with frontier efficiency >= 0.9 and its KL within 25% of KL(pi*_beta || pi_ref); offline DPO, whose
-data is finite, must reach efficiency >= 0.8. ``python -m benchmarks.convergence`` runs the same grid
+data is finite, must reach efficiency >= 0.8. ``python -m rlhf_bench.benchmarks.convergence`` runs the same grid
 and writes the committed table in results/bandit_convergence/.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks.convergence import ALGORITHMS, BETAS, convergence_grid
+from rlhf_bench.benchmarks.convergence import ALGORITHMS, BETAS, convergence_grid
 
 pytestmark = pytest.mark.slow
 ONLINE = ("ppo", "online_dpo", "p3o_v1", "p3o_v2")

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from algorithms.losses import (AdaptiveKLController, dpo_loss, gae, kl_penalty, masked_mean, masked_whiten, p3o_loss,
+from rlhf_bench.algorithms.losses import (AdaptiveKLController, dpo_loss, gae, kl_penalty, masked_mean, masked_whiten, p3o_loss,
                                pairwise_policy_gradient_surrogate, ppo_policy_loss, ppo_token_rewards, ppo_value_loss,
                                sequence_logratio)
 

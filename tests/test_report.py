@@ -14,8 +14,8 @@ from statistics import NormalDist
 
 import pytest
 
-from benchmarks import report as rep
-from benchmarks.stats import mean_ci, pareto_front, t_cdf, t_ppf, wilson_interval, win_rate
+from rlhf_bench.benchmarks import report as rep
+from rlhf_bench.benchmarks.stats import mean_ci, pareto_front, t_cdf, t_ppf, wilson_interval, win_rate
 
 # --------------------------------------------------------------------------------- synthetic runs
 TRAINED = {"ppo": 0.75, "dpo": 0.6, "p3o_v2": 0.9}  # share of the optimal gain each reaches

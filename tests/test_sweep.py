@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.report import main as report_main
+from rlhf_bench.benchmarks.report import main as report_main
 
-CLI = [sys.executable, "-m", "benchmarks.cli"]
+CLI = [sys.executable, "-m", "rlhf_bench.benchmarks.cli"]
 REPORT_FILES = ("report.md", "frontier.png", "frontier.csv", "winrate.png", "winrates.csv")
 # The smoke benchmark's task settings; other tests here reuse its cached shared stages.
 SMOKE_TASK = ["task.n_eval_prompts=50", "task.sft.epochs=1", "task.preferences.n_prompts=200"]
@@ -52,7 +52,12 @@ def test_smoke_sweep_writes_the_report(smoke):
         assert (sweep / name).is_file() and (sweep / name).stat().st_size > 0, name
     assert f"report: {sweep / 'report.md'}" in proc.stdout
     runs = _runs(sweep)
-    assert len(runs) == 6  # sft, dpo, p3o_v2 x beta {0.1, 1.0}
+    # sft, dpo, p3o_v2 x beta {0.1, 1.0}: six jobs, five runs (sft does not depend on beta)
+    assert sorted(r.name for r in runs) == ["dpo_beta0.1_seed0", "dpo_beta1_seed0", "p3o_v2_beta0.1_seed0",
+                                            "p3o_v2_beta1_seed0", "sft_seed0"]
+    log = proc.stdout + proc.stderr
+    assert log.count("already finished for this configuration, skipped") == 1, log[-3000:]  # sft at beta 1.0
+    assert json.loads((sweep / "sft_seed0" / "summary.json").read_text())["beta_independent"] is True
     report = (sweep / "report.md").read_text()
     assert "![frontier](frontier.png)" in report and "dpo" in report and "p3o_v2" in report
 
@@ -65,9 +70,7 @@ def test_frontier_csv_matches_every_eval_row(smoke):
     expected = 0
     for run in _runs(sweep):
         s = json.loads((run / "summary.json").read_text())
-        beta = "" if s["steps"] == 0 else s["beta"]
-        if s["steps"] == 0 and s["beta"] != 0.1:
-            continue  # beta-independent baselines are reported once
+        beta = "" if s["beta_independent"] else s["beta"]
         for line in open(run / "eval.jsonl"):
             e = json.loads(line)
             key = (s["algorithm"], "" if beta == "" else f"{beta:g}", str(s["seed"]), str(e["step"]))

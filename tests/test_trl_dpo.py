@@ -29,8 +29,8 @@ import pytest
 import torch
 
 from algo_fixtures import make_context, preference_batch, random_pairs, sentiment_task, tiny_lm
-from algorithms.dpo import DPO, DPOConfig
-from benchmarks.trainer import split_groups
+from rlhf_bench.algorithms.dpo import DPO, DPOConfig
+from rlhf_bench.benchmarks.trainer import split_groups
 
 torch.set_num_threads(1)
 
