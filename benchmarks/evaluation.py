@@ -22,8 +22,9 @@ from typing import Optional, Protocol
 
 import numpy as np
 import torch
+from filelock import FileLock
 
-from .models import SequenceBatch, response_logits, score_batch, token_logprobs_chunked
+from .models import NEG, SequenceBatch, pad_left, position_ids, response_logits, scalar_head
 from .rollout import RolloutEngine
 from .utils import config_hash, make_generator
 
@@ -133,7 +134,7 @@ class ResponseTable:
     @classmethod
     def build(cls, engine: RolloutEngine, prompts, cache_dir: Optional[Path] = None) -> "ResponseTable":
         """Score every (prompt, response). With ``cache_dir`` (the reward model's stage directory)
-        the proxy and reference tables are computed once and reused by later runs."""
+        the proxy and reference tables are computed once, under a file lock, and reused by later runs."""
         task = engine.task
         responses = task.all_responses()
         P, N = len(prompts), len(responses)
@@ -141,52 +142,125 @@ class ResponseTable:
         flat_r = responses * P
         gold = task.gold_reward(flat_p, flat_r).view(P, N)
         t = cls(prompts, responses, gold.cpu(), torch.empty(0), torch.empty(0))
-        t._prepare_prefixes(engine)
+        t._prefix_tree = PrefixTree(responses, engine.logit_mask)
+        if cache_dir is None:
+            t._score(engine)
+            return t
         key = config_hash({"prompts": prompts, "responses": responses, "temperature": engine.temperature})
-        path = Path(cache_dir) / f"eval_table-{key}.pt" if cache_dir is not None else None
-        if path is not None and path.exists():
-            cached = torch.load(path)
-            t.proxy, t.ref_logp = cached["proxy"], cached["ref_logp"]
-        else:
-            batch = SequenceBatch.from_lists(flat_p, flat_r, task.pad_id, device=engine.device)
-            t.proxy = score_batch(engine.reward_model, batch, chunk=4096).view(P, N).cpu()
-            t.ref_logp = t.logprobs(engine, engine.ref_model)
-            if path is not None:  # atomic: parallel jobs may race to write the same table
+        path = Path(cache_dir) / f"eval_table-{key}.pt"
+        with FileLock(str(path) + ".lock"):  # parallel jobs build it once
+            if not path.exists():
+                t._score(engine)
                 tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
                 torch.save({"proxy": t.proxy, "ref_logp": t.ref_logp}, tmp)
                 os.replace(tmp, path)
+                return t
+        cached = torch.load(path)
+        t.proxy, t.ref_logp = cached["proxy"], cached["ref_logp"]
         return t
 
-    def _prepare_prefixes(self, engine: RolloutEngine) -> None:
-        """Share forward passes between responses: positions where the logit mask allows a single
-        token contribute log 1 = 0 and are dropped from the end; the remaining ``T`` conditionals of
-        a response all come from one forward pass over its first ``T - 1`` tokens, which many
-        responses share (64 distinct prefixes for 256 responses on the default bandit)."""
-        resp = torch.tensor(self.responses)  # (N, T0): enumerable tasks have equal-length responses
-        forced = engine.logit_mask[: resp.shape[1]].sum(-1) == 1  # (T0,)
-        T = resp.shape[1]
-        while T > 1 and bool(forced[T - 1]):
-            T -= 1
-        prefixes, inverse = torch.unique(resp[:, : T - 1], dim=0, return_inverse=True)  # (M, T-1), (N,)
-        filler = resp[0, T - 1: T].expand(len(prefixes), 1)  # any token: its own output is never read
-        inputs = torch.cat([prefixes, filler], 1).tolist()  # (M, T)
-        P = len(self.prompts)
-        self._batch = SequenceBatch.from_lists([p for p in self.prompts for _ in inputs], inputs * P,
-                                               engine.task.pad_id, device=engine.device)
-        self._T, self._M, self._inverse, self._tokens = T, len(prefixes), inverse, resp[:, :T]
+    def _score(self, engine: RolloutEngine) -> None:
+        self.proxy = self._prefix_tree.rewards(engine.reward_model, self.prompts, engine)
+        self.ref_logp = self.logprobs(engine, engine.ref_model)
 
-    @torch.no_grad()
     def logprobs(self, engine: RolloutEngine, model) -> torch.Tensor:
         """Exact log pi(y|x) of every enumerated response: (P, N)."""
-        P, M, T = len(self.prompts), self._M, self._T
-        out = []
-        for i in range(0, len(self._batch), 8192):
-            b = self._batch.select(torch.arange(i, min(i + 8192, len(self._batch))))
-            out.append(torch.log_softmax(response_logits(model, b, engine.temperature, engine.logit_mask), -1).cpu())
-        logp = torch.cat(out).view(P, M, T, -1)  # (P, M, T, V) conditionals at each prefix
-        per_resp = logp[:, self._inverse]  # (P, N, T, V)
-        tok = self._tokens.view(1, -1, T, 1).expand(P, -1, T, 1)
-        return per_resp.gather(-1, tok).squeeze(-1).sum(-1)  # (P, N)
+        return self._prefix_tree.logprobs(model, self.prompts, engine)
+
+
+class PrefixTree:
+    """The enumerated responses as a tree of shared prefixes, walked with the KV cache.
+
+    ``log pi(y|x) = sum_t log pi(y_t | x, y_<t)`` needs the next-token distribution after every
+    distinct prefix ``y_<t``, and a reward model reads the hidden state at a response's last token:
+    neither needs one forward pass per (prompt, response). On the default bandit the 256 responses
+    share 1 + 4 + 16 + 64 prefixes. Each prompt is encoded once; each level of the tree then feeds
+    one token per prefix, its cache rows gathered from the parent prefix.
+
+    Log-probs skip the trailing positions where the logit mask allows a single token (the bandit's
+    final ``<eos>``, ``log 1 = 0``) and use ``logits / temperature`` with the logit mask, in float32,
+    as rollouts do.
+    """
+
+    def __init__(self, responses: list[list[int]], logit_mask: torch.Tensor, max_rows: int = 16384):
+        resp = torch.tensor(responses)  # (N, T0): enumerable tasks have equal-length responses
+        T = resp.shape[1]
+        forced = logit_mask[:T].sum(-1) == 1  # (T0,)
+        while T > 1 and bool(forced[T - 1]):
+            T -= 1
+        self.T = T  # response positions whose log-probs count
+        self.tokens = resp  # (N, T0)
+        # level t holds the distinct prefixes of length t; ``index[t]`` maps each response to its prefix
+        self.index = [torch.zeros(len(resp), dtype=torch.long)]
+        self.parent, self.last_token = [torch.zeros(1, dtype=torch.long)], [None]
+        for t in range(1, resp.shape[1] + 1):
+            uniq, inv = torch.unique(resp[:, :t], dim=0, return_inverse=True)  # (M_t, t), (N,)
+            parent = torch.zeros(len(uniq), dtype=torch.long)
+            parent[inv] = self.index[t - 1]  # each prefix's parent: the prefix without its last token
+            self.index.append(inv)
+            self.parent.append(parent)
+            self.last_token.append(uniq[:, -1])
+        self.max_rows = max_rows
+
+    def _chunks(self, prompts: list[list[int]], levels: int) -> list[list[list[int]]]:
+        n = max(1, self.max_rows // max(len(p) for p in self.parent[:levels]))
+        return [prompts[i: i + n] for i in range(0, len(prompts), n)]
+
+    def _walk(self, forward, prompts: list[list[int]], engine: RolloutEngine, levels: int):
+        """Yield ``(t, out)`` for ``t < levels``: ``forward``'s output after the prompt and every
+        prefix of length ``t``, shaped (P, M_t, ...). ``forward(ids, mask, pos, past) -> (out, past)``."""
+        device = engine.device
+        query, qmask = pad_left(prompts, engine.task.pad_id, device)  # (P, Tq)
+        P = len(prompts)
+        out, past = forward(query, qmask, position_ids(qmask), None)
+        yield 0, out[:, -1:]  # one (empty) prefix at level 0
+        first_pos = qmask.sum(1)  # (P,) position of the first response token
+        for t in range(1, levels):
+            parent = self.parent[t]
+            M_prev, M = len(self.parent[t - 1]), len(parent)
+            rows = (torch.arange(P).unsqueeze(1) * M_prev + parent.unsqueeze(0)).flatten()  # (P*M,) parent rows
+            past.reorder_cache(rows.to(device))
+            attn = torch.cat([qmask.repeat_interleave(M, 0), torch.ones(P * M, t, dtype=qmask.dtype, device=device)], 1)
+            pos = (first_pos.repeat_interleave(M) + t - 1).unsqueeze(1)  # (P*M, 1)
+            tok = self.last_token[t].to(device).repeat(P).unsqueeze(1)  # (P*M, 1)
+            out, past = forward(tok, attn, pos, past)
+            yield t, out[:, -1].view(P, M, *out.shape[2:])
+
+    @torch.no_grad()
+    def logprobs(self, model, prompts: list[list[int]], engine: RolloutEngine) -> torch.Tensor:
+        """(P, N) exact ``log pi(y|x)`` of every response to every prompt."""
+        mask = engine.logit_mask
+
+        def forward(ids, attn, pos, past):
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
+            return out.logits, out.past_key_values
+
+        chunks = []
+        for chunk in self._chunks(prompts, self.T):
+            total = torch.zeros(len(chunk), len(self.tokens))  # (P, N)
+            for t, logits in self._walk(forward, chunk, engine, self.T):  # (P, M_t, V)
+                logits = (logits.float() / engine.temperature).masked_fill(~mask[t].to(logits.device), NEG)
+                logp = torch.log_softmax(logits, -1).cpu()[:, self.index[t]]  # (P, N, V)
+                total += logp.gather(-1, self.tokens[:, t].view(1, -1, 1).expand(len(chunk), -1, 1)).squeeze(-1)
+            chunks.append(total)
+        return torch.cat(chunks)
+
+    @torch.no_grad()
+    def rewards(self, reward_model, prompts: list[list[int]], engine: RolloutEngine) -> torch.Tensor:
+        """(P, N) reward-model scores, read at each response's last token, minus the centring bias
+        (as :func:`~rlhf_bench.benchmarks.models.reward_scores` reads them)."""
+        head, body, levels = scalar_head(reward_model), reward_model.base_model, self.tokens.shape[1] + 1
+
+        def forward(ids, attn, pos, past):
+            out = body(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
+            return out.last_hidden_state, out.past_key_values
+
+        chunks = []
+        for chunk in self._chunks(prompts, levels):
+            for t, hidden in self._walk(forward, chunk, engine, levels):
+                if t == levels - 1:  # the full responses
+                    chunks.append(head(hidden).squeeze(-1).float().cpu()[:, self.index[t]])
+        return torch.cat(chunks) - float(getattr(reward_model.config, "reward_bias", 0.0))
 
 
 # ---------------------------------------------------------------------------------- evaluator

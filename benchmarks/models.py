@@ -12,18 +12,20 @@ Conventions (one vocabulary across the suite):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
-from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, GPT2Config, GPT2ForSequenceClassification,
-                          GPT2LMHeadModel, PreTrainedModel)
+
+if TYPE_CHECKING:  # transformers is imported where models are built: config composition stays fast
+    from transformers import GPT2Config, PreTrainedModel
 
 NEG = -1e9  # logit given to forbidden tokens (finite, so masked positions never produce NaN)
 
 
 # ----------------------------------------------------------------------------------- building
 def _gpt2_config(task, cfg, **extra) -> GPT2Config:
+    from transformers import GPT2Config
+
     return GPT2Config(
         vocab_size=task.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
         n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
@@ -33,6 +35,8 @@ def _gpt2_config(task, cfg, **extra) -> GPT2Config:
 
 def build_policy(task, cfg) -> PreTrainedModel:
     """A causal LM for ``task``: fresh from ``cfg`` sizes, or ``from_pretrained(cfg.pretrained)``."""
+    from transformers import AutoModelForCausalLM, GPT2LMHeadModel
+
     if cfg.pretrained:
         return AutoModelForCausalLM.from_pretrained(cfg.pretrained)
     return GPT2LMHeadModel(_gpt2_config(task, cfg))
@@ -40,6 +44,8 @@ def build_policy(task, cfg) -> PreTrainedModel:
 
 def build_reward_model(task, cfg) -> PreTrainedModel:
     """Same transformer with the LM head replaced by a scalar head (``num_labels=1``)."""
+    from transformers import AutoModelForSequenceClassification, GPT2ForSequenceClassification
+
     if cfg.pretrained:
         model = AutoModelForSequenceClassification.from_pretrained(cfg.pretrained, num_labels=1)
     else:
@@ -196,7 +202,7 @@ def last_token_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), idx, torch.full_like(idx, -1)).max(dim=1).values
 
 
-def _head(model: PreTrainedModel) -> torch.nn.Module:
+def scalar_head(model: PreTrainedModel) -> torch.nn.Module:
     for name in ("score", "classifier", "v_head"):
         if hasattr(model, name):
             return getattr(model, name)
@@ -206,7 +212,7 @@ def _head(model: PreTrainedModel) -> torch.nn.Module:
 def hidden_scores(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The scalar head applied at every position: (B, T)."""
     hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)[0]
-    return _head(model)(hidden).squeeze(-1).float()
+    return scalar_head(model)(hidden).squeeze(-1).float()
 
 
 def reward_scores(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -35,10 +35,10 @@ from .config import as_dict
 from .models import (SequenceBatch, build_policy, build_reward_model, freeze, masked_mean, reward_scores, score_batch,
                      token_logprobs)
 from .rollout import sample_responses
-from .utils import atomic_directory, config_hash, derive_seed, make_generator
+from .utils import adamw, atomic_directory, config_hash, derive_seed, make_generator
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 2  # bump when a stage's code changes what it produces
+STAGE_VERSION = 3  # bump when a stage's code changes what it produces (3: fused AdamW)
 
 
 # -------------------------------------------------------------------------------------- losses
@@ -146,7 +146,7 @@ class SharedStages:
     def _fit(self, model, batches, loss_fn, lr: float, steps: int, desc: str) -> torch.Tensor:
         """AdamW with 20 warm-up steps then linear decay, gradient clipping at 1, a progress bar.
         ``loss_fn(batch) -> (loss, postfix)``. Returns the last loss."""
-        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        opt = adamw(model.parameters(), lr=lr)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
         model.train()
         bar = tqdm(total=steps, desc=desc, disable=not self.progress, leave=False)
@@ -154,7 +154,7 @@ class SharedStages:
             loss, postfix = loss_fn(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
             opt.step()
             sched.step()
             bar.update(1)
@@ -242,20 +242,19 @@ class SharedStages:
                 "preferences/sft_gold_reward": gold.mean().item()}
 
     # --- 3. reward model ------------------------------------------------------------------------
-    def _list_batch(self, rows: dict) -> tuple[SequenceBatch, torch.Tensor, int]:
-        prompts, responses = [], []
-        for p, rs in zip(rows["prompt"], rows["responses"]):
-            for r in rs:
-                prompts.append(self.task.encode(p))
-                responses.append(self.task.encode(r))
-        k = len(rows["responses"][0])
-        return (SequenceBatch.from_lists(prompts, responses, self.task.pad_id, device=self.device),
-                torch.tensor(rows["ranking"], device=self.device), k)
+    def _encode_lists(self, ds: datasets.Dataset) -> list[tuple[list[int], list[list[int]], list[int]]]:
+        """Ranked lists as token ids, encoded once: (prompt, K responses, ranking) per row."""
+        return [(self.task.encode(p), [self.task.encode(r) for r in rs], list(rank))
+                for p, rs, rank in zip(ds["prompt"], ds["responses"], ds["ranking"])]
 
-    def _rm_rewards(self, model, rows) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, ranking, k = self._list_batch(rows)
-        r = reward_scores(model, batch.input_ids, batch.attention_mask)  # one forward per response
-        return r.view(-1, k), ranking  # (B, K)
+    def _rm_rewards(self, model, lists) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards (B, K) of the K responses of each list, one forward per response, and the rankings."""
+        prompts = [p for p, rs, _ in lists for _ in rs]
+        responses = [r for _, rs, _ in lists for r in rs]
+        batch = SequenceBatch.from_lists(prompts, responses, self.task.pad_id, device=self.device)
+        ranking = torch.tensor([rank for _, _, rank in lists], device=self.device)
+        r = reward_scores(model, batch.input_ids, batch.attention_mask)
+        return r.view(len(lists), -1), ranking  # (B, K)
 
     def _train_reward_model(self, out: Path, art: SharedArtifacts) -> dict:
         cfg = self.rm_cfg
@@ -266,13 +265,14 @@ class SharedStages:
         sft = self.load_sft(art)
         model.base_model.load_state_dict(sft.base_model.state_dict())  # RM starts from the SFT transformer
         model.to(self.device)
-        train, held = art.preferences("train"), art.preferences("heldout")
+        held_ds = art.preferences("heldout")
+        train, held = self._encode_lists(art.preferences("train")), self._encode_lists(held_ds)
 
         def batches():
             for _ in range(cfg.epochs):
                 order = torch.randperm(len(train), generator=gen).tolist()
                 for i in range(0, len(order), cfg.batch_size):
-                    yield train[order[i: i + cfg.batch_size]]
+                    yield [train[j] for j in order[i: i + cfg.batch_size]]
 
         def loss_fn(rows):
             loss, m = ranking_loss(*self._rm_rewards(model, rows))
@@ -284,7 +284,7 @@ class SharedStages:
         with torch.no_grad():  # centring: the mean reward over the preference data becomes 0
             all_r = torch.cat([self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)])
             model.config.reward_bias = float(all_r.mean())
-            metrics = self._rm_eval(model, held)
+            metrics = self._rm_eval(model, held, held_ds["gold"])
             metrics["rm/train_mean_after_centring"] = float(torch.cat(
                 [self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)]).mean())
         metrics["rm/bias"] = model.config.reward_bias
@@ -294,10 +294,10 @@ class SharedStages:
                  metrics["rm/heldout_accuracy_labels"], metrics["rm/heldout_accuracy_gold"])
         return metrics
 
-    def _rm_eval(self, model, held: datasets.Dataset) -> dict:
-        rewards, ranking = self._rm_rewards(model, held[:])
+    def _rm_eval(self, model, held: list, gold: list[list[float]]) -> dict:
+        rewards, ranking = self._rm_rewards(model, held)
         _, m = ranking_loss(rewards, ranking)
-        gold = torch.tensor(held["gold"], device=rewards.device)
+        gold = torch.tensor(gold, device=rewards.device)
         dg = gold.unsqueeze(2) - gold.unsqueeze(1)  # (B, K, K)
         dr = rewards.unsqueeze(2) - rewards.unsqueeze(1)
         strict = dg > 0  # noiseless gold order, ties excluded

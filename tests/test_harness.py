@@ -21,19 +21,19 @@ import pytest
 import torch
 from hydra.core.config_store import ConfigStore
 
-from algorithms.base import Algorithm
-from algorithms.baselines import BestOfNPolicy
-from algorithms.registry import available_algorithms, register_algorithm
-from benchmarks import trainer
-from benchmarks.config import AlgorithmConfig, BanditTaskConfig, ModelConfig, PreferenceConfig, RewardModelConfig, SFTConfig
-from benchmarks.evaluation import (LMPolicy, kl_and_reward, optimal_frontier, optimal_point, optimal_reward_at_kl,
+from rlhf_bench.algorithms.base import Algorithm
+from rlhf_bench.algorithms.baselines import BestOfNPolicy
+from rlhf_bench.algorithms.registry import available_algorithms, register_algorithm
+from rlhf_bench.benchmarks import trainer
+from rlhf_bench.benchmarks.config import AlgorithmConfig, BanditTaskConfig, ModelConfig, PreferenceConfig, RewardModelConfig, SFTConfig
+from rlhf_bench.benchmarks.evaluation import (LMPolicy, kl_and_reward, optimal_frontier, optimal_point, optimal_reward_at_kl,
                                    tilted)
-from benchmarks.models import (SequenceBatch, build_policy, build_reward_model, disable_dropout, hidden_scores,
+from rlhf_bench.benchmarks.models import (SequenceBatch, build_policy, build_reward_model, disable_dropout, hidden_scores,
                                last_token_index, position_ids, response_logits, reward_scores, score_batch,
                                token_logprobs)
-from benchmarks.stages import SharedStages, expand_pairs, plackett_luce_ranking, ranking_loss
-from benchmarks.tasks import build_task
-from benchmarks.utils import make_generator
+from rlhf_bench.benchmarks.stages import SharedStages, expand_pairs, plackett_luce_ranking, ranking_loss
+from rlhf_bench.benchmarks.tasks import build_task
+from rlhf_bench.benchmarks.utils import make_generator
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -418,6 +418,24 @@ def test_bandit_enumerated_probabilities_sum_to_one(bandit, bandit_evaluator):
     for j in (0, 37, 255):
         direct = manual_logprobs(bandit.ref, task.eval_prompts[3], table.responses[j], 1.0, mask).sum()
         assert table.ref_logp[3, j].item() == pytest.approx(direct.item(), abs=1e-5)
+
+
+def test_prefix_tree_matches_full_forward_passes(bandit, bandit_evaluator):
+    """The prefix tree (KV cache shared along prefixes) gives, for every response of a few prompts,
+    the log-probs of one full forward pass per sequence (a random model at T = 0.7, so that position
+    ids, temperature and mask all matter) and the reward model's score read at the last token."""
+    table, task = bandit_evaluator.table, bandit.task
+    prompts = task.eval_prompts[:5]
+    flat = SequenceBatch.from_lists([p for p in prompts for _ in table.responses], table.responses * len(prompts),
+                                    task.pad_id)
+    engine = bandit.engine_at(0.7)
+    model = random_policy(task, 3)
+    tree = table._prefix_tree.logprobs(model, prompts, engine)  # (5, N)
+    full = token_logprobs(model, flat, 0.7, engine.logit_mask).sum(1).view(len(prompts), -1)
+    torch.testing.assert_close(tree, full, atol=2e-5, rtol=0)
+    proxy = score_batch(bandit.reward_model, flat).view(len(prompts), -1)
+    torch.testing.assert_close(table._prefix_tree.rewards(bandit.reward_model, prompts, engine), proxy, atol=2e-5, rtol=0)
+    torch.testing.assert_close(table.proxy[:5], proxy, atol=2e-5, rtol=0)
 
 
 def test_exact_kl_of_reference_to_itself_is_zero(bandit, bandit_evaluator):

@@ -86,7 +86,7 @@ class BanditTask(Task):
 
     # --- Task API -------------------------------------------------------------------------------
     def gold_reward(self, prompts, responses) -> torch.Tensor:
-        c = torch.tensor([self.context_of(p) for p in prompts])
+        c = torch.tensor([self._context_of[int(p[1])] for p in prompts])
         j = torch.tensor([self.response_index(r) for r in responses])
         return self.reward_table[c, j]
 
