@@ -59,7 +59,7 @@ class RunningMoments:
         return max(self.var, 1e-12) ** 0.5
 
 
-@register_algorithm("p3o", config=P3OConfig)
+@register_algorithm("p3o", config=P3OConfig, option=False)  # options: p3o_v1, p3o_v2 (conf/algorithm/)
 class P3O(Algorithm):
     data = "online"
 

@@ -10,7 +10,9 @@ the algorithm::
 
 The registry also stores each algorithm's config dataclass in Hydra's ConfigStore as
 ``schema/algorithm/<name>``, which the YAML under ``conf/algorithm/`` extends
-(``defaults: [/schema/algorithm/<name>@_here_]``).
+(``defaults: [/schema/algorithm/<name>@_here_]``), and as the option ``algorithm/<name>`` with the
+dataclass's defaults, so that ``algorithm=<name>`` works for a plugin that ships no YAML file. A
+YAML file of the same name under ``conf/algorithm/`` is the option instead.
 """
 
 from __future__ import annotations
@@ -40,8 +42,18 @@ _loaded = False
 T = TypeVar("T", bound=type)
 
 
-def register_algorithm(name: str, config: type | None = None) -> Callable[[T], T]:
-    """Class decorator: ``@register_algorithm("ppo", config=PPOConfig)``."""
+def _has_yaml_option(name: str) -> bool:
+    from importlib.resources import files
+
+    return files("rlhf_bench.conf").joinpath("algorithm", f"{name}.yaml").is_file()
+
+
+def register_algorithm(name: str, config: type | None = None, option: bool = True) -> Callable[[T], T]:
+    """Class decorator: ``@register_algorithm("ppo", config=PPOConfig)``.
+
+    ``option=False`` registers no ``algorithm=<name>`` option (when YAML files under other names,
+    such as ``p3o_v1`` and ``p3o_v2``, are the algorithm's options).
+    """
 
     def deco(cls: T) -> T:
         cfg_cls = config or getattr(cls, "config_class")
@@ -50,7 +62,10 @@ def register_algorithm(name: str, config: type | None = None) -> Callable[[T], T
         cls.name = name
         cls.config_class = cfg_cls
         _REGISTRY[name] = AlgorithmSpec(name, cls, cfg_cls)
-        ConfigStore.instance().store(group="schema/algorithm", name=name, node=cfg_cls)
+        cs = ConfigStore.instance()
+        cs.store(group="schema/algorithm", name=name, node=cfg_cls)
+        if option and not _has_yaml_option(name):
+            cs.store(group="algorithm", name=name, node=cfg_cls(name=name, label=name))
         return cls
 
     return deco

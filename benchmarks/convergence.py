@@ -24,7 +24,6 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Sequence
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 ALGORITHMS = ("ppo", "online_dpo", "p3o_v1", "p3o_v2", "dpo")
 BETAS = (0.2, 0.6, 2.0)
 COLUMNS = ["algorithm", "beta", "kl", "kl_optimal", "kl_rel_error", "reward_gold", "reward_optimal_at_beta",
@@ -34,16 +33,12 @@ COLUMNS = ["algorithm", "beta", "kl", "kl_optimal", "kl_rel_error", "reward_gold
 def compose(overrides: Sequence[str]):
     """Compose the run config exactly as ``rlhf-bench`` would, from Python."""
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
 
-    from rlhf_bench.algorithms.registry import load_algorithms
-    from rlhf_bench.benchmarks.cli import quiet_libraries
-    from rlhf_bench.benchmarks.config import register_configs
+    from rlhf_bench.benchmarks.cli import CONFIG_MODULE, quiet_libraries
 
-    register_configs()
-    load_algorithms()
     quiet_libraries()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))
 
 

@@ -14,6 +14,7 @@ On enumerable tasks the exact optimal frontier of REFERENCE section 2 is availab
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from filelock import FileLock
 
 from .models import NEG, SequenceBatch, pad_left, position_ids, response_logits, scalar_head
 from .rollout import RolloutEngine
-from .utils import config_hash, make_generator
+from .utils import atomic_write_text, config_hash, make_generator, to_jsonable
 
 
 # ----------------------------------------------------------------------------- exact frontier
@@ -268,7 +269,7 @@ class Evaluator:
     """Measures a policy on the fixed held-out prompts. Build once per run, call per evaluation."""
 
     def __init__(self, engine: RolloutEngine, prompts: list[list[int]], seed: int, cache_dir: Optional[Path] = None):
-        self.engine, self.prompts, self.seed = engine, [list(p) for p in prompts], seed
+        self.engine, self.prompts, self.seed, self.cache_dir = engine, [list(p) for p in prompts], seed, cache_dir
         self.table = ResponseTable.build(engine, self.prompts, cache_dir) if engine.task.enumerable else None
         if self.table is not None:
             self.sft_gold = (self.table.ref_logp.exp() * self.table.gold).sum(-1).mean().item()
@@ -286,6 +287,22 @@ class Evaluator:
     def optimal_at_beta(self, beta: float, reward: str = "gold") -> tuple[float, float]:
         r = self.table.gold if reward == "gold" else self.table.proxy
         return optimal_point(self.table.ref_logp, r, beta)
+
+    def evaluate_reference(self, policy: EvalPolicy, step: int) -> tuple[dict, list[dict]]:
+        """:meth:`evaluate` for a policy that is the frozen SFT base (every run at step 0, the ``sft``
+        baseline): the same numbers for every run of a world, so they are computed once, under a
+        lock, and stored beside the reward model (``cache_dir``)."""
+        if self.cache_dir is None:
+            return self.evaluate(policy, step)
+        key = config_hash({"prompts": self.prompts, "seed": self.seed, "temperature": self.engine.temperature,
+                           "reward": self.engine.reward_kind})
+        path = Path(self.cache_dir) / f"eval_reference-{key}.json"
+        with FileLock(str(path) + ".lock"):
+            if not path.exists():
+                row, samples = self.evaluate(policy, 0)
+                atomic_write_text(path, json.dumps({"row": to_jsonable(row), "samples": samples}))
+        cached = json.loads(path.read_text())
+        return {**cached["row"], "step": step}, cached["samples"]
 
     @torch.no_grad()
     def evaluate(self, policy: EvalPolicy, step: int) -> tuple[dict, list[dict]]:

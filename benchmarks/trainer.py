@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from rlhf_bench.algorithms.registry import get_algorithm
 
 from .config import ConfigError, as_dict, config_differences, run_identity, validate
-from .evaluation import Evaluator
+from .evaluation import Evaluator, LMPolicy
 from .loggers import build_logger
 from .models import SequenceBatch, disable_dropout, freeze, lm_loss, pad_right, token_logprobs, token_values
 from .rollout import RolloutEngine
@@ -231,7 +231,11 @@ def _run(cfg: DictConfig, groups: dict[str, Any], run_dir: Path, resolved: dict)
 
     def evaluate(step: int) -> tuple[dict, list]:
         policy.eval()
-        row, samples = evaluator.evaluate(algo.eval_policy(), step)
+        eval_policy = algo.eval_policy()
+        if step == 0 and isinstance(eval_policy, LMPolicy) and eval_policy.model is policy:
+            row, samples = evaluator.evaluate_reference(eval_policy, step)  # still the SFT base
+        else:
+            row, samples = evaluator.evaluate(eval_policy, step)
         policy.train()
         eval_file.write(json.dumps(to_jsonable(row)) + "\n")
         eval_file.flush()

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from hydra.core.config_store import ConfigStore
 
 from rlhf_bench.algorithms import Algorithm, AlgorithmConfig, register_algorithm
 
@@ -145,12 +144,10 @@ class Toy(Algorithm):
         return loss, {"loss/toy": loss.detach()}
 
 
-ConfigStore.instance().store(group="algorithm", name="toy", node=ToyConfig)
-
-
 def test_toy_plugin_runs_through_the_cli(tmp_path, monkeypatch, bandit):
-    """``Toy`` above is registered by importing this file; no harness file names it. The real entry
-    point (``rlhf_bench.benchmarks.cli.main``, in-process) composes ``algorithm=toy`` from the ConfigStore node,
+    """``Toy`` above is registered by importing this file; no harness file names it, and it has no
+    YAML file. The real entry point (``rlhf_bench.benchmarks.cli.main``, in-process) composes
+    ``algorithm=toy`` from the option the registry stores,
     trains it for 3 steps on the session's bandit stages and writes the run files."""
     from rlhf_bench.benchmarks import cli
 

@@ -438,6 +438,21 @@ def test_prefix_tree_matches_full_forward_passes(bandit, bandit_evaluator):
     torch.testing.assert_close(table.proxy[:5], proxy, atol=2e-5, rtol=0)
 
 
+def test_reference_evaluation_is_cached_and_equal_to_a_fresh_one(bandit, tmp_path):
+    """Every run's step-0 evaluation (the SFT base) is computed once per world and reused: the stored
+    row and samples equal a fresh evaluation's, and a different temperature is not served from it."""
+    from rlhf_bench.benchmarks.evaluation import Evaluator
+
+    task = bandit.task
+    for temperature in (1.0, 0.7):
+        ev = Evaluator(bandit.engine_at(temperature), task.eval_prompts[:20], seed=5, cache_dir=tmp_path)
+        fresh = ev.evaluate(LMPolicy(bandit.policy().eval()), step=0)
+        first = ev.evaluate_reference(LMPolicy(bandit.policy().eval()), step=0)
+        again = ev.evaluate_reference(LMPolicy(random_policy(task, 2)), step=0)  # served from the store
+        assert first == again and json.loads(json.dumps(fresh[0])) == first[0] and fresh[1] == first[1]
+    assert len(list(tmp_path.glob("eval_reference-*.json"))) == 2
+
+
 def test_exact_kl_of_reference_to_itself_is_zero(bandit, bandit_evaluator):
     row, samples = bandit_evaluator.evaluate(LMPolicy(bandit.policy().eval()), step=0)
     assert 0.0 <= row["kl"] < 1e-6
