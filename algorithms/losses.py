@@ -168,16 +168,20 @@ def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, b
 
 # ---------------------------------------------------------------------------------------- P3O
 def p3o_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor,
-             beta: float, clip: str = "joint", clip_eps: float = 0.2, importance_clip: float = 10.0
-             ) -> tuple[torch.Tensor, Metrics]:
+             beta: float, clip: str = "joint", clip_eps: float = 0.2, importance_clip: float = 10.0,
+             q_logratio: str = "current") -> tuple[torch.Tensor, Metrics]:
     """Pairwise Proximal Policy Optimization (Wu et al. 2023, arXiv 2310.00212; REFERENCE sec. 5).
 
     Inputs are sequence-level log-probs of the two responses of each prompt, shape (P, 2):
     ``logprobs`` (with gradients), ``old_logprobs`` (sampling policy), ``ref_logprobs``, and the
     scalar ``rewards`` (P, 2). KL is folded into the reward at sequence level.
 
-    ``l_i = log pi(y_i) - log pi_ref(y_i)``, ``rho_i = pi(y_i) / pi_old(y_i)``,
-    ``q = sg[(r_1 - r_2) - beta (l_1^old - l_2^old)]``.
+    ``l_i = log pi(y_i) - log pi_ref(y_i)``, ``rho_i = pi(y_i) / pi_old(y_i)`` and the KL-penalised
+    reward difference ``q``, whose KL term ``q_logratio`` selects:
+    - ``current`` (the authors' trlx ``p3o_loss``): ``q = sg[(r_1 - r_2) - beta (l_1 - l_2)]`` with the
+      current policy's log-ratios, detached;
+    - ``rollout``: ``q = sg[(r_1 - r_2) - beta (l_1^old - l_2^old)]`` with the sampling policy's.
+    Both have the same fixed point ``pi*_beta``; they differ once pi has moved from pi_old.
     - joint (V2): ``Delta = l_1 - l_2``, ``w = sg[clamp(rho_1 rho_2, 1/C, C)]``,
       ``L = 1/2 E[max(-q w Delta, -q w clip(Delta, Delta_old - eps, Delta_old + eps))]``.
     - separate (V1): ``c(.) = sg[clamp(., 1/C, C)]``,
@@ -190,7 +194,13 @@ def p3o_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: t
     l = logprobs - ref_logprobs  # (P, 2)
     l_old = (old_logprobs - ref_logprobs).detach()  # (P, 2)
     log_rho = logprobs - old_logprobs.detach()  # (P, 2)
-    q = ((rewards[:, 0] - rewards[:, 1]) - beta * (l_old[:, 0] - l_old[:, 1])).detach()  # (P,)
+    if q_logratio == "current":
+        q_l = l.detach()  # (P, 2)
+    elif q_logratio == "rollout":
+        q_l = l_old
+    else:
+        raise ValueError(f"unknown P3O q_logratio '{q_logratio}'; known: current (the authors'), rollout")
+    q = ((rewards[:, 0] - rewards[:, 1]) - beta * (q_l[:, 0] - q_l[:, 1])).detach()  # (P,)
     lo, hi = 1.0 / importance_clip, importance_clip
     if clip == "joint":
         delta = l[:, 0] - l[:, 1]  # (P,)

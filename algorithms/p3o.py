@@ -1,8 +1,9 @@
 """``p3o``: Pairwise Proximal Policy Optimization (Wu et al. 2023), configs ``p3o_v1`` and ``p3o_v2``.
 
 Two responses per prompt from the current policy; the KL-penalised reward difference
-``q = (r_1 - r_2) - beta (l_1 - l_2)`` (sequence level, ``l = log pi_old - log pi_ref``) weights the
-pairwise policy gradient ``grad log(pi(y_1)/pi(y_2)) / 2``. No value model, no GAE. The pair's
+``q = sg[(r_1 - r_2) - beta (l_1 - l_2)]`` (sequence level, ``l = log pi - log pi_ref`` of the current
+policy, as the authors' trlx fork computes it; ``q_logratio: rollout`` uses the sampling policy's)
+weights the pairwise policy gradient ``grad log(pi(y_1)/pi(y_2)) / 2``. No value model, no GAE. The pair's
 importance weight is clamped to [1/C, C]; clipping is ``separate`` (V1: each response's ratio)
 or ``joint`` (V2: the log-ratio difference). See ``rlhf_bench.algorithms.losses.p3o_loss``.
 """
@@ -32,11 +33,15 @@ class P3OConfig(AlgorithmConfig):
     importance_clip: float = 10.0  # C: pair importance weights clamped to [1/C, C]
     reward_scaling: bool = False  # divide rewards by a running std (the authors' HH setting; rescales beta)
     reward_clip: float = 10.0  # with reward_scaling, clip scaled rewards to +-reward_clip
+    # KL term inside q: "current" (log pi - log pi_ref of the policy being trained, detached: the
+    # authors' trlx p3o_loss) | "rollout" (of the policy that sampled the pair)
+    q_logratio: str = "current"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.responses_per_prompt == 2, "responses_per_prompt", "2 (a pair per prompt)", self.responses_per_prompt)
         one_of(self, "clip", ("joint", "separate"))
+        one_of(self, "q_logratio", ("current", "rollout"))
         positive(self, "clip_eps", "reward_clip")
         check(self.importance_clip >= 1.0, "importance_clip", ">= 1", self.importance_clip)
 
@@ -80,4 +85,4 @@ class P3O(Algorithm):
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (2P, T)
         seq = lambda x: (x * mask).sum(1).view(-1, 2)  # (2P, T) -> (P, 2) sequence log-probs
         return p3o_loss(seq(logprobs), seq(mb["old_logprobs"]), seq(mb["ref_logprobs"]), mb["rewards"].view(-1, 2),
-                        self.cfg.beta, self.cfg.clip, self.cfg.clip_eps, self.cfg.importance_clip)
+                        self.cfg.beta, self.cfg.clip, self.cfg.clip_eps, self.cfg.importance_clip, self.cfg.q_logratio)

@@ -343,6 +343,59 @@ def test_p3o_gradient_equals_pairwise_policy_gradient_at_pi_old(clip, beta):
     assert metrics["policy/ratio"].item() == 1.0 and metrics["policy/clipfrac"].item() == 0.0
 
 
+def direct_p3o(lp, old, ref, rewards, beta, clip, eps, C, q_logratio):
+    """REFERENCE section 5, written out term by term for P pairs (the authors' trlx p3o_loss for
+    q_logratio="current"; the sampling policy's log-ratios in q for "rollout")."""
+    l1, l2 = lp[:, 0] - ref[:, 0], lp[:, 1] - ref[:, 1]
+    o1, o2 = old[:, 0] - ref[:, 0], old[:, 1] - ref[:, 1]
+    if q_logratio == "current":
+        q = ((rewards[:, 0] - rewards[:, 1]) - beta * (l1 - l2)).detach()
+    else:
+        q = ((rewards[:, 0] - rewards[:, 1]) - beta * (o1 - o2)).detach()
+    rho1, rho2 = torch.exp(lp[:, 0] - old[:, 0]), torch.exp(lp[:, 1] - old[:, 1])
+    if clip == "joint":
+        w = torch.clamp(rho1 * rho2, 1 / C, C).detach()
+        delta, delta_old = l1 - l2, o1 - o2
+        per_pair = torch.maximum(-q * w * delta, -q * w * torch.clamp(delta, delta_old - eps, delta_old + eps))
+    else:
+        c1, c2 = torch.clamp(rho1, 1 / C, C).detach(), torch.clamp(rho2, 1 / C, C).detach()
+        per_pair = (torch.maximum(-q * c2 * rho1, -q * c2 * torch.clamp(rho1, 1 - eps, 1 + eps))
+                    + torch.maximum(q * c1 * rho2, q * c1 * torch.clamp(rho2, 1 - eps, 1 + eps)))
+    return 0.5 * per_pair.mean()
+
+
+@pytest.mark.parametrize("clip", ["joint", "separate"])
+@pytest.mark.parametrize("q_logratio", ["current", "rollout"])
+def test_p3o_matches_direct_transcription_away_from_pi_old(clip, q_logratio):
+    """Value and gradient equal the formula written out in the test, with pi != pi_old so that the
+    two choices of q differ, ratios fall both inside and outside the clip range, and some pair
+    weights hit the importance clip."""
+    logprobs, ref, rewards = _p3o_inputs(P=12, seed=90)
+    old = logprobs + rand(12, 2, seed=91, scale=0.4)
+    old[0] = logprobs[0] + 3.0  # a pair whose joint weight is clamped at 1/C
+    beta, eps, C = 0.3, 0.2, 10.0
+    lp = logprobs.clone().requires_grad_()
+    loss, _ = p3o_loss(lp, old, ref, rewards, beta, clip, eps, C, q_logratio)
+    (g,) = torch.autograd.grad(loss, lp)
+    lp2 = logprobs.clone().requires_grad_()
+    expected = direct_p3o(lp2, old, ref, rewards, beta, clip, eps, C, q_logratio)
+    (g_ref,) = torch.autograd.grad(expected, lp2)
+    torch.testing.assert_close(loss, expected, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(g, g_ref, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("clip", ["joint", "separate"])
+def test_p3o_q_choices_agree_at_pi_old_and_differ_after_a_move(clip):
+    logprobs, ref, rewards = _p3o_inputs(P=8, seed=95)
+    at_old = [p3o_loss(logprobs, logprobs, ref, rewards, 0.5, clip, q_logratio=q)[0] for q in ("current", "rollout")]
+    assert at_old[0].item() == at_old[1].item()
+    old = logprobs + rand(8, 2, seed=96, scale=0.3)
+    moved = [p3o_loss(logprobs, old, ref, rewards, 0.5, clip, q_logratio=q)[0] for q in ("current", "rollout")]
+    assert abs(moved[0].item() - moved[1].item()) > 1e-3
+    with pytest.raises(ValueError, match="q_logratio"):
+        p3o_loss(logprobs, logprobs, ref, rewards, 0.5, clip, q_logratio="old")
+
+
 def test_p3o_joint_clipping_blocks_the_pushed_direction_only():
     eps, beta = 0.2, 0.1
     logprobs, ref, rewards = _p3o_inputs(P=2, seed=30)
@@ -352,7 +405,8 @@ def test_p3o_joint_clipping_blocks_the_pushed_direction_only():
     lp = (old + torch.tensor([[0.3, 0.0], [-0.3, 0.0]], dtype=D)).requires_grad_()
     loss, metrics = p3o_loss(lp, old, ref, rewards, beta, clip="joint", clip_eps=eps)
     (g,) = torch.autograd.grad(loss, lp)
-    q = (rewards[:, 0] - rewards[:, 1]) - beta * ((old - ref)[:, 0] - (old - ref)[:, 1])
+    cur = lp.detach() - ref  # q with the current log-ratios (the default, the authors')
+    q = (rewards[:, 0] - rewards[:, 1]) - beta * (cur[:, 0] - cur[:, 1])
     w1 = math.exp(-0.3)
     assert torch.equal(g[0], torch.zeros(2, dtype=D))
     torch.testing.assert_close(g[1], torch.stack([-0.5 * q[1] * w1 / 2, 0.5 * q[1] * w1 / 2]), rtol=1e-13, atol=0)
@@ -361,6 +415,8 @@ def test_p3o_joint_clipping_blocks_the_pushed_direction_only():
     lp = (old + torch.tensor([[0.19, 0.0], [0.0, 0.0]], dtype=D)).requires_grad_()
     loss, _ = p3o_loss(lp, old, ref, rewards, beta, clip="joint", clip_eps=eps)
     (g,) = torch.autograd.grad(loss, lp)
+    cur = lp.detach() - ref
+    q = (rewards[:, 0] - rewards[:, 1]) - beta * (cur[:, 0] - cur[:, 1])
     torch.testing.assert_close(g[0], torch.stack([-0.5 * q[0] * math.exp(0.19) / 2, 0.5 * q[0] * math.exp(0.19) / 2]),
                                rtol=1e-13, atol=0)
 
@@ -475,7 +531,10 @@ def test_gradcheck_p3o_loss(clip, regime):
     """Away from the clip boundaries and kinks. The importance weights are stop-gradients, which
     finite differences would see, so gradcheck where they are locally constant: C = 1 (weights
     pinned to 1, mixing clipped and unclipped pairs), or C = 10 with every weight clamped.
-    (``test_p3o_importance_weights_are_stop_gradient_and_clamped`` covers weights inside [1/C, C].)"""
+    (``test_p3o_importance_weights_are_stop_gradient_and_clamped`` covers weights inside [1/C, C].)
+    With ``q_logratio="rollout"``: the default's ``q`` is a stop-gradient of the current log-probs,
+    which finite differences would also see; its gradient is checked against the direct
+    transcription in ``test_p3o_matches_direct_transcription_away_from_pi_old``."""
     logprobs, ref, rewards = _p3o_inputs(P=4, seed=80)
     if regime == "weights_pinned":
         C = 1.0
@@ -487,7 +546,7 @@ def test_gradcheck_p3o_loss(clip, regime):
         else:  # every |log rho| > log 10
             log_rho = torch.tensor([[2.5, 2.4], [-2.6, 2.7], [3.0, -2.5], [-2.4, -2.9]], dtype=D)
     old = logprobs - log_rho
-    gradcheck(lambda lp: p3o_loss(lp, old, ref, rewards, 0.1, clip, 0.2, C)[0], logprobs)
+    gradcheck(lambda lp: p3o_loss(lp, old, ref, rewards, 0.1, clip, 0.2, C, q_logratio="rollout")[0], logprobs)
 
 
 @pytest.mark.parametrize("average", [False, True])
