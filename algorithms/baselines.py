@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check
-from rlhf_bench.benchmarks.evaluation import LMPolicy
-from rlhf_bench.benchmarks.models import SequenceBatch, score_batch
 
 from .base import Algorithm
 from .registry import register_algorithm
@@ -38,31 +36,29 @@ class BestOfNConfig(AlgorithmConfig):
 
 
 class BestOfNPolicy:
-    """Best-of-n sampling from the reference policy, judged by the reward being optimised
-    (the proxy reward model, or the gold reward with ``reward_model=gold``).
+    """Best-of-n sampling from the reference policy, judged by the reward every algorithm optimises
+    (:meth:`RolloutEngine.reward_values`: the proxy reward model, or the gold reward with
+    ``reward_model=gold``, with the task's missing-EOS rule).
 
     KL: exact on enumerable tasks, where the law of the best of n draws is
     ``P(y_(k)) = F_k^n - F_{k-1}^n`` over responses sorted by reward (F: the reference CDF).
     Elsewhere the analytic value ``log n - (n-1)/n`` is reported (exact when rewards do not tie).
     """
 
-    def __init__(self, ref_model, n: int, reward_kind: str):
-        self.ref, self.n, self.reward_kind = ref_model, n, reward_kind
-
-    def _reward(self, engine, batch: SequenceBatch) -> torch.Tensor:
-        proxy, gold = engine.score(batch)
-        return gold if self.reward_kind == "gold" else proxy
+    def __init__(self, ref_model, n: int):
+        self.ref, self.n = ref_model, n
 
     def sample(self, engine, prompts, generator):
         repeated = [p for p in prompts for _ in range(self.n)]
         batch = engine.sample(self.ref, repeated, generator)
-        best = self._reward(engine, batch).view(len(prompts), self.n).argmax(1)  # (P,)
+        best = engine.reward(batch, *engine.score(batch)).view(len(prompts), self.n).argmax(1)  # (P,)
         rows = torch.arange(len(prompts), device=best.device) * self.n + best
         return batch.select(rows)
 
     def enumerated_logprobs(self, engine, table):
         ref_p = table.ref_logp.exp()  # (P, N)
-        r = table.gold if self.reward_kind == "gold" else table.proxy
+        eos = torch.tensor([engine.task.eos_id in r for r in table.responses])  # (N,)
+        r = engine.reward_values(table.proxy, table.gold, eos)  # (P, N)
         order = torch.argsort(r, dim=1)  # ascending reward
         cdf = ref_p.gather(1, order).cumsum(1).clamp(max=1.0)  # F_k
         prev = torch.cat([torch.zeros_like(cdf[:, :1]), cdf[:, :-1]], 1)  # F_{k-1}
@@ -82,4 +78,4 @@ class BestOfN(Algorithm):
     beta_independent = True
 
     def eval_policy(self):
-        return BestOfNPolicy(self.ctx.ref_model, self.cfg.n, self.ctx.reward_kind)
+        return BestOfNPolicy(self.ctx.ref_model, self.cfg.n)

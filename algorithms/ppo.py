@@ -3,8 +3,8 @@
 Objective (InstructGPT eq. 2): ``E_{y~pi}[r(x,y) - beta log(pi(y|x)/pi_ref(y|x))] + ptx_coef E_{x~D_pretrain}[log pi(x)]``.
 
 Implemented as the strongest public reproductions run it (Huang et al. 2024, REFERENCE sec. 3):
-per-token reward ``-beta * kl_t`` plus the reward-model score at the last token, a fixed penalty
-score for responses without EOS, a value model initialised from the reward model, GAE, the
+per-token reward ``-beta * kl_t`` plus the harness's sequence reward at the last token (a missing-EOS
+penalty, where the task sets one, is part of that reward and applies to every algorithm), a value model initialised from the reward model, GAE, the
 clipped surrogate and clipped value loss, whitened advantages, several epochs per rollout batch,
 and a fixed or adaptive KL coefficient.
 """
@@ -12,8 +12,6 @@ and a fixed or adaptive KL coefficient.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
-
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, non_negative, one_of, positive
@@ -39,7 +37,6 @@ class PPOConfig(AlgorithmConfig):
     kl_estimator: str = "k1"  # per-token KL in the reward: k1 (log pi - log pi_ref) or k3
     whiten_advantages: bool = True
     whiten_rewards: bool = False  # scale the scores by their batch std (changes what beta means; off as in N+)
-    missing_eos_penalty: Optional[float] = -1.0  # score that replaces the reward of a response without EOS (null: off)
     adaptive_kl: bool = False  # Ziegler's adaptive controller (beta is then only the initial value)
     kl_target: float = 1.0  # target sequence KL of the adaptive controller
     kl_horizon: int = 10000  # horizon of the adaptive controller, in samples
@@ -71,9 +68,7 @@ class PPO(Algorithm):
     def prepare(self, rollout) -> dict[str, torch.Tensor]:
         cfg, mask = self.cfg, rollout.response_mask.float()
         batch = rollout.batch
-        scores = rollout.rewards.clone()
-        if cfg.missing_eos_penalty is not None:  # replaces the score, in this one place only
-            scores = torch.where(rollout.eos, scores, torch.full_like(scores, cfg.missing_eos_penalty))
+        scores = rollout.rewards  # the harness's reward (its missing-EOS rule included), never altered here
         if cfg.whiten_rewards:
             scores = scores / (scores.std() + 1e-8)
         kl = kl_penalty(rollout.logprobs, rollout.ref_logprobs, cfg.kl_estimator) * mask  # (B, T)

@@ -67,10 +67,10 @@ class Rollout:
     group_size: int
     logprobs: torch.Tensor  # (B, Tr) log pi_old(y_t | x, y_<t), from logits / temperature
     ref_logprobs: torch.Tensor  # (B, Tr) log pi_ref(y_t | x, y_<t), same temperature and mask
-    rewards: torch.Tensor  # (B,) the reward being optimised (proxy RM, or gold when reward_model=gold)
-    rewards_proxy: torch.Tensor  # (B,)
-    rewards_gold: torch.Tensor  # (B,)
-    eos: torch.Tensor  # (B,) bool: the response ended with EOS
+    rewards: torch.Tensor  # (B,) the reward being optimised: RolloutEngine.reward; the only one a plugin reads
+    rewards_proxy: torch.Tensor  # (B,) reward-model score, for metrics
+    rewards_gold: torch.Tensor  # (B,) gold reward, for metrics
+    eos: torch.Tensor  # (B,) bool: the response ended with EOS, for metrics
     extras: dict = field(default_factory=dict)
 
     @property
@@ -79,11 +79,14 @@ class Rollout:
 
 
 class RolloutEngine:
-    """Samples responses from the current policy and scores them. The harness owns one."""
+    """Samples responses from the current policy and scores them. The harness owns one, and with it
+    the reward every algorithm optimises (:meth:`reward`): plugins receive it and never alter it."""
 
-    def __init__(self, task, ref_model, reward_model, *, reward_kind: str, temperature: float, device):
+    def __init__(self, task, ref_model, reward_model, *, reward_kind: str, temperature: float, device,
+                 missing_eos_penalty: Optional[float] = None):
         self.task, self.ref_model, self.reward_model = task, ref_model, reward_model
         self.reward_kind, self.temperature, self.device = reward_kind, temperature, device
+        self.missing_eos_penalty = missing_eos_penalty
         self.logit_mask = task.logit_mask(task.max_new_tokens).to(device)
 
     def sample(self, model, prompts, generator=None, temperature=None) -> SequenceBatch:
@@ -102,6 +105,20 @@ class RolloutEngine:
         gold = self.task.gold_reward(batch.prompts(), batch.responses()).to(proxy.device)
         return proxy, gold
 
+    def reward(self, batch: SequenceBatch, proxy: torch.Tensor, gold: torch.Tensor) -> torch.Tensor:
+        """The reward being optimised (B,) for a sampled batch; see :meth:`reward_values`."""
+        return self.reward_values(proxy, gold, (batch.response == self.task.eos_id).any(dim=1))
+
+    def reward_values(self, proxy: torch.Tensor, gold: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+        """The reward being optimised: the gold reward with ``reward_model=gold``, the proxy
+        otherwise; a response without EOS (``eos`` False, broadcast against the rewards) scores
+        ``task.missing_eos_penalty`` instead, when set. The same rule for every algorithm,
+        best-of-n's choice included."""
+        reward = gold if self.reward_kind == "gold" else proxy
+        if self.missing_eos_penalty is not None:
+            reward = torch.where(eos.to(reward.device), reward, torch.full_like(reward, self.missing_eos_penalty))
+        return reward
+
     @torch.no_grad()
     def rollout(self, policy, prompts: Sequence[Sequence[int]], n: int, generator=None) -> Rollout:
         repeated = [list(p) for p in prompts for _ in range(n)]
@@ -109,6 +126,5 @@ class RolloutEngine:
         proxy, gold = self.score(batch)
         eos = (batch.response == self.task.eos_id).any(dim=1)
         return Rollout(batch=batch, group_size=n, logprobs=self.logprobs(policy, batch),
-                       ref_logprobs=self.logprobs(self.ref_model, batch),
-                       rewards=gold if self.reward_kind == "gold" else proxy, rewards_proxy=proxy,
-                       rewards_gold=gold, eos=eos)
+                       ref_logprobs=self.logprobs(self.ref_model, batch), rewards=self.reward(batch, proxy, gold),
+                       rewards_proxy=proxy, rewards_gold=gold, eos=eos)

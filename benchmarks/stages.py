@@ -109,7 +109,8 @@ class SharedStages:
 
     # --- keys -------------------------------------------------------------------------------
     def _world(self) -> dict:
-        protocol = {"steps", "prompts_per_step", "eval_every", "eval_seed", "temperature", "sft", "preferences"}
+        protocol = {"steps", "prompts_per_step", "eval_every", "eval_seed", "temperature", "missing_eos_penalty", "sft",
+                    "preferences"}
         return {k: v for k, v in as_dict(self.task_cfg).items() if k not in protocol}
 
     def keys(self) -> dict[str, str]:
