@@ -24,6 +24,10 @@ from .registry import register_algorithm
 class DPOConfig(AlgorithmConfig):
     name: str = "dpo"
     lr: float = 3e-4
+    # The same budget as the online methods: each step's task.prompts_per_step pairs (2 x prompts_per_step
+    # sequences, as many as an online step samples) get 4 epochs x 2 minibatches = 8 gradient updates.
+    epochs: int = 4
+    minibatches: int = 2
     loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo (averaged log-ratios)
     precompute_ref_logprobs: bool = True  # compute pi_ref log-probs of every pair once, before training
 

@@ -118,11 +118,20 @@ class TaskConfig:
     prompts_per_step: int = 64  # prompts per iteration (online algorithms sample n responses for each)
     eval_every: int = 50  # evaluate every this many iterations (and at the end)
     eval_seed: int = 1234  # fixed sampling seed of evaluation, identical for every run
+    # Score of a response without EOS, replacing the reward being optimised (null: no such rule).
+    # Part of the task's reward: applied by the harness, identically for every algorithm.
+    missing_eos_penalty: Optional[float] = None
+    # Gradient clipping, one rule for every algorithm: clip the global norm at this value (0: off).
+    # Off by default: AdamW is invariant to the scale of a loss, a fixed clip is not, so one
+    # threshold would bind at every step for one loss scale and never for another. The norm before
+    # clipping is logged either way (train/grad_norm).
+    max_grad_norm: float = 0.0
     sft: SFTConfig = field(default_factory=SFTConfig)
     preferences: PreferenceConfig = field(default_factory=PreferenceConfig)
 
     def __post_init__(self) -> None:
         positive(self, "n_eval_prompts", "max_new_tokens", "temperature", "steps", "prompts_per_step", "eval_every")
+        non_negative(self, "max_grad_norm")
 
 
 @dataclass
@@ -237,7 +246,6 @@ class AlgorithmConfig:
     beta: float = 0.1  # KL coefficient: the objective is E[r] - beta * KL(pi || pi_ref)
     lr: float = 1e-3  # AdamW learning rate of the policy
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0  # gradient clipping (0 disables)
     epochs: int = 1  # optimisation passes over each batch
     minibatches: int = 1  # minibatches per pass
     lr_schedule: str = "linear"  # linear (decay to 0 at task.steps) | constant
@@ -247,7 +255,7 @@ class AlgorithmConfig:
             self.label = self.name
         positive(self, "beta", "lr", "epochs", "minibatches")
         one_of(self, "lr_schedule", ("constant", "linear"))
-        non_negative(self, "weight_decay", "max_grad_norm")
+        non_negative(self, "weight_decay")
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Helpers of the algorithm tests (test_algorithms.py, test_trl_dpo.py).
 
 Everything here is built without the shared stages: tiny randomly initialised GPT-2 models over a
-small task world, wired into a :class:`rlhf_bench.benchmarks.trainer.Context` exactly as
+small task world, wired into a :class:`rlhf_bench.benchmarks.context.Context` exactly as
 ``rlhf_bench.benchmarks.trainer.run`` wires them (policy and reference with dropout disabled, reference
 frozen, value model from the reward-model architecture). This keeps the algorithm tests fast
 (seconds) and independent of SFT/RM training.
@@ -18,7 +18,7 @@ from rlhf_bench.benchmarks.config import BanditTaskConfig, ModelConfig, Sentimen
 from rlhf_bench.benchmarks.models import build_policy, build_reward_model, disable_dropout, freeze
 from rlhf_bench.benchmarks.rollout import RolloutEngine
 from rlhf_bench.benchmarks.tasks import build_task
-from rlhf_bench.benchmarks.trainer import Context, PreferenceBatch
+from rlhf_bench.benchmarks.context import Context, PreferenceBatch
 from rlhf_bench.benchmarks.utils import make_generator
 
 DEVICE = torch.device("cpu")

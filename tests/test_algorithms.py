@@ -25,7 +25,7 @@ from rlhf_bench.algorithms.p3o import P3O, P3OConfig
 from rlhf_bench.algorithms.ppo import PPO, PPOConfig
 from rlhf_bench.algorithms.registry import get_algorithm
 from rlhf_bench.benchmarks.models import SequenceBatch
-from rlhf_bench.benchmarks.trainer import split_groups
+from rlhf_bench.benchmarks.context import split_groups
 from rlhf_bench.benchmarks.utils import make_generator
 
 torch.set_num_threads(1)
@@ -320,7 +320,7 @@ def test_p3o_plugin_gradient_is_pairwise_policy_gradient_at_pi_old(clip, sent):
 
 
 def _train_online(algo, ctx, data, seed=0):
-    """The harness's inner loop (epochs x minibatches, grad clipping, AdamW) on one prepared batch."""
+    """The harness's inner loop (epochs x minibatches, AdamW, no clipping) on one prepared batch."""
     params = list(ctx.policy.parameters()) + (list(ctx.value_model.parameters()) if ctx.value_model else [])
     opt = torch.optim.AdamW(params, lr=algo.cfg.lr, weight_decay=algo.cfg.weight_decay)
     gen = make_generator(seed)
@@ -329,7 +329,6 @@ def _train_online(algo, ctx, data, seed=0):
             loss, _ = algo.loss(mb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, algo.cfg.max_grad_norm)
             opt.step()
     return [p.detach().clone() for p in ctx.policy.parameters()]
 
@@ -365,7 +364,7 @@ def test_ppo_plugin_advantages_change_under_per_prompt_reward_shift(sent):
     shift = torch.tensor([5.0, -3.0, 0.5, 12.0, -7.0, 1.0, 2.0, -0.25]).repeat_interleave(2)
     for whiten in (False, True):
         ctx = make_context(task, tiny_lm(task), value_model=tiny_rm(task))
-        algo = PPO(PPOConfig(whiten_advantages=whiten, missing_eos_penalty=None), ctx)
+        algo = PPO(PPOConfig(whiten_advantages=whiten), ctx)
         algo.setup()
         rollout = ctx.engine.rollout(ctx.policy, task.train_prompts[:8], 2, ctx.generator)
         a = algo.prepare(rollout)["advantages"]

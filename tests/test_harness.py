@@ -341,9 +341,10 @@ class SeedToy(Algorithm):
 ConfigStore.instance().store(group="algorithm", name="seed_toy", node=SeedToyConfig)
 
 
-def _read_jsonl(path: Path, drop=("time/step_seconds",)) -> list[dict]:
+def _read_jsonl(path: Path) -> list[dict]:
+    """Rows of a run file without wall-time fields (``time/...``), the only ones allowed to differ."""
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in drop} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
 
 def _perturb_global_rngs(seed: int) -> None:
@@ -418,6 +419,54 @@ def test_bandit_enumerated_probabilities_sum_to_one(bandit, bandit_evaluator):
     for j in (0, 37, 255):
         direct = manual_logprobs(bandit.ref, task.eval_prompts[3], table.responses[j], 1.0, mask).sum()
         assert table.ref_logp[3, j].item() == pytest.approx(direct.item(), abs=1e-5)
+
+
+def test_sampled_sequence_kl_is_kl_of_policy_from_reference(bandit, bandit_evaluator):
+    """The estimator used on non-enumerable tasks (``LMPolicy.sequence_kl``: the full-distribution
+    per-token KL summed along a sampled response) averages, by the chain rule, to the sequence
+    KL(pi || pi_ref). On the bandit the expectation over responses is exact: weight each of the
+    A**L responses by pi(y) and compare with the enumerated KL(pi || pi_ref), which differs from
+    the reverse KL(pi_ref || pi) by far more than the tolerance."""
+    task, engine, table = bandit.task, bandit.engine, bandit_evaluator.table
+    policy = random_policy(task, 3)
+    for i in (0, 5):
+        prompt = table.prompts[i]
+        batch = SequenceBatch.from_lists([prompt] * len(table.responses), table.responses, task.pad_id)
+        kl_per_response, _ = LMPolicy(policy).sequence_kl(engine, batch)  # (N,)
+        logp = table.logprobs(engine, policy)[i].double()  # (N,) log pi(y | x)
+        ref = table.ref_logp[i].double()
+        forward = (logp.exp() * (logp - ref)).sum().item()
+        reverse = (ref.exp() * (ref - logp)).sum().item()
+        assert abs(forward - reverse) > 0.1 * forward
+        assert (logp.exp() * kl_per_response.double()).sum().item() == pytest.approx(forward, rel=1e-4)
+
+
+class _TiltedReference:
+    """pi proportional to pi_ref * exp(r / beta) on every eval prompt (samples: the reference's)."""
+
+    def __init__(self, ref_model, r: torch.Tensor, beta: float):
+        self.ref, self.r, self.beta = ref_model, r, beta
+
+    def sample(self, engine, prompts, generator):
+        return engine.sample(self.ref, prompts, generator)
+
+    def enumerated_logprobs(self, engine, table):
+        return torch.log_softmax(table.ref_logp.double() + self.r.double() / self.beta, -1).float()
+
+
+@pytest.mark.parametrize("beta", [0.3, 1.7])
+def test_the_exact_optimum_scores_efficiency_one_at_its_own_kl(beta, bandit, bandit_evaluator):
+    """The measures the convergence checks read (``efficiency`` and ``kl`` of an evaluation row,
+    ``optimal_at_beta``) applied to pi*_beta itself: efficiency 1, KL(pi*_beta || pi_ref) and the
+    optimal reward; the optimum of the proxy reward, judged by the gold one, scores below 1."""
+    ev = bandit_evaluator
+    kl_opt, r_opt = ev.optimal_at_beta(beta, "gold")
+    row, _ = ev.evaluate(_TiltedReference(bandit.ref, ev.table.gold, beta), 1)
+    assert row["efficiency"] == pytest.approx(1.0, abs=2e-4)
+    assert row["kl"] == pytest.approx(kl_opt, rel=1e-3)
+    assert row["reward_gold"] == pytest.approx(r_opt, rel=1e-4)
+    proxy_row, _ = ev.evaluate(_TiltedReference(bandit.ref, ev.table.proxy, beta), 1)
+    assert proxy_row["efficiency"] < 0.99
 
 
 def test_prefix_tree_matches_full_forward_passes(bandit, bandit_evaluator):
@@ -531,7 +580,7 @@ def test_best_of_n_kl_bound(n, bandit, bandit_evaluator):
     table = bandit_evaluator.table
     ref = torch.log_softmax(table.ref_logp.double(), -1)
     for kind in ("learned", "gold"):
-        logp = BestOfNPolicy(bandit.ref, n, kind).enumerated_logprobs(bandit.engine, table).double()
+        logp = BestOfNPolicy(bandit.ref, n).enumerated_logprobs(bandit.engine_at(1.0, kind), table).double()
         torch.testing.assert_close(logp.exp().sum(-1), torch.ones(len(table.prompts), dtype=torch.float64),
                                    atol=1e-5, rtol=0)
         kl, _ = kl_and_reward(logp, ref, table.gold.double())
@@ -549,7 +598,7 @@ def test_best_of_n_lies_under_the_gold_frontier(n, bandit, bandit_evaluator):
     sft = (ref.exp() * gold).sum(-1).mean().item()
     eff = {}
     for kind in ("gold", "learned"):
-        logp = BestOfNPolicy(bandit.ref, n, kind).enumerated_logprobs(bandit.engine, table).double()
+        logp = BestOfNPolicy(bandit.ref, n).enumerated_logprobs(bandit.engine_at(1.0, kind), table).double()
         kl, r = kl_and_reward(logp, ref, gold)
         _, best = optimal_reward_at_kl(ref, gold, kl)
         assert r <= best + 1e-6, (kind, kl, r, best)
@@ -560,9 +609,9 @@ def test_best_of_n_lies_under_the_gold_frontier(n, bandit, bandit_evaluator):
 
 def test_best_of_n_sampling_picks_the_best(bandit):
     task = bandit.task
-    pol = BestOfNPolicy(bandit.ref, 4, "gold")
+    pol = BestOfNPolicy(bandit.ref, 4)
     prompts = task.eval_prompts[:16]
-    batch = pol.sample(bandit.engine, prompts, make_generator(0))
+    batch = pol.sample(bandit.engine_at(1.0, "gold"), prompts, make_generator(0))
     all4 = bandit.engine.sample(bandit.ref, [p for p in prompts for _ in range(4)], make_generator(0))
     gold = task.gold_reward(all4.prompts(), all4.responses()).view(16, 4)
     torch.testing.assert_close(task.gold_reward(batch.prompts(), batch.responses()), gold.max(1).values)

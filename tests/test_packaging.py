@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -21,7 +22,10 @@ def _pip(*args: str, cwd: Path) -> None:
 
 
 def test_wheel_has_one_top_level_import_name(tmp_path):
-    _pip("wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp_path), str(REPO), cwd=tmp_path)
+    src = tmp_path / "src"  # a copy: building in place would leave build/ in the repository
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "results", "multirun",
+                                                             "outputs", "*.egg-info", "__pycache__", ".rlhf-bench-cache"))
+    _pip("wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp_path), str(src), cwd=tmp_path)
     (wheel,) = tmp_path.glob("rlhf_bench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

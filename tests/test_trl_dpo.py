@@ -30,7 +30,7 @@ import torch
 
 from algo_fixtures import make_context, preference_batch, random_pairs, sentiment_task, tiny_lm
 from rlhf_bench.algorithms.dpo import DPO, DPOConfig
-from rlhf_bench.benchmarks.trainer import split_groups
+from rlhf_bench.benchmarks.context import split_groups
 
 torch.set_num_threads(1)
 
@@ -123,7 +123,7 @@ def test_dpo_plugin_matches_trl_dpo_trainer_losses(setup):
     # ---- ours: the dpo plugin through the harness pieces, pairs in the same order
     full = torch.ones(task.max_new_tokens, task.vocab_size, dtype=torch.bool)
     ctx = _our_context(task, init, pairs, full)
-    algo = DPO(DPOConfig(beta=BETA, lr=LR, loss_type="sigmoid", precompute_ref_logprobs=True, max_grad_norm=CLIP),
+    algo = DPO(DPOConfig(beta=BETA, lr=LR, loss_type="sigmoid", precompute_ref_logprobs=True),
                ctx)
     algo.setup()
     params = list(ctx.policy.parameters())
@@ -135,7 +135,7 @@ def test_dpo_plugin_matches_trl_dpo_trainer_losses(setup):
             loss, _ = algo.loss(mb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, algo.cfg.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(params, CLIP)
             opt.step()
             ours.append(loss.item())
 
