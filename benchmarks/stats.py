@@ -1,9 +1,7 @@
-"""Small, dependency-free statistics for the benchmark report (no scipy).
+"""Statistics for the benchmark report (distributions from scipy).
 
 Pure functions only:
 
-- :func:`t_cdf`, :func:`t_ppf`: Student's t distribution, through the regularised incomplete beta
-  function (continued fraction, Lentz's method) and bisection. Accurate to ~1e-10 for any df > 0.
 - :func:`mean_ci`: mean with a Student-t confidence interval over independent replicates (seeds).
 - :func:`win_rate`: head-to-head win rate with ties as half, and a confidence interval that stays
   valid when comparisons are correlated within clusters (the same prompt judged for several seeds).
@@ -13,103 +11,11 @@ Pure functions only:
 from __future__ import annotations
 
 import math
-from statistics import NormalDist
 from typing import Hashable, Iterable, Optional, Sequence
 
-__all__ = ["betainc", "t_cdf", "t_ppf", "normal_ppf", "clean", "mean_ci", "outcomes", "wilson_interval",
-           "win_rate", "pareto_front"]
+from scipy import stats
 
-
-# ------------------------------------------------------------------------------ distributions
-def _betacf(a: float, b: float, x: float, max_iter: int = 500, eps: float = 1e-15) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, max_iter + 1):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b), for a, b > 0 and x in [0, 1]."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x must be in [0, 1], got {x}")
-    if x == 0.0 or x == 1.0:
-        return x
-    log_bt = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    bt = math.exp(log_bt)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return bt * _betacf(a, b, x) / a
-    return 1.0 - bt * _betacf(b, a, 1.0 - x) / b
-
-
-def t_cdf(t: float, df: float) -> float:
-    """P(T <= t) for Student's t with ``df`` degrees of freedom (df may be fractional or inf)."""
-    if df <= 0:
-        raise ValueError(f"df must be > 0, got {df}")
-    if math.isinf(df):
-        return NormalDist().cdf(t)
-    if t == 0:
-        return 0.5
-    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + t * t))  # P(T > |t|)
-    return 1.0 - tail if t > 0 else tail
-
-
-def normal_ppf(p: float) -> float:
-    """Quantile of the standard normal distribution."""
-    return NormalDist().inv_cdf(p)
-
-
-def t_ppf(p: float, df: float) -> float:
-    """Quantile of Student's t: the t with ``t_cdf(t, df) == p``, by bisection on :func:`t_cdf`.
-
-    Exact closed forms for df = 1 and df = 2; the normal quantile for df = inf.
-    """
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"p must be in (0, 1), got {p}")
-    if df <= 0:
-        raise ValueError(f"df must be > 0, got {df}")
-    if math.isinf(df):
-        return normal_ppf(p)
-    if p == 0.5:
-        return 0.0
-    if p < 0.5:
-        return -t_ppf(1.0 - p, df)
-    if df == 1:
-        return math.tan(math.pi * (p - 0.5))
-    if df == 2:
-        q = 2.0 * p - 1.0
-        return q * math.sqrt(2.0 / (1.0 - q * q))
-    lo, hi = 0.0, max(1.0, normal_ppf(p))
-    while t_cdf(hi, df) < p:
-        lo, hi = hi, hi * 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_cdf(mid, df) < p:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-13 * max(1.0, hi):
-            break
-    return 0.5 * (lo + hi)
+__all__ = ["clean", "mean_ci", "outcomes", "wilson_interval", "win_rate", "pareto_front"]
 
 
 # ---------------------------------------------------------------------------------- intervals
@@ -141,7 +47,7 @@ def mean_ci(values: Iterable[Optional[float]], confidence: float = 0.95) -> tupl
     if n == 1:
         return mean, math.nan, math.nan
     var = math.fsum((x - mean) ** 2 for x in xs) / (n - 1)
-    half = t_ppf(0.5 + confidence / 2.0, n - 1) * math.sqrt(var / n)
+    half = float(stats.t.ppf(0.5 + confidence / 2.0, n - 1)) * math.sqrt(var / n)
     return mean, mean - half, mean + half
 
 
@@ -156,7 +62,7 @@ def wilson_interval(p: float, n: float, confidence: float = 0.95) -> tuple[float
     """Wilson score interval for a proportion ``p`` observed on ``n`` (possibly effective) trials."""
     if n <= 0:
         return math.nan, math.nan
-    z = normal_ppf(0.5 + confidence / 2.0)
+    z = float(stats.norm.ppf(0.5 + confidence / 2.0))
     z2 = z * z
     denom = 1.0 + z2 / n
     center = (p + z2 / (2.0 * n)) / denom

@@ -1,0 +1,237 @@
+"""``report.md`` of the benchmark report: :func:`write_report_md` and its tables (the budget,
+convergence, comparison and claim sections come from :mod:`~rlhf_bench.benchmarks.report_verdicts`)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from .report_loading import JUDGES, Run, _algo_key, _algorithms, _groups
+from .report_verdicts import verdict_sections
+from .stats import clean, mean_ci
+
+if TYPE_CHECKING:
+    from .report import WinRates
+
+
+def _num(x: float, digits: int = 3) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:.0f}"
+    return f"{x:.{digits}f}"
+
+
+def _cell(values: Sequence[Optional[float]], n_row: int, digits: int = 3, scale: float = 1.0, suffix: str = "",
+          confidence: float = 0.95) -> str:
+    xs = clean(values)
+    if not xs:
+        return "—"
+    m, lo, hi = mean_ci([scale * x for x in xs], confidence)
+    text = f"{_num(m, digits)}{suffix}"
+    if math.isfinite(lo):
+        text += f" ± {_num(hi - m, digits)}"
+    if len(xs) != n_row:
+        text += f" (n={len(xs)})"
+    return text
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _config_text(cfg: dict) -> str:
+    try:
+        from omegaconf import OmegaConf
+
+        return OmegaConf.to_yaml(OmegaConf.create(cfg)).rstrip()
+    except Exception:  # any config OmegaConf cannot represent
+        return json.dumps(cfg, indent=2, default=str)
+
+
+def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
+    has_eff = any(r.final.get("efficiency") is not None for r in g_runs)
+    has_opt = any(r.summary.get("optimal_at_beta") for r in g_runs)
+    has_sft = any(r.algorithm == "sft" for r in g_runs)
+    head = ["algorithm", "β", "seeds", "steps", "KL", "gold reward", "proxy reward"]
+    if has_eff:
+        head.append("frontier efficiency")
+    head += ["win rate vs SFT (gold)", "length", "wall time (s)"]
+    if has_opt:
+        head.append("optimum π*_β: KL / reward")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    algos = _algorithms(g_runs)
+    for alg in algos:
+        a_runs = [r for r in g_runs if r.algorithm == alg]
+        indep = all(r.beta_independent for r in a_runs)
+        by_beta: dict[Optional[float], list[Run]] = defaultdict(list)
+        for r in a_runs:
+            by_beta[None if indep else r.beta].append(r)
+        for beta in sorted(by_beta, key=lambda b: -1 if b is None else b):
+            b_runs = sorted(by_beta[beta], key=lambda r: r.seed)
+            n = len(b_runs)
+            finals = [r.final for r in b_runs]
+            steps = sorted({r.steps for r in b_runs})
+            cells = [alg, "—" if beta is None else f"{beta:g}", f"n={n}",
+                     "/".join(str(s) for s in steps),
+                     _cell([f.get("kl") for f in finals], n, confidence=confidence),
+                     _cell([f.get("reward_gold") for f in finals], n, confidence=confidence),
+                     _cell([f.get("reward_proxy") for f in finals], n, confidence=confidence)]
+            if has_eff:
+                cells.append(_cell([f.get("efficiency") for f in finals], n, confidence=confidence))
+            if alg == "sft" or not has_sft:
+                cells.append("—")
+            else:
+                rates = [wr.per_seed.get((task, rm, alg, "sft", "gold", beta, r.seed)) for r in b_runs]
+                cells.append(_cell(rates, n, digits=1, scale=100.0, suffix="%", confidence=confidence))
+            cells.append(_cell([f.get("length") for f in finals], n, digits=2, confidence=confidence))
+            cells.append(_cell([r.summary.get("wall_time_seconds") for r in b_runs], n, digits=1,
+                               confidence=confidence))
+            if has_opt:
+                o = next((r.summary["optimal_at_beta"] for r in b_runs if r.summary.get("optimal_at_beta")), None)
+                cells.append(f"{_num(o.get('kl'))} / {_num(o.get('reward_value'))} ({o.get('reward', '?')})"
+                             if o else "—")
+            lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _winrate_table(task: str, rm: str, wr: WinRates) -> list[str]:
+    rows = [r for r in wr.rows if r["task"] == task and r["reward_model"] == rm and r["b"] == "sft"]
+    if not rows:
+        return []
+    cells: dict[tuple, dict] = {}
+    for r in rows:
+        cells[(r["a"], r["beta"], r["judge"])] = r
+    lines = ["| algorithm | β | gold judge [95% CI] | proxy judge [95% CI] | comparisons |",
+             "|---|---:|---:|---:|---:|"]
+    keys = sorted({(r["a"], r["beta"]) for r in rows}, key=lambda t: (_algo_key(t[0]), -1 if t[1] == "" else t[1]))
+    for a, beta in keys:
+        out = [a, "—" if beta == "" else f"{beta:g}"]
+        n = ""
+        for judge in JUDGES:
+            c = cells.get((a, beta, judge))
+            out.append(f"{100 * c['win_rate']:.1f}% [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]" if c else "—")
+            if c:
+                n = f"{c['n']} ({c['n_prompts']} prompts × {c['n_seeds']} seed{'s' if c['n_seeds'] != 1 else ''})"
+        out.append(n)
+        lines.append("| " + " | ".join(out) + " |")
+    return lines
+
+
+def write_report_md(runs: list[Run], wr: WinRates, path: Path, sweep_dirs: Sequence[Path], skipped: Sequence[Path],
+                    notes: Sequence[str], confidence: float = 0.95, gaps: Sequence = ()) -> None:
+    groups = _groups(runs)
+    L: list[str] = ["# rlhf-bench report", ""]
+    L.append(f"Built from {len(runs)} runs in " + ", ".join(f"`{s}`" for s in sweep_dirs) + ".")
+    L.append("")
+    L.append("## What was run")
+    L.append("")
+    L.append("| task | reward model | algorithms | β | seeds | runs |")
+    L.append("|---|---|---|---|---|---:|")
+    for (task, rm), g_runs in groups.items():
+        betas = sorted({r.beta for r in g_runs if not r.beta_independent})
+        seeds = sorted({r.seed for r in g_runs})
+        L.append(f"| {task} | {rm} | {', '.join(_algorithms(g_runs))} | {', '.join(f'{b:g}' for b in betas) or '—'} "
+                 f"| {', '.join(str(s) for s in seeds)} | {len(g_runs)} |")
+    L.append("")
+    L.append("Algorithms without training (sft, best_of_n: `steps = 0`) do not depend on β; they are "
+             "listed once per seed and compared with the runs of every β.")
+    if skipped:
+        L.append("")
+        L.append(f"Skipped {len(skipped)} director{'ies' if len(skipped) != 1 else 'y'} without a readable "
+                 "`summary.json` (failed or unfinished runs): " + ", ".join(f"`{p}`" for p in skipped) + ".")
+    L.append("")
+    L.append("## Results")
+    L.append("")
+    L.append(f"Final evaluation of each run; each cell is the mean over seeds ± the half-width of the "
+             f"{confidence:.0%} Student-t confidence interval (no interval with a single seed: `n=1`). KL is "
+             "KL(π ‖ π_ref) per response; efficiency is the share of the optimal reward gain (over SFT) "
+             "reached at the run's KL; the win rate vs SFT is per seed on the held-out prompts (ties count "
+             "half), then averaged over seeds; length is in response tokens before EOS.")
+    for (task, rm), g_runs in groups.items():
+        L.append("")
+        L.append(f"### Task `{task}`, {rm} reward model")
+        L.append("")
+        L += _summary_table(task, rm, g_runs, wr, confidence)
+        wt = _winrate_table(task, rm, wr)
+        if wt:
+            L.append("")
+            L.append("Win rates against SFT, pooled over seeds (interval: Wilson score interval on the "
+                     "cluster-robust effective sample size, prompts as clusters):")
+            L.append("")
+            L += wt
+    L += verdict_sections(runs, gaps, confidence)
+    L.append("")
+    L.append("## Plots")
+    L.append("")
+    L.append("KL-reward frontier: faint dots are every evaluation, bold staircases each algorithm's Pareto "
+             "front, large markers the final policies (mean over seeds with 95% CI bars; marker shape = β), "
+             "the star SFT, the dashed black line the exact optimal frontier (enumerable tasks) and hollow "
+             "black markers the optimum π*_β at the swept β on the reward that was optimised.")
+    L.append("")
+    L.append("![frontier](frontier.png)")
+    L.append("")
+    L.append("Win rate of the row algorithm against the column algorithm, gold reward judge "
+             "(all pairs and the proxy judge are in `winrates.csv`).")
+    L.append("")
+    L.append("![win rates](winrate.png)")
+    L.append("")
+    L.append("Data: `frontier.csv` (every evaluation point; `beta` is empty for the β-independent sft and "
+             "best_of_n), `winrates.csv` (every ordered pair, both judges).")
+    L.append("")
+    # provenance
+    L.append("## Provenance")
+    L.append("")
+    revs = Counter(str(r.summary.get("git_revision", "unknown")) for r in runs)
+    L.append("Git revision" + ("s" if len(revs) > 1 else "") + ": " +
+             ", ".join(f"`{rev}` ({n} run{'s' if n != 1 else ''})" for rev, n in revs.most_common()))
+    L.append("")
+    versions: dict[str, Counter] = defaultdict(Counter)
+    for r in runs:
+        for pkg, v in (r.summary.get("versions") or {}).items():
+            versions[pkg][str(v)] += 1
+    if versions:
+        L.append("| package | version |")
+        L.append("|---|---|")
+        for pkg in versions:
+            vs = versions[pkg]
+            L.append(f"| {pkg} | " + ("; ".join(f"{v} ({n} runs)" for v, n in vs.most_common()) if len(vs) > 1
+                                      else next(iter(vs))) + " |")
+        L.append("")
+    configs = [r.summary.get("config") for r in runs if isinstance(r.summary.get("config"), dict)]
+    if configs:
+        flat = [_flatten(c) for c in configs]
+        common = sorted(set.intersection(*(set(f) for f in flat)))
+        varying = [k for k in common if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+        if varying:
+            shown = ", ".join(f"`{k}`" for k in varying[:40]) + (" ..." if len(varying) > 40 else "")
+            L.append(f"Settings that differ across runs (besides each algorithm's own fields): {shown}.")
+            L.append("")
+        # the config of the first trained run (it shows the training budget), else of the first run
+        first = next((r for r in runs if not r.beta_independent and isinstance(r.summary.get("config"), dict)),
+                     next((r for r in runs if isinstance(r.summary.get("config"), dict)), runs[0]))
+        L.append("<details><summary>Resolved config of one run "
+                 f"(<code>{first.algorithm}</code>, β={first.beta:g}, seed {first.seed}, <code>{first.path}</code>)"
+                 "</summary>")
+        L.append("")
+        L.append("```yaml")
+        L.append(_config_text(first.summary["config"]) if isinstance(first.summary.get("config"), dict)
+                 else _config_text(configs[0]))
+        L.append("```")
+        L.append("")
+        L.append("</details>")
+        L.append("")
+    if notes:
+        L.append("## Warnings")
+        L.append("")
+        L += [f"- {n}" for n in notes]
+        L.append("")
+    path.write_text("\n".join(L))

@@ -1,0 +1,255 @@
+"""Matplotlib figures of the benchmark report: ``frontier.png`` (:func:`plot_frontier`) and
+``winrate.png`` (:func:`plot_winrates`), with the algorithms' colours and the beta markers."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from .report_loading import JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn
+from .stats import mean_ci, pareto_front
+
+if TYPE_CHECKING:
+    from .report import WinRates
+
+# Fixed colours of the known algorithms, spare colours for the others, a marker per beta.
+_COLORS = {"sft": "#4d4d4d", "best_of_n": "#8c564b", "dpo": "#1f77b4", "online_dpo": "#17becf",
+           "ppo": "#d62728", "ppo_ptx": "#e377c2", "p3o_v1": "#ff7f0e", "p3o_v2": "#2ca02c"}
+_SPARE_COLORS = ["#9467bd", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
+                 "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+_BETA_MARKERS = ["o", "s", "^", "D", "v", "P", "p", "<", ">", "h"]
+
+
+def algorithm_color(name: str, all_names: Sequence[str] = ()) -> str:
+    """Fixed colour of an algorithm (known names), else a spare colour by position in ``all_names``."""
+    base = name.split("[")[0]
+    if base in _COLORS and "[" not in name:
+        return _COLORS[base]
+    unknown = [n for n in sorted(all_names, key=_algo_key) if n not in _COLORS]
+    i = unknown.index(name) if name in unknown else abs(hash(name))
+    return _SPARE_COLORS[i % len(_SPARE_COLORS)]
+
+
+# ------------------------------------------------------------------------------------- plotting
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained", dpi=110)
+
+
+def _group_optimal_frontier(g_runs: list[Run], notes: Optional[list[str]]) -> Optional[list[dict]]:
+    frontier, first = None, None
+    for r in g_runs:
+        f = r.optimal_frontier()
+        if f is None:
+            continue
+        if frontier is None:
+            frontier, first = f, r
+        elif f != frontier:
+            _warn(f"optimal_frontier.csv differs between {first.path} and {r.path} (different shared stages?); "
+                  f"plotting the first", notes)
+            break
+    return frontier
+
+
+def plot_frontier(runs: list[Run], path: Path, confidence: float = 0.95, notes: Optional[list[str]] = None) -> None:
+    """frontier.png: one row per (task, reward model), gold reward vs KL left, proxy reward vs KL right."""
+    from matplotlib.lines import Line2D
+
+    groups = _groups(runs)
+    all_algos = _algorithms(runs)
+    all_betas = sorted({r.beta for r in runs if not r.beta_independent})
+    beta_marker = {b: _BETA_MARKERS[i % len(_BETA_MARKERS)] for i, b in enumerate(all_betas)}
+    fig = _new_figure(14.0, 5.4 * len(groups) + 1.3)
+    axes = fig.subplots(len(groups), 2, squeeze=False)
+    has_opt = has_target = False
+    for row, ((task, rm), g_runs) in enumerate(groups.items()):
+        frontier = _group_optimal_frontier(g_runs, notes)
+        algos = _algorithms(g_runs)
+        for col, (judge, key) in enumerate(JUDGES.items()):
+            ax = axes[row][col]
+            xs_vis, ys_vis = [], []  # what the axis limits must show
+            for alg in algos:
+                color = algorithm_color(alg, all_algos)
+                a_runs = [r for r in g_runs if r.algorithm == alg]
+                kl = [e.get("kl") for r in a_runs for e in r.eval_rows]
+                rw = [e.get(key) for r in a_runs for e in r.eval_rows]
+                pts = [(x, y) for x, y in zip(kl, rw) if x is not None and y is not None]
+                if pts:
+                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, color=color, alpha=0.3, lw=0, zorder=2)
+                    xs_vis += [p[0] for p in pts]
+                    ys_vis += [p[1] for p in pts]
+                indep = all(r.beta_independent for r in a_runs)
+                if not indep and len(pts) > 1:
+                    front = pareto_front([p[0] for p in pts], [p[1] for p in pts])
+                    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color=color, lw=2.4,
+                            drawstyle="steps-post", alpha=0.95, zorder=4, solid_capstyle="round")
+                # final policies: mean over seeds with CI, per beta
+                by_beta: dict[Optional[float], list[Run]] = defaultdict(list)
+                for r in a_runs:
+                    by_beta[None if indep else r.beta].append(r)
+                for beta, b_runs in sorted(by_beta.items(), key=lambda t: -1 if t[0] is None else t[0]):
+                    mx, lx, hx = mean_ci([r.final.get("kl") for r in b_runs], confidence)
+                    my, ly, hy = mean_ci([r.final.get(key) for r in b_runs], confidence)
+                    if not (math.isfinite(mx) and math.isfinite(my)):
+                        continue
+                    xerr = [[mx - lx], [hx - mx]] if math.isfinite(lx) else None
+                    yerr = [[my - ly], [hy - my]] if math.isfinite(ly) else None
+                    if indep:
+                        marker, ms = ("*", 17) if alg == "sft" else ("X", 11)
+                    else:
+                        marker, ms = beta_marker[beta], 8
+                    ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt=marker, ms=ms, color=color, mec="black",
+                                mew=0.8, ecolor=color, elinewidth=1.2, capsize=3.5, zorder=6)
+                    # the limits follow the points, not the bars: with 2-3 seeds a t interval can be
+                    # far wider than the data; such bars run off the axes instead of squashing the plot
+                    xs_vis.append(mx)
+                    ys_vis.append(my)
+            # axis limits from the runs' points; the optimal frontier is clipped to them
+            if xs_vis:
+                x_max = max(xs_vis) if max(xs_vis) > 0 else 1.0
+                x_lo, x_hi = min(min(xs_vis), 0.0) - 0.03 * x_max, x_max * 1.1
+            else:
+                x_lo, x_hi = 0.0, 1.0
+            if frontier:
+                opt = sorted((f["kl"], f["reward_value"]) for f in frontier if f["reward"] == judge)
+                if opt:
+                    ax.plot([p[0] for p in opt], [p[1] for p in opt], "k--", lw=1.6, zorder=5)
+                    ys_vis += [p[1] for p in opt if x_lo <= p[0] <= x_hi]
+                    has_opt = True
+            # the optimum at each beta of the sweep, on the reward being optimised
+            trained = "gold" if rm == "gold" else "proxy"
+            if judge == trained:
+                targets = {}
+                for r in g_runs:
+                    o = r.summary.get("optimal_at_beta")
+                    if o and not r.beta_independent and o.get("reward", trained) == judge and r.beta in beta_marker:
+                        targets[r.beta] = (o.get("kl"), o.get("reward_value"))
+                for beta, (ox, oy) in targets.items():
+                    if ox is None or oy is None:
+                        continue
+                    ax.plot([ox], [oy], marker=beta_marker[beta], ms=9, mfc="none", mec="black", mew=1.4, ls="none",
+                            zorder=7)
+                    if x_lo <= ox <= x_hi:
+                        ys_vis.append(oy)
+                    has_target = True
+            ax.set_xlim(x_lo, x_hi)
+            if ys_vis:
+                y_lo, y_hi = min(ys_vis), max(ys_vis)
+                pad = 0.06 * (y_hi - y_lo) if y_hi > y_lo else 0.1 * max(abs(y_hi), 1.0)
+                ax.set_ylim(y_lo - pad, y_hi + pad)
+            optimised = (judge == "gold") == (rm == "gold")
+            what = "gold reward (ground truth)" if judge == "gold" else "proxy reward (learned reward model)"
+            ax.set_title(f"{task}: {what}" + (" - optimised" if optimised else ""), fontsize=11)
+            ax.set_xlabel("KL(π ‖ π_ref)  [nats, per response]")
+            ax.set_ylabel(f"{judge} reward")
+            ax.grid(alpha=0.3, lw=0.6)
+    # legend: a row of algorithms, then rows of what the marks mean
+    alg_handles = []
+    for a in all_algos:
+        indep = all(r.beta_independent for r in runs if r.algorithm == a)
+        style = dict(ls="none", marker="*" if a == "sft" else "X", ms=14 if a == "sft" else 10, mec="black") \
+            if indep else dict(lw=2.4)
+        alg_handles.append(Line2D([], [], color=algorithm_color(a, all_algos), label=a, **style))
+    marks = [Line2D([], [], ls="none", marker="o", ms=4, color="gray", alpha=0.4, label="every evaluation"),
+             Line2D([], [], color="gray", lw=2.4, label="Pareto front (all evaluations)")]
+    counts = [len({r.seed for r in runs if r.algorithm == a and r.group == g and (r.beta_independent or r.beta == b)})
+              for g in groups for a in all_algos for b in {r.beta for r in runs}]
+    counts = [c for c in counts if c] or [1]
+    marks.append(Line2D([], [], ls="none", marker="o", ms=7, color="gray", mec="black",
+                        label=f"final policy, mean of {_seed_phrase(counts)}"
+                              + (f" ± {confidence:.0%} CI" if max(counts) > 1 else "")))
+    if has_opt:
+        marks.append(Line2D([], [], color="black", ls="--", lw=1.6, label="exact optimal frontier"))
+    if has_target:
+        marks.append(Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.4,
+                            label="optimum π*_β (target)"))
+    betas = [Line2D([], [], ls="none", marker=m, ms=7, color="lightgray", mec="black", label=f"β = {b:g}")
+             for b, m in beta_marker.items()]
+    handles, ncol = _legend_rows([alg_handles, marks, betas], max_cols=6)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
+    tasks = ", ".join(f"{t} ({'gold' if rm == 'gold' else 'learned'} reward model)" for t, rm in groups)
+    fig.suptitle(f"KL-reward frontier: {tasks}, {len(runs)} runs", fontsize=13)
+    fig.savefig(path)
+
+
+def _seed_phrase(counts: Sequence[int]) -> str:
+    lo, hi = min(counts), max(counts)
+    return f"{hi} seed{'s' if hi != 1 else ''}" if lo == hi else f"{lo}-{hi} seeds"
+
+
+def _legend_rows(sections: list[list], max_cols: int = 8) -> tuple[list, int]:
+    """Handles reordered so that a legend with ``ncol`` columns (filled column by column) shows
+    each section on rows of its own."""
+    from matplotlib.lines import Line2D
+
+    sections = [s for s in sections if s]
+    ncol = max(1, min(max_cols, max((len(s) for s in sections), default=1)))
+    rows: list[list] = []
+    for sec in sections:
+        for i in range(0, len(sec), ncol):
+            chunk = sec[i:i + ncol]
+            rows.append(chunk + [Line2D([], [], alpha=0.0, label=" ")] * (ncol - len(chunk)))
+    return [rows[r][c] for c in range(ncol) for r in range(len(rows))], ncol
+
+
+def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold") -> None:
+    """winrate.png: P(row beats column) under ``judge``, one heatmap per beta, one row per (task, RM)."""
+    import numpy as np
+    from matplotlib import colormaps
+
+    groups = _groups(runs)
+    panels: list[list[tuple]] = []
+    for (task, rm), g_runs in groups.items():
+        betas = sorted({r.beta for r in g_runs if not r.beta_independent})
+        row = []
+        for beta in betas or [None]:
+            algos = [a for a in _algorithms(g_runs)
+                     if any((task, rm, a, b, judge, bb) in wr.table for b in _algorithms(g_runs) for bb in (beta, None))]
+            row.append((task, rm, beta, algos))
+        panels.append(row)
+    n_cols = max(len(r) for r in panels)
+    k = max((len(p[3]) for r in panels for p in r), default=1)
+    side = 1.0 + 0.85 * max(k, 2)
+    fig = _new_figure(side * n_cols + 1.2, side * len(panels) + 0.8)
+    axes = fig.subplots(len(panels), n_cols, squeeze=False)
+    cmap = colormaps["RdBu"].with_extremes(bad="#e6e6e6")
+    im = None
+    for i, row in enumerate(panels):
+        for j in range(n_cols):
+            ax = axes[i][j]
+            if j >= len(row):
+                ax.set_axis_off()
+                continue
+            task, rm, beta, algos = row[j]
+            mat = np.full((len(algos), len(algos)), np.nan)
+            for ia, a in enumerate(algos):
+                for ib, b in enumerate(algos):
+                    cell = wr.table.get((task, rm, a, b, judge, beta)) or wr.table.get((task, rm, a, b, judge, None))
+                    if a == b or cell is None:
+                        continue
+                    mat[ia, ib] = cell["win_rate"]
+                    r, lo, hi = cell["win_rate"], cell["ci_low"], cell["ci_high"]
+                    ax.text(ib, ia - 0.1, f"{100 * r:.0f}%", ha="center", va="center", fontsize=11, fontweight="bold",
+                            color="white" if abs(r - 0.5) > 0.3 else "black")
+                    ax.text(ib, ia + 0.24, f"[{100 * lo:.0f}, {100 * hi:.0f}]", ha="center", va="center", fontsize=7.5,
+                            color="white" if abs(r - 0.5) > 0.3 else "#333333")
+            im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0)
+            ax.set_xticks(range(len(algos)), algos, rotation=35, ha="right")
+            ax.set_yticks(range(len(algos)), algos)
+            ax.set_xlabel("opponent (column)")
+            if j == 0:
+                ax.set_ylabel("algorithm (row)")
+            ax.set_title(f"{task} ({rm} RM), β = {_fmt_beta(beta) or 'n/a'}", fontsize=11)
+            for s in ax.spines.values():
+                s.set_visible(False)
+    if im is not None:
+        cb = fig.colorbar(im, ax=axes, shrink=0.8, fraction=0.04)
+        cb.set_label(f"P(row beats column), {judge} reward judge; ties count half")
+    seeds = _seed_phrase([row["n_seeds"] for row in wr.rows] or [0])
+    fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({judge} judge, "
+                 f"pooled over {seeds}, [95% CI])", fontsize=12)
+    fig.savefig(path)
+
