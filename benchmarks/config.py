@@ -288,14 +288,18 @@ class RunConfig:
     progress: Optional[bool] = None  # progress bars: true | false | null (auto: on in a terminal, off in a multirun)
     # Free-form description of the benchmark this run belongs to (filled by conf/benchmark/*).
     benchmark: Optional[Any] = None
+    # Per-algorithm settings chosen by the tuning command (conf/tuned/<task>.yaml, selected with
+    # tuned=<task>; the benchmarks select it). The algorithm YAMLs read tuned.settings.<label>.<knob>
+    # and fall back to their defaults when it is null. The file also records how they were chosen.
+    tuned: Optional[Any] = None
 
 
 TASK_SCHEMAS = {"bandit": BanditTaskConfig, "sentiment": SentimentTaskConfig}
 
 
 #: Config keys that do not change what a run computes, only how it is shown or where shared
-#: files live. They are left out of run names and of the identity a finished run is matched on.
-NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "hydra")
+#: files live (``tuned`` acts only through the algorithm values it sets, which are compared). They are left out of run names and of the identity a finished run is matched on.
+NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "tuned", "hydra")
 _IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed")
 
 
