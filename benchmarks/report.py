@@ -15,7 +15,12 @@ Outputs, written into ``out_dir`` (default: the first sweep directory):
   policy's mean over seeds with 95% CI bars at each beta, SFT as a star, the exact optimal frontier.
 - ``winrates.csv`` / ``winrate.png``: head-to-head win rates between final policies on the same
   held-out prompts, judged by the gold and by the proxy reward (see :func:`compute_winrates`).
-- ``report.md``: what was run, a table per task with mean ± 95% CI over seeds, the plots, provenance.
+- ``comparisons.csv``: for every pair of trained algorithms, per beta and over all betas, the mean
+  gold-reward difference at matched KL between their fronts, its bootstrap interval over seeds and
+  the verdict (:mod:`~rlhf_bench.benchmarks.verdicts`).
+- ``report.md``: what was run, a table per task with mean ± 95% CI over seeds, what the seeds
+  support, the budget table, convergence flags, the pairwise comparisons, the papers' claims
+  checked, the plots, provenance.
 
 Runs are grouped by (task, reward model). Algorithms that do not train (``steps == 0``: sft,
 best_of_n) do not depend on beta: one entry per seed is kept (the first found) and it is compared

@@ -86,8 +86,8 @@ def comparisons_section(gaps: Sequence[Gap], confidence: float) -> list[str]:
         return []
     L = ["", "## Pairwise comparisons at matched KL", "",
          "For each pair of trained algorithms: the mean gold-reward difference (row minus column) between their "
-         "fronts - through the SFT point and the runs' final evaluations, linear between Pareto-efficient "
-         "points, flat after the last - over the KL range both cover (the area between the fronts divided by "
+         "fronts - through the SFT point and, for each β, the final evaluation averaged over seeds, linear "
+         "between Pareto-efficient points, flat after the last - over the KL range both cover (the area between the fronts divided by "
          f"its length), with a {confidence:.0%} percentile bootstrap interval over seeds (each algorithm's seeds "
          "resampled independently, 2000 resamples). Verdict: *better* or *worse* when the interval excludes 0, "
          "*indistinguishable* when it contains 0, *cannot tell* without an interval (a single seed). All pairs, "

@@ -5,9 +5,10 @@ intervals over seeds, and the published claims checked against them.
 - :func:`convergence_flags`: runs whose KL or gold reward still moved over the last
   :data:`WINDOW` of their steps by more than :data:`FRACTION` of their largest excursion from SFT.
 - :func:`pairwise_gaps`: for every pair of trained algorithms, at each beta and over all betas, the
-  mean gold-reward difference at matched KL between their fronts (SFT point + final evaluations;
-  :func:`~rlhf_bench.benchmarks.frontiers.gap_between`), with a percentile bootstrap interval over
-  seeds (each algorithm's seeds resampled independently) and a verdict.
+  mean gold-reward difference at matched KL between their fronts (through the SFT point and, per
+  beta, the final evaluation averaged over seeds; :func:`~rlhf_bench.benchmarks.frontiers.gap_between`),
+  with a percentile bootstrap interval over seeds (each algorithm's seeds resampled independently)
+  and a verdict.
 - :data:`CLAIMS` and :func:`claim_rows`: the papers' claims, each read off one or more gaps.
 """
 
@@ -97,39 +98,42 @@ class Gap:
         return "indistinguishable"
 
 
-def _points(runs: Sequence[Any]) -> dict[int, list[tuple[float, float]]]:
-    """seed -> final (KL, gold reward) points of those runs."""
-    by_seed: dict[int, list[tuple[float, float]]] = defaultdict(list)
+def _points(runs: Sequence[Any]) -> dict[int, dict[float, tuple[float, float]]]:
+    """seed -> beta -> final (KL, gold reward) of that run."""
+    by_seed: dict[int, dict[float, tuple[float, float]]] = defaultdict(dict)
     for r in runs:
-        by_seed[r.seed].append((float(r.final["kl"]), float(r.final["reward_gold"])))
+        by_seed[r.seed][r.beta] = (float(r.final["kl"]), float(r.final["reward_gold"]))
     return by_seed
 
 
-def _gap_stat(pa: dict, pb: dict, origin: tuple[float, float]) -> Callable:
-    sa, sb = sorted(pa), sorted(pb)
-
-    def stat(ia: np.ndarray, ib: np.ndarray) -> float:
-        fa = front_of([p for i in ia for p in pa[sa[int(i)]]], origin)
-        fb = front_of([p for i in ib for p in pb[sb[int(i)]]], origin)
-        return gap_between(fa, fb)[0]
-
-    return stat
+def _front(pts: dict, seeds: Sequence[int], origin: tuple[float, float]) -> np.ndarray:
+    """The front through the SFT point and, for each beta, the mean final (KL, gold) over ``seeds``
+    (a seed drawn twice counts twice)."""
+    per_beta: dict[float, list[tuple[float, float]]] = defaultdict(list)
+    for s in seeds:
+        for beta, p in pts[s].items():
+            per_beta[beta].append(p)
+    return front_of([tuple(np.mean(v, axis=0)) for v in per_beta.values()], origin)
 
 
 def compare(pa: dict, pb: dict, origin: tuple[float, float], confidence: float, seed: int = 0
             ) -> tuple[float, float, float, float]:
-    """(gap, low, high, kl_range) of two algorithms' fronts, seeds resampled independently."""
-    stat = _gap_stat(pa, pb, origin)
-    ia, ib = np.arange(len(pa), dtype=float), np.arange(len(pb), dtype=float)
-    fa = front_of([p for ps in pa.values() for p in ps], origin)
-    fb = front_of([p for ps in pb.values() for p in ps], origin)
-    gap, hi_kl = gap_between(fa, fb)
-    if len(pa) < 2 or len(pb) < 2 or not math.isfinite(gap):
+    """(gap, low, high, kl_range) of two algorithms' fronts (of the seed-mean final points), with
+    a percentile bootstrap interval: each algorithm's seeds resampled independently."""
+    sa, sb = sorted(pa), sorted(pb)
+    gap, hi_kl = gap_between(_front(pa, sa, origin), _front(pb, sb, origin))
+    if len(sa) < 2 or len(sb) < 2 or not math.isfinite(gap):
         return gap, math.nan, math.nan, hi_kl
+
+    def stat(ia: np.ndarray, ib: np.ndarray) -> float:
+        return gap_between(_front(pa, [sa[int(i)] for i in ia], origin),
+                           _front(pb, [sb[int(i)] for i in ib], origin))[0]
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples with few seeds
-        res = stats.bootstrap((ia, ib), stat, vectorized=False, paired=False, n_resamples=N_BOOTSTRAP,
-                              confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed))
+        res = stats.bootstrap((np.arange(len(sa), dtype=float), np.arange(len(sb), dtype=float)), stat,
+                              vectorized=False, paired=False, n_resamples=N_BOOTSTRAP, confidence_level=confidence,
+                              method="percentile", rng=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return gap, float(lo), float(hi), hi_kl
 
