@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,7 @@ def test_tuning_command_scores_every_candidate_and_writes_the_best(tmp_path, cac
 def test_benchmarks_read_their_tuned_settings(task, tmp_path):
     """conf/benchmark/<task>.yaml selects conf/tuned/<task>.yaml: every tuned knob of every
     algorithm reaches the composed run config; without a tuned file the YAML defaults apply."""
-    tuned = yaml.safe_load(Path(f"conf/tuned/{task}.yaml").read_text())["settings"]
+    tuned = yaml.safe_load(files("rlhf_bench.conf").joinpath("tuned", f"{task}.yaml").read_text())["settings"]
     assert tuned, f"conf/tuned/{task}.yaml holds no settings: run python -m rlhf_bench.benchmarks.tuning {task}"
     for label, knobs in tuned.items():
         algo = compose_config(f"benchmark={task}", f"algorithm={label}", cache_dir=tmp_path).algorithm
