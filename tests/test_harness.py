@@ -711,19 +711,20 @@ def test_expand_pairs_chosen_ranked_above_rejected():
 
 
 # ============================================================================ shared-stage cache
-def test_shared_stages_reuse_cache(bandit):
-    """A second prepare() with the same config reuses every stage and is much faster."""
+def test_shared_stages_reuse_cache(bandit, monkeypatch):
+    """A second prepare() with the same config reuses every stage: nothing is trained or built
+    again (the builders would raise), and the same directories and metrics come back. Asserted on
+    what was reused, never on wall time."""
     assert bandit.first_prepare_reused == {"sft": False, "preferences": False, "reward_model": False}
     g = bandit.groups
     stages = SharedStages(bandit.task, g["task"], g["model"], g["reward_model"], bandit.cfg.cache_dir,
                           torch.device("cpu"), progress=False)
-    t0 = time.perf_counter()
+    for builder in ("_train_sft", "_build_preferences", "_train_reward_model", "_fit"):
+        monkeypatch.setattr(stages, builder, lambda *a, _name=builder, **k: pytest.fail(f"{_name} ran again"))
     art = stages.prepare()
-    seconds = time.perf_counter() - t0
     assert art.reused == {"sft": True, "preferences": True, "reward_model": True}
     assert art.sft_dir == bandit.artifacts.sft_dir and art.reward_model_dir == bandit.artifacts.reward_model_dir
     assert art.metrics["sft"] == bandit.artifacts.metrics["sft"]
-    assert seconds < 0.2 * bandit.first_prepare_seconds, (seconds, bandit.first_prepare_seconds)
 
 
 def test_shared_stage_keys(bandit):
