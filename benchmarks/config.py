@@ -14,7 +14,6 @@ the proxy is trained), ``algorithm`` (one per plugin, see ``algorithms/``), ``lo
 from __future__ import annotations
 
 import contextlib
-import os
 import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -187,7 +186,7 @@ class SentimentTaskConfig(TaskConfig):
         check(self.min_prefix <= self.max_prefix, "max_prefix", f">= min_prefix ({self.min_prefix})", self.max_prefix)
         check(self.max_prefix < self.min_review_len, "min_review_len", f"> max_prefix ({self.max_prefix})",
               self.min_review_len)
-        check(self.min_review_len <= self.max_review_len, "max_review_len", f">= min_review_len", self.max_review_len)
+        check(self.min_review_len <= self.max_review_len, "max_review_len", ">= min_review_len", self.max_review_len)
 
 
 @dataclass

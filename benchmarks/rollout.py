@@ -9,7 +9,7 @@ generated the tokens. Generation stops at ``<eos>``; later positions are padding
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 

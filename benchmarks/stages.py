@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import numpy as np
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .config import as_dict
-from .models import (SequenceBatch, build_policy, build_reward_model, freeze, masked_mean, reward_scores, score_batch,
+from .models import (SequenceBatch, build_policy, build_reward_model, freeze, masked_mean, reward_scores,
                      token_logprobs)
 from .rollout import sample_responses
 from .utils import adamw, atomic_directory, config_hash, derive_seed, make_generator
