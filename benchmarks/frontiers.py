@@ -14,17 +14,13 @@ from typing import Sequence
 
 import numpy as np
 
+from .stats import pareto_front
+
 
 def pareto_points(kl: Sequence[float], reward: Sequence[float]) -> np.ndarray:
-    """The Pareto-efficient points (M, 2), sorted by KL: no other point has lower or equal KL and a
-    higher reward. Among equal KLs the highest reward is kept."""
-    pts = np.asarray(sorted(zip(kl, reward), key=lambda p: (p[0], -p[1])), dtype=float).reshape(-1, 2)
-    out, best = [], -np.inf
-    for k, r in pts:
-        if r > best:
-            out.append((k, r))
-            best = r
-    return np.asarray(out, dtype=float).reshape(-1, 2)
+    """The Pareto-efficient points (M, 2), sorted by KL (:func:`~rlhf_bench.benchmarks.stats.pareto_front`:
+    no other point has lower or equal KL and a higher reward)."""
+    return np.asarray([(kl[i], reward[i]) for i in pareto_front(kl, reward)], dtype=float).reshape(-1, 2)
 
 
 def front_value(front: np.ndarray, k: np.ndarray | float) -> np.ndarray:
