@@ -58,14 +58,14 @@ class TokenCounter:
 
 
 class Budget:
-    """The counters above, for one run; ``tokens`` is attached to its models by the trainer."""
+    """The counters above, for one run; ``tokens`` is attached to its models by the trainer and
+    holds the token counts."""
 
-    FIELDS = ("responses_sampled", "sequences_trained", "prompts_trained", "pairs_trained", "gradient_updates",
-              "forward_tokens", "backward_tokens", "train_seconds")
+    COUNTERS = ("responses_sampled", "sequences_trained", "prompts_trained", "pairs_trained", "gradient_updates")
 
     def __init__(self) -> None:
-        self.responses_sampled = self.sequences_trained = self.prompts_trained = self.pairs_trained = 0
-        self.gradient_updates = self.forward_tokens = self.backward_tokens = 0
+        for k in self.COUNTERS:
+            setattr(self, k, 0)
         self.train_seconds = 0.0
         self.tokens = TokenCounter()
 
@@ -78,13 +78,14 @@ class Budget:
         self.pairs_trained += groups * group_size * (group_size - 1) // 2
 
     def state_dict(self) -> dict[str, Any]:
-        self.forward_tokens, self.backward_tokens = self.tokens.forward, self.tokens.backward
-        return {k: getattr(self, k) for k in self.FIELDS}
+        return {**{k: getattr(self, k) for k in self.COUNTERS}, "forward_tokens": self.tokens.forward,
+                "backward_tokens": self.tokens.backward, "train_seconds": self.train_seconds}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in self.FIELDS:
+        for k in self.COUNTERS:
             setattr(self, k, state[k])
-        self.tokens.forward, self.tokens.backward = self.forward_tokens, self.backward_tokens
+        self.tokens.forward, self.tokens.backward = state["forward_tokens"], state["backward_tokens"]
+        self.train_seconds = state["train_seconds"]
 
     def metrics(self) -> dict[str, float]:
         out = {f"budget/{k}": v for k, v in self.state_dict().items() if k != "train_seconds"}

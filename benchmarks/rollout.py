@@ -126,5 +126,5 @@ class RolloutEngine:
         proxy, gold = self.score(batch)
         eos = (batch.response == self.task.eos_id).any(dim=1)
         return Rollout(batch=batch, group_size=n, logprobs=self.logprobs(policy, batch),
-                       ref_logprobs=self.logprobs(self.ref_model, batch), rewards=self.reward(batch, proxy, gold),
+                       ref_logprobs=self.logprobs(self.ref_model, batch), rewards=self.reward_values(proxy, gold, eos),
                        rewards_proxy=proxy, rewards_gold=gold, eos=eos)
