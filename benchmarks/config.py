@@ -297,7 +297,8 @@ TASK_SCHEMAS = {"bandit": BanditTaskConfig, "sentiment": SentimentTaskConfig}
 
 
 #: Config keys that do not change what a run computes, only how it is shown or where shared
-#: files live (``tuned`` acts only through the algorithm values it sets, which are compared). They are left out of run names and of the identity a finished run is matched on.
+#: files live (``tuned`` acts only through the algorithm values it sets, which are compared). They
+#: are left out of run names and of the identity a finished run is matched on.
 NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "tuned", "hydra")
 _IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed")
 
@@ -326,6 +327,11 @@ def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any,
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
+def run_label(label: str, beta: float, seed: int, beta_independent: bool) -> str:
+    """``<label>_beta<beta>_seed<seed>``, or ``<label>_seed<seed>`` for a beta-independent algorithm."""
+    return f"{label}_seed{seed}" if beta_independent else f"{label}_beta{float(beta):g}_seed{seed}"
+
+
 def run_name(*, _root_: DictConfig) -> str:
     """The ``${run_name:}`` resolver: a run directory's name, ``<label>_beta<beta>_seed<seed>``.
 
@@ -336,10 +342,7 @@ def run_name(*, _root_: DictConfig) -> str:
     from rlhf_bench.algorithms.registry import get_algorithm
 
     algo = _root_.algorithm
-    parts = [str(algo.label)]
-    if not get_algorithm(algo.name).cls.beta_independent:
-        parts.append(f"beta{float(algo.beta):g}")
-    parts.append(f"seed{_root_.seed}")
+    parts = [run_label(str(algo.label), algo.beta, _root_.seed, get_algorithm(algo.name).cls.beta_independent)]
     overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
     extra = []
     for o in overrides:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from rlhf_bench.algorithms.registry import get_algorithm
 
 from .budget import Budget
-from .config import ConfigError, config_differences, run_identity, validate
+from .config import ConfigError, config_differences, run_identity, run_label, validate
 from .context import Context, split_groups
 from .evaluation import Evaluator, LMPolicy
 from .loggers import build_logger
@@ -170,7 +170,7 @@ class Trainer:
                 w.writeheader()
                 w.writerows(self.evaluator.frontier_rows())
         a, seed = self.acfg, self.cfg.seed
-        self.name = f"{a.label}_seed{seed}" if self.spec.cls.beta_independent else f"{a.label}_beta{a.beta:g}_seed{seed}"
+        self.name = run_label(a.label, a.beta, seed, self.spec.cls.beta_independent)
         self.logger = build_logger(groups["logger"], self.run_dir, self.resolved, name=self.name, job_type=a.label,
                                    group=_hydra_group())
 
