@@ -10,7 +10,6 @@ sampled), ``ref_logprobs`` (frozen SFT base), ``advantages``, ``response_mask``,
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 

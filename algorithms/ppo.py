@@ -4,14 +4,15 @@ Objective (InstructGPT eq. 2): ``E_{y~pi}[r(x,y) - beta log(pi(y|x)/pi_ref(y|x))
 
 Implemented as the strongest public reproductions run it (Huang et al. 2024, REFERENCE sec. 3):
 per-token reward ``-beta * kl_t`` plus the harness's sequence reward at the last token (a missing-EOS
-penalty, where the task sets one, is part of that reward and applies to every algorithm), a value model initialised from the reward model, GAE, the
-clipped surrogate and clipped value loss, whitened advantages, several epochs per rollout batch,
-and a fixed or adaptive KL coefficient.
+penalty, where the task sets one, is part of that reward and applies to every algorithm), a value
+model initialised from the reward model, GAE, the clipped surrogate and clipped value loss,
+whitened advantages, several epochs per rollout batch, and a fixed or adaptive KL coefficient.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, non_negative, one_of, positive

@@ -14,7 +14,7 @@ from algo_fixtures import make_context, perturb_, sentiment_task, tiny_lm, tiny_
 from conftest import compose_config
 from rlhf_bench.algorithms.losses import masked_mean
 from rlhf_bench.algorithms.ppo import PPO, PPOConfig
-from rlhf_bench.algorithms.registry import _REGISTRY, load_algorithms
+from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
 from rlhf_bench.benchmarks.config import validate
 from rlhf_bench.benchmarks.context import split_groups
 
@@ -27,8 +27,7 @@ def sent():
 
 
 def online_algorithms() -> list[str]:
-    load_algorithms()
-    return sorted(name for name, spec in _REGISTRY.items() if spec.cls.data == "online")
+    return [name for name in available_algorithms() if get_algorithm(name).cls.data == "online"]
 
 
 class SpyRollout:
@@ -69,7 +68,7 @@ def test_every_online_algorithm_reads_the_one_harness_reward(sent):
     expected = torch.where(has_eos, rollout.rewards_gold, torch.full_like(rollout.rewards_gold, PENALTY))
     assert torch.equal(rollout.rewards, expected)
     for name in names:
-        spec = _REGISTRY[name]
+        spec = get_algorithm(name)
         cfg = spec.config_class(name=name, label=name)
         ctx = make_context(sent, base, value_model=tiny_rm(sent) if spec.cls.uses_value_model else None)
         ctx.engine.missing_eos_penalty = PENALTY
