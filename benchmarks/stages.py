@@ -11,7 +11,9 @@
 Each stage is cached under ``<cache_dir>/<task>/<stage>-<hash>`` where the hash covers every
 setting that determines it (and the hashes of the stages it depends on). Directories are written
 atomically and guarded by a file lock, so parallel sweep jobs never train twice and never read a
-half-written stage.
+half-written stage. Each ends with a ``manifest.json`` (every file's size and sha256, the stage and
+its key), written last and checked under the lock whenever the entry is looked at: an entry without
+one, or whose files no longer match it, is logged, removed and rebuilt, never loaded.
 """
 
 from __future__ import annotations
@@ -34,10 +36,18 @@ from .config import as_dict
 from .models import (SequenceBatch, build_policy, build_reward_model, freeze, masked_mean, reward_scores,
                      token_logprobs)
 from .rollout import sample_responses
-from .utils import adamw, atomic_directory, config_hash, derive_seed, make_generator
+from .data import load_preferences
+from .utils import (adamw, atomic_directory, check_manifest, config_hash, derive_seed, discard_directory,
+                    make_generator, remove_orphans, write_manifest)
 
 log = logging.getLogger(__name__)
-STAGE_VERSION = 3  # bump when a stage's code changes what it produces (3: fused AdamW)
+# Bump when a stage's code changes what it produces or how an entry is stored. 3: fused AdamW.
+# 4: entries end with manifest.json; version-3 entries lack one and would be rebuilt anyway, new
+# keys make that a quiet fresh build beside them rather than a warning and a rebuild in place.
+STAGE_VERSION = 4
+#: Files an entry of each stage must list in its manifest (besides any others it holds).
+STAGE_FILES = {"sft": ("metrics.json", "config.json"), "reward_model": ("metrics.json", "config.json"),
+               "preferences": ("metrics.json", "train/dataset_info.json", "heldout/dataset_info.json")}
 
 
 # -------------------------------------------------------------------------------------- losses
@@ -94,7 +104,8 @@ class SharedArtifacts:
     reused: dict[str, bool] = field(default_factory=dict)
 
     def preferences(self, split: str = "train") -> datasets.Dataset:
-        return datasets.load_from_disk(str(self.preferences_dir / split))
+        """The ranked lists of ``split``, checked row by row (:class:`~.data.DataError` otherwise)."""
+        return load_preferences(self.preferences_dir / split)
 
 
 class SharedStages:
@@ -124,23 +135,46 @@ class SharedStages:
     def prepare(self) -> SharedArtifacts:
         keys = self.keys()
         art = SharedArtifacts(self.root / keys["sft"], self.root / keys["preferences"], self.root / keys["reward_model"])
+        self.root.mkdir(parents=True, exist_ok=True)
         for stage, builder in (("sft", self._train_sft), ("preferences", self._build_preferences),
                                ("reward_model", self._train_reward_model)):
             path = self.root / keys[stage]
-            self.root.mkdir(parents=True, exist_ok=True)
             with FileLock(str(self.root / f"{keys[stage]}.lock")):
-                reused = (path / "metrics.json").exists()
+                reused = self._cached(stage, keys[stage], path)
                 if not reused:
-                    t0 = time.time()
-                    with atomic_directory(path) as tmp:
-                        metrics = builder(tmp, art)
-                        metrics["seconds"] = round(time.time() - t0, 2)
-                        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-            metrics = json.loads((path / "metrics.json").read_text())
+                    self._build(stage, keys[stage], path, builder, art)
+                metrics = json.loads((path / "metrics.json").read_text())
             art.metrics[stage], art.reused[stage] = metrics, reused
             verb = "reused from cache" if reused else "trained"
             log.info("[shared] %s: %s %s (%.1f s to build)", stage, verb, path, metrics["seconds"])
         return art
+
+    @staticmethod
+    def _cached(stage: str, key: str, path: Path) -> bool:
+        """Whether ``path`` holds an intact entry of ``stage`` (its manifest checks out). A damaged
+        or half-written entry is logged and removed, and so are temporary directories left by a
+        killed build. Only under the stage's lock."""
+        for orphan in remove_orphans(path):
+            log.warning("cache: removed %s, left by an interrupted build", orphan)
+        if not path.exists():
+            return False
+        problem = check_manifest(path, {"stage": stage, "key": key}, required=STAGE_FILES[stage])
+        if problem is None:
+            return True
+        log.warning("cache entry %s: %s; rebuilding", path, problem)
+        discard_directory(path)
+        return False
+
+    @staticmethod
+    def _build(stage: str, key: str, path: Path, builder, art: SharedArtifacts) -> None:
+        """Run ``builder`` into a temporary directory, add ``metrics.json`` and, last, the manifest,
+        then move it to ``path`` in one step. Only under the stage's lock."""
+        t0 = time.time()
+        with atomic_directory(path) as tmp:
+            metrics = builder(tmp, art)
+            metrics["seconds"] = round(time.time() - t0, 2)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            write_manifest(tmp, {"stage": stage, "key": key, "version": STAGE_VERSION})
 
     # --- shared optimisation loop ------------------------------------------------------------------
     def _fit(self, model, batches, loss_fn, lr: float, steps: int, desc: str) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Small shared utilities: seeding, hashing, atomic writes, provenance."""
+"""Small shared utilities: seeding, hashing, atomic writes, cache manifests, provenance."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
 import torch
@@ -52,19 +52,109 @@ def config_hash(obj: Any, length: int = 16) -> str:
 @contextlib.contextmanager
 def atomic_directory(final: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``final``; on success it is renamed to ``final`` in one
-    step, so readers never see a half-written directory. On failure it is removed."""
+    step, so readers never see a half-written directory. A ``final`` that exists by then (a damaged
+    entry that could not be removed) is replaced. On failure the temporary directory is removed.
+    Call it while holding the lock that guards ``final``."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        if final.exists():  # someone else finished first (should not happen under the lock)
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, final)
+        if final.exists():
+            discard_directory(final)
+        os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def discard_directory(path: Path) -> None:
+    """Remove ``path``: first renamed aside in one step (so ``path`` is gone at once, whatever
+    happens to the removal), then deleted."""
+    path = Path(path)
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.stale-", dir=path.parent))
+    os.replace(path, aside / "entry")
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def remove_orphans(final: Path) -> list[Path]:
+    """Remove the temporary and set-aside siblings of ``final`` (``.<name>.tmp-*``, ``.<name>.stale-*``)
+    that a killed process left behind; returns them. Only while holding the lock that guards ``final``."""
+    final = Path(final)
+    if not final.parent.is_dir():
+        return []
+    found = [p for kind in ("tmp", "stale") for p in final.parent.glob(f".{final.name}.{kind}-*")]
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True)
+    return found
+
+
+# ------------------------------------------------------------------------------ cache manifests
+MANIFEST = "manifest.json"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(directory: Path, extra: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write ``manifest.json`` into ``directory``: ``extra`` (e.g. the entry's name and key) and
+    ``files``, every file under it (relative path, size in bytes, sha256). Write it last, once
+    everything else is in place: its presence marks the entry complete."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST)
+    listing = [{"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)}
+               for p in files]
+    path = directory / MANIFEST
+    atomic_write_text(path, json.dumps({**dict(extra or {}), "files": listing}, indent=1))
+    return path
+
+
+def check_manifest(directory: Path, expected: Optional[Mapping[str, Any]] = None,
+                   required: Iterable[str] = ()) -> Optional[str]:
+    """What is wrong with the entry ``directory`` (a short phrase), or None when it is intact.
+
+    Intact: ``manifest.json`` is present and parses, holds the ``expected`` values (e.g. stage and
+    key), lists every ``required`` file, and every file it lists is present with the listed size
+    and sha256. Files it does not list (written beside the entry later) are ignored.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST
+    if not path.is_file():
+        return f"{MANIFEST} missing"
+    try:
+        manifest = json.loads(path.read_text())
+        listing = {e["path"]: (int(e["size"]), str(e["sha256"])) for e in manifest["files"]}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        return f"{MANIFEST} unreadable ({type(e).__name__}: {e})".replace("\n", " ")
+    for key, value in (expected or {}).items():
+        if manifest.get(key) != value:
+            return f"{MANIFEST} has {key}={manifest.get(key)!r}, expected {value!r}"
+    unlisted = [name for name in required if name not in listing]
+    if unlisted:
+        return f"{unlisted[0]} not listed in {MANIFEST}"
+    for rel, (size, sha) in listing.items():
+        problem = _listed_file_problem(directory, rel, size, sha)
+        if problem:
+            return problem
+    return None
+
+
+def _listed_file_problem(directory: Path, rel: str, size: int, sha: str) -> Optional[str]:
+    file = directory / rel
+    if Path(rel).is_absolute() or ".." in Path(rel).parts:
+        return f"{MANIFEST} lists {rel!r}, outside the entry"
+    if not file.is_file():
+        return f"{rel} missing"
+    if file.stat().st_size != size:
+        return f"{rel} has {file.stat().st_size} bytes, {MANIFEST} says {size}"
+    if file_sha256(file) != sha:
+        return f"{rel} does not match its sha256 in {MANIFEST}"
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

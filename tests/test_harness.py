@@ -8,10 +8,7 @@ import copy
 import itertools
 import json
 import math
-import multiprocessing as mp
-import queue as queue_module
 import random
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,15 +22,14 @@ from rlhf_bench.algorithms.base import Algorithm
 from rlhf_bench.algorithms.baselines import BestOfNPolicy
 from rlhf_bench.algorithms.registry import available_algorithms, register_algorithm
 from rlhf_bench.benchmarks import trainer
-from rlhf_bench.benchmarks.config import AlgorithmConfig, BanditTaskConfig, ModelConfig, PreferenceConfig, RewardModelConfig, SFTConfig
+from rlhf_bench.benchmarks.config import AlgorithmConfig, ModelConfig
 from rlhf_bench.benchmarks.evaluation import (LMPolicy, kl_and_reward, optimal_frontier, optimal_point, optimal_reward_at_kl,
                                    tilted)
 from rlhf_bench.benchmarks.models import (SequenceBatch, build_policy, build_reward_model, disable_dropout, hidden_scores,
                                last_token_index, position_ids, response_logits, reward_scores, score_batch,
                                token_logprobs)
-from rlhf_bench.benchmarks.stages import SharedStages, expand_pairs, plackett_luce_ranking, ranking_loss
-from rlhf_bench.benchmarks.tasks import build_task
-from rlhf_bench.benchmarks.utils import make_generator
+from rlhf_bench.benchmarks.stages import STAGE_FILES, SharedStages, expand_pairs, plackett_luce_ranking, ranking_loss
+from rlhf_bench.benchmarks.utils import check_manifest, make_generator
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -711,10 +707,11 @@ def test_expand_pairs_chosen_ranked_above_rejected():
 
 
 # ============================================================================ shared-stage cache
+# (damaged entries, manifests and parallel builds: tests/test_cache.py)
 def test_shared_stages_reuse_cache(bandit, monkeypatch):
     """A second prepare() with the same config reuses every stage: nothing is trained or built
-    again (the builders would raise), and the same directories and metrics come back. Asserted on
-    what was reused, never on wall time."""
+    again (the builders would raise), and the same directories and metrics come back, each entry
+    with a manifest that checks out. Asserted on what was reused, never on wall time."""
     assert bandit.first_prepare_reused == {"sft": False, "preferences": False, "reward_model": False}
     g = bandit.groups
     stages = SharedStages(bandit.task, g["task"], g["model"], g["reward_model"], bandit.cfg.cache_dir,
@@ -725,6 +722,9 @@ def test_shared_stages_reuse_cache(bandit, monkeypatch):
     assert art.reused == {"sft": True, "preferences": True, "reward_model": True}
     assert art.sft_dir == bandit.artifacts.sft_dir and art.reward_model_dir == bandit.artifacts.reward_model_dir
     assert art.metrics["sft"] == bandit.artifacts.metrics["sft"]
+    dirs = {"sft": art.sft_dir, "preferences": art.preferences_dir, "reward_model": art.reward_model_dir}
+    for stage, path in dirs.items():
+        assert check_manifest(path, {"stage": stage, "key": path.name}, required=STAGE_FILES[stage]) is None, stage
 
 
 def test_shared_stage_keys(bandit):
@@ -747,46 +747,3 @@ def test_shared_stage_keys(bandit):
     assert keys(rm_cfg=replace(rm, kind="gold")) == base  # the proxy does not depend on what is optimised
     assert keys(model_cfg=replace(m, name="renamed")) == base
     assert keys(model_cfg=replace(m, n_embd=32))["sft"] != base["sft"]
-
-
-def _prepare_worker(cache: str, barrier, queue) -> None:
-    """Spawned: prepare a tiny bandit's shared stages in ``cache`` at the same moment as a sibling."""
-    torch.set_num_threads(1)
-    task_cfg = BanditTaskConfig(n_eval_prompts=32, n_sft_demos=256, sft=SFTConfig(epochs=1, batch_size=64),
-                                preferences=PreferenceConfig(n_prompts=40))
-    model_cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2)
-    task = build_task(task_cfg)
-    stages = SharedStages(task, task_cfg, model_cfg, RewardModelConfig(epochs=1), cache, torch.device("cpu"),
-                          progress=False)
-    barrier.wait(timeout=120)
-    art = stages.prepare()
-    queue.put((dict(art.reused), art.metrics))
-
-
-def test_parallel_prepare_trains_each_stage_once(tmp_path):
-    """Two processes preparing the same fresh cache at once both succeed; each stage is trained
-    by exactly one of them and read by the other."""
-    ctx = mp.get_context("spawn")
-    barrier, queue = ctx.Barrier(2), ctx.Queue()
-    procs = [ctx.Process(target=_prepare_worker, args=(str(tmp_path / "cache"), barrier, queue)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    results, deadline = [], time.time() + 300
-    while len(results) < 2 and time.time() < deadline:
-        try:
-            results.append(queue.get(timeout=1))
-        except queue_module.Empty:
-            if any(p.exitcode not in (None, 0) for p in procs):
-                break  # a worker crashed: fail now rather than at the deadline
-    for p in procs:
-        p.join(timeout=60)
-        if p.exitcode is None:
-            p.kill()
-    assert [p.exitcode for p in procs] == [0, 0]
-    assert len(results) == 2
-    for stage in ("sft", "preferences", "reward_model"):
-        assert sorted(r[0][stage] for r in results) == [False, True], stage
-        assert results[0][1][stage] == results[1][1][stage]
-    root = tmp_path / "cache" / "bandit"
-    dirs = sorted(p.name for p in root.iterdir() if p.is_dir())
-    assert [d.split("-")[0] for d in dirs] == ["preferences", "reward_model", "sft"], dirs  # no leftover temp dirs
