@@ -4,8 +4,11 @@
 
 A run directory is any directory (at any depth under a sweep directory) holding ``summary.json``,
 written by ``rlhf_bench.benchmarks.trainer.run`` beside ``eval.jsonl``, ``samples.jsonl`` and, on enumerable
-tasks, ``optimal_frontier.csv``. Directories that look like runs (a ``.hydra`` folder or an
-``eval.jsonl``) but have no ``summary.json`` (failed or unfinished runs) are skipped with a warning.
+tasks, ``optimal_frontier.csv``. The report is built from the finished runs only. Left out, each with
+one warning line and a row in report.md's "Runs left out" table: failed runs (``summary.json`` with
+``"status": "failed"`` and its ``reason``), unfinished runs (a ``.hydra`` folder, ``run_config.json``,
+``eval.jsonl`` or ``train.jsonl`` but no ``summary.json``) and unreadable runs (a line of ``eval.jsonl`` or
+``samples.jsonl``, or ``summary.json``, that is not a JSON object: the file and the 1-based line are named).
 
 Outputs, written into ``out_dir`` (default: the first sweep directory):
 
@@ -18,9 +21,9 @@ Outputs, written into ``out_dir`` (default: the first sweep directory):
 - ``comparisons.csv``: for every pair of trained algorithms, per beta and over all betas, the mean
   gold-reward difference at matched KL between their fronts, its bootstrap interval over seeds and
   the verdict (:mod:`~rlhf_bench.benchmarks.verdicts`).
-- ``report.md``: what was run, a table per task with mean ± 95% CI over seeds, what the seeds
-  support, the budget table, convergence flags, the pairwise comparisons, the papers' claims
-  checked, the plots, provenance.
+- ``report.md``: what was run, the runs left out (if any), a table per task with mean ± 95% CI
+  over seeds, what the seeds support, the budget table, convergence flags, the pairwise
+  comparisons, the papers' claims checked, the plots, provenance.
 
 Runs are grouped by (task, reward model). Algorithms that do not train (``steps == 0``: sft,
 best_of_n) do not depend on beta: one entry per seed is kept (the first found) and it is compared
@@ -55,8 +58,9 @@ from typing import Any, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 
-from .report_loading import (ALGORITHM_ORDER, JUDGES, NoRunsError, PromptMismatchError, ReportError, ReportWarning, Run,
-                             _algo_key, _algorithms, _fmt_beta, _groups, _warn, find_runs, load_runs)
+from .report_loading import (ALGORITHM_ORDER, JUDGES, LeftOut, NoRunsError, PromptMismatchError, ReportError,
+                             ReportWarning, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, find_runs,
+                             left_out_runs, load_runs)
 from .report_markdown import write_report_md
 from .report_plots import algorithm_color, plot_frontier, plot_winrates
 from .report_verdicts import write_comparisons_csv
@@ -66,8 +70,9 @@ from .verdicts import pairwise_gaps
 log = logging.getLogger(__name__)
 
 __all__ = ["build_report", "main", "ReportCallback", "ReportError", "NoRunsError", "PromptMismatchError",
-           "ReportWarning", "Run", "find_runs", "load_runs", "compute_winrates", "response_length",
-           "write_frontier_csv", "plot_frontier", "plot_winrates", "ALGORITHM_ORDER", "algorithm_color"]
+           "ReportWarning", "Run", "LeftOut", "find_runs", "load_runs", "left_out_runs", "LAST_MULTIRUN",
+           "compute_winrates", "response_length", "write_frontier_csv", "plot_frontier", "plot_winrates",
+           "ALGORITHM_ORDER", "algorithm_color"]
 
 SPECIAL_TOKENS = ("<eos>", "<pad>")  # not counted in response lengths
 
@@ -211,12 +216,15 @@ def write_winrates_csv(wr: WinRates, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ entry points
-def build_report(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = None, confidence: float = 0.95) -> Path:
-    """Build the report from every run under ``sweep_dirs``; returns the path of ``report.md``.
+def build_report(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = None, confidence: float = 0.95,
+                 left_out: Optional[list[LeftOut]] = None) -> Path:
+    """Build the report from every finished run under ``sweep_dirs``; returns the path of ``report.md``.
 
-    Writes ``frontier.csv``, ``frontier.png``, ``winrates.csv``, ``winrate.png`` and ``report.md``
-    into ``out_dir`` (default: the first sweep directory). Raises :class:`NoRunsError` when no run
-    is found and :class:`PromptMismatchError` when runs to compare used different prompts.
+    Writes ``frontier.csv``, ``frontier.png``, ``winrates.csv``, ``winrate.png``, ``comparisons.csv``
+    and ``report.md`` into ``out_dir`` (default: the first sweep directory). Failed, unfinished and
+    unreadable runs are left out (see :func:`~rlhf_bench.benchmarks.report_loading.load_runs`) and
+    appended to ``left_out`` when it is given, also when :class:`NoRunsError` is raised (no usable
+    run). Raises :class:`PromptMismatchError` when runs to compare used different prompts.
     """
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
@@ -225,7 +233,14 @@ def build_report(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = No
         raise NoRunsError("no sweep directory given")
     out_dir = Path(out_dir) if out_dir is not None else sweep_dirs[0]
     notes: list[str] = []
-    runs, skipped = load_runs(sweep_dirs, notes)
+    try:
+        runs, dropped = load_runs(sweep_dirs, notes)
+    except NoRunsError as e:
+        if left_out is not None:
+            left_out.extend(e.left_out)
+        raise
+    if left_out is not None:
+        left_out.extend(dropped)
     wr = compute_winrates(runs, confidence, notes)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_frontier_csv(runs, out_dir / "frontier.csv")
@@ -235,22 +250,32 @@ def build_report(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = No
     gaps = pairwise_gaps(runs, confidence, order=_algo_key)
     write_comparisons_csv(gaps, out_dir / "comparisons.csv")
     report = out_dir / "report.md"
-    write_report_md(runs, wr, report, sweep_dirs, skipped, notes, confidence, gaps)
+    write_report_md(runs, wr, report, sweep_dirs, dropped, notes, confidence, gaps)
     return report
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``rlhf-bench-report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]``: prints the path of report.md."""
+    """``rlhf-bench-report SWEEP_DIR [SWEEP_DIR ...] [--out DIR]``: prints the path of report.md.
+
+    The report's warnings go to stderr, one line each, among them one line per run left out (failed,
+    unfinished, unreadable). Exit status: 0 when the report was written, also when runs were left out
+    (they are listed in report.md); 2 when there is no usable run (the line lists the runs left out);
+    1 when the report cannot be built for another reason (say, runs compared on different prompts).
+    """
     parser = argparse.ArgumentParser(
         prog="rlhf-bench-report",
         description="Build the benchmark report (frontier.csv/png, winrates.csv, winrate.png, report.md) "
-                    "from the run directories (those holding summary.json) under one or more sweep directories.")
+                    "from the finished runs (directories holding summary.json) under one or more sweep "
+                    "directories; failed, unfinished and unreadable runs are left out and listed.")
     parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
     parser.add_argument("--out", type=Path, default=None, metavar="DIR",
                         help="output directory (default: the first SWEEP_DIR)")
     args = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    # the report's warnings, one line each on stderr (and not twice through the root logger)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("rlhf-bench-report: %(levelname)s: %(message)s"))
+    propagate, log.propagate = log.propagate, False
+    log.addHandler(handler)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ReportWarning)  # already logged
@@ -258,8 +283,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ReportError as e:
         print(f"rlhf-bench-report: error: {e}", file=sys.stderr)
         raise SystemExit(2 if isinstance(e, NoRunsError) else 1) from None
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
     print(path)
     return 0
+
+
+#: What the last multirun's :class:`ReportCallback` found, for ``rlhf-bench`` to set its exit status
+#: after Hydra returns: ``sweep_dir`` (Path or None), ``report`` (the path of report.md, None when it
+#: was not built), ``left_out`` (list of :class:`LeftOut`: failed, unfinished, unreadable runs) and
+#: ``error`` (one line, or None: why the report was not built). Updated in place at each multirun.
+LAST_MULTIRUN: dict[str, Any] = {"sweep_dir": None, "report": None, "left_out": [], "error": None}
 
 
 class ReportCallback(Callback):
@@ -272,21 +307,27 @@ class ReportCallback(Callback):
             report:
               _target_: rlhf_bench.benchmarks.report.ReportCallback
 
-    Never raises: a failure to build the report is logged, the sweep's result is unaffected. Runs
-    that failed (no summary.json) are skipped with a warning.
+    Never raises: a failure to build the report is logged, the sweep's result is unaffected. Failed,
+    unfinished and unreadable runs are left out of the report with a warning each; they, and the
+    report's path, are stored in :data:`LAST_MULTIRUN` (the runs left out are listed also when no
+    usable run is found and the report is not built).
     """
 
     def __init__(self, out_dir: Optional[str] = None, **kwargs: Any) -> None:
         self.out_dir = out_dir
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
+        left_out: list[LeftOut] = []
+        LAST_MULTIRUN.update(sweep_dir=None, report=None, left_out=left_out, error=None)
         try:
-            sweep_dir = Path(str(config.hydra.sweep.dir))
+            sweep_dir = LAST_MULTIRUN["sweep_dir"] = Path(str(config.hydra.sweep.dir))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ReportWarning)  # already logged
-                path = build_report([sweep_dir], Path(self.out_dir) if self.out_dir else None)
+                path = build_report([sweep_dir], Path(self.out_dir) if self.out_dir else None, left_out=left_out)
+            LAST_MULTIRUN["report"] = path
             print(f"report: {path}")
         except Exception as e:  # the sweep itself has finished; never fail it here
+            LAST_MULTIRUN["error"] = " ".join(str(e).split()) or type(e).__name__
             log.error("rlhf-bench report failed: %s", e, exc_info=not isinstance(e, ReportError))
             print(f"report: not built ({e})", file=sys.stderr)
 

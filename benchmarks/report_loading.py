@@ -1,6 +1,15 @@
 """Loading run directories for the benchmark report: the :class:`Run` record, finding and reading run
-directories (:func:`find_runs`, :func:`load_runs`), the report's errors and warnings, and the display
-order of algorithms, tasks and reward models shared by the plots, the markdown and the win rates.
+directories (:func:`find_runs`, :func:`load_runs`), the runs left out of the report
+(:class:`LeftOut`, :func:`left_out_runs`), the report's errors and warnings, and the display order
+of algorithms, tasks and reward models shared by the plots, the markdown and the win rates.
+
+A directory under a sweep directory is a run directory when it holds ``summary.json``,
+``run_config.json``, a ``.hydra`` folder, ``eval.jsonl`` or ``train.jsonl``. The report uses the
+finished ones (``summary.json`` with ``"status": "finished"``, or with no status: written before
+runs recorded one) and leaves out, each listed with its reason: failed runs (``"status": "failed"``
+and a ``reason``), unfinished runs (no ``summary.json``: interrupted or still running) and
+unreadable runs (``summary.json``, ``eval.jsonl`` or ``samples.jsonl`` not valid JSON: the reason
+names the file and the 1-based line).
 
 See :mod:`rlhf_bench.benchmarks.report` for what a run directory holds and what the report contains.
 """
@@ -16,7 +25,9 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
+
+from .report_files import RunFileError, read_jsonl, read_summary
 
 # the report's warnings are logged under the name they had before report.py was split up
 log = logging.getLogger(__package__ + ".report")
@@ -33,7 +44,12 @@ class ReportError(RuntimeError):
 
 
 class NoRunsError(ReportError):
-    """No run directory (one holding ``summary.json``) was found."""
+    """No usable run was found: none holds a finished ``summary.json``. ``left_out``: the run
+    directories found but left out (failed, unfinished, unreadable)."""
+
+    def __init__(self, message: str, left_out: Sequence["LeftOut"] = ()) -> None:
+        super().__init__(message)
+        self.left_out = list(left_out)
 
 
 class PromptMismatchError(ReportError, ValueError):
@@ -110,7 +126,7 @@ class Run:
     @property
     def samples(self) -> list[dict]:
         if self._samples is None:
-            self._samples = _read_jsonl(self.path / "samples.jsonl")
+            self._samples = read_jsonl(self.path / "samples.jsonl")
         return self._samples
 
     def optimal_frontier(self) -> Optional[list[dict]]:
@@ -129,48 +145,112 @@ class Run:
         return out or None
 
 
-def _read_jsonl(path: Path, notes: Optional[list[str]] = None) -> list[dict]:
-    rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                _warn(f"{path}:{i}: unreadable JSON line skipped", notes)
-    return rows
+# ------------------------------------------------------------------------------ finding the runs
+FINISHED, FAILED, UNFINISHED, UNREADABLE = "finished", "failed", "unfinished", "unreadable"
+_RUN_FILES = {"summary.json", "run_config.json", "eval.jsonl", "train.jsonl"}
+_NOT_RUNS = ("policy", "wandb", "checkpoints")  # folders inside a run directory
 
 
-def find_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> tuple[list[Path], list[Path]]:
-    """(run directories, skipped directories) under the sweep directories, in a stable order.
+@dataclass
+class LeftOut:
+    """A run directory found under a sweep directory but left out of the report, and why."""
 
-    A run directory holds ``summary.json``. A directory with a ``.hydra`` folder or an ``eval.jsonl``
-    but no ``summary.json`` is a failed or unfinished run: it is returned in ``skipped`` and warned about.
-    """
-    found: list[Path] = []
-    skipped: list[Path] = []
+    run_dir: Path
+    name: str  # the run directory relative to its sweep directory: its name in a Hydra sweep
+    status: str  # FAILED, UNFINISHED or UNREADABLE
+    reason: str  # one line; a file that cannot be read is named by its full path (and line)
+    label: str = ""  # from summary.json, where it could be read
+    beta: Optional[float] = None
+    seed: Optional[int] = None
+
+    @property
+    def line(self) -> str:
+        """One line for a log or a terminal: the run directory or file, why, and that it is left out."""
+        where = "" if self.reason.startswith(str(self.run_dir)) else f"{self.run_dir}: "
+        return f"{where}{self.reason}; {self.status} run, left out of the report"
+
+
+@dataclass
+class _Found:
+    sweep: Path
+    path: Path
+    has_summary: bool
+    has_checkpoints: bool
+
+    @property
+    def name(self) -> str:
+        return str(self.path.relative_to(self.sweep)) if self.path != self.sweep else self.path.name
+
+
+def _walk(sweep_dirs: Sequence[Path]) -> list[_Found]:
+    """Every directory that is or looks like a run (``summary.json``, ``run_config.json``, a ``.hydra`` folder,
+    ``eval.jsonl`` or ``train.jsonl``) under the sweep directories, once each, in a stable order."""
+    found: list[_Found] = []
     seen: set[Path] = set()
-    for sweep in sweep_dirs:
-        sweep = Path(sweep)
+    for sweep in map(Path, sweep_dirs):
         if not sweep.is_dir():
-            raise NoRunsError(f"not a directory: {sweep}")
+            raise NoRunsError(f"{sweep}: not a directory; expected a sweep directory holding run directories")
         for root, dirs, files in os.walk(sweep):
             root_p = Path(root)
-            if "summary.json" in files:
-                key = root_p.resolve()
-                if key not in seen:
-                    seen.add(key)
-                    found.append(root_p)
-            elif ".hydra" in dirs or "eval.jsonl" in files:
-                skipped.append(root_p)
-                _warn(f"skipping {root_p}: no summary.json (failed or unfinished run?)", notes)
-            # do not descend into hidden folders, saved policies or wandb logs
-            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in ("policy", "wandb"))
-    return found, skipped
+            if (".hydra" in dirs or not _RUN_FILES.isdisjoint(files)) and root_p.resolve() not in seen:
+                seen.add(root_p.resolve())
+                found.append(_Found(sweep, root_p, "summary.json" in files, "checkpoints" in dirs))
+            # do not descend into hidden folders, saved policies, checkpoints or wandb logs
+            dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_RUNS)
+    return found
 
 
+def find_runs(sweep_dirs: Sequence[Path]) -> tuple[list[Path], list[Path]]:
+    """(directories holding ``summary.json``, directories that look like runs without one: unfinished
+    runs) under the sweep directories, in a stable order. Warns about nothing: see :func:`load_runs`."""
+    found = _walk(sweep_dirs)
+    return [f.path for f in found if f.has_summary], [f.path for f in found if not f.has_summary]
+
+
+def _identity(summary: dict) -> dict:
+    def num(key: str, kind: type) -> Any:
+        try:
+            return kind(summary[key])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    return {"label": str(summary.get("algorithm") or summary.get("algorithm_name") or ""),
+            "beta": num("beta", float), "seed": num("seed", int)}
+
+
+def _summary_or_left_out(f: _Found) -> tuple[Optional[dict], Optional[LeftOut]]:
+    """The summary of a finished run, or why the run is left out. Reads ``summary.json`` only."""
+    if not f.has_summary:
+        why = "no summary.json: interrupted or still running"
+        why += "; checkpoints/ present: a re-run resumes" if f.has_checkpoints else ""
+        return None, LeftOut(f.path, f.name, UNFINISHED, why)
+    try:
+        summary = read_summary(f.path / "summary.json")
+    except RunFileError as e:
+        return None, LeftOut(f.path, f.name, UNREADABLE, str(e))
+    status = summary.get("status", FINISHED)  # summaries written before runs had a status: finished
+    if status == FINISHED:
+        return summary, None
+    if status == FAILED:
+        reason = " ".join(str(summary.get("reason") or "failed, no reason recorded in summary.json").split())
+        return None, LeftOut(f.path, f.name, FAILED, reason, **_identity(summary))
+    return None, LeftOut(f.path, f.name, UNREADABLE, f"{f.path / 'summary.json'}: status {status!r}; expected "
+                         f"{FINISHED!r} or {FAILED!r}", **_identity(summary))
+
+
+def left_out_runs(sweep_dirs: Sequence[Path]) -> list[LeftOut]:
+    """The run directories under the sweep directories that are failed, unfinished or have an unreadable
+    ``summary.json``. Cheap: lists directories and reads summaries only (a run whose ``eval.jsonl`` or
+    ``samples.jsonl`` is unreadable is found by :func:`load_runs`, not here). Warns about nothing."""
+    left_out = []
+    for f in _walk(sweep_dirs):
+        _, lo = _summary_or_left_out(f)
+        if lo is not None:
+            left_out.append(lo)
+    return left_out
+
+
+# ------------------------------------------------------------------------------------- loading
 def _variant_names(runs: list[Run]) -> None:
     """Name runs by label, extended with the algorithm settings that differ within a label."""
 
@@ -191,34 +271,31 @@ def _variant_names(runs: list[Run]) -> None:
             r.name = label + ("[" + ",".join(f"{k}={c.get(k)}" for k in varying) + "]" if varying else "")
 
 
-def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> tuple[list[Run], list[Path]]:
-    """Load every run under the sweep directories, deduplicated.
-
-    Beta-independent runs (``steps == 0``) keep one run per (task, reward model, algorithm, seed);
-    a repeated (task, reward model, algorithm, beta, seed) keeps the first run found, with a warning.
-    Raises :class:`NoRunsError` when no run is found.
-    """
-    paths, skipped = find_runs(sweep_dirs, notes)
-    runs: list[Run] = []
-    for p in paths:
-        try:
-            summary = json.loads((p / "summary.json").read_text())
-            if not isinstance(summary, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as e:
-            _warn(f"skipping {p}: unreadable summary.json ({e})", notes)
-            skipped.append(p)
-            continue
-        if (p / "eval.jsonl").is_file():
-            rows = _read_jsonl(p / "eval.jsonl", notes)
+def _load_run(f: _Found, summary: dict, notes: Optional[list[str]]) -> tuple[Optional[Run], Optional[LeftOut]]:
+    """A finished run with its evaluations and samples, or an unreadable one left out."""
+    try:
+        if (f.path / "eval.jsonl").is_file():
+            rows = read_jsonl(f.path / "eval.jsonl")
         else:
-            _warn(f"{p}: no eval.jsonl, using the final evaluation of summary.json only", notes)
-            rows = [summary["final"]] if summary.get("final") else []
-        runs.append(Run(p, summary, rows))
-    if not runs:
-        where = ", ".join(str(s) for s in sweep_dirs)
-        raise NoRunsError(f"no run directory (a directory with summary.json) found under {where}")
-    _variant_names(runs)
+            _warn(f"{f.path}: no eval.jsonl, using the final evaluation of summary.json only", notes)
+            rows = [summary["final"]] if isinstance(summary.get("final"), dict) else []
+        samples = read_jsonl(f.path / "samples.jsonl") if (f.path / "samples.jsonl").is_file() else None
+    except RunFileError as e:
+        return None, LeftOut(f.path, f.name, UNREADABLE, str(e), **_identity(summary))
+    return Run(f.path, summary, rows, _samples=samples), None
+
+
+def _no_runs_message(sweep_dirs: Sequence[Path], left_out: Sequence[LeftOut], shown: int = 5) -> str:
+    where = ", ".join(str(s) for s in sweep_dirs)
+    msg = f"no run directory with a finished run (summary.json) found under {where}"
+    if left_out:
+        msg += f"; {len(left_out)} left out: " + "; ".join(f"{lo.name} ({lo.status}: {lo.reason})"
+                                                             for lo in left_out[:shown])
+        msg += f"; and {len(left_out) - shown} more" if len(left_out) > shown else ""
+    return msg
+
+
+def _deduplicate(runs: list[Run], notes: Optional[list[str]]) -> list[Run]:
     kept: list[Run] = []
     seen: dict[tuple, Run] = {}
     for r in runs:
@@ -231,8 +308,38 @@ def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> 
             continue
         seen[key] = r
         kept.append(r)
-    kept.sort(key=_run_sort_key)
-    return kept, skipped
+    return sorted(kept, key=_run_sort_key)
+
+
+def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> tuple[list[Run], list[LeftOut]]:
+    """(usable runs, runs left out) under the sweep directories.
+
+    Usable: ``summary.json`` with ``status`` ``"finished"`` (or no status: written before runs had
+    one) and readable ``eval.jsonl`` / ``samples.jsonl``. Left out, with one warning each (not added
+    to ``notes``: the report lists them in a table of their own): failed runs (``status: "failed"``),
+    unfinished ones (no ``summary.json``) and unreadable ones (a line of a JSON-lines file, or
+    ``summary.json``, that is not a JSON object; the warning names the file and the 1-based line).
+
+    Beta-independent runs (``steps == 0``) keep one run per (task, reward model, algorithm, seed);
+    a repeated (task, reward model, algorithm, beta, seed) keeps the first run found, with a warning.
+    Raises :class:`NoRunsError`, listing the runs left out, when no usable run is found.
+    """
+    runs: list[Run] = []
+    left_out: list[LeftOut] = []
+    for f in _walk(sweep_dirs):
+        summary, lo = _summary_or_left_out(f)
+        run = None
+        if summary is not None:
+            run, lo = _load_run(f, summary, notes)
+        if lo is not None:
+            _warn(lo.line)
+            left_out.append(lo)
+        elif run is not None:
+            runs.append(run)
+    if not runs:
+        raise NoRunsError(_no_runs_message(sweep_dirs, left_out), left_out)
+    _variant_names(runs)
+    return _deduplicate(runs, notes), left_out
 
 
 def _algo_key(name: str) -> tuple:

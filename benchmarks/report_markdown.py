@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .report_loading import JUDGES, Run, _algo_key, _algorithms, _groups
+from .report_loading import JUDGES, LeftOut, Run, _algo_key, _algorithms, _groups
 from .report_verdicts import verdict_sections
 from .stats import clean, mean_ci
 
@@ -126,112 +126,117 @@ def _winrate_table(task: str, rm: str, wr: WinRates) -> list[str]:
     return lines
 
 
-def write_report_md(runs: list[Run], wr: WinRates, path: Path, sweep_dirs: Sequence[Path], skipped: Sequence[Path],
-                    notes: Sequence[str], confidence: float = 0.95, gaps: Sequence = ()) -> None:
-    groups = _groups(runs)
-    L: list[str] = ["# rlhf-bench report", ""]
-    L.append(f"Built from {len(runs)} runs in " + ", ".join(f"`{s}`" for s in sweep_dirs) + ".")
-    L.append("")
-    L.append("## What was run")
-    L.append("")
-    L.append("| task | reward model | algorithms | β | seeds | runs |")
-    L.append("|---|---|---|---|---|---:|")
-    for (task, rm), g_runs in groups.items():
+def _md_cell(text: str) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def left_out_section(left_out: Sequence[LeftOut]) -> list[str]:
+    """``## Runs left out``: one row per failed, unfinished or unreadable run; nothing when there is none."""
+    if not left_out:
+        return []
+    L = ["", "## Runs left out", "",
+         f"{len(left_out)} run director{'ies are' if len(left_out) != 1 else 'y is'} not in this report: "
+         "failed runs (`\"status\": \"failed\"` in `summary.json`), unfinished ones (no `summary.json`: "
+         "interrupted or still running) and unreadable ones (a file that is not valid JSON).", "",
+         "| run | status | reason |", "|---|---|---|"]
+    for lo in left_out:
+        reason = lo.reason.replace(f"{lo.run_dir}/", "")  # a file of the run: its name in the run directory
+        L.append(f"| `{_md_cell(lo.name)}` | {lo.status} | {_md_cell(reason)} |")
+    return L
+
+
+def _what_was_run(runs: list[Run], sweep_dirs: Sequence[Path], left_out: Sequence[LeftOut]) -> list[str]:
+    L = ["# rlhf-bench report", "",
+         f"Built from {len(runs)} runs in " + ", ".join(f"`{s}`" for s in sweep_dirs) + "."
+         + (f" {len(left_out)} left out (see Runs left out)." if left_out else ""),
+         "", "## What was run", "",
+         "| task | reward model | algorithms | β | seeds | runs |", "|---|---|---|---|---|---:|"]
+    for (task, rm), g_runs in _groups(runs).items():
         betas = sorted({r.beta for r in g_runs if not r.beta_independent})
         seeds = sorted({r.seed for r in g_runs})
         L.append(f"| {task} | {rm} | {', '.join(_algorithms(g_runs))} | {', '.join(f'{b:g}' for b in betas) or '—'} "
                  f"| {', '.join(str(s) for s in seeds)} | {len(g_runs)} |")
-    L.append("")
-    L.append("Algorithms without training (sft, best_of_n: `steps = 0`) do not depend on β; they are "
-             "listed once per seed and compared with the runs of every β.")
-    if skipped:
-        L.append("")
-        L.append(f"Skipped {len(skipped)} director{'ies' if len(skipped) != 1 else 'y'} without a readable "
-                 "`summary.json` (failed or unfinished runs): " + ", ".join(f"`{p}`" for p in skipped) + ".")
-    L.append("")
-    L.append("## Results")
-    L.append("")
-    L.append(f"Final evaluation of each run; each cell is the mean over seeds ± the half-width of the "
-             f"{confidence:.0%} Student-t confidence interval (no interval with a single seed: `n=1`). KL is "
-             "KL(π ‖ π_ref) per response; efficiency is the share of the optimal reward gain (over SFT) "
-             "reached at the run's KL; the win rate vs SFT is per seed on the held-out prompts (ties count "
-             "half), then averaged over seeds; length is in response tokens before EOS.")
-    for (task, rm), g_runs in groups.items():
-        L.append("")
-        L.append(f"### Task `{task}`, {rm} reward model")
-        L.append("")
+    L += ["", "Algorithms without training (sft, best_of_n: `steps = 0`) do not depend on β; they are "
+              "listed once per seed and compared with the runs of every β."]
+    return L
+
+
+def _results(runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
+    L = ["", "## Results", "",
+         f"Final evaluation of each run; each cell is the mean over seeds ± the half-width of the "
+         f"{confidence:.0%} Student-t confidence interval (no interval with a single seed: `n=1`). KL is "
+         "KL(π ‖ π_ref) per response; efficiency is the share of the optimal reward gain (over SFT) "
+         "reached at the run's KL; the win rate vs SFT is per seed on the held-out prompts (ties count "
+         "half), then averaged over seeds; length is in response tokens before EOS."]
+    for (task, rm), g_runs in _groups(runs).items():
+        L += ["", f"### Task `{task}`, {rm} reward model", ""]
         L += _summary_table(task, rm, g_runs, wr, confidence)
         wt = _winrate_table(task, rm, wr)
         if wt:
-            L.append("")
-            L.append("Win rates against SFT, pooled over seeds (interval: Wilson score interval on the "
-                     "cluster-robust effective sample size, prompts as clusters):")
-            L.append("")
+            L += ["", "Win rates against SFT, pooled over seeds (interval: Wilson score interval on the "
+                      "cluster-robust effective sample size, prompts as clusters):", ""]
             L += wt
-    L += verdict_sections(runs, gaps, confidence)
-    L.append("")
-    L.append("## Plots")
-    L.append("")
-    L.append("KL-reward frontier: faint dots are every evaluation, bold staircases each algorithm's Pareto "
-             "front, large markers the final policies (mean over seeds with 95% CI bars; marker shape = β), "
-             "the star SFT, the dashed black line the exact optimal frontier (enumerable tasks) and hollow "
-             "black markers the optimum π*_β at the swept β on the reward that was optimised.")
-    L.append("")
-    L.append("![frontier](frontier.png)")
-    L.append("")
-    L.append("Win rate of the row algorithm against the column algorithm, gold reward judge "
-             "(all pairs and the proxy judge are in `winrates.csv`).")
-    L.append("")
-    L.append("![win rates](winrate.png)")
-    L.append("")
-    L.append("Data: `frontier.csv` (every evaluation point; `beta` is empty for the β-independent sft and "
-             "best_of_n), `winrates.csv` (every ordered pair, both judges).")
-    L.append("")
-    # provenance
-    L.append("## Provenance")
-    L.append("")
+    return L
+
+
+PLOTS = ["", "## Plots", "",
+         "KL-reward frontier: faint dots are every evaluation, bold staircases each algorithm's Pareto "
+         "front, large markers the final policies (mean over seeds with 95% CI bars; marker shape = β), "
+         "the star SFT, the dashed black line the exact optimal frontier (enumerable tasks) and hollow "
+         "black markers the optimum π*_β at the swept β on the reward that was optimised.",
+         "", "![frontier](frontier.png)", "",
+         "Win rate of the row algorithm against the column algorithm, gold reward judge "
+         "(all pairs and the proxy judge are in `winrates.csv`).",
+         "", "![win rates](winrate.png)", "",
+         "Data: `frontier.csv` (every evaluation point; `beta` is empty for the β-independent sft and "
+         "best_of_n), `winrates.csv` (every ordered pair, both judges).", ""]
+
+
+def _versions(runs: list[Run]) -> list[str]:
     revs = Counter(str(r.summary.get("git_revision", "unknown")) for r in runs)
-    L.append("Git revision" + ("s" if len(revs) > 1 else "") + ": " +
-             ", ".join(f"`{rev}` ({n} run{'s' if n != 1 else ''})" for rev, n in revs.most_common()))
-    L.append("")
+    L = ["## Provenance", "", "Git revision" + ("s" if len(revs) > 1 else "") + ": " +
+         ", ".join(f"`{rev}` ({n} run{'s' if n != 1 else ''})" for rev, n in revs.most_common()), ""]
     versions: dict[str, Counter] = defaultdict(Counter)
     for r in runs:
         for pkg, v in (r.summary.get("versions") or {}).items():
             versions[pkg][str(v)] += 1
     if versions:
-        L.append("| package | version |")
-        L.append("|---|---|")
-        for pkg in versions:
-            vs = versions[pkg]
+        L += ["| package | version |", "|---|---|"]
+        for pkg, vs in versions.items():
             L.append(f"| {pkg} | " + ("; ".join(f"{v} ({n} runs)" for v, n in vs.most_common()) if len(vs) > 1
                                       else next(iter(vs))) + " |")
         L.append("")
+    return L
+
+
+def _configs(runs: list[Run]) -> list[str]:
     configs = [r.summary.get("config") for r in runs if isinstance(r.summary.get("config"), dict)]
-    if configs:
-        flat = [_flatten(c) for c in configs]
-        common = sorted(set.intersection(*(set(f) for f in flat)))
-        varying = [k for k in common if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
-        if varying:
-            shown = ", ".join(f"`{k}`" for k in varying[:40]) + (" ..." if len(varying) > 40 else "")
-            L.append(f"Settings that differ across runs (besides each algorithm's own fields): {shown}.")
-            L.append("")
-        # the config of the first trained run (it shows the training budget), else of the first run
-        first = next((r for r in runs if not r.beta_independent and isinstance(r.summary.get("config"), dict)),
-                     next((r for r in runs if isinstance(r.summary.get("config"), dict)), runs[0]))
-        L.append("<details><summary>Resolved config of one run "
-                 f"(<code>{first.algorithm}</code>, β={first.beta:g}, seed {first.seed}, <code>{first.path}</code>)"
-                 "</summary>")
-        L.append("")
-        L.append("```yaml")
-        L.append(_config_text(first.summary["config"]) if isinstance(first.summary.get("config"), dict)
-                 else _config_text(configs[0]))
-        L.append("```")
-        L.append("")
-        L.append("</details>")
-        L.append("")
+    if not configs:
+        return []
+    L = []
+    flat = [_flatten(c) for c in configs]
+    common = sorted(set.intersection(*(set(f) for f in flat)))
+    varying = [k for k in common if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flat}) > 1]
+    if varying:
+        shown = ", ".join(f"`{k}`" for k in varying[:40]) + (" ..." if len(varying) > 40 else "")
+        L += [f"Settings that differ across runs (besides each algorithm's own fields): {shown}.", ""]
+    # the config of the first trained run (it shows the training budget), else of the first run
+    first = next((r for r in runs if not r.beta_independent and isinstance(r.summary.get("config"), dict)),
+                 next((r for r in runs if isinstance(r.summary.get("config"), dict)), runs[0]))
+    L += ["<details><summary>Resolved config of one run "
+          f"(<code>{first.algorithm}</code>, β={first.beta:g}, seed {first.seed}, <code>{first.path}</code>)"
+          "</summary>", "", "```yaml",
+          _config_text(first.summary["config"]) if isinstance(first.summary.get("config"), dict)
+          else _config_text(configs[0]), "```", "", "</details>", ""]
+    return L
+
+
+def write_report_md(runs: list[Run], wr: WinRates, path: Path, sweep_dirs: Sequence[Path],
+                    left_out: Sequence[LeftOut], notes: Sequence[str], confidence: float = 0.95,
+                    gaps: Sequence = ()) -> None:
+    """report.md: what was run, the runs left out, the results, the verdicts, the plots, provenance, warnings."""
+    L = _what_was_run(runs, sweep_dirs, left_out) + left_out_section(left_out) + _results(runs, wr, confidence)
+    L += verdict_sections(runs, gaps, confidence) + PLOTS + _versions(runs) + _configs(runs)
     if notes:
-        L.append("## Warnings")
-        L.append("")
-        L += [f"- {n}" for n in notes]
-        L.append("")
+        L += ["## Warnings", ""] + [f"- {n}" for n in notes] + [""]
     path.write_text("\n".join(L))

@@ -224,6 +224,11 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
                 ax.set_axis_off()
                 continue
             task, rm, beta, algos = row[j]
+            if not algos:  # one algorithm only (say, the others failed): no pair to compare
+                ax.text(0.5, 0.5, "no head-to-head pair", ha="center", va="center", transform=ax.transAxes)
+                ax.set_title(f"{task} ({rm} RM), β = {_fmt_beta(beta) or 'n/a'}", fontsize=11)
+                ax.set_axis_off()
+                continue
             mat = np.full((len(algos), len(algos)), np.nan)
             for ia, a in enumerate(algos):
                 for ib, b in enumerate(algos):
