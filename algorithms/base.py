@@ -63,6 +63,15 @@ class Algorithm:
         """Hook after each step's updates (adaptive KL controllers...). Returns extra metrics."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """What the algorithm carries from one step to the next (an adaptive beta, running
+        moments), saved in checkpoints. Models, optimizer and random states are the harness's.
+        An algorithm with such state overrides both methods; a resumed run must be identical."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
     def eval_policy(self) -> EvalPolicy:
         return LMPolicy(self.ctx.policy)
 

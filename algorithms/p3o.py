@@ -71,6 +71,12 @@ class P3O(Algorithm):
     def setup(self) -> None:
         self.moments = RunningMoments()
 
+    def state_dict(self):
+        return {"moments": vars(self.moments).copy()}  # running reward mean, variance and count
+
+    def load_state_dict(self, state):
+        vars(self.moments).update(state["moments"])
+
     @torch.no_grad()
     def prepare(self, rollout) -> dict[str, torch.Tensor]:
         rewards = rollout.rewards

@@ -101,6 +101,12 @@ class PPO(Algorithm):
         metrics["loss/total"] = loss.detach()
         return loss, metrics
 
+    def state_dict(self):
+        return {"beta": self.kl_ctl.value}  # the adaptive controller's current beta
+
+    def load_state_dict(self, state):
+        self.kl_ctl.value = state["beta"]
+
     def after_update(self, metrics):
         self.kl_ctl.update(metrics.get("rollout/kl", 0.0), self._n_samples)
         return {**self._stats, "ppo/beta": self.kl_ctl.value}

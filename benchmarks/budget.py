@@ -11,7 +11,8 @@ Recorded cumulatively in every row of ``train.jsonl`` and in ``summary.json``:
 - ``budget/forward_tokens``: real (unpadded) tokens processed by a model's transformer in training
   (rollouts, reference, reward and value models, losses; evaluation excluded), and
   ``budget/backward_tokens`` those of them processed with gradients;
-- ``time/train_seconds``: wall time of the training steps (evaluation excluded).
+- ``train_seconds`` (in ``summary.json``; per step in ``time.jsonl``): wall time of the training
+  steps (evaluation excluded).
 """
 
 from __future__ import annotations
@@ -88,6 +89,5 @@ class Budget:
         self.train_seconds = state["train_seconds"]
 
     def metrics(self) -> dict[str, float]:
-        out = {f"budget/{k}": v for k, v in self.state_dict().items() if k != "train_seconds"}
-        out["time/train_seconds"] = self.train_seconds
-        return out
+        """The counters for ``train.jsonl`` (the seconds go to ``time.jsonl``: they never repeat)."""
+        return {f"budget/{k}": v for k, v in self.state_dict().items() if k != "train_seconds"}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,12 +22,13 @@ from typing import Any, Optional, Sequence
 import hydra
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from rlhf_bench.algorithms.registry import load_algorithms
 
-from .config import ConfigError, register_configs, validate
+from .config import SWEEP_OVERRIDES_ENV, ConfigError, register_configs, sweep_overrides, validate
 
 log = logging.getLogger("rlhf_bench")
 DEFAULT_BENCHMARK = "bandit"
@@ -46,9 +48,9 @@ def quiet_libraries() -> None:
     datasets.utils.logging.set_verbosity_error()
 
 
-def fail(message: str) -> None:
+def fail(message: str, what: str = "configuration") -> None:
     """End the command with one line on stderr and exit status 2 (no traceback)."""
-    print(f"rlhf-bench: invalid configuration: {message}", file=sys.stderr)
+    print(f"rlhf-bench: invalid {what}: {message}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -76,6 +78,7 @@ class ValidateCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config)
+        shutil.rmtree(Path(str(config.hydra.sweep.dir)) / JOB_ERRORS, ignore_errors=True)  # the last multirun's
 
 
 register_configs()
@@ -84,21 +87,44 @@ load_algorithms()
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
+    from .data import DataError
     from .trainer import run
 
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         summary = run(cfg, run_dir)
     except ConfigError as e:
         log.error("invalid configuration: %s", e)
-        fail(str(e))
+        if multirun:  # the other jobs go on; the command lists it and exits 1 at the end
+            record_job_error(str(e))
+            return None
+        fail(str(e), "data" if isinstance(e, DataError) else "configuration")
+    if summary.get("status") == "failed":
+        if multirun:  # the sweep goes on; the report lists the run and the command exits 1 at the end
+            return None
+        print(f"rlhf-bench: run failed: {summary['reason']} ({run_dir}; re-run to resume from step "
+              f"{summary.get('last_checkpoint') or 0})", file=sys.stderr)
+        raise SystemExit(1)
     final = summary["final"]
     beta = "" if summary.get("beta_independent") else f" beta={summary['beta']:g}"
     log.info("%s%s seed=%s: KL %.4f, gold reward %.4f, proxy reward %.4f (%.1f s) -> %s", summary["algorithm"], beta,
              summary["seed"], final["kl"], final["reward_gold"], final["reward_proxy"], summary["wall_time_seconds"],
              run_dir)
     return final["reward_gold"]
+
+
+#: Under the sweep directory: one file per job of the last multirun that could not run (its directory
+#: belongs to another configuration, bad data), read by :func:`exit_if_runs_failed`.
+JOB_ERRORS = ".job_errors"
+
+
+def record_job_error(message: str) -> None:
+    hc = HydraConfig.get()
+    errors = Path(hc.sweep.dir) / JOB_ERRORS
+    errors.mkdir(parents=True, exist_ok=True)
+    (errors / f"job{hc.job.num}.txt").write_text(message.splitlines()[0] + "\n")
 
 
 def with_default_benchmark(argv: Sequence[str]) -> list[str]:
@@ -108,17 +134,40 @@ def with_default_benchmark(argv: Sequence[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     argv = list(argv)
-    overrides = OverridesParser.create().parse_overrides(get_args_parser().parse_args(argv).overrides)
+    overrides = OverridesParser.create().parse_overrides(_overrides(argv))
     if any(not o.is_hydra_override() for o in overrides):
         return argv
     return [*argv, f"benchmark={DEFAULT_BENCHMARK}"]
 
 
+def _overrides(argv: Sequence[str]) -> list[str]:
+    """The override strings of a command line (Hydra's own parser)."""
+    return list(get_args_parser().parse_args(list(argv)).overrides)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console entry point. With no overrides, runs the default benchmark end to end."""
     args = with_default_benchmark(sys.argv[1:] if argv is None else argv)
+    os.environ[SWEEP_OVERRIDES_ENV] = sweep_overrides(_overrides(args))  # one sweep dir for all jobs
     sys.argv = [sys.argv[0] if sys.argv else "rlhf-bench", *args]
     hydra_main()
+    exit_if_runs_failed()
+
+
+def exit_if_runs_failed() -> None:
+    """After a multirun: one line and exit status 1 when any of its runs failed (the report,
+    built from the others, lists them with their reasons)."""
+    from .report import LAST_MULTIRUN
+
+    failed = [f"{r.name}: {r.reason}" for r in LAST_MULTIRUN.get("left_out", []) if r.status == "failed"]
+    sweep = LAST_MULTIRUN.get("sweep_dir")
+    errors = [p.read_text().strip() for p in sorted((Path(sweep) / JOB_ERRORS).glob("*.txt"))] if sweep else []
+    if failed or errors:
+        parts = ([f"{len(failed)} run(s) failed: " + "; ".join(failed)] if failed else []) + \
+                ([f"{len(errors)} job(s) could not run: " + "; ".join(errors)] if errors else [])
+        where = f" (report: {LAST_MULTIRUN['report']})" if LAST_MULTIRUN.get("report") else ""
+        print(f"rlhf-bench: {'; '.join(parts)}{where}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

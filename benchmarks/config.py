@@ -274,6 +274,37 @@ class LoggerConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """When a run saves what it needs to continue (``<run_dir>/checkpoints/``). A checkpoint does
+    not change what a run computes: a run resumed from one ends bitwise identical on CPU."""
+
+    every: int = 10  # steps between checkpoints (0: none); one is also written after the last step
+    keep: int = 1  # checkpoints kept, the newest; a finished run deletes them all and keeps policy/
+
+    def __post_init__(self) -> None:
+        check(self.every >= 0, "every", ">= 0", self.every)
+        check(self.keep >= 1, "keep", ">= 1", self.keep)
+
+
+@dataclass
+class FaultConfig:
+    """Fault injection, to test how runs fail: at training step ``step`` the harness makes
+    ``quantity`` non-finite (``value``), as a diverging run would. ``step: 0`` (the default): none."""
+
+    step: int = 0  # the training step (0: no fault)
+    quantity: str = "reward"  # reward (online algorithms) | logprobs | loss | grad_norm
+    value: str = "nan"  # nan | inf
+
+    def __post_init__(self) -> None:
+        check(self.step >= 0, "step", ">= 0 (0: no fault)", self.step)
+        check(self.quantity in FAULT_QUANTITIES, "quantity", f"one of {list(FAULT_QUANTITIES)}", self.quantity)
+        check(self.value in ("nan", "inf"), "value", "one of ['nan', 'inf']", self.value)
+
+
+FAULT_QUANTITIES = ("reward", "logprobs", "loss", "grad_norm")
+
+
+@dataclass
 class RunConfig:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
@@ -291,6 +322,8 @@ class RunConfig:
     # tuned=<task>; the benchmarks select it). The algorithm YAMLs read tuned.settings.<label>.<knob>
     # and fall back to their defaults when it is null. The file also records how they were chosen.
     tuned: Optional[Any] = None
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)  # injected fault, for tests of the fault handling
 
 
 TASK_SCHEMAS = {"bandit": BanditTaskConfig, "sentiment": SentimentTaskConfig}
@@ -299,7 +332,7 @@ TASK_SCHEMAS = {"bandit": BanditTaskConfig, "sentiment": SentimentTaskConfig}
 #: Config keys that do not change what a run computes, only how it is shown or where shared
 #: files live (``tuned`` acts only through the algorithm values it sets, which are compared). They
 #: are left out of run names and of the identity a finished run is matched on.
-NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "tuned", "hydra")
+NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "tuned", "checkpoint", "hydra")
 _IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed")
 
 
@@ -310,6 +343,8 @@ def run_identity(cfg: dict) -> dict:
     from rlhf_bench.algorithms.registry import get_algorithm
 
     ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
+    if not (ident.get("fault") or {}).get("step"):
+        ident.pop("fault", None)  # no fault injected: as runs before faults could be
     algo = dict(ident.get("algorithm") or {})
     if get_algorithm(algo["name"]).cls.beta_independent:
         algo.pop("beta", None)
@@ -355,10 +390,45 @@ def run_name(*, _root_: DictConfig) -> str:
     return "_".join(parts + ([tail] if tail else []))
 
 
+#: Set by the command line (``cli.main``) for its whole multirun: jobs resolve ``hydra.sweep.dir``
+#: again with their own overrides, and must land in the directory of the command's.
+SWEEP_OVERRIDES_ENV = "RLHF_BENCH_SWEEP_OVERRIDES"
+
+
+def sweep_overrides(overrides: list[str]) -> str:
+    """The part of a multirun's directory name that its command line determines: its overrides
+    besides the benchmark, its seeds and display settings, abbreviated to a hash when long."""
+    extra = []
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+~")
+        if key not in ("benchmark", "seed") and key.split(".")[0].split("/")[0] not in NON_IDENTITY_KEYS:
+            extra.append(o.lstrip("+~").replace("/", "-"))
+    tail = ",".join(sorted(extra))
+    return "cfg" + config_hash(sorted(extra), 8) if len(tail) > 64 else tail
+
+
+def sweep_dir(*, _root_: DictConfig) -> str:
+    """The ``${sweep_dir:}`` resolver: ``multirun/<benchmark or task>``, plus the command's overrides
+    when it has any besides the benchmark, its seeds and display settings
+    (``multirun/bandit/algorithm=ppo,dpo,algorithm.beta=0.1,1``). The same command always lands in
+    the same directory, so re-running it skips the finished runs and resumes the interrupted ones;
+    the runs of more seeds join the same sweep (and its report)."""
+    import os
+
+    bench = OmegaConf.select(_root_, "benchmark.name", default=None)
+    base = f"multirun/{bench or OmegaConf.select(_root_, 'task.name', default='runs')}"
+    tail = os.environ.get(SWEEP_OVERRIDES_ENV)
+    if tail is None:  # not started by the command line: this process's own overrides
+        tail = sweep_overrides(list(OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []))
+    return f"{base}/{tail}" if tail else base
+
+
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore and the ``run_name`` resolver (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore and the directory-name resolvers (idempotent)."""
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
+    if not OmegaConf.has_resolver("sweep_dir"):
+        OmegaConf.register_new_resolver("sweep_dir", sweep_dir)
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
     for name, schema in TASK_SCHEMAS.items():
@@ -404,6 +474,11 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         algo = spec.config_class(**{f.name: getattr(algo, f.name) for f in fields(algo) if hasattr(algo, f.name)})
     out["algorithm"] = algo
     check(cfg.threads >= 0, "threads", ">= 0", cfg.threads)
+    out["checkpoint"] = _instantiate("checkpoint", cfg.checkpoint)
+    out["fault"] = _instantiate("fault", cfg.fault)
+    if out["fault"].step and out["fault"].quantity == "reward":
+        check(spec.cls.data == "online", "fault.quantity", f"one of ['logprobs', 'loss', 'grad_norm'] for "
+              f"{cfg.algorithm.name}, which has no rollouts to reward (data={spec.cls.data})", "reward")
     check_device(cfg.device)
     check_pretrained("model.pretrained", out["model"].pretrained)
     check_writable_dir("cache_dir", cfg.cache_dir)

@@ -52,6 +52,8 @@ def run_point(algorithm: str, beta: float, out_dir: str, cache_dir: str, overrid
                    "tuned=bandit", f"seed={seed}", f"cache_dir={cache_dir}", "progress=false", *overrides])
     run_dir = Path(out_dir) / "runs" / (f"{algorithm}_beta{beta:g}" + ("" if seed == 0 else f"_seed{seed}"))
     summary = run(cfg, run_dir)
+    if summary["status"] == "failed":
+        raise SystemExit(f"rlhf-bench convergence: {algorithm} beta={beta:g} seed={seed} failed: {summary['reason']}")
     rows = [json.loads(line) for line in open(run_dir / "eval.jsonl")]
     final, sft = rows[-1], rows[0]
     kl_opt = summary["optimal_at_beta"]["kl"]

@@ -21,6 +21,9 @@ class DataSource(Protocol):
     def next(self, policy: torch.nn.Module) -> tuple[Any, dict[str, float]]:
         """The data handed to ``algorithm.prepare`` for one step, and metrics of it."""
 
+    def responses_in(self, batch: Any) -> int:
+        """How many responses the policy generated for ``batch`` (the budget counts them)."""
+
     def state_dict(self) -> dict: ...
 
     def load_state_dict(self, state: dict) -> None: ...
@@ -34,8 +37,7 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     return {"rollout/kl": kl.mean().item(), "rollout/reward": rollout.rewards.mean().item(),
             "rollout/reward_gold": rollout.rewards_gold.mean().item(),
             "rollout/reward_proxy": rollout.rewards_proxy.mean().item(),
-            "rollout/length": mask.sum(1).mean().item(), "rollout/eos_rate": rollout.eos.float().mean().item(),
-            "rollout/responses": len(rollout.rewards)}
+            "rollout/length": mask.sum(1).mean().item(), "rollout/eos_rate": rollout.eos.float().mean().item()}
 
 
 class OnlineSource:
@@ -55,6 +57,9 @@ class OnlineSource:
             prompts = self.rng.choices(self.prompts, k=self.per_step)
         rollout = self.engine.rollout(policy, prompts, self.n, self.generator)
         return rollout, rollout_metrics(rollout)
+
+    def responses_in(self, batch: Rollout) -> int:
+        return len(batch.rewards)
 
     def state_dict(self) -> dict:
         return {"rng": self.rng.getstate()}
@@ -79,6 +84,9 @@ class OfflineSource:
         batch = PreferenceBatch(torch.tensor(idx), [self.pairs[i][0] for i in idx], [self.pairs[i][1] for i in idx],
                                 [self.pairs[i][2] for i in idx])
         return batch, {}
+
+    def responses_in(self, batch: PreferenceBatch) -> int:
+        return 0  # the pairs were sampled once, by the shared preference stage
 
     def state_dict(self) -> dict:
         return {"order": list(self.order)}

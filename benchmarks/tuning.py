@@ -73,12 +73,17 @@ def run_grid(proto: dict, label: str, grid: dict, sweep_dir: Path, jobs: int) ->
         if epochs is not None:
             cmd += [f"algorithm.epochs={epochs}", f"algorithm.minibatches={minibatches}"]
         print("+", " ".join(cmd[2:]), flush=True)
-        if subprocess.run(cmd).returncode != 0:
-            raise SystemExit(f"rlhf-bench tuning: the runs of {label} failed (command above)")
+        code = subprocess.run(cmd).returncode
+        if code not in (0, 1):  # 1: some runs failed (they diverged): scored as such, below
+            raise SystemExit(f"rlhf-bench tuning: the runs of {label} could not run (command above)")
 
 
 def score_run(run_dir: Path, kl_max: float) -> dict[str, Any]:
+    """The criterion of one run; a failed run (a non-finite value: the setting diverged) scores -inf."""
     summary = json.loads((run_dir / "summary.json").read_text())
+    if summary.get("status", "finished") == "failed":
+        return {"label": summary["algorithm"], "seed": summary["seed"], "config": summary["config"]["algorithm"],
+                "kl": float("nan"), "reward_gold": float("nan"), "score": float("-inf"), "failed": summary["reason"]}
     rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     sft, final = rows[0], rows[-1]
     front = front_of([(final["kl"], final["reward_gold"])], (0.0, sft["reward_gold"]))
