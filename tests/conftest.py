@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -138,7 +137,7 @@ class Bundle:
     ``engine``: RolloutEngine over the frozen, dropout-free SFT reference and the frozen reward
     model, at the task's temperature. ``overrides``: the overrides that define these stages (pass
     them again, plus protocol/algorithm overrides, to reuse the cache).
-    ``first_prepare_seconds`` / ``first_prepare_reused``: the fixture's own ``prepare()`` call.
+    ``first_prepare_reused``: what the fixture's own ``prepare()`` call reused (never its wall time).
 
     Models handed out by :meth:`policy` are fresh copies: tests may train or mutate them freely.
     Do not mutate ``engine.ref_model`` / ``engine.reward_model`` in place (deepcopy them).
@@ -151,7 +150,6 @@ class Bundle:
     stages: SharedStages
     artifacts: SharedArtifacts
     engine: RolloutEngine
-    first_prepare_seconds: float
     first_prepare_reused: dict[str, bool] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Any]:
@@ -181,14 +179,12 @@ def build_bundle(overrides: list[str], cache: Path) -> Bundle:
     task = build_task(groups["task"])
     stages = SharedStages(task, groups["task"], groups["model"], groups["reward_model"], cache, DEVICE,
                           progress=False)
-    t0 = time.perf_counter()
     art = stages.prepare()
-    seconds = time.perf_counter() - t0
     ref = freeze(disable_dropout(stages.load_sft(art)))
     rm = freeze(stages.load_reward_model(art))
     engine = RolloutEngine(task, ref, rm, reward_kind=groups["reward_model"].kind,
                            temperature=groups["task"].temperature, device=DEVICE)
-    return Bundle(cfg, groups, list(overrides), task, stages, art, engine, seconds, dict(art.reused))
+    return Bundle(cfg, groups, list(overrides), task, stages, art, engine, dict(art.reused))
 
 
 @pytest.fixture(scope="session")
