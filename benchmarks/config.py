@@ -17,7 +17,7 @@ import contextlib
 import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -190,12 +190,40 @@ class SentimentTaskConfig(TaskConfig):
 
 
 @dataclass
+class LoraSettings:
+    """LoRA adapters (peft) on the policy and the value model: ``r = 0`` (the default) is off.
+
+    With adapters, the base weights stay frozen and the reference policy is the same model with
+    its adapters disabled (no second copy); see ``benchmarks/lora.py``.
+    """
+
+    r: int = 0  # rank of the adapters (0: no LoRA, full fine-tuning)
+    alpha: float = 16.0  # scaling: the update is (alpha / r) * B @ A
+    dropout: float = 0.0  # dropout on the adapters' input (switched off for RL like every dropout)
+    target_modules: Optional[list[str]] = None  # module names; null: peft's default for the architecture
+
+    def __post_init__(self) -> None:
+        with section("lora"):
+            check(self.r >= 0, "r", ">= 0 (0: no LoRA)", self.r)
+            positive(self, "alpha")
+            check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+            check(self.target_modules is None or (len(self.target_modules) > 0 and all(self.target_modules)),
+                  "target_modules", "null (peft's default for the architecture) or a list of module names",
+                  self.target_modules)
+
+
+@dataclass
 class ModelConfig:
     """Transformer used for the policy, the reference, the reward and the value model.
 
     With ``pretrained`` set, weights and architecture are loaded with ``from_pretrained`` (a local
     path or a hub name); otherwise a fresh model of ``architecture`` is built from the sizes below.
+    ``dtype``, ``gradient_checkpointing``, ``logprob_chunk_tokens`` and ``lora`` decide whether a
+    real model fits a GPU (``benchmarks/models.py``, ``logprobs.py``, ``lora.py``).
     """
+
+    #: Fields that change memory use, not what is computed (results equal to float rounding).
+    MEMORY_ONLY: ClassVar[tuple[str, ...]] = ("gradient_checkpointing", "logprob_chunk_tokens")
 
     name: str = "tiny"
     architecture: str = "gpt2"
@@ -205,6 +233,10 @@ class ModelConfig:
     n_head: int = 2
     n_positions: int = 128
     dropout: float = 0.0  # used while training the shared stages; always switched off for RL
+    dtype: str = "float32"  # weights: float32 | bfloat16 (the log-softmax is float32 either way)
+    gradient_checkpointing: bool = False  # recompute the body's activations in backward (memory for time)
+    logprob_chunk_tokens: int = 0  # positions whose logits exist at once when computing log-probs (0: auto)
+    lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
         one_of(self, "architecture", ("gpt2",))
@@ -215,6 +247,9 @@ class ModelConfig:
         positive(self, "n_layer", "n_embd", "n_head", "n_positions")
         check(self.n_embd % self.n_head == 0, "n_embd", f"a multiple of n_head ({self.n_head})", self.n_embd)
         check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
+        one_of(self, "dtype", ("float32", "bfloat16"))
+        check(self.logprob_chunk_tokens >= 0, "logprob_chunk_tokens", ">= 0 (0: as many as 128 MiB of logits hold)",
+              self.logprob_chunk_tokens)
 
 
 @dataclass
@@ -333,6 +368,8 @@ TASK_SCHEMAS = {"bandit": BanditTaskConfig, "sentiment": SentimentTaskConfig}
 #: files live (``tuned`` acts only through the algorithm values it sets, which are compared). They
 #: are left out of run names and of the identity a finished run is matched on.
 NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "tuned", "checkpoint", "hydra")
+#: Model settings added after runs were recorded: at these values a run computes what it did before.
+NEW_MODEL_DEFAULTS = {"dtype": "float32"}
 _IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed")
 
 
@@ -345,6 +382,13 @@ def run_identity(cfg: dict) -> dict:
     ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
     if not (ident.get("fault") or {}).get("step"):
         ident.pop("fault", None)  # no fault injected: as runs before faults could be
+    model = {k: v for k, v in (ident.get("model") or {}).items() if k not in ModelConfig.MEMORY_ONLY}
+    for key, default in NEW_MODEL_DEFAULTS.items():  # settings newer than recorded runs, at their default
+        if model.get(key, default) == default:
+            model.pop(key, None)
+    if not (model.get("lora") or {}).get("r"):
+        model.pop("lora", None)  # no adapters: full fine-tuning, as before LoRA existed
+    ident["model"] = model
     algo = dict(ident.get("algorithm") or {})
     if get_algorithm(algo["name"]).cls.beta_independent:
         algo.pop("beta", None)

@@ -1,28 +1,51 @@
-"""Models and the tensor plumbing every algorithm shares.
+"""Models: building them (sizes, dtype, memory settings), dropout, and the reward and value heads.
 
-Conventions (one vocabulary across the suite):
-- ``query`` (B, Tq) left-padded prompts with ``query_mask``; ``response`` (B, Tr) right-padded
-  responses with ``response_mask`` (1 on real tokens, the closing ``<eos>`` included).
-- Position ids always come from the attention mask (``cumsum - 1``), so a left-padded sequence
-  gets the same log-probs as the unpadded one.
-- Log-probs are computed in float32 from ``logits / temperature`` with the task's logit mask
-  applied: exactly the distribution the rollouts sample from.
+The tensor plumbing lives in :mod:`.batches` (padding, :class:`SequenceBatch`) and :mod:`.logprobs`
+(chunked log-probs, KL, LM loss); both are re-exported here, so ``from .models import
+token_logprobs`` keeps working. LoRA adapters are in :mod:`.lora`.
+
+Memory settings of ``model`` (:class:`~.config.ModelConfig`): ``dtype`` (weights in float32 or
+bfloat16; log-softmax always in float32, see :mod:`.logprobs`), ``gradient_checkpointing``
+(:func:`configure_memory`), ``logprob_chunk_tokens`` (positions per log-prob chunk, 0: auto) and
+``lora`` (:func:`.lora.apply_lora`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+from .batches import (SequenceBatch, last_token_index, masked_mean, pad_left, pad_right, position_ids,  # noqa: F401
+                      unpad)
+from .logprobs import (NEG, backbone, check_logit_mask, gather_logprobs, lm_loss, response_logits,  # noqa: F401
+                       token_kl, token_logprobs, token_logprobs_chunked, unwrap, vocab_size)
 
 if TYPE_CHECKING:  # transformers is imported where models are built: config composition stays fast
     from transformers import GPT2Config, PreTrainedModel
 
-NEG = -1e9  # logit given to forbidden tokens (finite, so masked positions never produce NaN)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # model.dtype -> torch dtype
 
 
 # ----------------------------------------------------------------------------------- building
+def torch_dtype(cfg) -> torch.dtype:
+    """The torch dtype of ``cfg.dtype`` (a :class:`~.config.ModelConfig`): float32 or bfloat16."""
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"model.dtype must be one of {list(DTYPES)}, got {cfg.dtype!r}")
+    return DTYPES[cfg.dtype]
+
+
+def dtype_kwargs(cfg) -> dict:
+    """``from_pretrained`` keyword that loads the weights in ``cfg.dtype`` (``dtype=`` since
+    transformers 4.56, ``torch_dtype=`` before). Without it transformers 5 loads a checkpoint in
+    the dtype it was saved in."""
+    import transformers
+    from packaging.version import Version
+
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    return {key: torch_dtype(cfg)}
+
+
 def _gpt2_config(task, cfg, **extra) -> GPT2Config:
     from transformers import GPT2Config
 
@@ -34,26 +57,48 @@ def _gpt2_config(task, cfg, **extra) -> GPT2Config:
 
 
 def build_policy(task, cfg) -> PreTrainedModel:
-    """A causal LM for ``task``: fresh from ``cfg`` sizes, or ``from_pretrained(cfg.pretrained)``."""
+    """A causal LM for ``task`` in ``cfg.dtype``: fresh from ``cfg`` sizes, or
+    ``from_pretrained(cfg.pretrained)``."""
     from transformers import AutoModelForCausalLM, GPT2LMHeadModel
 
     if cfg.pretrained:
-        return AutoModelForCausalLM.from_pretrained(cfg.pretrained)
-    return GPT2LMHeadModel(_gpt2_config(task, cfg))
+        return AutoModelForCausalLM.from_pretrained(cfg.pretrained, **dtype_kwargs(cfg))
+    return GPT2LMHeadModel(_gpt2_config(task, cfg)).to(torch_dtype(cfg))
 
 
 def build_reward_model(task, cfg) -> PreTrainedModel:
-    """Same transformer with the LM head replaced by a scalar head (``num_labels=1``)."""
+    """Same transformer with the LM head replaced by a scalar head (``num_labels=1``), in ``cfg.dtype``."""
     from transformers import AutoModelForSequenceClassification, GPT2ForSequenceClassification
 
     if cfg.pretrained:
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.pretrained, num_labels=1)
+        model = AutoModelForSequenceClassification.from_pretrained(cfg.pretrained, num_labels=1, **dtype_kwargs(cfg))
     else:
-        model = GPT2ForSequenceClassification(_gpt2_config(task, cfg, num_labels=1))
+        model = GPT2ForSequenceClassification(_gpt2_config(task, cfg, num_labels=1)).to(torch_dtype(cfg))
     if model.config.pad_token_id is None:
         model.config.pad_token_id = task.pad_id
     model.config.reward_bias = 0.0
     return model
+
+
+def configure_memory(model: torch.nn.Module, cfg) -> torch.nn.Module:
+    """Apply ``cfg.gradient_checkpointing``: the body's layers recompute their activations in
+    backward (non-reentrant ``torch.utils.checkpoint``, which also lets gradients reach LoRA
+    adapters of a frozen base). Same loss and gradients; less memory, one more forward. Only in
+    ``train()`` mode, where transformers applies it. Returns ``model``."""
+    if not cfg.gradient_checkpointing:
+        return model
+    inner, kwargs = unwrap(model), {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    inner.config.use_cache = False
+    return model
+
+
+def checkpointing_enabled(model: torch.nn.Module) -> bool:
+    """Whether any layer of ``model`` recomputes its activations in backward."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
 
 
 def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -76,142 +121,20 @@ def freeze(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-# ----------------------------------------------------------------------------------- padding
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device=None, length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(len(s) for s in seqs) if length is None else length
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            ids[i, T - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, T - len(s):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, length: Optional[int] = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    T = max(max((len(s) for s in seqs), default=0), 1) if length is None else length
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), T), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """(B, T) positions counted over real tokens only: left padding does not shift them."""
-    return (mask.long().cumsum(-1) - 1).clamp(min=0)
-
-
-def unpad(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
-    return [row[m.bool()].tolist() for row, m in zip(ids, mask)]
-
-
-# ----------------------------------------------------------------------------------- batches
-@dataclass
-class SequenceBatch:
-    """Prompts and responses as the models see them."""
-
-    query: torch.Tensor  # (B, Tq) left-padded
-    query_mask: torch.Tensor  # (B, Tq)
-    response: torch.Tensor  # (B, Tr) right-padded
-    response_mask: torch.Tensor  # (B, Tr) 1 on real response tokens (EOS included)
-
-    @classmethod
-    def from_lists(cls, prompts, responses, pad_id: int, response_length: Optional[int] = None, device=None,
-                   query_length: Optional[int] = None):
-        q, qm = pad_left(prompts, pad_id, device, query_length)
-        r, rm = pad_right(responses, pad_id, response_length, device)
-        return cls(q, qm, r, rm)
-
-    def __len__(self) -> int:
-        return self.query.shape[0]
-
-    @property
-    def input_ids(self) -> torch.Tensor:
-        return torch.cat([self.query, self.response], dim=1)  # (B, Tq + Tr)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.query_mask, self.response_mask], dim=1)
-
-    def select(self, idx: torch.Tensor) -> "SequenceBatch":
-        return SequenceBatch(self.query[idx], self.query_mask[idx], self.response[idx], self.response_mask[idx])
-
-    def prompts(self) -> list[list[int]]:
-        return unpad(self.query, self.query_mask)
-
-    def responses(self) -> list[list[int]]:
-        return unpad(self.response, self.response_mask)
-
-
-# ---------------------------------------------------------------------------------- log-probs
-def response_logits(model: PreTrainedModel, batch: SequenceBatch, temperature: float = 1.0,
-                    logit_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Float32 logits (B, Tr, V) of the distributions that produced each response token:
-    divided by the sampling temperature, forbidden tokens set to ``NEG``."""
-    ids, mask = batch.input_ids, batch.attention_mask  # (B, T)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-    Tq, Tr = batch.query.shape[1], batch.response.shape[1]
-    logits = out.logits[:, Tq - 1: Tq + Tr - 1].float() / temperature  # (B, Tr, V), fp32 before softmax
-    if logit_mask is not None:
-        logits = logits.masked_fill(~logit_mask[:Tr].to(logits.device), NEG)
-    return logits
-
-
-def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token], zero where ``mask`` is 0. (B, T, V), (B, T), (B, T) -> (B, T)."""
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    return logp * mask
-
-
-def token_logprobs(model: PreTrainedModel, batch: SequenceBatch, temperature: float = 1.0,
-                   logit_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Per-token log-probs (B, Tr) of the responses, zero on padding."""
-    logits = response_logits(model, batch, temperature, logit_mask)
-    return gather_logprobs(logits, batch.response, batch.response_mask)
-
-
-@torch.no_grad()
-def token_logprobs_chunked(model, batch: SequenceBatch, temperature=1.0, logit_mask=None, chunk: int = 4096) -> torch.Tensor:
-    return torch.cat([token_logprobs(model, batch.select(torch.arange(i, min(i + chunk, len(batch)))), temperature,
-                                     logit_mask) for i in range(0, len(batch), chunk)])
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim=None) -> torch.Tensor:
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1.0)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1.0)
-
-
-def lm_loss(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor, loss_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Next-token cross-entropy, averaged over the tokens where ``loss_mask`` (default ``mask``) is 1."""
-    out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
-    logp = torch.log_softmax(out.logits[:, :-1].float(), -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    lm = (loss_mask if loss_mask is not None else mask)[:, 1:]
-    return -masked_mean(logp, lm)
-
-
 # -------------------------------------------------------------------------- reward and values
-def last_token_index(mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last real token of each row (B,), from the attention mask alone, so that
-    ``pad == eos`` tokenizers cannot make it point inside the prompt."""
-    T = mask.shape[1]
-    idx = torch.arange(T, device=mask.device).expand_as(mask)
-    return torch.where(mask.bool(), idx, torch.full_like(idx, -1)).max(dim=1).values
-
-
 def scalar_head(model: PreTrainedModel) -> torch.nn.Module:
+    """The scalar head (``score``/``classifier``/``v_head``), through a peft wrapper (where it is a
+    ``modules_to_save`` copy that follows the adapters: the original with adapters disabled)."""
+    inner = unwrap(model)
     for name in ("score", "classifier", "v_head"):
-        if hasattr(model, name):
-            return getattr(model, name)
-    raise AttributeError(f"{type(model).__name__} has no scalar head (score/classifier)")
+        if hasattr(inner, name):
+            return getattr(inner, name)
+    raise AttributeError(f"{type(inner).__name__} has no scalar head (score/classifier)")
 
 
 def hidden_scores(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The scalar head applied at every position: (B, T)."""
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)[0]
+    hidden = backbone(model)(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)[0]
     return scalar_head(model)(hidden).squeeze(-1).float()
 
 
@@ -219,7 +142,7 @@ def reward_scores(model: PreTrainedModel, ids: torch.Tensor, mask: torch.Tensor)
     """Reward (B,) read at the last real token, minus the centring bias stored in the config."""
     scores = hidden_scores(model, ids, mask)  # (B, T)
     last = last_token_index(mask)
-    return scores.gather(1, last.unsqueeze(1)).squeeze(1) - float(getattr(model.config, "reward_bias", 0.0))
+    return scores.gather(1, last.unsqueeze(1)).squeeze(1) - float(getattr(unwrap(model).config, "reward_bias", 0.0))
 
 
 @torch.no_grad()

@@ -124,7 +124,8 @@ class SharedStages:
         return {k: v for k, v in as_dict(self.task_cfg).items() if k not in protocol}
 
     def keys(self) -> dict[str, str]:
-        model = {k: v for k, v in as_dict(self.model_cfg).items() if k != "name"}
+        skip = {"name", "lora", *self.model_cfg.MEMORY_ONLY}  # adapters are an RL setting; memory ones change nothing
+        model = {k: v for k, v in as_dict(self.model_cfg).items() if k not in skip}
         sft = config_hash({"v": STAGE_VERSION, "world": self._world(), "model": model, "sft": as_dict(self.task_cfg.sft)})
         prefs = config_hash({"v": STAGE_VERSION, "sft": sft, "prefs": as_dict(self.task_cfg.preferences)})
         rm_train = {k: v for k, v in as_dict(self.rm_cfg).items() if k != "kind"}  # kind does not change the proxy

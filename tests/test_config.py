@@ -3,16 +3,19 @@ values fail before any compute with a :class:`ConfigError` naming the dotted fie
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
-from rlhf_bench.benchmarks.config import ConfigError, validate
+from rlhf_bench.benchmarks.config import ConfigError, config_differences, run_identity, validate
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF = REPO_ROOT / "conf"
 GROUPS = ("task", "model", "reward_model", "algorithm", "logger")
 #: Options that need a value the YAML leaves mandatory (``???``) to be complete.
 #: (A well-formed hub id passes validation without being downloaded.)
@@ -173,3 +176,22 @@ def test_cache_dir_on_a_read_only_file_system(compose):
     """Probed by writing, so it holds even for root, whom permission bits do not stop."""
     with pytest.raises(ConfigError, match=r"cache_dir must be a writable directory.*/proc cannot be written"):
         validate(compose("cache_dir=/proc/rlhf-bench-cache"))
+
+
+@pytest.mark.parametrize("run", ["ppo_beta0.1_seed0", "dpo_beta1_seed2", "sft_seed1"])
+def test_committed_results_are_the_same_runs_as_todays_config(run, compose):
+    """Re-running the README's results command skips the committed runs: their recorded
+    configuration has today's identity (settings added since, at their defaults, change nothing),
+    and a setting that does change the run is still told apart."""
+    summary = json.loads((REPO_ROOT / "results" / "bandit" / run / "summary.json").read_text())
+    a = summary["config"]["algorithm"]
+    overrides = ["benchmark=bandit", f"algorithm={a['label']}", f"seed={summary['seed']}"]
+    if not summary["beta_independent"]:
+        overrides.append(f"algorithm.beta={a['beta']}")
+    today = OmegaConf.to_container(compose(*overrides), resolve=True)
+    assert config_differences(run_identity(summary["config"]), run_identity(today)) == []
+    for changed in ("model.dtype=bfloat16", "model.lora.r=4", "fault.step=2"):
+        other = OmegaConf.to_container(compose(*overrides, changed), resolve=True)
+        assert config_differences(run_identity(summary["config"]), run_identity(other)), changed
+    memory = OmegaConf.to_container(compose(*overrides, "model.gradient_checkpointing=true"), resolve=True)
+    assert config_differences(run_identity(summary["config"]), run_identity(memory)) == []
