@@ -17,7 +17,8 @@ Recorded cumulatively in every row of ``train.jsonl`` and in ``summary.json``:
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 
@@ -51,6 +52,15 @@ class TokenCounter:
         self.forward += n
         if torch.is_grad_enabled() and self._trainable.get(id(module), False):
             self.backward += n
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Count nothing inside (evaluation is not training)."""
+        enabled, self.enabled = self.enabled, False
+        try:
+            yield
+        finally:
+            self.enabled = enabled
 
     def detach(self) -> None:
         for h in self._handles:

@@ -423,15 +423,21 @@ def run_name(*, _root_: DictConfig) -> str:
     algo = _root_.algorithm
     parts = [run_label(str(algo.label), algo.beta, _root_.seed, get_algorithm(algo.name).cls.beta_independent)]
     overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
+    tail = overrides_tail(overrides, _IDENTITY_KEYS_IN_NAME, 48)
+    return "_".join(parts + ([tail] if tail else []))
+
+
+def overrides_tail(overrides: list[str], skip: tuple[str, ...], limit: int) -> str:
+    """A directory-name part from command-line overrides: those that change what is computed
+    (not in :data:`NON_IDENTITY_KEYS`, not in ``skip``), sorted and comma-joined, or ``cfg<hash>``
+    when longer than ``limit``."""
     extra = []
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+~")
-        if key not in _IDENTITY_KEYS_IN_NAME and key.split(".")[0].split("/")[0] not in NON_IDENTITY_KEYS:
+        if key not in skip and key.split(".")[0].split("/")[0] not in NON_IDENTITY_KEYS:
             extra.append(o.lstrip("+~").replace("/", "-"))
     tail = ",".join(sorted(extra))
-    if len(tail) > 48:
-        tail = "cfg" + config_hash(sorted(extra), 8)
-    return "_".join(parts + ([tail] if tail else []))
+    return "cfg" + config_hash(sorted(extra), 8) if len(tail) > limit else tail
 
 
 #: Set by the command line (``cli.main``) for its whole multirun: jobs resolve ``hydra.sweep.dir``
@@ -442,13 +448,7 @@ SWEEP_OVERRIDES_ENV = "RLHF_BENCH_SWEEP_OVERRIDES"
 def sweep_overrides(overrides: list[str]) -> str:
     """The part of a multirun's directory name that its command line determines: its overrides
     besides the benchmark, its seeds and display settings, abbreviated to a hash when long."""
-    extra = []
-    for o in overrides:
-        key = o.split("=", 1)[0].lstrip("+~")
-        if key not in ("benchmark", "seed") and key.split(".")[0].split("/")[0] not in NON_IDENTITY_KEYS:
-            extra.append(o.lstrip("+~").replace("/", "-"))
-    tail = ",".join(sorted(extra))
-    return "cfg" + config_hash(sorted(extra), 8) if len(tail) > 64 else tail
+    return overrides_tail(overrides, ("benchmark", "seed"), 64)
 
 
 def sweep_dir(*, _root_: DictConfig) -> str:

@@ -164,9 +164,8 @@ class Trainer:
         decay = (lambda s: max(0.0, 1.0 - s / self.steps)) if self.acfg.lr_schedule == "linear" else (lambda s: 1.0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, decay) if self.steps else None
         self.resume_from = self.checkpoints.latest() if self.steps else None
-        self.budget.tokens.enabled = False  # evaluation is not training (and its tables may be cached)
-        self._build_evaluation(groups)
-        self.budget.tokens.enabled = True
+        with self.budget.tokens.paused():  # evaluation is not training (and its tables may be cached)
+            self._build_evaluation(groups)
 
     def _build_models(self, stages: SharedStages) -> None:
         cfg, tcfg = self.cfg, self.tcfg
@@ -283,13 +282,12 @@ class Trainer:
     def evaluate(self, step: int) -> None:
         """Evaluate the current policy on the held-out prompts (not counted in the budget)."""
         self.policy.eval()
-        self.budget.tokens.enabled = False
-        eval_policy = self.algo.eval_policy()
-        if step == 0 and isinstance(eval_policy, LMPolicy) and eval_policy.model is self.policy:
-            self.row, self.samples = self.evaluator.evaluate_reference(eval_policy, step)  # still the SFT base
-        else:
-            self.row, self.samples = self.evaluator.evaluate(eval_policy, step)
-        self.budget.tokens.enabled = True
+        with self.budget.tokens.paused():
+            eval_policy = self.algo.eval_policy()
+            if step == 0 and isinstance(eval_policy, LMPolicy) and eval_policy.model is self.policy:
+                self.row, self.samples = self.evaluator.evaluate_reference(eval_policy, step)  # still the SFT base
+            else:
+                self.row, self.samples = self.evaluator.evaluate(eval_policy, step)
         self.policy.train()
         self.files["eval"].write(to_jsonable(self.row))
         self.logger.log({f"eval/{k}": v for k, v in self.row.items() if k != "step"}, step)
