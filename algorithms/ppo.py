@@ -53,6 +53,11 @@ class PPOConfig(AlgorithmConfig):
         check(0.0 <= self.lam <= 1.0, "lam", "in [0, 1]", self.lam)
         one_of(self, "kl_estimator", ("k1", "k3"))
 
+    def check_task(self, task) -> None:
+        """PPO-ptx needs the task's pretraining text (``task=hf``: task.ptx_data or task.sft_data)."""
+        check(self.ptx_coef == 0 or getattr(task, "has_pretraining_text", True), "task.ptx_data",
+              "set (or task.sft_data) when algorithm.ptx_coef > 0: the pretraining mix needs text", None)
+
 
 @register_algorithm("ppo", config=PPOConfig)
 class PPO(Algorithm):

@@ -22,6 +22,8 @@ from typing import Any, Iterator
 
 import torch
 
+from .logprobs import backbone
+
 
 class TokenCounter:
     """Forward pre-hooks on each model's transformer body, counting the real tokens it processes:
@@ -36,7 +38,10 @@ class TokenCounter:
         for model in models:
             if model is None:
                 continue
-            body = getattr(model, "base_model", model)
+            try:  # the transformer body, through a peft wrapper (its forward is what every code path calls)
+                body = backbone(model)
+            except (TypeError, AttributeError):
+                body = model
             self._trainable[id(body)] = any(p.requires_grad for p in body.parameters())
             self._handles.append(body.register_forward_pre_hook(self._hook, with_kwargs=True))
         return self

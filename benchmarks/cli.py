@@ -109,9 +109,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
         raise SystemExit(1)
     final = summary["final"]
     beta = "" if summary.get("beta_independent") else f" beta={summary['beta']:g}"
-    log.info("%s%s seed=%s: KL %.4f, gold reward %.4f, proxy reward %.4f (%.1f s) -> %s", summary["algorithm"], beta,
-             summary["seed"], final["kl"], final["reward_gold"], final["reward_proxy"], summary["wall_time_seconds"],
-             run_dir)
+    gold = "n/a (no gold judge)" if final["reward_gold"] is None else f"{final['reward_gold']:.4f}"
+    log.info("%s%s seed=%s: KL %.4f, gold reward %s, proxy reward %.4f (%.1f s) -> %s", summary["algorithm"], beta,
+             summary["seed"], final["kl"], gold, final["reward_proxy"], summary["wall_time_seconds"], run_dir)
     return final["reward_gold"]
 
 

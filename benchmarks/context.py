@@ -48,7 +48,7 @@ class Context:
 
     def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
         """Per-token log-probs (B, Tr) with gradients, same temperature and mask as the rollouts."""
-        return token_logprobs(model, batch, self.engine.temperature, self.engine.logit_mask)
+        return token_logprobs(model, batch, self.engine.temperature, self.engine.logit_mask, self.engine.chunk_tokens)
 
     def values(self, batch: SequenceBatch) -> torch.Tensor:
         return token_values(self.value_model, batch)
@@ -74,7 +74,7 @@ class Context:
             self._ptx = self.task.pretraining_corpus()
         idx = torch.randint(len(self._ptx), (batch_size,), generator=self.generator).tolist()
         ids, mask = pad_right([self._ptx[i] for i in idx], self.task.pad_id, device=self.device)
-        return lm_loss(self.policy, ids, mask)
+        return lm_loss(self.policy, ids, mask, chunk_tokens=self.engine.chunk_tokens)
 
 
 def split_groups(data: dict[str, torch.Tensor], group_size: int, n_minibatches: int,

@@ -47,6 +47,16 @@ class Problem(str):
         return obj
 
 
+class Score:
+    """A gold score: a finite number, or null where the task has no gold judge (``task=hf``)."""
+
+    label = "float or null"
+
+    @staticmethod
+    def accepts(value: Any) -> bool:
+        return value is None or _scalar_ok(value, float)
+
+
 #: ``row_check(row) -> problem or None``: a check across the fields of one (well-typed) row.
 RowCheck = Callable[[Mapping[str, Any]], Optional[Union[str, Problem]]]
 
@@ -98,8 +108,8 @@ STR, INT, FLOAT = Column(str), Column(int), Column(float)
 MESSAGES = Column(Message, 1)  # a conversation: a list of {role, content}
 
 #: The preference data (``SharedArtifacts.preferences``): K responses per prompt, the ranking (indices
-#: of ``responses``, best first) and the gold reward of each response.
-PREFERENCE_COLUMNS = {"prompt": STR, "responses": list_of(STR), "ranking": list_of(INT), "gold": list_of(FLOAT)}
+#: of ``responses``, best first) and the gold reward of each response (null: unknown, ``task=hf``).
+PREFERENCE_COLUMNS = {"prompt": STR, "responses": list_of(STR), "ranking": list_of(INT), "gold": Column(Score, 1)}
 
 
 def _short(value: Any, limit: int = 40) -> str:
@@ -120,8 +130,8 @@ def _kind(value: Any) -> str:
 
 
 def _scalar_ok(value: Any, kind: type) -> bool:
-    if kind is Message:
-        return Message.accepts(value)
+    if kind in (Message, Score):
+        return kind.accepts(value)
     if kind is bool:
         return isinstance(value, bool)
     if isinstance(value, bool):
@@ -265,7 +275,8 @@ def feature_fits(feature: Any, col: Column) -> bool:
         return False
     dtype = feature.dtype
     return {str: dtype in ("string", "large_string"), bool: dtype == "bool", int: dtype.startswith(("int", "uint")),
-            float: dtype.startswith(("int", "uint", "float"))}[col.type]
+            float: dtype.startswith(("int", "uint", "float")),
+            Score: dtype == "null" or dtype.startswith(("int", "uint", "float"))}[col.type]
 
 
 def _reasons(skipped: Mapping[str, int]) -> str:

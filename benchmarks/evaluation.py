@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from .models import NEG, SequenceBatch, pad_left, position_ids, response_logits, scalar_head
+from .models import NEG, SequenceBatch, pad_left, position_ids, scalar_head, token_kl
 from .rollout import RolloutEngine
 from .utils import atomic_write_text, config_hash, make_generator, to_jsonable
 
@@ -108,17 +108,15 @@ class LMPolicy:
 
     @torch.no_grad()
     def sequence_kl(self, engine, batch):
+        """Per-token full-distribution KL, summed along each sample, and k1; 256 samples per body
+        forward and the vocabulary's logits in chunks of positions (:func:`~.logprobs.token_kl`)."""
         kls, k1s = [], []
         for i in range(0, len(batch), 256):
             b = batch.select(torch.arange(i, min(i + 256, len(batch))))
-            lp = torch.log_softmax(response_logits(self.model, b, engine.temperature, engine.logit_mask), -1)  # (B,T,V)
-            lq = torch.log_softmax(response_logits(engine.ref_model, b, engine.temperature, engine.logit_mask), -1)
-            m = b.response_mask.float()
-            per_token = (lp.exp() * (lp - lq)).sum(-1).clamp(min=0.0)  # (B, T) full-distribution KL
-            tok = b.response.unsqueeze(-1)
-            k1 = (lp.gather(-1, tok) - lq.gather(-1, tok)).squeeze(-1)  # (B, T)
-            kls.append((per_token * m).sum(1))
-            k1s.append((k1 * m).sum(1))
+            per_token, k1 = token_kl(self.model, engine.ref_model, b, engine.temperature, engine.logit_mask,
+                                     engine.chunk_tokens)  # (B, T) each, zero on padding
+            kls.append(per_token.clamp(min=0.0).sum(1))
+            k1s.append(k1.sum(1))
         return torch.cat(kls), torch.cat(k1s)
 
 
@@ -313,7 +311,8 @@ class Evaluator:
         mask = batch.response_mask
         eos = (batch.response == eng.task.eos_id) & mask.bool()
         length = (mask.sum(1) - eos.any(1).long()).float()
-        row = {"step": step, "reward_gold": gold.mean().item(), "reward_proxy": proxy.mean().item(),
+        known = eng.task.has_gold  # else the gold values are NaN and written as null
+        row = {"step": step, "reward_gold": gold.mean().item() if known else None, "reward_proxy": proxy.mean().item(),
                "length": length.mean().item(), "eos_rate": eos.any(1).float().mean().item()}
         if self.table is not None:
             logp = policy.enumerated_logprobs(eng, self.table)  # (P, N)
@@ -329,7 +328,8 @@ class Evaluator:
         else:
             kl, k1 = policy.sequence_kl(eng, batch)
             row.update(kl=kl.mean().item(), kl_k1=k1.mean().item())
+        golds = gold.tolist() if known else [None] * len(batch)
         samples = [{"prompt": eng.task.decode(p), "response": eng.task.decode(r), "reward_gold": g, "reward_proxy": q}
-                   for p, r, g, q in zip(batch.prompts(), batch.responses(), gold.tolist(), proxy.tolist())]
+                   for p, r, g, q in zip(batch.prompts(), batch.responses(), golds, proxy.tolist())]
         order = ["step", "kl", "kl_k1", "reward_gold", "reward_proxy", "length", "eos_rate"]
         return {**{k: row[k] for k in order}, **{k: v for k, v in row.items() if k not in order}}, samples

@@ -18,6 +18,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -81,6 +83,43 @@ def adapters_disabled(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
         raise TypeError(f"{type(model).__name__} has no LoRA adapters to disable: its reference is a separate model")
     with model.disable_adapter():
         yield model
+
+
+class AdaptersOff:
+    """A ``PeftModel`` seen as its base model: the frozen reference (the policy with adapters off)
+    or the frozen reward model (the LoRA value model with adapters off), without a second copy of
+    any weight.
+
+    Everything reached through the view stays a view: calling it, its body (``base_model``), its
+    heads (``get_output_embeddings()``, ``score``) or any of its methods runs inside peft's
+    ``disable_adapter()``, so the harness's code for separate models (sampling, chunked log-probs,
+    reward scores) works on it unchanged. Attributes that are not modules or methods (``config``,
+    ``training``, a head's ``weight``) are the model's own. Do not ``freeze`` a view: its parameters
+    are the trained model's (the adapters among them).
+    """
+
+    def __init__(self, target, peft_model=None):
+        object.__setattr__(self, "_target", target)
+        object.__setattr__(self, "_peft", peft_model if peft_model is not None else target)
+
+    def _off(self, fn, *args, **kwargs):
+        with self._peft.disable_adapter():
+            out = fn(*args, **kwargs)
+        return AdaptersOff(out, self._peft) if isinstance(out, torch.nn.Module) else out
+
+    def __call__(self, *args, **kwargs):
+        return self._off(self._target, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        value = getattr(self._target, name)
+        if isinstance(value, torch.nn.Module):
+            return AdaptersOff(value, self._peft)
+        if inspect.ismethod(value):
+            return functools.partial(self._off, value)
+        return value
+
+    def __repr__(self) -> str:
+        return f"AdaptersOff({type(self._target).__name__})"
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ bfloat16; log-softmax always in float32, see :mod:`.logprobs`), ``gradient_check
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -66,12 +66,14 @@ def build_policy(task, cfg) -> PreTrainedModel:
     return GPT2LMHeadModel(_gpt2_config(task, cfg)).to(torch_dtype(cfg))
 
 
-def build_reward_model(task, cfg) -> PreTrainedModel:
-    """Same transformer with the LM head replaced by a scalar head (``num_labels=1``), in ``cfg.dtype``."""
+def build_reward_model(task, cfg, pretrained: Optional[str] = None) -> PreTrainedModel:
+    """Same transformer with the LM head replaced by a scalar head (``num_labels=1``), in ``cfg.dtype``;
+    ``pretrained``: a trained reward model (``reward_model.pretrained``) loaded as it is."""
     from transformers import AutoModelForSequenceClassification, GPT2ForSequenceClassification
 
-    if cfg.pretrained:
-        model = AutoModelForSequenceClassification.from_pretrained(cfg.pretrained, num_labels=1, **dtype_kwargs(cfg))
+    if pretrained or cfg.pretrained:
+        model = AutoModelForSequenceClassification.from_pretrained(pretrained or cfg.pretrained, num_labels=1,
+                                                                   **dtype_kwargs(cfg))
     else:
         model = GPT2ForSequenceClassification(_gpt2_config(task, cfg, num_labels=1)).to(torch_dtype(cfg))
     if model.config.pad_token_id is None:

@@ -8,12 +8,13 @@ generated the tokens. Generation stops at ``<eos>``; later positions are padding
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import torch
 
-from .models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked
+from .models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked, unwrap
 
 
 @torch.no_grad()
@@ -27,7 +28,7 @@ def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pa
     query, qmask = pad_left(prompts, pad_id, device)  # (B, Tq)
     B = query.shape[0]
     pos = position_ids(qmask)
-    out = model(input_ids=query, attention_mask=qmask, position_ids=pos, use_cache=True)
+    out = model(input_ids=query, attention_mask=qmask, position_ids=pos, use_cache=True, **_last_logits_only(model))
     past, next_pos = out.past_key_values, pos[:, -1] + 1
     logits = out.logits[:, -1].float()  # (B, V)
     attn = qmask
@@ -59,6 +60,17 @@ def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pa
     return SequenceBatch(query, qmask, response, rmask)
 
 
+def _last_logits_only(model) -> dict:
+    """``logits_to_keep=1`` where the model's forward takes it: the prompt's forward then computes
+    the logits of its last position only, not (B, Tq, V)."""
+    forward = unwrap(model).forward
+    try:
+        takes = "logits_to_keep" in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        takes = False
+    return {"logits_to_keep": 1} if takes else {}
+
+
 @dataclass
 class Rollout:
     """One batch of online experience. ``n`` consecutive rows share a prompt (a group)."""
@@ -83,11 +95,13 @@ class RolloutEngine:
     the reward every algorithm optimises (:meth:`reward`): plugins receive it and never alter it."""
 
     def __init__(self, task, ref_model, reward_model, *, reward_kind: str, temperature: float, device,
-                 missing_eos_penalty: Optional[float] = None):
+                 missing_eos_penalty: Optional[float] = None, chunk_tokens: Optional[int] = None):
         self.task, self.ref_model, self.reward_model = task, ref_model, reward_model
         self.reward_kind, self.temperature, self.device = reward_kind, temperature, device
         self.missing_eos_penalty = missing_eos_penalty
-        self.logit_mask = task.logit_mask(task.max_new_tokens).to(device)
+        self.chunk_tokens = chunk_tokens or None  # positions per log-prob chunk (model.logprob_chunk_tokens; None: auto)
+        mask = task.logit_mask(task.max_new_tokens)
+        self.logit_mask = None if mask is None else mask.to(device)  # None: every token allowed
 
     def sample(self, model, prompts, generator=None, temperature=None) -> SequenceBatch:
         return sample_responses(model, prompts, eos_id=self.task.eos_id, pad_id=self.task.pad_id,
@@ -96,7 +110,7 @@ class RolloutEngine:
                                 logit_mask=self.logit_mask, generator=generator)
 
     def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
-        return token_logprobs_chunked(model, batch, self.temperature, self.logit_mask)
+        return token_logprobs_chunked(model, batch, self.temperature, self.logit_mask, chunk_tokens=self.chunk_tokens)
 
     @torch.no_grad()
     def score(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:

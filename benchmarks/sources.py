@@ -35,9 +35,14 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     mask = rollout.response_mask.float()
     kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1)
     return {"rollout/kl": kl.mean().item(), "rollout/reward": rollout.rewards.mean().item(),
-            "rollout/reward_gold": rollout.rewards_gold.mean().item(),
+            "rollout/reward_gold": _mean_or_none(rollout.rewards_gold),
             "rollout/reward_proxy": rollout.rewards_proxy.mean().item(),
             "rollout/length": mask.sum(1).mean().item(), "rollout/eos_rate": rollout.eos.float().mean().item()}
+
+
+def _mean_or_none(x: torch.Tensor) -> Optional[float]:
+    """The mean, or None for a reward the task does not know (NaN: ``task=hf`` without a judge)."""
+    return None if bool(x.isnan().all()) else x.mean().item()
 
 
 class OnlineSource:

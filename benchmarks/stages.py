@@ -24,7 +24,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import datasets
 import torch
@@ -33,10 +33,10 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from .config import as_dict
-from .models import (SequenceBatch, build_policy, build_reward_model, freeze, masked_mean, reward_scores,
-                     token_logprobs)
+from .models import (SequenceBatch, build_policy, build_reward_model, configure_memory, dtype_kwargs, freeze,
+                     masked_mean, reward_scores, token_logprobs)
 from .rollout import sample_responses
-from .data import load_preferences
+from .data import DataError, load_preferences
 from .utils import (adamw, atomic_directory, check_manifest, config_hash, derive_seed, discard_directory,
                     make_generator, remove_orphans, write_manifest)
 
@@ -97,7 +97,7 @@ def plackett_luce_ranking(scores: torch.Tensor, temperature: float, generator: t
 # -------------------------------------------------------------------------------------- stages
 @dataclass
 class SharedArtifacts:
-    sft_dir: Path
+    sft_dir: Path | str  # the SFT stage's entry, or model.pretrained when the task has no SFT data
     preferences_dir: Path
     reward_model_dir: Path
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -120,15 +120,18 @@ class SharedStages:
     # --- keys -------------------------------------------------------------------------------
     def _world(self) -> dict:
         protocol = {"steps", "prompts_per_step", "eval_every", "eval_seed", "temperature", "missing_eos_penalty", "sft",
-                    "preferences"}
+                    "preferences", "judge"}
         return {k: v for k, v in as_dict(self.task_cfg).items() if k not in protocol}
 
     def keys(self) -> dict[str, str]:
         skip = {"name", "lora", *self.model_cfg.MEMORY_ONLY}  # adapters are an RL setting; memory ones change nothing
         model = {k: v for k, v in as_dict(self.model_cfg).items() if k not in skip}
         sft = config_hash({"v": STAGE_VERSION, "world": self._world(), "model": model, "sft": as_dict(self.task_cfg.sft)})
-        prefs = config_hash({"v": STAGE_VERSION, "sft": sft, "prefs": as_dict(self.task_cfg.preferences)})
+        judge = {"judge": as_dict(self.task_cfg.judge)} if hasattr(self.task_cfg, "judge") else {}  # task=hf
+        prefs = config_hash({"v": STAGE_VERSION, "sft": sft, "prefs": as_dict(self.task_cfg.preferences), **judge})
         rm_train = {k: v for k, v in as_dict(self.rm_cfg).items() if k != "kind"}  # kind does not change the proxy
+        if not rm_train.get("pretrained"):
+            rm_train.pop("pretrained", None)  # as before reward_model.pretrained existed
         rm = config_hash({"v": STAGE_VERSION, "prefs": prefs, "rm": rm_train})
         return {"sft": f"sft-{sft}", "preferences": f"preferences-{prefs}", "reward_model": f"reward_model-{rm}"}
 
@@ -137,16 +140,21 @@ class SharedStages:
         keys = self.keys()
         art = SharedArtifacts(self.root / keys["sft"], self.root / keys["preferences"], self.root / keys["reward_model"])
         self.root.mkdir(parents=True, exist_ok=True)
-        for stage, builder in (("sft", self._train_sft), ("preferences", self._build_preferences),
-                               ("reward_model", self._train_reward_model)):
+        stages = (("sft", self._train_sft), ("preferences", self._build_preferences),
+                  ("reward_model", self._train_reward_model))
+        if not self.task.has_sft_data:  # model.pretrained is already the SFT model
+            art.sft_dir, stages = self.model_cfg.pretrained, stages[1:]
+            art.metrics["sft"], art.reused["sft"] = {"sft/skipped": True, "seconds": 0.0}, True
+            log.info("[shared] sft: none (no task.sft_data); the SFT base is %s", art.sft_dir)
+        for stage, builder in stages:
             path = self.root / keys[stage]
             with FileLock(str(self.root / f"{keys[stage]}.lock")):
                 reused = self._cached(stage, keys[stage], path)
                 if not reused:
-                    self._build(stage, keys[stage], path, builder, art)
+                    self._build(stage, keys[stage], path, builder, art, self.task)
                 metrics = json.loads((path / "metrics.json").read_text())
             art.metrics[stage], art.reused[stage] = metrics, reused
-            verb = "reused from cache" if reused else "trained"
+            verb = "reused from cache" if reused else "built"
             log.info("[shared] %s: %s %s (%.1f s to build)", stage, verb, path, metrics["seconds"])
         return art
 
@@ -167,13 +175,15 @@ class SharedStages:
         return False
 
     @staticmethod
-    def _build(stage: str, key: str, path: Path, builder, art: SharedArtifacts) -> None:
+    def _build(stage: str, key: str, path: Path, builder, art: SharedArtifacts, task) -> None:
         """Run ``builder`` into a temporary directory, add ``metrics.json`` and, last, the manifest,
         then move it to ``path`` in one step. Only under the stage's lock."""
         t0 = time.time()
         with atomic_directory(path) as tmp:
             metrics = builder(tmp, art)
             metrics["seconds"] = round(time.time() - t0, 2)
+            if task.summary():  # real data (task=hf): the rows each dataset gave, used and skipped
+                metrics["data"] = task.summary()
             (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
             write_manifest(tmp, {"stage": stage, "key": key, "version": STAGE_VERSION})
 
@@ -212,13 +222,13 @@ class SharedStages:
         cfg = self.task_cfg.sft
         seed = derive_seed(self.task_cfg.seed, "sft")
         torch.manual_seed(seed)
-        model = build_policy(self.task, self.model_cfg).to(self.device)
+        model = configure_memory(build_policy(self.task, self.model_cfg), self.model_cfg).to(self.device)
         demos = self.task.demonstrations()
         gen = make_generator(seed)
         perm = torch.randperm(len(demos), generator=gen).tolist()
         n_held = max(1, int(len(demos) * cfg.heldout_fraction))
         held, train = [demos[i] for i in perm[:n_held]], [demos[i] for i in perm[n_held:]]
-        mask = self.task.logit_mask(self.task.max_new_tokens).to(self.device)
+        mask = self._logit_mask()
 
         def batches():
             for _ in range(cfg.epochs):
@@ -236,20 +246,27 @@ class SharedStages:
         log.info("[shared] SFT held-out loss %.4f", metrics["sft/heldout_loss"])
         return metrics
 
+    def _logit_mask(self) -> Optional[torch.Tensor]:
+        mask = self.task.logit_mask(self.task.max_new_tokens)
+        return None if mask is None else mask.to(self.device)
+
     def load_sft(self, art: SharedArtifacts):
         from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(art.sft_dir).to(self.device)
+        return AutoModelForCausalLM.from_pretrained(art.sft_dir, **dtype_kwargs(self.model_cfg)).to(self.device)
 
     # --- 2. preference data ---------------------------------------------------------------------
     def _build_preferences(self, out: Path, art: SharedArtifacts) -> dict:
+        given = self.task.preference_data()
+        if given is not None:
+            return self._given_preferences(given, out)
         cfg = self.task_cfg.preferences
         seed = derive_seed(self.task_cfg.seed, "preferences")
         gen = make_generator(seed)
         sft = freeze(self.load_sft(art))
         prompts_pool = self.task.train_prompts
         idx = torch.randint(len(prompts_pool), (cfg.n_prompts,), generator=gen).tolist()
-        mask = self.task.logit_mask(self.task.max_new_tokens).to(self.device)
+        mask = self._logit_mask()
         rows = {"prompt": [], "responses": [], "ranking": [], "gold": []}
         chunk = max(1, 512 // cfg.k)
         for i in tqdm(range(0, len(idx), chunk), desc="preferences", disable=not self.progress, leave=False):
@@ -261,8 +278,8 @@ class SharedStages:
             gold = self.task.gold_reward(batch.prompts(), responses).view(len(prompts), cfg.k)
             ranking = plackett_luce_ranking(gold, cfg.label_temperature, gen)
             for b, p in enumerate(prompts):
-                rows["prompt"].append(self.task.decode(p))
-                rows["responses"].append([self.task.decode(r) for r in responses[b * cfg.k: (b + 1) * cfg.k]])
+                rows["prompt"].append(self.task.decode_prompt(p))
+                rows["responses"].append([self.task.decode_response(r) for r in responses[b * cfg.k: (b + 1) * cfg.k]])
                 rows["ranking"].append(ranking[b].tolist())
                 rows["gold"].append(gold[b].tolist())
         ds = datasets.Dataset.from_dict(rows)
@@ -276,10 +293,43 @@ class SharedStages:
                 (len(ds) - n_held) * cfg.k * (cfg.k - 1) // 2, "preferences/adjacent_label_agreement_with_gold": agree,
                 "preferences/sft_gold_reward": gold.mean().item()}
 
+    def _given_preferences(self, ds: datasets.Dataset, out: Path) -> dict:
+        """The task's own preference data (``task=hf``), split like generated data. The gold column
+        is the judge's score on the held-out lists (where it measures the reward model), null on
+        the others and everywhere without a judge."""
+        seed = derive_seed(self.task_cfg.seed, "preferences")
+        order = torch.randperm(len(ds), generator=make_generator(seed)).tolist()
+        n_held = max(1, int(len(ds) * self.task_cfg.preferences.heldout_fraction))
+        held, train = ds.select(order[:n_held]), ds.select(order[n_held:])
+        if len(train) == 0:
+            raise DataError(f"task.preference_data: {len(ds)} row(s) leave none for training after "
+                            f"{n_held} held out; give more rows")
+        unknown = [[None] * len(rs) for rs in train["responses"]]
+        train.add_column("gold", unknown).save_to_disk(str(out / "train"))
+        held.add_column("gold", self._judge_lists(held)).save_to_disk(str(out / "heldout"))
+        ks = sorted({len(rs) for rs in ds["responses"]})
+        return {"preferences/lists": len(ds), "preferences/k": ks[0] if len(ks) == 1 else ks,
+                "preferences/train_pairs": sum(len(rs) * (len(rs) - 1) // 2 for rs in train["responses"]),
+                "preferences/source": "task.preference_data"}
+
+    def _judge_lists(self, ds: datasets.Dataset) -> list[list[Optional[float]]]:
+        """The gold reward of every response of every list (None without a judge), 256 at a time."""
+        if not self.task.has_gold:
+            return [[None] * len(rs) for rs in ds["responses"]]
+        flat = [(self.task.encode_prompt(p), self.task.encode_response(r)) for p, rs in
+                zip(ds["prompt"], ds["responses"]) for r in rs]
+        gold = torch.cat([self.task.gold_reward([p for p, _ in flat[i: i + 256]], [r for _, r in flat[i: i + 256]])
+                          for i in range(0, len(flat), 256)]).tolist()
+        out, i = [], 0
+        for rs in ds["responses"]:
+            out.append(gold[i: i + len(rs)])
+            i += len(rs)
+        return out
+
     # --- 3. reward model ------------------------------------------------------------------------
     def _encode_lists(self, ds: datasets.Dataset) -> list[tuple[list[int], list[list[int]], list[int]]]:
         """Ranked lists as token ids, encoded once: (prompt, K responses, ranking) per row."""
-        return [(self.task.encode(p), [self.task.encode(r) for r in rs], list(rank))
+        return [(self.task.encode_prompt(p), [self.task.encode_response(r) for r in rs], list(rank))
                 for p, rs, rank in zip(ds["prompt"], ds["responses"], ds["ranking"])]
 
     def _rm_rewards(self, model, lists) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,10 +346,14 @@ class SharedStages:
         seed = derive_seed(self.task_cfg.seed, "reward_model")
         torch.manual_seed(seed)
         gen = make_generator(seed)
-        model = build_reward_model(self.task, self.model_cfg)
-        sft = self.load_sft(art)
-        model.base_model.load_state_dict(sft.base_model.state_dict())  # RM starts from the SFT transformer
-        model.to(self.device)
+        if cfg.pretrained:  # a trained reward model: centred and evaluated, not trained
+            model = build_reward_model(self.task, self.model_cfg, cfg.pretrained).to(self.device)
+        else:
+            model = configure_memory(build_reward_model(self.task, self.model_cfg), self.model_cfg)
+            sft = self.load_sft(art)
+            model.base_model.load_state_dict(sft.base_model.state_dict())  # RM starts from the SFT transformer
+            del sft
+            model.to(self.device)
         held_ds = art.preferences("heldout")
         train, held = self._encode_lists(art.preferences("train")), self._encode_lists(held_ds)
 
@@ -313,8 +367,9 @@ class SharedStages:
             loss, m = ranking_loss(*self._rm_rewards(model, rows))
             return loss, {"acc": f"{m['rm/accuracy'].item():.2f}"}
 
-        steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
-        self._fit(model, batches(), loss_fn, cfg.lr, steps, "reward model")
+        if not cfg.pretrained:
+            steps = cfg.epochs * math.ceil(len(train) / cfg.batch_size)
+            self._fit(model, batches(), loss_fn, cfg.lr, steps, "reward model")
         freeze(model)
         with torch.no_grad():  # centring: the mean reward over the preference data becomes 0
             all_r = torch.cat([self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)])
@@ -325,22 +380,29 @@ class SharedStages:
         metrics["rm/bias"] = model.config.reward_bias
         model.save_pretrained(out)
         self.task.tokenizer.save_pretrained(out)
-        log.info("[shared] reward model held-out accuracy: %.3f vs noisy labels, %.3f vs gold order",
-                 metrics["rm/heldout_accuracy_labels"], metrics["rm/heldout_accuracy_gold"])
+        log.info("[shared] reward model held-out accuracy: %.3f vs the labels, %s vs the gold order",
+                 metrics["rm/heldout_accuracy_labels"], _fmt(metrics["rm/heldout_accuracy_gold"]))
         return metrics
 
     def _rm_eval(self, model, held: list, gold: list[list[float]]) -> dict:
         rewards, ranking = self._rm_rewards(model, held)
         _, m = ranking_loss(rewards, ranking)
-        gold = torch.tensor(gold, device=rewards.device)
+        gold = torch.tensor([[math.nan if g is None else g for g in row] for row in gold], device=rewards.device)
         dg = gold.unsqueeze(2) - gold.unsqueeze(1)  # (B, K, K)
         dr = rewards.unsqueeze(2) - rewards.unsqueeze(1)
         strict = dg > 0  # noiseless gold order, ties excluded
         acc_gold = ((dr > 0) & strict).sum().item() / max(1, strict.sum().item())
+        if bool(gold.isnan().any()):
+            acc_gold = None  # no judge: there is no gold order
         return {"rm/heldout_accuracy_labels": m["rm/accuracy"].item(), "rm/heldout_accuracy_gold": acc_gold,
                 "rm/heldout_loss": m["loss/reward_model"].item(), "rm/heldout_lists": len(held)}
 
     def load_reward_model(self, art: SharedArtifacts):
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(art.reward_model_dir).to(self.device)
+        return AutoModelForSequenceClassification.from_pretrained(art.reward_model_dir,
+                                                                  **dtype_kwargs(self.model_cfg)).to(self.device)
+
+
+def _fmt(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

@@ -43,7 +43,8 @@ from .context import Context, split_groups
 from .evaluation import Evaluator, LMPolicy
 from .faults import FaultInjector, FiniteChecks, NonFiniteError
 from .loggers import build_logger
-from .models import disable_dropout, freeze
+from .lora import AdaptersOff, apply_lora, trainable_parameters
+from .models import configure_memory, disable_dropout, freeze
 from .rollout import RolloutEngine
 from .rundir import finished_run, mark_started, summary_header
 from .sources import make_source
@@ -126,7 +127,7 @@ def _hydra_group() -> Optional[str]:
 
 def _pair_table(task, ds) -> list[tuple[list[int], list[int], list[int]]]:
     pairs = expand_pairs(ds)
-    return [(task.encode(p), task.encode(c), task.encode(r)) for p, c, r in
+    return [(task.encode_prompt(p), task.encode_response(c), task.encode_response(r)) for p, c, r in
             zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])]
 
 
@@ -152,14 +153,16 @@ class Trainer:
         self.checks, self.fault = FiniteChecks(self.acfg.label), FaultInjector(groups["fault"])
         self.checkpoint_every = groups["checkpoint"].every
         self.checkpoints = Checkpoints(run_dir, groups["checkpoint"].keep)
-        self.task = build_task(self.tcfg)
-        stages = SharedStages(self.task, self.tcfg, groups["model"], self.rmcfg, cfg.cache_dir, self.device,
+        self.mcfg = groups["model"]
+        self.task = build_task(self.tcfg, model=self.mcfg, device=self.device, cache_dir=cfg.cache_dir)
+        stages = SharedStages(self.task, self.tcfg, self.mcfg, self.rmcfg, cfg.cache_dir, self.device,
                               progress=self.progress)
         self.art = stages.prepare()
         self.t_shared = time.time()
         self._build_models(stages)
         self.steps = self.tcfg.steps if self.source is not None else 0
-        self.params = list(self.policy.parameters()) + (list(self.value_model.parameters()) if self.value_model else [])
+        models = [self.policy] + ([self.value_model] if self.value_model is not None else [])
+        self.params = [p for m in models for p in m.parameters() if p.requires_grad]  # LoRA: the adapters (and head)
         self.opt = adamw(self.params, lr=self.acfg.lr, weight_decay=self.acfg.weight_decay) if self.steps else None
         decay = (lambda s: max(0.0, 1.0 - s / self.steps)) if self.acfg.lr_schedule == "linear" else (lambda s: 1.0)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, decay) if self.steps else None
@@ -168,16 +171,29 @@ class Trainer:
             self._build_evaluation(groups)
 
     def _build_models(self, stages: SharedStages) -> None:
-        cfg, tcfg = self.cfg, self.tcfg
+        """Policy, reference, reward model and (PPO) value model. With ``model.lora.r > 0`` the
+        policy and the value model train adapters on frozen bases, and the reference and the reward
+        model are those same models with their adapters disabled (:class:`~.lora.AdaptersOff`)."""
+        cfg, tcfg, mcfg = self.cfg, self.tcfg, self.mcfg
         seed_everything(cfg.seed)
         self.generator = make_generator(derive_seed(cfg.seed, "train"))
-        ref = freeze(disable_dropout(stages.load_sft(self.art)))
-        self.policy = disable_dropout(stages.load_sft(self.art))
-        rm = freeze(stages.load_reward_model(self.art))
+        cls, lora = self.spec.cls, mcfg.lora.r > 0
+        self.policy = configure_memory(disable_dropout(stages.load_sft(self.art)), mcfg)
+        self.value_model = None
+        if lora:
+            self.policy = apply_lora(self.policy, mcfg.lora)
+            ref = AdaptersOff(self.policy)
+        else:
+            ref = freeze(disable_dropout(stages.load_sft(self.art)))
+        if cls.uses_value_model:
+            self.value_model = configure_memory(disable_dropout(stages.load_reward_model(self.art)), mcfg)
+            if lora:
+                self.value_model = apply_lora(self.value_model, mcfg.lora)
+        rm = AdaptersOff(self.value_model) if lora and self.value_model is not None else \
+            freeze(stages.load_reward_model(self.art))
         self.engine = RolloutEngine(self.task, ref, rm, reward_kind=self.rmcfg.kind, temperature=tcfg.temperature,
-                                    device=self.device, missing_eos_penalty=tcfg.missing_eos_penalty)
-        cls = self.spec.cls
-        self.value_model = disable_dropout(stages.load_reward_model(self.art)) if cls.uses_value_model else None
+                                    device=self.device, missing_eos_penalty=tcfg.missing_eos_penalty,
+                                    chunk_tokens=mcfg.logprob_chunk_tokens)
         self.ctx = Context(task=self.task, policy=self.policy, ref_model=ref, reward_model=rm, engine=self.engine,
                            device=self.device, generator=self.generator, reward_kind=self.rmcfg.kind,
                            artifacts=self.art, value_model=self.value_model)
@@ -185,7 +201,7 @@ class Trainer:
             self.ctx.pairs = _pair_table(self.task, self.art.preferences("train"))
         self.algo = cls(self.acfg, self.ctx)
         self.budget = Budget()
-        self.budget.tokens.attach(self.policy, ref, rm, self.value_model)
+        self.budget.tokens.attach(*(m for m in (self.policy, ref, rm, self.value_model) if not isinstance(m, AdaptersOff)))
         self.algo.setup()  # e.g. reference log-probs of the offline pairs: counted in the budget
         self.source = make_source(cls.data, engine=self.engine, task=self.task, pairs=self.ctx.pairs,
                                   prompts_per_step=tcfg.prompts_per_step,
@@ -217,10 +233,11 @@ class Trainer:
             self.train_step(step)
             if step % self.tcfg.eval_every == 0 or step == self.steps:
                 self.evaluate(step)
-                bar.set_postfix(kl=f"{self.row['kl']:.3f}", gold=f"{self.row['reward_gold']:.3f}")
+                judge = "gold" if self.task.has_gold else "proxy"  # a task without a judge: proxy only
+                bar.set_postfix(kl=f"{self.row['kl']:.3f}", **{judge: f"{self.row['reward_' + judge]:.3f}"})
                 if not self.progress:
-                    log.info("%s step %d/%d: KL %.3f, gold reward %.3f", self.name, step, self.steps,
-                             self.row["kl"], self.row["reward_gold"])
+                    log.info("%s step %d/%d: KL %.3f, %s reward %.3f", self.name, step, self.steps,
+                             self.row["kl"], judge, self.row["reward_" + judge])
             if self.checkpoint_every and (step % self.checkpoint_every == 0 or step == self.steps):
                 self.save_checkpoint(step)
         bar.close()
@@ -328,6 +345,16 @@ class Trainer:
         return self.step
 
     # --------------------------------------------------------------------------------- outputs
+    def _model_summary(self) -> dict[str, Any]:
+        """Whether the task has a gold reward and, for real models, the parameters trained (older
+        runs, of the synthetic tasks, lack these keys)."""
+        out = {} if self.task.has_gold else {"gold_reward": False}
+        if self.mcfg.pretrained:
+            trainable, total = trainable_parameters(self.policy)
+            out["gold_reward"] = self.task.has_gold
+            out["policy_parameters"] = {"trainable": trainable, "total": total, "lora_r": self.mcfg.lora.r}
+        return out
+
     def close(self) -> None:
         for f in self.files.values():
             f.close()
@@ -340,7 +367,7 @@ class Trainer:
         with open(run_dir / "samples.jsonl", "w") as f:
             for s in self.samples:
                 f.write(json.dumps(s) + "\n")
-        if self.steps:
+        if self.steps:  # with LoRA, the adapters only (README: merging them into the base)
             self.policy.save_pretrained(run_dir / "policy")
             self.task.tokenizer.save_pretrained(run_dir / "policy")
         summary = {
@@ -350,10 +377,13 @@ class Trainer:
                        "dirs": {"sft": str(art.sft_dir), "preferences": str(art.preferences_dir),
                                 "reward_model": str(art.reward_model_dir)}},
             "resumed_from_step": self.resume_from["step"] if self.resume_from else None,
+            **self._model_summary(),
             "wall_time_seconds": time.time() - self.t_start, "shared_stage_seconds": self.t_shared - self.t_start,
             "train_seconds": time.time() - self.t_shared, "config": self.resolved, "versions": package_versions(),
             "git_revision": git_revision(), "run_dir": str(run_dir),
         }
+        if self.task.summary():
+            summary["data"] = self.task.summary()
         if self.task.enumerable and self.spec.cls.data != "none":
             reward = "gold" if self.rmcfg.kind == "gold" else "proxy"
             kl_opt, r_opt = self.evaluator.optimal_at_beta(acfg.beta, reward)

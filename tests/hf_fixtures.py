@@ -73,6 +73,35 @@ def make_tokenizer(directory: PathLike, chat_template: Union[bool, str] = False,
     return wrapped
 
 
+def make_large_tokenizer(directory: PathLike, size: int = 50257):
+    """:func:`make_tokenizer` grown to GPT-2's ``size`` (50,257) tokens: the trained byte-level BPE
+    (vocabulary and merges) plus ordinary vocabulary entries ``Ġw<i>`` that no merge produces but
+    that a model can sample and the tokenizer decodes (`` w123``). Saved to ``directory``."""
+    import json as _json
+    import tempfile
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trained = make_tokenizer(tmp)
+        state = _json.loads(trained.backend_tokenizer.to_str())["model"]
+    vocab = dict(state["vocab"])
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    i = 0
+    while len(vocab) < size:
+        vocab.setdefault(f"\u0120w{i}", len(vocab))
+        i += 1
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOS])
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+                                      model_max_length=128)
+    wrapped.save_pretrained(str(directory))
+    return wrapped
+
+
 def _load_tokenizer(tokenizer_dir: PathLike):
     from transformers import AutoTokenizer
 
@@ -208,3 +237,14 @@ def make_datasets(directory: PathLike, n: int = 12) -> dict[str, Path]:
     write_jsonl(paths["splits_dir"] / "train.jsonl", prefs)
     write_jsonl(paths["splits_dir"] / "test.jsonl", prefs[:4])
     return paths
+
+
+# ------------------------------------------------------------------------------------- judge
+def word_judge(prompts: list[str], responses: list[str]) -> list[float]:
+    """A gold judge for ``task.judge.fn=hf_fixtures:word_judge``: the number of positive words in
+    a response minus the number of negative ones (the prompt is ignored)."""
+    def score(text: str) -> float:
+        words = [w.strip(".,!").lower() for w in text.split()]
+        return float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))
+
+    return [score(r) for r in responses]

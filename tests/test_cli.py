@@ -40,7 +40,7 @@ def test_cli_run_files_and_cache_reuse(tmp_path):
     first = rlhf_bench(*args, f"hydra.run.dir={run1}")
     out1 = first.stdout + first.stderr
     assert first.returncode == 0, out1[-4000:]
-    assert "reused from cache" not in out1 and "trained" in out1
+    assert "reused from cache" not in out1 and "built" in out1
 
     assert (run1 / ".hydra" / "config.yaml").exists() and (run1 / ".hydra" / "overrides.yaml").exists()
     rows = read_jsonl(run1 / "eval.jsonl")

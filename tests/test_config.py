@@ -19,7 +19,9 @@ CONF = REPO_ROOT / "conf"
 GROUPS = ("task", "model", "reward_model", "algorithm", "logger")
 #: Options that need a value the YAML leaves mandatory (``???``) to be complete.
 #: (A well-formed hub id passes validation without being downloaded.)
-REQUIRED_EXTRA = {("model", "pretrained"): ["model.pretrained=gpt2"]}
+REQUIRED_EXTRA = {("model", "pretrained"): ["model.pretrained=gpt2"],
+                  ("task", "hf"): ["model=pretrained", "model.pretrained=gpt2", "task.preference_data=Anthropic/hh-rlhf",
+                                   "task.sft_data=trl-lib/tldr"]}
 
 
 def _options(group: str) -> list[str]:
@@ -52,7 +54,7 @@ def test_every_option_composes_and_validates(group, option, compose):
 @pytest.mark.parametrize("task", _options("task"))
 @pytest.mark.parametrize("algorithm", _options("algorithm"))
 def test_every_algorithm_validates_on_every_task(task, algorithm, compose):
-    validate(compose(f"task={task}", f"algorithm={algorithm}"))
+    validate(compose(f"task={task}", f"algorithm={algorithm}", *REQUIRED_EXTRA.get(("task", task), [])))
 
 
 def test_algorithm_yaml_names_are_registered(compose):

@@ -21,7 +21,7 @@ from rlhf_bench.benchmarks.utils import MANIFEST, check_manifest, write_manifest
 
 from conftest import DEVICE, compose_config
 
-EXPECTED = "expected columns: prompt (str), responses (list of str), ranking (list of int), gold (list of float)"
+EXPECTED = "expected columns: prompt (str), responses (list of str), ranking (list of int), gold (list of float or null)"
 
 
 def good_row(i: int = 0) -> dict:
@@ -69,7 +69,7 @@ def test_missing_field_names_source_row_and_columns():
     ({"prompt": 7}, "field 'prompt' is int (7), expected str"),
     ({"prompt": [None]}, "field 'prompt' is list ([None]), expected str"),
     ({"responses": ["a", None, "c"]}, "field 'responses' has null (None) at [1], expected list of str"),
-    ({"gold": [0.1, math.nan, 1]}, "field 'gold' has non-finite float (nan) at [1], expected list of float"),
+    ({"gold": [0.1, math.nan, 1]}, "field 'gold' has non-finite float (nan) at [1], expected list of float or null"),
 ])
 def test_wrong_type_names_the_field_its_value_and_the_expected_type(bad, problem):
     assert error(check_prefs, rows_with(bad, at=2)) == f"prefs row 2: {problem}; {EXPECTED}"

@@ -1,18 +1,13 @@
-"""Task registry. A task is built from its config section (``cfg.task``)."""
+"""Task registry. A task registers itself with :func:`register_task` and is built from its config
+section (``cfg.task``) by :func:`build_task`; an unknown name fails with the known ones."""
 
 from __future__ import annotations
 
-from .bandit import BanditTask
 from .base import Task, build_word_tokenizer
-from .sentiment import SentimentTask
+from .registry import TASKS, build_task, register_task
+from .bandit import BanditTask  # noqa: E402  (each module registers its task on import)
+from .sentiment import SentimentTask  # noqa: E402
+from .hf import HFTask  # noqa: E402
 
-TASKS: dict[str, type[Task]] = {"bandit": BanditTask, "sentiment": SentimentTask}
-
-
-def build_task(cfg) -> Task:
-    if cfg.name not in TASKS:
-        raise ValueError(f"unknown task '{cfg.name}'; known tasks: {sorted(TASKS)}")
-    return TASKS[cfg.name](cfg)
-
-
-__all__ = ["Task", "BanditTask", "SentimentTask", "TASKS", "build_task", "build_word_tokenizer"]
+__all__ = ["Task", "BanditTask", "SentimentTask", "HFTask", "TASKS", "build_task", "register_task",
+           "build_word_tokenizer"]

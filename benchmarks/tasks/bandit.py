@@ -23,13 +23,15 @@ import numpy as np
 import torch
 
 from .base import Task, build_word_tokenizer
+from .registry import register_task
 
 
+@register_task
 class BanditTask(Task):
     name = "bandit"
     enumerable = True
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, **context) -> None:
         super().__init__(cfg)
         C, Z, k, A, L = cfg.n_contexts, cfg.n_noise_tokens, cfg.prompt_noise_len, cfg.n_actions, cfg.response_len
         self.C, self.A, self.L = C, A, L

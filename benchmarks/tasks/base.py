@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -34,14 +34,20 @@ def build_word_tokenizer(words: Sequence[str]) -> PreTrainedTokenizerFast:
 class Task(ABC):
     """A task provides everything the shared stages, the rollouts and the evaluation need.
 
-    Token sequences are lists of ids. A prompt starts with ``<bos>``; a response is what the
-    policy generates, ending with ``<eos>`` unless it was cut at ``max_new_tokens``.
+    Token sequences are lists of ids. A response is what the policy generates, ending with
+    ``<eos>`` unless it was cut at ``max_new_tokens``. In the synthetic tasks a prompt starts with
+    ``<bos>``; a real model's prompts are whatever its tokenizer makes of the text.
+
+    ``build_task`` passes every task the run's ``model`` config, ``device`` and ``cache_dir``; the
+    synthetic worlds need none of them (``task=hf`` reads its tokenizer from the model).
     """
 
     name: str
     enumerable: bool = False
+    has_gold: bool = True  # whether gold_reward is known (a real-data task without a judge: False)
+    has_sft_data: bool = True  # whether demonstrations exist (else the base model is the SFT model)
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, model=None, device=None, cache_dir=None) -> None:
         self.cfg = cfg
         self.tokenizer: PreTrainedTokenizerFast
         self.train_prompts: list[list[int]]
@@ -74,6 +80,20 @@ class Task(ABC):
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
+    # Texts of the preference data <-> token ids. The synthetic tasks store their special tokens
+    # as text, so plain encode/decode round-trips; a real tokenizer's task overrides these.
+    def encode_prompt(self, text: str) -> list[int]:
+        return self.encode(text)
+
+    def encode_response(self, text: str) -> list[int]:
+        return self.encode(text)
+
+    def decode_prompt(self, ids: Sequence[int]) -> str:
+        return self.decode(ids)
+
+    def decode_response(self, ids: Sequence[int]) -> str:
+        return self.decode(ids)
+
     # --- data ---------------------------------------------------------------------------------
     @abstractmethod
     def demonstrations(self) -> list[tuple[list[int], list[int]]]:
@@ -83,13 +103,23 @@ class Task(ABC):
     def pretraining_corpus(self) -> list[list[int]]:
         """Full sequences (``<bos>`` ... ``<eos>``) of the task's pretraining text, for PPO-ptx."""
 
+    def preference_data(self):
+        """Given preference data as a ``datasets.Dataset`` of ``prompt, responses, ranking`` (texts),
+        or None: the shared stage then generates it (K samples of the SFT base, judged)."""
+        return None
+
+    def summary(self) -> dict:
+        """What ``summary.json`` records about the task's data (read, used and skipped rows)."""
+        return {}
+
     # --- reward and generation constraints ----------------------------------------------------
     @abstractmethod
     def gold_reward(self, prompts: Sequence[Sequence[int]], responses: Sequence[Sequence[int]]) -> torch.Tensor:
         """The ground-truth reward of each (prompt, response): a float tensor (B,)."""
 
-    def logit_mask(self, length: int) -> torch.Tensor:
-        """Allowed next tokens at each response position, a bool tensor (length, V).
+    def logit_mask(self, length: int) -> Optional[torch.Tensor]:
+        """Allowed next tokens at each response position, a bool tensor (length, V), or None (every
+        token allowed: real models).
 
         Applied identically when sampling and when computing log-probs, so that the probabilities
         of all valid responses sum to one. The default forbids ``<pad>``, ``<bos>`` and ``<unk>``.

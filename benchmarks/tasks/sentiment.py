@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .base import Task, build_word_tokenizer
+from .registry import register_task
 
 _CONSONANTS = list("bdfgklmnprstvz")
 _VOWELS = list("aeiou")
@@ -37,10 +38,11 @@ def _pseudo_words(n: int, rng: np.random.Generator) -> list[str]:
     return words
 
 
+@register_task
 class SentimentTask(Task):
     name = "sentiment"
 
-    def __init__(self, cfg) -> None:
+    def __init__(self, cfg, **context) -> None:
         super().__init__(cfg)
         rng = np.random.default_rng([cfg.seed, 0x5E47])
         N = cfg.n_words
