@@ -194,6 +194,21 @@ HF_DATA_FIELDS = ("prompts", "eval_prompts", "sft_data", "preference_data", "ptx
 
 
 @dataclass
+class ColumnMaps:
+    """Per dataset field of ``task=hf``, ``{accepted column: column in the data}`` (``{text: review}``).
+    On the command line a map is added with Hydra's ``+``: ``'+task.columns.prompts={text: review}'``."""
+
+    prompts: dict[str, str] = field(default_factory=dict)
+    eval_prompts: dict[str, str] = field(default_factory=dict)
+    sft_data: dict[str, str] = field(default_factory=dict)
+    preference_data: dict[str, str] = field(default_factory=dict)
+    ptx_data: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> dict[str, str]:
+        return dict(getattr(self, name))
+
+
+@dataclass
 class JudgeConfig:
     """The gold judge of ``task=hf``: a sequence-classification model or a Python function.
 
@@ -249,8 +264,8 @@ class HFTaskConfig(TaskConfig):
     sft_data: Optional[str] = None  # prompt-completion demonstrations; null: no SFT (model.pretrained is the SFT base)
     preference_data: Optional[str] = None  # preferences (pairs or K-wise rankings); null: generated and judged
     ptx_data: Optional[str] = None  # pretraining text (text or prompt-completion) for ppo_ptx; null: sft_data
-    # Column maps, per dataset field: {accepted column: column in the data}, e.g. {text: review}.
-    columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Column maps, per dataset field: {accepted column: column in the data}, e.g. columns.prompts={text: review}.
+    columns: ColumnMaps = field(default_factory=ColumnMaps)
     on_bad_row: str = "error"  # error: the first bad row stops the run before training | skip (counted)
     max_rows: int = 0  # rows read from each dataset, the first ones (0: all)
     min_prefix_tokens: int = 2  # prompt prefixes cut from text data
@@ -262,11 +277,6 @@ class HFTaskConfig(TaskConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        unknown = sorted(set(self.columns) - set(HF_DATA_FIELDS))
-        check(not unknown, "columns", f"a map from dataset fields {list(HF_DATA_FIELDS)} to column maps", unknown)
-        for name, mapping in self.columns.items():
-            check(isinstance(mapping, dict) and all(isinstance(v, str) for v in mapping.values()), f"columns.{name}",
-                  "a map {accepted column: column in the data}", mapping)
         one_of(self, "on_bad_row", ("error", "skip"))
         check(self.max_rows >= 0, "max_rows", ">= 0 (0: all rows)", self.max_rows)
         positive(self, "min_prefix_tokens", "max_prompt_tokens")

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from ..data import DataError
 from ..hf_data import Prepared, prefix_prompts, prepare
 from ..hf_sources import open_source
 from ..judges import build_judge
@@ -131,7 +132,14 @@ class HFTask(Task):
             if records is not None:
                 records = (lambda read=records: read()[: cfg.max_rows])
         columns = set(rows.column_names) if rows is not None else set(records()[0]) if records else set()
-        kind = next((k for k in kinds if _accepts(k, columns)), kinds[0])
+        kind = next((k for k in kinds if _accepts(k, columns)), None)
+        if kind is None:  # several kinds possible, none fits: name them all (one kind: prepare names it)
+            if len(kinds) == 1:
+                kind = kinds[0]
+            else:
+                accepted = " or ".join(f"{k} ({', '.join(sorted(_NEEDS[k]))})" for k in kinds)
+                raise DataError(f"task.{name} ({loaded.source}): columns {sorted(columns)}; expected {accepted}; "
+                                f"rename columns with '+task.columns.{name}={{accepted: yours}}'")
         self._data[name] = prepare(rows, kind, self.tokenizer, f"task.{name} ({loaded.source})", cfg.on_bad_row, records)
         log.info("task.%s: %d rows (%s%s) from %s", name, len(self._data[name].rows), self._data[name].format,
                  ", conversational" if self._data[name].conversational else "", loaded.source)
@@ -209,6 +217,9 @@ class HFTask(Task):
         return self.judge([self.decode(p) for p in prompts], [self.decode(r) for r in responses])
 
 
+_NEEDS = {"prompts": {"prompt"}, "text": {"text"}, "completions": {"prompt", "completion"}}
+
+
 def _accepts(kind: str, columns: set[str]) -> bool:
-    need = {"prompts": {"prompt"}, "text": {"text"}, "completions": {"prompt", "completion"}}.get(kind)
+    need = _NEEDS.get(kind)
     return need is None or need <= columns
