@@ -137,6 +137,23 @@ def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a checkpoint must hold of ``model``: its whole ``state_dict``, or with LoRA (a frozen
+    base) only the trained tensors, the adapters and a value model's head, not the base weights."""
+    state = model.state_dict()
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return state if not frozen else {k: v for k, v in state.items() if k not in frozen}
+
+
+def load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load :func:`trained_state`: every key it holds must exist, and only frozen tensors may be absent."""
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    if unexpected or set(missing) - frozen:
+        raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(set(missing) - frozen)[:5]}, "
+                           f"unexpected {sorted(unexpected)[:5]}")
+
+
 def merge_adapters(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
     """Fold the adapters saved in ``adapter_dir`` (``PeftModel.save_pretrained``) into the base model
     of ``base_dir`` and save a plain transformers model (and the base's tokenizer) to ``out_dir``:

@@ -43,7 +43,7 @@ from .context import Context, split_groups
 from .evaluation import Evaluator, LMPolicy
 from .faults import FaultInjector, FiniteChecks, NonFiniteError
 from .loggers import build_logger
-from .lora import AdaptersOff, apply_lora, trainable_parameters
+from .lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
 from .models import configure_memory, disable_dropout, freeze
 from .rollout import RolloutEngine
 from .rundir import finished_run, mark_started, summary_header
@@ -312,8 +312,8 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on, and where each run file ends."""
-        return {"step": self.step, "policy": self.policy.state_dict(),
-                "value_model": self.value_model.state_dict() if self.value_model is not None else None,
+        return {"step": self.step, "policy": trained_state(self.policy),
+                "value_model": trained_state(self.value_model) if self.value_model is not None else None,
                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "rng": rng_state(self.generator), "source": self.source.state_dict(),
                 "algorithm": self.algo.state_dict(), "budget": self.budget.state_dict(),
@@ -329,9 +329,9 @@ class Trainer:
 
     def resume(self, state: dict[str, Any]) -> int:
         """Load a checkpoint; the run files are cut back to where it says they ended."""
-        self.policy.load_state_dict(state["policy"])
+        load_trained_state(self.policy, state["policy"])
         if self.value_model is not None:
-            self.value_model.load_state_dict(state["value_model"])
+            load_trained_state(self.value_model, state["value_model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"], self.generator)

@@ -189,3 +189,39 @@ def test_bad_data_is_named_before_training_and_skipped_rows_are_counted(hub, tmp
     summary = json.loads((tmp_path / "run2" / "summary.json").read_text())
     data = summary["shared"]["metrics"]["preferences"]["data"]["preference_data"]
     assert data["rows_read"] == 48 and sum(v for k, v in data["skipped"].items() if "held out" not in k) == 1
+
+
+def test_a_lora_run_checkpoints_the_adapters_only_and_resumes_to_the_same_policy(hub, tmp_path, compose):
+    """Checkpoints of a LoRA run hold the trained tensors (adapters, the value head), not the base;
+    a run stopped after its checkpoint and resumed ends with the policy of an uninterrupted run."""
+    from omegaconf import OmegaConf
+
+    from rlhf_bench.benchmarks.config import validate
+    from rlhf_bench.benchmarks.trainer import Trainer
+
+    args = [*SMALL, f"model.pretrained={hub['root'] / 'gpt2'}", "model.lora.r=4", "algorithm=ppo",
+            f"task.preference_data={hub['preference.jsonl']}", "task.judge.fn=hf_fixtures:word_judge",
+            f"cache_dir={tmp_path / 'cache'}", "task.steps=4", "checkpoint.every=2"]
+    cfg = compose(*args)
+
+    def trainer(name: str) -> Trainer:
+        (tmp_path / name).mkdir(exist_ok=True)
+        return Trainer(cfg, validate(cfg), tmp_path / name, OmegaConf.to_container(cfg, resolve=True))
+
+    whole = trainer("whole")
+    whole.fit()
+    stopped = trainer("stopped")
+    stopped.begin()
+    for step in (1, 2):
+        stopped.step = step
+        stopped.train_step(step)
+    stopped.save_checkpoint(2)
+    state = stopped.checkpoints.latest()
+    stopped.close()
+    frozen = {n for n, p in stopped.policy.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    assert state["policy"] and all("lora_" in k for k in state["policy"]) and not frozen & set(state["policy"])
+    assert state["value_model"] and all("lora_" in k or "modules_to_save" in k for k in state["value_model"])
+    resumed = trainer("stopped")
+    resumed.fit()
+    for (name, a), (_, b) in zip(whole.policy.named_parameters(), resumed.policy.named_parameters()):
+        assert torch.equal(a, b), name
