@@ -150,9 +150,10 @@ class HFTask(Task):
         kinds = ("prompts", "text") if name in ("prompts", "eval_prompts") else \
             ("preferences",) if name == "preference_data" else ("completions",)
         data = self._load(name, kinds)
-        if data.kind == "text":
-            cut = prefix_prompts(data.rows, self.tokenizer, min_tokens=self.cfg.min_prefix_tokens,
-                                 max_tokens=self.cfg.max_prefix_tokens, seed=self.cfg.seed, source=data.source)
+        if data.kind == "text":  # prefixes no longer than the prompt limit
+            longest = min(self.cfg.max_prefix_tokens, self.max_prompt_tokens)
+            cut = prefix_prompts(data.rows, self.tokenizer, min_tokens=min(self.cfg.min_prefix_tokens, longest),
+                                 max_tokens=longest, seed=self.cfg.seed, source=data.source)
             ids = [list(p) for p in cut["prompt_ids"]]
         else:
             ids = [self.encode_prompt(p) for p in data.rows["prompt"]]
@@ -166,26 +167,35 @@ class HFTask(Task):
             given = self._prompt_ids("eval_prompts")
             order = np.random.default_rng([cfg.seed, 0xE7A1]).permutation(len(given))
             held = [given[i] for i in sorted(order[:n_eval])]
-            return [p for p in pool if tuple(p) not in {tuple(q) for q in held}], held
+            train = [p for p in pool if tuple(p) not in {tuple(q) for q in held}]
+            if not train:
+                raise ConfigError(f"task.eval_prompts holds every prompt of task.{name}: none is left to train on")
+            return train, held
         if len(pool) <= n_eval:
             raise ConfigError(f"task.n_eval_prompts must be below the {len(pool)} distinct prompts of task.{name} "
                               f"(the rest train), got {n_eval}; or set task.eval_prompts")
         order = np.random.default_rng([cfg.seed, 0xE7A1]).permutation(len(pool))
         return [pool[i] for i in order[n_eval:]], [pool[i] for i in order[:n_eval]]
 
-    def _without_held_out(self, ds: datasets.Dataset, name: str) -> datasets.Dataset:
-        keep = [i for i, p in enumerate(ds["prompt"]) if tuple(self.encode_prompt(p)) not in self._held_out]
-        if not keep:
-            raise ConfigError(f"task.{name}: every row's prompt is among the held-out evaluation prompts; "
-                              f"lower task.n_eval_prompts or set task.eval_prompts")
-        self._data[name].skipped["prompt held out for evaluation"] = len(ds) - len(keep)
-        return ds.select(keep)
+    def _without_held_out(self, name: str) -> datasets.Dataset:
+        """The rows of dataset field ``name`` whose prompt is not an evaluation prompt (the others
+        are dropped once, and counted as skipped)."""
+        data, reason = self._data[name], "prompt held out for evaluation"
+        if reason not in data.skipped:
+            keep = [i for i, p in enumerate(data.rows["prompt"]) if tuple(self.encode_prompt(p)) not in self._held_out]
+            if not keep:
+                raise ConfigError(f"task.{name}: every row's prompt is among the held-out evaluation prompts; "
+                                  f"lower task.n_eval_prompts or set task.eval_prompts")
+            data.skipped[reason] = len(data.rows) - len(keep)
+            data.rows = data.rows.select(keep)
+        return data.rows
 
     def demonstrations(self) -> list[tuple[list[int], list[int]]]:
         """(prompt, completion) pairs of ``sft_data``; empty without it (no SFT stage)."""
         if not self.cfg.sft_data:
             return []
-        rows = self._without_held_out(self._load("sft_data", ("completions",)).rows, "sft_data")
+        self._load("sft_data", ("completions",))
+        rows = self._without_held_out("sft_data")
         return [(self.encode_prompt(p), self.encode_response(c)) for p, c in zip(rows["prompt"], rows["completion"])]
 
     def pretraining_corpus(self) -> list[list[int]]:
@@ -201,7 +211,8 @@ class HFTask(Task):
     def preference_data(self) -> Optional[datasets.Dataset]:
         if not self.cfg.preference_data:
             return None
-        return self._without_held_out(self._load("preference_data", ("preferences",)).rows, "preference_data")
+        self._load("preference_data", ("preferences",))
+        return self._without_held_out("preference_data")
 
     def summary(self) -> dict[str, Any]:
         out = {name: data.summary() for name, data in self._data.items()}
