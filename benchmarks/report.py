@@ -25,6 +25,13 @@ Outputs, written into ``out_dir`` (default: the first sweep directory):
   over seeds, what the seeds support, the budget table, convergence flags, the pairwise
   comparisons, the papers' claims checked, the plots, provenance.
 
+Runs of a task without a gold judge (``summary.json``: ``"gold_reward": false``; ``reward_gold`` null
+everywhere) have no gold reward. Their (task, reward model) groups are reported on the proxy reward:
+report.md says so in one sentence near the top and leaves the gold columns out, frontier.png draws
+their proxy panel only, winrates.csv has their proxy judge only, winrate.png and the pairwise
+comparisons use the proxy reward (labelled *proxy*; comparisons.csv then gains a ``reward`` column),
+and the papers' claims are not checked on them. frontier.csv keeps its ``reward_gold`` column, empty.
+
 Runs are grouped by (task, reward model). Algorithms that do not train (``steps == 0``: sft,
 best_of_n) do not depend on beta: one entry per seed is kept (the first found) and it is compared
 with the runs of every beta. When runs of one algorithm label differ in other algorithm settings
@@ -58,9 +65,9 @@ from typing import Any, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 
-from .report_loading import (ALGORITHM_ORDER, JUDGES, LeftOut, NoRunsError, PromptMismatchError, ReportError,
-                             ReportWarning, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, find_runs,
-                             left_out_runs, load_runs)
+from .report_loading import (ALGORITHM_ORDER, LeftOut, NoRunsError, PromptMismatchError, ReportError, ReportWarning,
+                             Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, find_runs, judges, left_out_runs,
+                             load_runs)
 from .report_markdown import write_report_md
 from .report_plots import algorithm_color, plot_frontier, plot_winrates
 from .report_verdicts import write_comparisons_csv
@@ -132,7 +139,7 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
     is paired with the runs of every beta (and two beta-independent ones once, with an empty beta).
     Comparison ``i`` is sample ``i`` of both runs: the prompts must be identical, in the same
     order, else :class:`PromptMismatchError`. Outcomes 1 / 0.5 (tie) / 0 are pooled over the
-    common seeds.
+    common seeds. A group without a gold reward (a task with no gold judge) has proxy rows only.
 
     Confidence interval (``ci_low``, ``ci_high``): :func:`rlhf_bench.benchmarks.stats.win_rate` with the prompt
     index as cluster, i.e. a Wilson score interval on the design-effect (cluster-robust) effective
@@ -183,7 +190,7 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
                         continue
                     for s in seeds:
                         _check_prompts(ra_s[s], rb_s[s], checked)
-                    for judge, col in JUDGES.items():
+                    for judge, col in judges(g_runs).items():
                         xa, xb, clusters, la, lb = [], [], [], [], []
                         for s in seeds:
                             sa, sb = ra_s[s].samples, rb_s[s].samples

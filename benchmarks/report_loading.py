@@ -112,6 +112,14 @@ class Run:
         return bool(self.summary.get("beta_independent", self.steps == 0))
 
     @property
+    def has_gold(self) -> bool:
+        """The run has a gold reward: ``summary.json``'s ``gold_reward`` (runs written before it was
+        recorded: true) and a gold value in its evaluations. A task without a gold judge has neither."""
+        if self.summary.get("gold_reward", True) is False:
+            return False
+        return any(row.get("reward_gold") is not None for row in (self.eval_rows or [self.final]))
+
+    @property
     def group(self) -> tuple[str, str]:
         return self.task, self.reward_model
 
@@ -322,6 +330,8 @@ def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> 
 
     Beta-independent runs (``steps == 0``) keep one run per (task, reward model, algorithm, seed);
     a repeated (task, reward model, algorithm, beta, seed) keeps the first run found, with a warning.
+    A group where some runs have a gold reward and some do not (:attr:`Run.has_gold`) warns: it is
+    reported on the proxy reward only.
     Raises :class:`NoRunsError`, listing the runs left out, when no usable run is found.
     """
     runs: list[Run] = []
@@ -339,7 +349,13 @@ def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> 
     if not runs:
         raise NoRunsError(_no_runs_message(sweep_dirs, left_out), left_out)
     _variant_names(runs)
-    return _deduplicate(runs, notes), left_out
+    runs = _deduplicate(runs, notes)
+    for (task, rm), g_runs in _groups(runs).items():
+        n = sum(not r.has_gold for r in g_runs)
+        if 0 < n < len(g_runs):
+            _warn(f"{task}/{rm}: {n} of {len(g_runs)} runs have no gold reward (no gold judge); the group is "
+                  "reported on the proxy reward only", notes)
+    return runs, left_out
 
 
 def _algo_key(name: str) -> tuple:
@@ -366,6 +382,17 @@ def _groups(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
 
 def _algorithms(runs: Iterable[Run]) -> list[str]:
     return sorted({r.algorithm for r in runs}, key=_algo_key)
+
+
+def has_gold(runs: Iterable[Run]) -> bool:
+    """Every run has a gold reward: a (task, reward model) group is reported on the gold reward only then,
+    else on the proxy reward alone."""
+    return all(r.has_gold for r in runs)
+
+
+def judges(runs: Iterable[Run]) -> dict[str, str]:
+    """The judges (name -> column) of a group of runs: :data:`JUDGES`, or the proxy alone without gold."""
+    return JUDGES if has_gold(runs) else {"proxy": JUDGES["proxy"]}
 
 
 def _fmt_beta(beta: Optional[float]) -> str:

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .report_loading import JUDGES, LeftOut, Run, _algo_key, _algorithms, _groups
+from .report_loading import LeftOut, Run, _algo_key, _algorithms, _groups, has_gold, judges
 from .report_verdicts import verdict_sections
 from .stats import clean, mean_ci
 
@@ -58,13 +58,16 @@ def _config_text(cfg: dict) -> str:
 
 
 def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
+    """Without a gold reward: no gold column, and the win rate vs SFT by the proxy judge."""
     has_eff = any(r.final.get("efficiency") is not None for r in g_runs)
     has_opt = any(r.summary.get("optimal_at_beta") for r in g_runs)
     has_sft = any(r.algorithm == "sft" for r in g_runs)
-    head = ["algorithm", "β", "seeds", "steps", "KL", "gold reward", "proxy reward"]
+    gold = has_gold(g_runs)
+    judge = "gold" if gold else "proxy"
+    head = ["algorithm", "β", "seeds", "steps", "KL"] + (["gold reward"] if gold else []) + ["proxy reward"]
     if has_eff:
         head.append("frontier efficiency")
-    head += ["win rate vs SFT (gold)", "length", "wall time (s)"]
+    head += [f"win rate vs SFT ({judge})", "length", "wall time (s)"]
     if has_opt:
         head.append("optimum π*_β: KL / reward")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
@@ -82,15 +85,16 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
             steps = sorted({r.steps for r in b_runs})
             cells = [alg, "—" if beta is None else f"{beta:g}", f"n={n}",
                      "/".join(str(s) for s in steps),
-                     _cell([f.get("kl") for f in finals], n, confidence=confidence),
-                     _cell([f.get("reward_gold") for f in finals], n, confidence=confidence),
-                     _cell([f.get("reward_proxy") for f in finals], n, confidence=confidence)]
+                     _cell([f.get("kl") for f in finals], n, confidence=confidence)]
+            if gold:
+                cells.append(_cell([f.get("reward_gold") for f in finals], n, confidence=confidence))
+            cells.append(_cell([f.get("reward_proxy") for f in finals], n, confidence=confidence))
             if has_eff:
                 cells.append(_cell([f.get("efficiency") for f in finals], n, confidence=confidence))
             if alg == "sft" or not has_sft:
                 cells.append("—")
             else:
-                rates = [wr.per_seed.get((task, rm, alg, "sft", "gold", beta, r.seed)) for r in b_runs]
+                rates = [wr.per_seed.get((task, rm, alg, "sft", judge, beta, r.seed)) for r in b_runs]
                 cells.append(_cell(rates, n, digits=1, scale=100.0, suffix="%", confidence=confidence))
             cells.append(_cell([f.get("length") for f in finals], n, digits=2, confidence=confidence))
             cells.append(_cell([r.summary.get("wall_time_seconds") for r in b_runs], n, digits=1,
@@ -103,20 +107,21 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
     return lines
 
 
-def _winrate_table(task: str, rm: str, wr: WinRates) -> list[str]:
+def _winrate_table(task: str, rm: str, g_runs: list[Run], wr: WinRates) -> list[str]:
     rows = [r for r in wr.rows if r["task"] == task and r["reward_model"] == rm and r["b"] == "sft"]
     if not rows:
         return []
     cells: dict[tuple, dict] = {}
     for r in rows:
         cells[(r["a"], r["beta"], r["judge"])] = r
-    lines = ["| algorithm | β | gold judge [95% CI] | proxy judge [95% CI] | comparisons |",
-             "|---|---:|---:|---:|---:|"]
+    g_judges = judges(g_runs)
+    lines = ["| algorithm | β | " + " | ".join(f"{j} judge [95% CI]" for j in g_judges) + " | comparisons |",
+             "|---|---:|" + "---:|" * len(g_judges) + "---:|"]
     keys = sorted({(r["a"], r["beta"]) for r in rows}, key=lambda t: (_algo_key(t[0]), -1 if t[1] == "" else t[1]))
     for a, beta in keys:
         out = [a, "—" if beta == "" else f"{beta:g}"]
         n = ""
-        for judge in JUDGES:
+        for judge in g_judges:
             c = cells.get((a, beta, judge))
             out.append(f"{100 * c['win_rate']:.1f}% [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]" if c else "—")
             if c:
@@ -145,11 +150,24 @@ def left_out_section(left_out: Sequence[LeftOut]) -> list[str]:
     return L
 
 
+def no_gold_lines(runs: list[Run]) -> list[str]:
+    """One sentence per (task, reward model) group without a gold reward, with a blank line after; none
+    when every group has one."""
+    L = []
+    for (task, rm), g_runs in _groups(runs).items():
+        if not has_gold(g_runs):
+            L += [f"**No gold reward** for task `{task}` ({rm} reward model): its gold columns are absent because "
+                  "the task has no gold judge (set `task.judge.model` or `task.judge.fn` to get them); its tables, "
+                  f"win rates, comparisons and figures use the proxy reward (the {rm} reward model), labelled "
+                  "*proxy*, and the papers' claims are not checked on it.", ""]
+    return L
+
+
 def _what_was_run(runs: list[Run], sweep_dirs: Sequence[Path], left_out: Sequence[LeftOut]) -> list[str]:
     L = ["# rlhf-bench report", "",
          f"Built from {len(runs)} runs in " + ", ".join(f"`{s}`" for s in sweep_dirs) + "."
          + (f" {len(left_out)} left out (see Runs left out)." if left_out else ""),
-         "", "## What was run", "",
+         "", *no_gold_lines(runs), "## What was run", "",
          "| task | reward model | algorithms | β | seeds | runs |", "|---|---|---|---|---|---:|"]
     for (task, rm), g_runs in _groups(runs).items():
         betas = sorted({r.beta for r in g_runs if not r.beta_independent})
@@ -169,9 +187,10 @@ def _results(runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
          "reached at the run's KL; the win rate vs SFT is per seed on the held-out prompts (ties count "
          "half), then averaged over seeds; length is in response tokens before EOS."]
     for (task, rm), g_runs in _groups(runs).items():
-        L += ["", f"### Task `{task}`, {rm} reward model", ""]
+        on = "" if has_gold(g_runs) else ": proxy reward only (no gold judge)"
+        L += ["", f"### Task `{task}`, {rm} reward model{on}", ""]
         L += _summary_table(task, rm, g_runs, wr, confidence)
-        wt = _winrate_table(task, rm, wr)
+        wt = _winrate_table(task, rm, g_runs, wr)
         if wt:
             L += ["", "Win rates against SFT, pooled over seeds (interval: Wilson score interval on the "
                       "cluster-robust effective sample size, prompts as clusters):", ""]
@@ -190,6 +209,27 @@ PLOTS = ["", "## Plots", "",
          "", "![win rates](winrate.png)", "",
          "Data: `frontier.csv` (every evaluation point; `beta` is empty for the β-independent sft and "
          "best_of_n), `winrates.csv` (every ordered pair, both judges).", ""]
+
+
+def _plots(runs: list[Run]) -> list[str]:
+    """:data:`PLOTS`, saying which figures use the proxy reward where a group has no gold reward."""
+    groups = _groups(runs)
+    no_gold = [f"`{t}` ({rm} reward model)" for (t, rm), g_runs in groups.items() if not has_gold(g_runs)]
+    if not no_gold:
+        return PLOTS
+    L = list(PLOTS)
+    where = "" if len(no_gold) == len(groups) else " for " + ", ".join(no_gold)
+    L[3] += f" No gold judge{where}: the proxy reward panel only."
+    if where:
+        L[7] = L[7].replace("gold reward judge", f"gold reward judge; proxy reward judge{where}, without a gold judge")
+        judges_text = "both judges; the proxy judge only without a gold judge"
+    else:
+        L[7] = ("Win rate of the row algorithm against the column algorithm, proxy reward judge, for lack of a gold "
+                "judge (all pairs are in `winrates.csv`).")
+        judges_text = "the proxy judge"
+    L[-2] = L[-2].replace("both judges", judges_text).replace(
+        "best_of_n)", "best_of_n; `reward_gold` empty without a gold judge)")
+    return L
 
 
 def _versions(runs: list[Run]) -> list[str]:
@@ -236,7 +276,7 @@ def write_report_md(runs: list[Run], wr: WinRates, path: Path, sweep_dirs: Seque
                     gaps: Sequence = ()) -> None:
     """report.md: what was run, the runs left out, the results, the verdicts, the plots, provenance, warnings."""
     L = _what_was_run(runs, sweep_dirs, left_out) + left_out_section(left_out) + _results(runs, wr, confidence)
-    L += verdict_sections(runs, gaps, confidence) + PLOTS + _versions(runs) + _configs(runs)
+    L += verdict_sections(runs, gaps, confidence) + _plots(runs) + _versions(runs) + _configs(runs)
     if notes:
         L += ["## Warnings", ""] + [f"- {n}" for n in notes] + [""]
     path.write_text("\n".join(L))

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .report_loading import JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn
+from .report_loading import JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, has_gold, judges
 from .stats import mean_ci, pareto_front
 
 if TYPE_CHECKING:
@@ -54,99 +54,148 @@ def _group_optimal_frontier(g_runs: list[Run], notes: Optional[list[str]]) -> Op
     return frontier
 
 
-def plot_frontier(runs: list[Run], path: Path, confidence: float = 0.95, notes: Optional[list[str]] = None) -> None:
-    """frontier.png: one row per (task, reward model), gold reward vs KL left, proxy reward vs KL right."""
-    from matplotlib.lines import Line2D
+def _final_points(ax, alg: str, a_runs: list[Run], key: str, color: str, beta_marker: dict, confidence: float,
+                  xs_vis: list, ys_vis: list) -> None:
+    """The final policies of one algorithm: mean over seeds with CI bars, per beta."""
+    indep = all(r.beta_independent for r in a_runs)
+    by_beta: dict[Optional[float], list[Run]] = defaultdict(list)
+    for r in a_runs:
+        by_beta[None if indep else r.beta].append(r)
+    for beta, b_runs in sorted(by_beta.items(), key=lambda t: -1 if t[0] is None else t[0]):
+        mx, lx, hx = mean_ci([r.final.get("kl") for r in b_runs], confidence)
+        my, ly, hy = mean_ci([r.final.get(key) for r in b_runs], confidence)
+        if not (math.isfinite(mx) and math.isfinite(my)):
+            continue
+        xerr = [[mx - lx], [hx - mx]] if math.isfinite(lx) else None
+        yerr = [[my - ly], [hy - my]] if math.isfinite(ly) else None
+        if indep:
+            marker, ms = ("*", 17) if alg == "sft" else ("X", 11)
+        else:
+            marker, ms = beta_marker[beta], 8
+        ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt=marker, ms=ms, color=color, mec="black",
+                    mew=0.8, ecolor=color, elinewidth=1.2, capsize=3.5, zorder=6)
+        # the limits follow the points, not the bars: with 2-3 seeds a t interval can be
+        # far wider than the data; such bars run off the axes instead of squashing the plot
+        xs_vis.append(mx)
+        ys_vis.append(my)
 
+
+def _algorithm_marks(ax, g_runs: list[Run], key: str, all_algos: list[str], beta_marker: dict, confidence: float
+                     ) -> tuple[list, list]:
+    """Every evaluation, each algorithm's Pareto front and final policies; the points the limits must show."""
+    xs_vis, ys_vis = [], []
+    for alg in _algorithms(g_runs):
+        color = algorithm_color(alg, all_algos)
+        a_runs = [r for r in g_runs if r.algorithm == alg]
+        kl = [e.get("kl") for r in a_runs for e in r.eval_rows]
+        rw = [e.get(key) for r in a_runs for e in r.eval_rows]
+        pts = [(x, y) for x, y in zip(kl, rw) if x is not None and y is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, color=color, alpha=0.3, lw=0, zorder=2)
+            xs_vis += [p[0] for p in pts]
+            ys_vis += [p[1] for p in pts]
+        if not all(r.beta_independent for r in a_runs) and len(pts) > 1:
+            front = pareto_front([p[0] for p in pts], [p[1] for p in pts])
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color=color, lw=2.4,
+                    drawstyle="steps-post", alpha=0.95, zorder=4, solid_capstyle="round")
+        _final_points(ax, alg, a_runs, key, color, beta_marker, confidence, xs_vis, ys_vis)
+    return xs_vis, ys_vis
+
+
+def _targets(ax, g_runs: list[Run], judge: str, beta_marker: dict, x_lo: float, x_hi: float, ys_vis: list) -> bool:
+    """The optimum at each beta of the sweep, on the reward being optimised; whether one was drawn."""
+    targets = {}
+    for r in g_runs:
+        o = r.summary.get("optimal_at_beta")
+        if o and not r.beta_independent and o.get("reward", judge) == judge and r.beta in beta_marker:
+            targets[r.beta] = (o.get("kl"), o.get("reward_value"))
+    drawn = False
+    for beta, (ox, oy) in targets.items():
+        if ox is None or oy is None:
+            continue
+        ax.plot([ox], [oy], marker=beta_marker[beta], ms=9, mfc="none", mec="black", mew=1.4, ls="none", zorder=7)
+        if x_lo <= ox <= x_hi:
+            ys_vis.append(oy)
+        drawn = True
+    return drawn
+
+
+def _frontier_panel(ax, task: str, rm: str, g_runs: list[Run], judge: str, frontier: Optional[list[dict]],
+                    all_algos: list[str], beta_marker: dict, confidence: float) -> tuple[bool, bool]:
+    """One panel: ``judge``'s reward vs KL for one (task, reward model); (optimal frontier drawn, target drawn)."""
+    xs_vis, ys_vis = _algorithm_marks(ax, g_runs, JUDGES[judge], all_algos, beta_marker, confidence)
+    has_opt = has_target = False
+    # axis limits from the runs' points; the optimal frontier is clipped to them
+    if xs_vis:
+        x_max = max(xs_vis) if max(xs_vis) > 0 else 1.0
+        x_lo, x_hi = min(min(xs_vis), 0.0) - 0.03 * x_max, x_max * 1.1
+    else:
+        x_lo, x_hi = 0.0, 1.0
+    if frontier:
+        opt = sorted((f["kl"], f["reward_value"]) for f in frontier if f["reward"] == judge)
+        if opt:
+            ax.plot([p[0] for p in opt], [p[1] for p in opt], "k--", lw=1.6, zorder=5)
+            ys_vis += [p[1] for p in opt if x_lo <= p[0] <= x_hi]
+            has_opt = True
+    if judge == ("gold" if rm == "gold" else "proxy"):
+        has_target = _targets(ax, g_runs, judge, beta_marker, x_lo, x_hi, ys_vis)
+    ax.set_xlim(x_lo, x_hi)
+    if ys_vis:
+        y_lo, y_hi = min(ys_vis), max(ys_vis)
+        pad = 0.06 * (y_hi - y_lo) if y_hi > y_lo else 0.1 * max(abs(y_hi), 1.0)
+        ax.set_ylim(y_lo - pad, y_hi + pad)
+    optimised = (judge == "gold") == (rm == "gold")
+    what = "gold reward (ground truth)" if judge == "gold" else "proxy reward (learned reward model)"
+    ax.set_title(f"{task}: {what}" + (" - optimised" if optimised else ""), fontsize=11)
+    ax.set_xlabel("KL(π ‖ π_ref)  [nats, per response]")
+    ax.set_ylabel(f"{judge} reward")
+    ax.grid(alpha=0.3, lw=0.6)
+    return has_opt, has_target
+
+
+def _no_gold_panel(ax, task: str) -> None:
+    ax.text(0.5, 0.5, f"{task}: no gold reward\n(the task has no gold judge:\nset task.judge.model or task.judge.fn)",
+            ha="center", va="center", fontsize=11, color="#555555", transform=ax.transAxes)
+    ax.set_axis_off()
+
+
+def plot_frontier(runs: list[Run], path: Path, confidence: float = 0.95, notes: Optional[list[str]] = None) -> None:
+    """frontier.png: one row per (task, reward model), gold reward vs KL left, proxy reward vs KL right.
+
+    A group without a gold reward (no gold judge) has its proxy panel only, the gold panel saying why;
+    when no group has one, the figure has the proxy column alone."""
     groups = _groups(runs)
     all_algos = _algorithms(runs)
     all_betas = sorted({r.beta for r in runs if not r.beta_independent})
     beta_marker = {b: _BETA_MARKERS[i % len(_BETA_MARKERS)] for i, b in enumerate(all_betas)}
-    fig = _new_figure(14.0, 5.4 * len(groups) + 1.3)
-    axes = fig.subplots(len(groups), 2, squeeze=False)
+    columns = list(JUDGES) if any(has_gold(g) for g in groups.values()) else ["proxy"]
+    fig = _new_figure(14.0 if len(columns) == 2 else 8.5, 5.4 * len(groups) + 1.3)
+    axes = fig.subplots(len(groups), len(columns), squeeze=False)
     has_opt = has_target = False
     for row, ((task, rm), g_runs) in enumerate(groups.items()):
         frontier = _group_optimal_frontier(g_runs, notes)
-        algos = _algorithms(g_runs)
-        for col, (judge, key) in enumerate(JUDGES.items()):
-            ax = axes[row][col]
-            xs_vis, ys_vis = [], []  # what the axis limits must show
-            for alg in algos:
-                color = algorithm_color(alg, all_algos)
-                a_runs = [r for r in g_runs if r.algorithm == alg]
-                kl = [e.get("kl") for r in a_runs for e in r.eval_rows]
-                rw = [e.get(key) for r in a_runs for e in r.eval_rows]
-                pts = [(x, y) for x, y in zip(kl, rw) if x is not None and y is not None]
-                if pts:
-                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, color=color, alpha=0.3, lw=0, zorder=2)
-                    xs_vis += [p[0] for p in pts]
-                    ys_vis += [p[1] for p in pts]
-                indep = all(r.beta_independent for r in a_runs)
-                if not indep and len(pts) > 1:
-                    front = pareto_front([p[0] for p in pts], [p[1] for p in pts])
-                    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color=color, lw=2.4,
-                            drawstyle="steps-post", alpha=0.95, zorder=4, solid_capstyle="round")
-                # final policies: mean over seeds with CI, per beta
-                by_beta: dict[Optional[float], list[Run]] = defaultdict(list)
-                for r in a_runs:
-                    by_beta[None if indep else r.beta].append(r)
-                for beta, b_runs in sorted(by_beta.items(), key=lambda t: -1 if t[0] is None else t[0]):
-                    mx, lx, hx = mean_ci([r.final.get("kl") for r in b_runs], confidence)
-                    my, ly, hy = mean_ci([r.final.get(key) for r in b_runs], confidence)
-                    if not (math.isfinite(mx) and math.isfinite(my)):
-                        continue
-                    xerr = [[mx - lx], [hx - mx]] if math.isfinite(lx) else None
-                    yerr = [[my - ly], [hy - my]] if math.isfinite(ly) else None
-                    if indep:
-                        marker, ms = ("*", 17) if alg == "sft" else ("X", 11)
-                    else:
-                        marker, ms = beta_marker[beta], 8
-                    ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt=marker, ms=ms, color=color, mec="black",
-                                mew=0.8, ecolor=color, elinewidth=1.2, capsize=3.5, zorder=6)
-                    # the limits follow the points, not the bars: with 2-3 seeds a t interval can be
-                    # far wider than the data; such bars run off the axes instead of squashing the plot
-                    xs_vis.append(mx)
-                    ys_vis.append(my)
-            # axis limits from the runs' points; the optimal frontier is clipped to them
-            if xs_vis:
-                x_max = max(xs_vis) if max(xs_vis) > 0 else 1.0
-                x_lo, x_hi = min(min(xs_vis), 0.0) - 0.03 * x_max, x_max * 1.1
-            else:
-                x_lo, x_hi = 0.0, 1.0
-            if frontier:
-                opt = sorted((f["kl"], f["reward_value"]) for f in frontier if f["reward"] == judge)
-                if opt:
-                    ax.plot([p[0] for p in opt], [p[1] for p in opt], "k--", lw=1.6, zorder=5)
-                    ys_vis += [p[1] for p in opt if x_lo <= p[0] <= x_hi]
-                    has_opt = True
-            # the optimum at each beta of the sweep, on the reward being optimised
-            trained = "gold" if rm == "gold" else "proxy"
-            if judge == trained:
-                targets = {}
-                for r in g_runs:
-                    o = r.summary.get("optimal_at_beta")
-                    if o and not r.beta_independent and o.get("reward", trained) == judge and r.beta in beta_marker:
-                        targets[r.beta] = (o.get("kl"), o.get("reward_value"))
-                for beta, (ox, oy) in targets.items():
-                    if ox is None or oy is None:
-                        continue
-                    ax.plot([ox], [oy], marker=beta_marker[beta], ms=9, mfc="none", mec="black", mew=1.4, ls="none",
-                            zorder=7)
-                    if x_lo <= ox <= x_hi:
-                        ys_vis.append(oy)
-                    has_target = True
-            ax.set_xlim(x_lo, x_hi)
-            if ys_vis:
-                y_lo, y_hi = min(ys_vis), max(ys_vis)
-                pad = 0.06 * (y_hi - y_lo) if y_hi > y_lo else 0.1 * max(abs(y_hi), 1.0)
-                ax.set_ylim(y_lo - pad, y_hi + pad)
-            optimised = (judge == "gold") == (rm == "gold")
-            what = "gold reward (ground truth)" if judge == "gold" else "proxy reward (learned reward model)"
-            ax.set_title(f"{task}: {what}" + (" - optimised" if optimised else ""), fontsize=11)
-            ax.set_xlabel("KL(π ‖ π_ref)  [nats, per response]")
-            ax.set_ylabel(f"{judge} reward")
-            ax.grid(alpha=0.3, lw=0.6)
-    # legend: a row of algorithms, then rows of what the marks mean
+        for col, judge in enumerate(columns):
+            if judge not in judges(g_runs):
+                _no_gold_panel(axes[row][col], task)
+                continue
+            opt, target = _frontier_panel(axes[row][col], task, rm, g_runs, judge, frontier, all_algos, beta_marker,
+                                          confidence)
+            has_opt, has_target = has_opt or opt, has_target or target
+    handles, ncol = _frontier_legend(runs, groups, all_algos, beta_marker, has_opt, has_target, confidence,
+                                     max_cols=6 if len(columns) == 2 else 4)
+    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
+    tasks = ", ".join(f"{t} ({'gold' if rm == 'gold' else 'learned'} reward model"
+                      + ("" if has_gold(g) else "; no gold judge: proxy reward only") + ")"
+                      for (t, rm), g in groups.items())
+    fig.suptitle(f"KL-reward frontier: {tasks}, {len(runs)} runs", fontsize=13)
+    fig.savefig(path)
+
+
+def _frontier_legend(runs: list[Run], groups: dict, all_algos: list[str], beta_marker: dict, has_opt: bool,
+                     has_target: bool, confidence: float, max_cols: int) -> tuple[list, int]:
+    """The legend's handles: a row of algorithms, then rows of what the marks mean."""
+    from matplotlib.lines import Line2D
+
     alg_handles = []
     for a in all_algos:
         indep = all(r.beta_independent for r in runs if r.algorithm == a)
@@ -168,11 +217,7 @@ def plot_frontier(runs: list[Run], path: Path, confidence: float = 0.95, notes: 
                             label="optimum π*_β (target)"))
     betas = [Line2D([], [], ls="none", marker=m, ms=7, color="lightgray", mec="black", label=f"β = {b:g}")
              for b, m in beta_marker.items()]
-    handles, ncol = _legend_rows([alg_handles, marks, betas], max_cols=6)
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
-    tasks = ", ".join(f"{t} ({'gold' if rm == 'gold' else 'learned'} reward model)" for t, rm in groups)
-    fig.suptitle(f"KL-reward frontier: {tasks}, {len(runs)} runs", fontsize=13)
-    fig.savefig(path)
+    return _legend_rows([alg_handles, marks, betas], max_cols=max_cols)
 
 
 def _seed_phrase(counts: Sequence[int]) -> str:
@@ -195,21 +240,40 @@ def _legend_rows(sections: list[list], max_cols: int = 8) -> tuple[list, int]:
     return [rows[r][c] for c in range(ncol) for r in range(len(rows))], ncol
 
 
+def _judge_phrase(used: dict[tuple[str, str], str], judge: str) -> tuple[str, str]:
+    """(the judge of the figure, what to add when some groups use the proxy judge for lack of a gold one)."""
+    proxy = [t for (t, _), j in used.items() if j != judge]
+    if not proxy:
+        return judge, ""
+    if len(proxy) == len(used):
+        return "proxy", ""
+    return judge, f" ({', '.join(proxy)}: proxy, no gold judge)"
+
+
+def _winrate_panels(groups: dict, wr: WinRates, used: dict) -> list[list[tuple]]:
+    """Per (task, RM) a row of panels, one per beta: (task, rm, beta, the algorithms with a win rate)."""
+    panels: list[list[tuple]] = []
+    for (task, rm), g_runs in groups.items():
+        betas = sorted({r.beta for r in g_runs if not r.beta_independent})
+        g_judge = used[(task, rm)]
+        row = []
+        for beta in betas or [None]:
+            algos = [a for a in _algorithms(g_runs) if any((task, rm, a, b, g_judge, bb) in wr.table
+                                                           for b in _algorithms(g_runs) for bb in (beta, None))]
+            row.append((task, rm, beta, algos))
+        panels.append(row)
+    return panels
+
+
 def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold") -> None:
-    """winrate.png: P(row beats column) under ``judge``, one heatmap per beta, one row per (task, RM)."""
+    """winrate.png: P(row beats column) under ``judge``, one heatmap per beta, one row per (task, RM);
+    the proxy judge for a group without a gold reward (its titles say so)."""
     import numpy as np
     from matplotlib import colormaps
 
     groups = _groups(runs)
-    panels: list[list[tuple]] = []
-    for (task, rm), g_runs in groups.items():
-        betas = sorted({r.beta for r in g_runs if not r.beta_independent})
-        row = []
-        for beta in betas or [None]:
-            algos = [a for a in _algorithms(g_runs)
-                     if any((task, rm, a, b, judge, bb) in wr.table for b in _algorithms(g_runs) for bb in (beta, None))]
-            row.append((task, rm, beta, algos))
-        panels.append(row)
+    used = {g: judge if judge in judges(g_runs) else "proxy" for g, g_runs in groups.items()}
+    panels = _winrate_panels(groups, wr, used)
     n_cols = max(len(r) for r in panels)
     k = max((len(p[3]) for r in panels for p in r), default=1)
     side = 1.0 + 0.85 * max(k, 2)
@@ -224,15 +288,18 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
                 ax.set_axis_off()
                 continue
             task, rm, beta, algos = row[j]
+            g_judge = used[(task, rm)]
+            title = f"{task} ({rm} RM{'' if g_judge == judge else ', proxy judge'}), β = {_fmt_beta(beta) or 'n/a'}"
             if not algos:  # one algorithm only (say, the others failed): no pair to compare
                 ax.text(0.5, 0.5, "no head-to-head pair", ha="center", va="center", transform=ax.transAxes)
-                ax.set_title(f"{task} ({rm} RM), β = {_fmt_beta(beta) or 'n/a'}", fontsize=11)
+                ax.set_title(title, fontsize=11)
                 ax.set_axis_off()
                 continue
             mat = np.full((len(algos), len(algos)), np.nan)
             for ia, a in enumerate(algos):
                 for ib, b in enumerate(algos):
-                    cell = wr.table.get((task, rm, a, b, judge, beta)) or wr.table.get((task, rm, a, b, judge, None))
+                    cell = wr.table.get((task, rm, a, b, g_judge, beta)) or \
+                        wr.table.get((task, rm, a, b, g_judge, None))
                     if a == b or cell is None:
                         continue
                     mat[ia, ib] = cell["win_rate"]
@@ -247,14 +314,15 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
             ax.set_xlabel("opponent (column)")
             if j == 0:
                 ax.set_ylabel("algorithm (row)")
-            ax.set_title(f"{task} ({rm} RM), β = {_fmt_beta(beta) or 'n/a'}", fontsize=11)
+            ax.set_title(title, fontsize=11)
             for s in ax.spines.values():
                 s.set_visible(False)
+    main, also = _judge_phrase(used, judge)
     if im is not None:
         cb = fig.colorbar(im, ax=axes, shrink=0.8, fraction=0.04)
-        cb.set_label(f"P(row beats column), {judge} reward judge; ties count half")
+        cb.set_label(f"P(row beats column), {main} reward judge{also}; ties count half")
     seeds = _seed_phrase([row["n_seeds"] for row in wr.rows] or [0])
-    fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({judge} judge, "
+    fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, "
                  f"pooled over {seeds}, [95% CI])", fontsize=12)
     fig.savefig(path)
 

@@ -28,12 +28,15 @@ def _big(x: float) -> str:
 
 
 def write_comparisons_csv(gaps: Sequence[Gap], path: Path) -> None:
+    """comparisons.csv; with a last column ``reward`` (``gold`` or ``proxy``) when a gap is on the proxy
+    reward (a task without a gold judge): sweeps with a gold reward everywhere keep :data:`GAP_COLUMNS`."""
+    proxy = any(g.reward != "gold" for g in gaps)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(GAP_COLUMNS)
+        w.writerow(GAP_COLUMNS + (["reward"] if proxy else []))
         for g in gaps:
             w.writerow([g.task, g.reward_model, "all" if g.beta is None else g.beta, g.a, g.b, g.gap, g.low, g.high,
-                        g.kl_range, g.seeds_a, g.seeds_b, g.verdict])
+                        g.kl_range, g.seeds_a, g.seeds_b, g.verdict] + ([g.reward] if proxy else []))
 
 
 def _gap_cell(g: Gap) -> str:
@@ -64,12 +67,18 @@ def convergence_section(runs: Sequence[Any]) -> list[str]:
     if not rows:
         return []
     flagged = [r for r in rows if r["flagged"]]
+    names = {"kl": "KL", "reward_gold": "gold reward", "reward_proxy": "proxy reward"}
+    largest = ", ".join(f"{name} {max(r['relative'] for r in rows if r['metric'] == m):.1%}"
+                        for m, name in names.items() if any(r["metric"] == m for r in rows))
+    what = "gold reward"
+    if any(r["metric"] == "reward_proxy" for r in rows):
+        what = "gold reward (the proxy reward for runs without a gold judge)" if any(r["metric"] == "reward_gold"
+                                                                                     for r in rows) \
+            else "proxy reward (no gold judge)"
     L = ["", "## Convergence", "",
-         f"A run is flagged when its KL or gold reward changed, over the last {WINDOW:.0%} of its steps, by more "
-         f"than {FRACTION:.0%} of its largest distance from the SFT value during the run. "
-         f"{len({r['run'] for r in rows})} trained runs checked; largest relative change: KL "
-         f"{max(r['relative'] for r in rows if r['metric'] == 'kl'):.1%}, gold reward "
-         f"{max(r['relative'] for r in rows if r['metric'] == 'reward_gold'):.1%}."]
+         f"A run is flagged when its KL or {what} changed, over the last {WINDOW:.0%} of its steps, by "
+         f"more than {FRACTION:.0%} of its largest distance from the SFT value during the run. "
+         f"{len({r['run'] for r in rows})} trained runs checked; largest relative change: {largest}."]
     if not flagged:
         L += ["", "No run is flagged."]
         return L
@@ -92,10 +101,17 @@ def comparisons_section(gaps: Sequence[Gap], confidence: float) -> list[str]:
          "resampled independently, 2000 resamples). Verdict: *better* or *worse* when the interval excludes 0, "
          "*indistinguishable* when it contains 0, *cannot tell* without an interval (a single seed). All pairs, "
          "both orders' sign, and the KL ranges are in `comparisons.csv`."]
+    if all(g.reward != "gold" for g in gaps):
+        L[-1] = L[-1].replace("mean gold-reward difference (row minus column)",
+                              "mean proxy-reward difference (row minus column; no gold judge)")
+    if any(g.reward != "gold" for g in gaps):
+        L[-1] += (" A task without a gold judge is compared on the proxy reward instead, and its heading says "
+                  "so: a proxy gain at matched KL can be reward hacking, not a better policy.")
     for (task, rm) in dict.fromkeys((g.task, g.reward_model) for g in gaps):
         mine = [g for g in gaps if (g.task, g.reward_model) == (task, rm)]
         betas = list(dict.fromkeys(g.beta for g in mine))
-        L += ["", f"### Task `{task}`, {rm} reward model", "",
+        on = "" if mine[0].reward == "gold" else f": {mine[0].reward} reward (no gold judge)"
+        L += ["", f"### Task `{task}`, {rm} reward model{on}", "",
               "| a | b | " + " | ".join("all β" if b is None else f"β = {b:g}" for b in betas) + " |",
               "|---|---|" + "---|" * len(betas)]
         for a, b in dict.fromkeys((g.a, g.b) for g in mine):
@@ -111,9 +127,12 @@ def claims_section(gaps: Sequence[Gap]) -> list[str]:
     rows = claim_rows(gaps)
     if not rows:
         return []
+    unchecked = sorted({g.task for g in gaps if g.reward != "gold"})
     L = ["", "## The papers' claims", "",
          "Each claim is read off the all-β comparisons above: *supports* when every comparison it makes is "
-         "*better*, *contradicts* when one is *worse*, *cannot tell* otherwise.", "",
+         "*better*, *contradicts* when one is *worse*, *cannot tell* otherwise."
+         + (f" Gold comparisons only: not checked on {', '.join(f'`{t}`' for t in unchecked)} (no gold judge)."
+            if unchecked else ""), "",
          "| claim | source | task | verdict | evidence (gap at matched KL, interval) |", "|---|---|---|---|---|"]
     for r in rows:
         ev = "; ".join(f"{a} − {b}: {_gap_cell(g)}" for a, b, g in r["evidence"])

@@ -10,6 +10,10 @@ intervals over seeds, and the published claims checked against them.
   with a percentile bootstrap interval over seeds (each algorithm's seeds resampled independently)
   and a verdict.
 - :data:`CLAIMS` and :func:`claim_rows`: the papers' claims, each read off one or more gaps.
+
+Runs without a gold reward (a task with no gold judge: ``run.has_gold`` false) use the proxy reward
+in its place: their convergence rows have the metric ``reward_proxy`` and their group's gaps
+``reward == "proxy"``. The claims are read off gold gaps only.
 """
 
 from __future__ import annotations
@@ -32,6 +36,16 @@ BUDGET_FIELDS = ("responses_sampled", "sequences_trained", "pairs_trained", "gra
                  "backward_tokens", "train_seconds")
 
 
+def reward_key(run: Any) -> str:
+    """``reward_gold``, or ``reward_proxy`` for a run without a gold reward (``run.has_gold`` false)."""
+    return "reward_gold" if getattr(run, "has_gold", True) else "reward_proxy"
+
+
+def _group_reward_key(runs: Sequence[Any]) -> str:
+    """The gold reward when every run has one, else the proxy reward."""
+    return "reward_gold" if all(reward_key(r) == "reward_gold" for r in runs) else "reward_proxy"
+
+
 # ---------------------------------------------------------------------------------------- budget
 def budget_rows(runs: Sequence[Any]) -> list[dict]:
     """Mean budget per run for every (task, reward model, algorithm) with training."""
@@ -50,9 +64,10 @@ def budget_rows(runs: Sequence[Any]) -> list[dict]:
 
 # ----------------------------------------------------------------------------------- convergence
 def convergence_flags(runs: Sequence[Any], window: float = WINDOW, fraction: float = FRACTION) -> list[dict]:
-    """One row per trained run and metric (``kl``, ``reward_gold``): the change between the last
-    evaluation at or before ``(1 - window) * steps`` and the final one, relative to the largest
-    ``|x_t - x_0|`` over the run; ``flagged`` when above ``fraction``."""
+    """One row per trained run and metric (``kl``, ``reward_gold``; ``reward_proxy`` instead of the gold
+    reward for a run without one): the change between the last evaluation at or before
+    ``(1 - window) * steps`` and the final one, relative to the largest ``|x_t - x_0|`` over the run;
+    ``flagged`` when above ``fraction``."""
     out = []
     for r in runs:
         rows = [e for e in r.eval_rows if "step" in e]
@@ -62,7 +77,7 @@ def convergence_flags(runs: Sequence[Any], window: float = WINDOW, fraction: flo
         before = [e for e in rows if e["step"] <= cut]
         if not before:
             continue
-        for metric in ("kl", "reward_gold"):
+        for metric in ("kl", reward_key(r)):
             x0, xa, xf = rows[0][metric], before[-1][metric], rows[-1][metric]
             scale = max(abs(e[metric] - x0) for e in rows)
             rel = abs(xf - xa) / scale if scale > 0 else 0.0
@@ -86,6 +101,7 @@ class Gap:
     kl_range: float  # the common KL range [0, kl_range]
     seeds_a: int
     seeds_b: int
+    reward: str = "gold"  # the reward compared: "proxy" for a group without a gold reward
 
     @property
     def verdict(self) -> str:
@@ -98,11 +114,11 @@ class Gap:
         return "indistinguishable"
 
 
-def _points(runs: Sequence[Any]) -> dict[int, dict[float, tuple[float, float]]]:
-    """seed -> beta -> final (KL, gold reward) of that run."""
+def _points(runs: Sequence[Any], key: str = "reward_gold") -> dict[int, dict[float, tuple[float, float]]]:
+    """seed -> beta -> final (KL, reward ``key``) of that run."""
     by_seed: dict[int, dict[float, tuple[float, float]]] = defaultdict(dict)
     for r in runs:
-        by_seed[r.seed][r.beta] = (float(r.final["kl"]), float(r.final["reward_gold"]))
+        by_seed[r.seed][r.beta] = (float(r.final["kl"]), float(r.final[key]))
     return by_seed
 
 
@@ -140,13 +156,15 @@ def compare(pa: dict, pb: dict, origin: tuple[float, float], confidence: float, 
 
 def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional[Callable[[str], Any]] = None
                   ) -> list[Gap]:
-    """Every pair of trained algorithms (a before b in the ``order`` sort key), per beta and over all."""
+    """Every pair of trained algorithms (a before b in the ``order`` sort key), per beta and over all;
+    on the proxy reward (``Gap.reward == "proxy"``) in a group where a run has no gold reward."""
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in runs:
         groups[(r.task, r.reward_model)].append(r)
     out: list[Gap] = []
     for (task, rm), g in groups.items():
-        origin = (0.0, float(np.mean([r.eval_rows[0]["reward_gold"] for r in g if r.eval_rows])))
+        key = _group_reward_key(g)
+        origin = (0.0, float(np.mean([r.eval_rows[0][key] for r in g if r.eval_rows])))
         trained = [r for r in g if r.steps and not r.beta_independent]
         algos = sorted(dict.fromkeys(r.algorithm for r in trained), key=order)
         betas = sorted({r.beta for r in trained})
@@ -157,9 +175,9 @@ def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional
                     rb = [r for r in trained if r.algorithm == b and (beta is None or r.beta == beta)]
                     if not ra or not rb:
                         continue
-                    pa, pb = _points(ra), _points(rb)
+                    pa, pb = _points(ra, key), _points(rb, key)
                     gap, lo, hi, kl = compare(pa, pb, origin, confidence)
-                    out.append(Gap(task, rm, beta, a, b, gap, lo, hi, kl, len(pa), len(pb)))
+                    out.append(Gap(task, rm, beta, a, b, gap, lo, hi, kl, len(pa), len(pb), key[len("reward_"):]))
     return out
 
 
@@ -172,7 +190,7 @@ def find_gap(gaps: Sequence[Gap], a: str, b: str, beta: Optional[float] = None, 
                 return g
             if (g.a, g.b) == (b, a):
                 return Gap(g.task, g.reward_model, beta, a, b, -g.gap, -g.high, -g.low, g.kl_range, g.seeds_b,
-                           g.seeds_a)
+                           g.seeds_a, g.reward)
     return None
 
 
@@ -197,7 +215,9 @@ CLAIMS = (
 
 def claim_rows(gaps: Sequence[Gap], claims: Sequence[Claim] = CLAIMS) -> list[dict]:
     """Per claim and task: ``supports`` when every comparison's interval lies above 0,
-    ``contradicts`` when any lies below 0, ``cannot tell`` otherwise (or without data)."""
+    ``contradicts`` when any lies below 0, ``cannot tell`` otherwise (or without data). Gold gaps
+    only: the claims are about the gold reward, a proxy gain can be reward hacking."""
+    gaps = [g for g in gaps if g.reward == "gold"]
     rows = []
     for claim in claims:
         for task in sorted({g.task for g in gaps}):
