@@ -1,6 +1,6 @@
 """Gold judges of ``task=hf``: what the real-data task uses as its ground-truth reward.
 
-A judge maps (prompt, response) texts to one float each (``task.judge``, :class:`~.config.JudgeConfig`):
+A judge maps (prompt, response) texts to one float each (``task.judge``, :class:`~.config_hf.JudgeConfig`):
 
 - :class:`ModelJudge`: a sequence-classification model (``judge.model``, a local directory or hub
   id) with its own tokenizer. The score is the logit or the probability of class ``judge.label``
@@ -28,7 +28,7 @@ class JudgeError(ConfigError):
 
 
 def build_judge(cfg, device: torch.device, load_kwargs: Optional[dict] = None):
-    """The judge of ``cfg`` (a :class:`~.config.JudgeConfig`), or None when none is set.
+    """The judge of ``cfg`` (a :class:`~.config_hf.JudgeConfig`), or None when none is set.
     ``load_kwargs`` go to ``from_pretrained`` (the run's ``model.dtype``)."""
     if cfg.model:
         return ModelJudge(cfg, device, load_kwargs)

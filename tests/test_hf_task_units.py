@@ -15,7 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from hf_fixtures import EOS, NEGATIVE, POSITIVE, SUBJECTS, format_rows, make_datasets, make_gpt2, make_tokenizer, \
     word_judge, write_jsonl
 from rlhf_bench.benchmarks.batches import SequenceBatch
-from rlhf_bench.benchmarks.config import ConfigError, HFTaskConfig, JudgeConfig, LoraSettings, ModelConfig
+from rlhf_bench.benchmarks.config import ConfigError, LoraSettings, ModelConfig
+from rlhf_bench.benchmarks.config_hf import HFTaskConfig, JudgeConfig
 from rlhf_bench.benchmarks.data import DataError
 from rlhf_bench.benchmarks.lora import AdaptersOff, apply_lora
 from rlhf_bench.benchmarks.logprobs import backbone, token_logprobs

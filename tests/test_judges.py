@@ -15,7 +15,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
 from hf_fixtures import make_datasets, make_judge, make_tokenizer
-from rlhf_bench.benchmarks.config import ConfigError, JudgeConfig, validate
+from rlhf_bench.benchmarks.config import ConfigError, validate
+from rlhf_bench.benchmarks.config_hf import JudgeConfig
 from rlhf_bench.benchmarks.judges import FunctionJudge, JudgeError, ModelJudge, build_judge, max_positions
 
 CPU = torch.device("cpu")

@@ -3,7 +3,7 @@
 The SFT base is ``model.pretrained`` with **its own tokenizer** (GPT-2 style tokenizers without a
 pad token pad with EOS; the attention mask hides it) and, for conversational data, its chat
 template (:mod:`~..hf_data`). Data come from ``task.prompts``, ``task.eval_prompts``,
-``task.sft_data``, ``task.preference_data`` and ``task.ptx_data`` (:class:`~..config.HFTaskConfig`),
+``task.sft_data``, ``task.preference_data`` and ``task.ptx_data`` (:class:`~..config_hf.HFTaskConfig`),
 each read with ``datasets`` in trl's formats and checked row by row before any training:
 
 - **Prompts**: a prompt-only dataset, or a text dataset cut into 2-8-token prefixes (the DPO
