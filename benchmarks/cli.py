@@ -88,11 +88,12 @@ load_algorithms()
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     from .data import DataError
-    from .trainer import run
+    from .runs import run
 
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    main_process = only_main_process_logs_to_files(cfg.device)
     try:
         summary = run(cfg, run_dir)
     except ConfigError as e:
@@ -101,6 +102,8 @@ def hydra_main(cfg: DictConfig) -> float | None:
             record_job_error(str(e))
             return None
         fail(str(e), "data" if isinstance(e, DataError) else "configuration")
+    if not main_process:  # the main process reports the run
+        return None
     if summary.get("status") == "failed":
         if multirun:  # the sweep goes on; the report lists the run and the command exits 1 at the end
             return None
@@ -117,6 +120,19 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 #: Under the sweep directory: one file per job of the last multirun that could not run (its directory
 #: belongs to another configuration, bad data), read by :func:`exit_if_runs_failed`.
+def only_main_process_logs_to_files(device: str) -> bool:
+    """Under ``accelerate launch``, the other processes stop writing the run's log file (the main
+    process writes it, and every run file). Returns whether this is the main process."""
+    from .distributed import Distributed
+
+    if Distributed(device).is_main:
+        return True
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+    return False
+
+
 JOB_ERRORS = ".job_errors"
 
 

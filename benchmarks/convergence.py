@@ -46,7 +46,7 @@ def run_point(algorithm: str, beta: float, out_dir: str, cache_dir: str, overrid
               seed: int = 0) -> dict:
     """Train one (algorithm, beta, seed) against the gold bandit reward, with the bandit's tuned
     settings (conf/tuned/bandit.yaml); return its convergence row."""
-    from rlhf_bench.benchmarks.trainer import run
+    from rlhf_bench.benchmarks.runs import run
 
     cfg = compose([f"algorithm={algorithm}", f"algorithm.beta={beta}", "task=bandit", "reward_model=gold",
                    "tuned=bandit", f"seed={seed}", f"cache_dir={cache_dir}", "progress=false", *overrides])
@@ -74,7 +74,7 @@ def convergence_grid(out_dir: Path, cache_dir: Path, algorithms: Sequence[str] =
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Build the shared stages once before fanning out (the lock would also serialise them).
-    from rlhf_bench.benchmarks.trainer import run
+    from rlhf_bench.benchmarks.runs import run
 
     run(compose(["algorithm=sft", "task=bandit", "reward_model=gold", f"cache_dir={cache_dir}", "progress=false",
                  *overrides]), out_dir / "runs" / "sft")

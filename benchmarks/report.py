@@ -3,7 +3,7 @@
     rlhf-bench-report multirun/2025-01-01_12-00-00 [more sweep dirs ...] [--out DIR]
 
 A run directory is any directory (at any depth under a sweep directory) holding ``summary.json``,
-written by ``rlhf_bench.benchmarks.trainer.run`` beside ``eval.jsonl``, ``samples.jsonl`` and, on enumerable
+written by ``rlhf_bench.benchmarks.runs.run`` beside ``eval.jsonl``, ``samples.jsonl`` and, on enumerable
 tasks, ``optimal_frontier.csv``. The report is built from the finished runs only. Left out, each with
 one warning line and a row in report.md's "Runs left out" table: failed runs (``summary.json`` with
 ``"status": "failed"`` and its ``reason``), unfinished runs (a ``.hydra`` folder, ``run_config.json``,

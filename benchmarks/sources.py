@@ -8,13 +8,17 @@ never branches on the kind; each source keeps its own random state, saved with c
 from __future__ import annotations
 
 import random
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
 from .context import PreferenceBatch
 from .rollout import Rollout, RolloutEngine
 from .utils import derive_seed
+
+
+#: A step's prompts (or pair indices) -> this process's share of them (all of them with one process).
+Share = Callable[[Sequence[Any]], list]
 
 
 class DataSource(Protocol):
@@ -50,9 +54,9 @@ class OnlineSource:
     seeded stream), ``responses_per_prompt`` samples of the current policy for each."""
 
     def __init__(self, engine: RolloutEngine, prompts: list[list[int]], prompts_per_step: int,
-                 responses_per_prompt: int, seed: int, generator: torch.Generator):
+                 responses_per_prompt: int, seed: int, generator: torch.Generator, share: Share = list):
         self.engine, self.prompts, self.per_step, self.n = engine, prompts, prompts_per_step, responses_per_prompt
-        self.generator = generator
+        self.generator, self.share = generator, share
         self.rng = random.Random(derive_seed(seed, "prompts"))
 
     def next(self, policy):
@@ -60,7 +64,7 @@ class OnlineSource:
             prompts = self.rng.sample(self.prompts, self.per_step)
         else:
             prompts = self.rng.choices(self.prompts, k=self.per_step)
-        rollout = self.engine.rollout(policy, prompts, self.n, self.generator)
+        rollout = self.engine.rollout(policy, self.share(prompts), self.n, self.generator)  # this process's share
         return rollout, rollout_metrics(rollout)
 
     def responses_in(self, batch: Rollout) -> int:
@@ -75,17 +79,20 @@ class OnlineSource:
 
 class OfflineSource:
     """``prompts_per_step`` pairs of the shared preference data per step, in seeded random order;
-    a new permutation starts when the previous one is used up."""
+    a new permutation starts when the previous one is used up. With several processes the main
+    process's order is every process's (``broadcast``), and each trains on its share of a step's pairs."""
 
     def __init__(self, pairs: list[tuple[list[int], list[int], list[int]]], prompts_per_step: int,
-                 generator: torch.Generator):
-        self.pairs, self.per_step, self.generator = pairs, prompts_per_step, generator
+                 generator: torch.Generator, share: Share = list, broadcast: Callable[[Any], Any] = lambda x: x):
+        self.pairs, self.per_step, self.generator, self.share = pairs, prompts_per_step, generator, share
+        self.broadcast = broadcast
         self.order: list[int] = []
 
     def next(self, policy):
         if len(self.order) < self.per_step:
-            self.order += torch.randperm(len(self.pairs), generator=self.generator).tolist()
+            self.order += self.broadcast(torch.randperm(len(self.pairs), generator=self.generator).tolist())
         idx, self.order = self.order[: self.per_step], self.order[self.per_step:]
+        idx = self.share(idx)  # this process's share
         batch = PreferenceBatch(torch.tensor(idx), [self.pairs[i][0] for i in idx], [self.pairs[i][1] for i in idx],
                                 [self.pairs[i][2] for i in idx])
         return batch, {}
@@ -101,10 +108,13 @@ class OfflineSource:
 
 
 def make_source(kind: str, *, engine: RolloutEngine, task, pairs: Optional[list], prompts_per_step: int,
-                responses_per_prompt: int, seed: int, generator: torch.Generator) -> Optional[DataSource]:
-    """The source for an algorithm's ``data`` declaration (None for ``"none"``)."""
+                responses_per_prompt: int, seed: int, generator: torch.Generator,
+                share: Share = list, broadcast: Callable[[Any], Any] = lambda x: x) -> Optional[DataSource]:
+    """The source for an algorithm's ``data`` declaration (None for ``"none"``). ``share``: this
+    process's part of a step's prompts or pairs, ``broadcast``: the main process's value
+    (:class:`~.distributed.Distributed`; identities with one process)."""
     if kind == "online":
-        return OnlineSource(engine, task.train_prompts, prompts_per_step, responses_per_prompt, seed, generator)
+        return OnlineSource(engine, task.train_prompts, prompts_per_step, responses_per_prompt, seed, generator, share)
     if kind == "offline":
-        return OfflineSource(pairs, prompts_per_step, generator)
+        return OfflineSource(pairs, prompts_per_step, generator, share, broadcast)
     return None

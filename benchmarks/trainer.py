@@ -1,4 +1,4 @@
-"""The shared training loop. Every algorithm runs through :func:`run`: a :class:`Trainer` owns the
+"""The shared training loop. Every algorithm runs through :func:`~.runs.run`: a :class:`Trainer` owns the
 models, the data source, the optimizer, the loop, evaluation, logging, checkpoints and the run's
 output files:
 
@@ -27,26 +27,26 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from filelock import FileLock
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from rlhf_bench.algorithms.registry import get_algorithm
 
 from .budget import Budget
 from .checkpoint import Checkpoints, JsonlFile, rng_state, set_rng_state
-from .config import ConfigError, run_label, validate
+from .config import ConfigError, run_label
 from .context import Context, split_groups
+from .distributed import Distributed
 from .evaluation import Evaluator, LMPolicy
 from .faults import FaultInjector, FiniteChecks, NonFiniteError
-from .loggers import build_logger
+from .loggers import NullLogger, build_logger
 from .lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
 from .models import configure_memory, disable_dropout, freeze
 from .rollout import RolloutEngine
-from .rundir import finished_run, mark_started, summary_header
+from .rundir import summary_header
 from .sources import make_source
 from .stages import SharedStages, expand_pairs
 from .tasks import build_task
@@ -54,57 +54,6 @@ from .utils import (adamw, atomic_write_text, derive_seed, git_revision, make_ge
                     resolve_device, seed_everything, to_jsonable)
 
 log = logging.getLogger(__name__)
-
-
-# ----------------------------------------------------------------------------------- entry point
-def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train and evaluate one (task, algorithm, beta, seed) and write the run files.
-
-    The run directory decides what happens (:mod:`~rlhf_bench.benchmarks.rundir`): a run finished
-    there for the same configuration is returned untouched (a re-run sweep, or the betas of a
-    beta-independent baseline, skip it); an interrupted or failed one resumes from its last
-    checkpoint; a directory of another configuration is a :class:`ConfigError`. A run that fails
-    (a non-finite value, any error past validation) returns a summary with ``status: failed`` and
-    the reason, and keeps its last checkpoint.
-    """
-    groups = validate(cfg)  # fail before any compute
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    with FileLock(str(run_dir / ".run.lock")):  # two jobs of one run (two betas of sft) never race
-        done = finished_run(run_dir, resolved)
-        if done is not None:
-            log.info("%s: already finished for this configuration, skipped", run_dir)
-            return done
-        mark_started(run_dir, resolved)
-        trainer = None
-        try:
-            trainer = Trainer(cfg, groups, run_dir, resolved)
-            return trainer.fit()
-        except ConfigError:
-            raise
-        except Exception as e:  # noqa: BLE001 - any failure of one run is recorded, never sinks a sweep
-            if isinstance(e, NonFiniteError):
-                log.error("%s: %s", run_dir, e)
-            else:
-                log.exception("%s: the run failed", run_dir)
-            return write_failure(run_dir, resolved, e, trainer)
-
-
-def write_failure(run_dir: Path, resolved: dict, error: Exception, trainer: Optional["Trainer"]) -> dict[str, Any]:
-    """``summary.json`` of a failed run: what it was, why and where it stopped (its last
-    checkpoint is kept, and a re-run resumes from it)."""
-    spec = get_algorithm(resolved["algorithm"]["name"])
-    reason = str(error) if isinstance(error, NonFiniteError) else f"{type(error).__name__}: {error}"
-    summary = {**summary_header(resolved, spec.cls.beta_independent, "failed"), "reason": reason.splitlines()[0],
-               "failed_step": getattr(trainer, "step", None), "final": getattr(trainer, "row", None),
-               "last_checkpoint": (trainer.checkpoints.steps() or [None])[-1] if trainer else None,
-               "config": resolved, "versions": package_versions(), "git_revision": git_revision(),
-               "run_dir": str(run_dir)}
-    if trainer is not None:
-        trainer.close()
-    atomic_write_text(run_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2))
-    return summary
 
 
 def show_progress(setting: Optional[bool]) -> bool:
@@ -140,16 +89,19 @@ class Trainer:
     FILES = ("eval", "train", "time")  # <name>.jsonl, appended to step by step
 
     # ----------------------------------------------------------------------------------- setup
-    def __init__(self, cfg: DictConfig, groups: dict[str, Any], run_dir: Path, resolved: dict):
+    def __init__(self, cfg: DictConfig, groups: dict[str, Any], run_dir: Path, resolved: dict,
+                 dist: Optional[Distributed] = None):
         self.t_start = time.time()
         self.cfg, self.run_dir, self.resolved = cfg, run_dir, resolved
+        self.dist = dist or Distributed(cfg.device)
         self.tcfg, self.rmcfg, self.acfg = groups["task"], groups["reward_model"], groups["algorithm"]
         self.step, self.row, self.samples, self.files = 0, None, [], {}
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
-        self.device = resolve_device(cfg.device)
+        self.device = self.dist.device if self.dist.active and self.dist.device.type == "cuda" else \
+            resolve_device(cfg.device)  # several processes on GPUs: one GPU each
         self.spec = get_algorithm(self.acfg.name)
-        self.progress = show_progress(cfg.progress)
+        self.progress = show_progress(cfg.progress) and self.dist.is_main
         self.checks, self.fault = FiniteChecks(self.acfg.label), FaultInjector(groups["fault"])
         self.checkpoint_every = groups["checkpoint"].every
         self.checkpoints = Checkpoints(run_dir, groups["checkpoint"].keep)
@@ -157,7 +109,7 @@ class Trainer:
         self.task = build_task(self.tcfg, model=self.mcfg, device=self.device, cache_dir=cfg.cache_dir)
         stages = SharedStages(self.task, self.tcfg, self.mcfg, self.rmcfg, cfg.cache_dir, self.device,
                               progress=self.progress)
-        self.art = stages.prepare()
+        self.art = self._prepare_shared(stages)
         self.t_shared = time.time()
         self._build_models(stages)
         self.steps = self.tcfg.steps if self.source is not None else 0
@@ -170,13 +122,31 @@ class Trainer:
         with self.budget.tokens.paused():  # evaluation is not training (and its tables may be cached)
             self._build_evaluation(groups)
 
+    def _prepare_shared(self, stages: SharedStages):
+        """The shared stages: the main process builds (or reuses) them while the others wait, then
+        the others reuse them (transformers saves models from rank 0 only). A failure to build is
+        raised on every process."""
+        if not self.dist.active:
+            return stages.prepare()
+        art, error = None, None
+        if self.dist.is_main:
+            try:
+                art = stages.prepare()
+            except Exception as e:  # noqa: BLE001 - handed to every process, then raised
+                error = e
+        error = self.dist.broadcast(error)
+        if error is not None:
+            raise error
+        return art if self.dist.is_main else stages.prepare()
+
     def _build_models(self, stages: SharedStages) -> None:
         """Policy, reference, reward model and (PPO) value model. With ``model.lora.r > 0`` the
         policy and the value model train adapters on frozen bases, and the reference and the reward
         model are those same models with their adapters disabled (:class:`~.lora.AdaptersOff`)."""
         cfg, tcfg, mcfg = self.cfg, self.tcfg, self.mcfg
         seed_everything(cfg.seed)
-        self.generator = make_generator(derive_seed(cfg.seed, "train"))
+        rank = () if self.dist.rank == 0 else (f"process{self.dist.rank}",)  # process 0: the single-process stream
+        self.generator = make_generator(derive_seed(cfg.seed, "train", *rank))
         cls, lora = self.spec.cls, mcfg.lora.r > 0
         self.policy = configure_memory(disable_dropout(stages.load_sft(self.art)), mcfg)
         self.value_model = None
@@ -206,9 +176,16 @@ class Trainer:
         self.source = make_source(cls.data, engine=self.engine, task=self.task, pairs=self.ctx.pairs,
                                   prompts_per_step=tcfg.prompts_per_step,
                                   responses_per_prompt=self.algo.responses_per_prompt, seed=cfg.seed,
-                                  generator=self.generator)
+                                  generator=self.generator, share=self.dist.share, broadcast=self.dist.broadcast)
 
     def _build_evaluation(self, groups: dict[str, Any]) -> None:
+        """Evaluation, the exact frontier and the logger: the main process's (the only one that
+        evaluates and writes)."""
+        a, seed = self.acfg, self.cfg.seed
+        self.name = run_label(a.label, a.beta, seed, self.spec.cls.beta_independent)
+        self.evaluator, self.logger = None, NullLogger()
+        if not self.dist.is_main:
+            return
         self.evaluator = Evaluator(self.engine, self.task.eval_prompts, seed=self.tcfg.eval_seed,
                                    cache_dir=self.art.reward_model_dir)
         if self.task.enumerable:
@@ -216,8 +193,6 @@ class Trainer:
                 w = csv.DictWriter(f, fieldnames=["reward", "beta", "kl", "reward_value"])
                 w.writeheader()
                 w.writerows(self.evaluator.frontier_rows())
-        a, seed = self.acfg, self.cfg.seed
-        self.name = run_label(a.label, a.beta, seed, self.spec.cls.beta_independent)
         previous = (self.resume_from or {}).get("logger")
         self.logger = build_logger(groups["logger"], self.run_dir, self.resolved, name=self.name, job_type=a.label,
                                    group=_hydra_group(), resume=previous)
@@ -231,8 +206,7 @@ class Trainer:
         for step in bar:
             self.step = self.checks.step = self.fault.current = step
             self.train_step(step)
-            if step % self.tcfg.eval_every == 0 or step == self.steps:
-                self.evaluate(step)
+            if (step % self.tcfg.eval_every == 0 or step == self.steps) and self.evaluate(step):
                 judge = "gold" if self.task.has_gold else "proxy"  # a task without a judge: proxy only
                 bar.set_postfix(kl=f"{self.row['kl']:.3f}", **{judge: f"{self.row['reward_' + judge]:.3f}"})
                 if not self.progress:
@@ -244,9 +218,26 @@ class Trainer:
         return self.finish()
 
     def begin(self) -> int:
-        self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl") for name in self.FILES}
+        if self.dist.is_main:
+            self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl") for name in self.FILES}
         self.evaluate(0)
         return 0
+
+    def _write(self, name: str, row: dict[str, Any]) -> None:
+        if name in self.files:  # the main process's files (none elsewhere)
+            self.files[name].write(row)
+
+    def _agree(self, check: Callable[[], None]) -> None:
+        """Run a finiteness check on every process; when it fails on any, all of them stop (none is
+        left waiting in a collective). With one process: just the check."""
+        error = None
+        try:
+            check()
+        except NonFiniteError as e:
+            error = e
+        if self.dist.any(error is not None):
+            raise error or NonFiniteError(f"non-finite value on another process at step {self.step} "
+                                          f"(algorithm {self.acfg.label})")
 
     def train_step(self, step: int) -> dict[str, float]:
         """One step: the source's batch, ``prepare``, then ``epochs x minibatches`` gradient updates."""
@@ -256,10 +247,10 @@ class Trainer:
         batch, stats = self.source.next(self.policy)
         self.budget.responses_sampled += self.source.responses_in(batch)
         self.fault.rollout(batch)
-        self.checks.rollout(batch)
+        self._agree(lambda: self.checks.rollout(batch))
         data = algo.prepare(batch)
         self.fault.prepared(data)
-        self.checks.prepared(data)
+        self._agree(lambda: self.checks.prepared(data))
         sums: dict[str, float] = {}
         for _ in range(acfg.epochs):
             for mb in split_groups(data, algo.group_size, acfg.minibatches, self.generator):
@@ -269,15 +260,24 @@ class Trainer:
         n = acfg.epochs * acfg.minibatches
         stats.update({k: v / n for k, v in sums.items()})
         stats["train/lr"] = self.sched.get_last_lr()[0]
+        stats = self.dist.mean_metrics(stats)  # the whole batch's, on every process (PPO's KL controller reads it)
         stats.update(algo.after_update(stats))
-        stats.update(self.budget.metrics())
-        self.files["train"].write(to_jsonable({"step": step, **stats}))
+        stats.update(self.budget_totals(prefix="budget/"))
+        self._write("train", to_jsonable({"step": step, **stats}))
         seconds = time.time() - t0
         self.budget.train_seconds += seconds
         timing = {"time/step_seconds": seconds, "time/train_seconds": self.budget.train_seconds}
-        self.files["time"].write({"step": step, **timing})
+        self._write("time", {"step": step, **timing})
         self.logger.log({**stats, **timing}, step)
         return stats
+
+    def budget_totals(self, prefix: str = "") -> dict[str, Any]:
+        """The budget of the whole run: counts summed over processes (updates and seconds are
+        each process's, the same on all)."""
+        state = self.budget.state_dict()
+        summed = [k for k in state if k not in ("gradient_updates", "train_seconds")]
+        totals = self.dist.mean_metrics(state, summed=summed)
+        return {f"{prefix}{k}": v for k, v in totals.items() if not (prefix and k == "train_seconds")}
 
     def update(self, mb: dict[str, torch.Tensor]) -> dict[str, Any]:
         """One gradient update. ``train/grad_norm`` is the norm before clipping, logged for every
@@ -285,9 +285,10 @@ class Trainer:
         gradient norm stops the run before the optimizer steps."""
         loss, metrics = self.algo.loss(mb)
         loss = self.fault.loss(loss)
-        self.checks.check("loss", loss)
+        self._agree(lambda: self.checks.check("loss", loss))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        self.dist.average_gradients(self.params)  # the whole batch's gradient (identity with one process)
         self.fault.gradients(self.params)
         limit = self.tcfg.max_grad_norm if self.tcfg.max_grad_norm > 0 else float("inf")
         metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, limit, foreach=True)
@@ -296,8 +297,11 @@ class Trainer:
         self.budget.add_update(len(mb["response_mask"]), self.algo.group_size)
         return metrics
 
-    def evaluate(self, step: int) -> None:
-        """Evaluate the current policy on the held-out prompts (not counted in the budget)."""
+    def evaluate(self, step: int) -> bool:
+        """Evaluate the current policy on the held-out prompts (not counted in the budget), on the
+        main process: returns whether it did."""
+        if not self.dist.is_main:
+            return False
         self.policy.eval()
         with self.budget.tokens.paused():
             eval_policy = self.algo.eval_policy()
@@ -306,25 +310,35 @@ class Trainer:
             else:
                 self.row, self.samples = self.evaluator.evaluate(eval_policy, step)
         self.policy.train()
-        self.files["eval"].write(to_jsonable(self.row))
+        self._write("eval", to_jsonable(self.row))
         self.logger.log({f"eval/{k}": v for k, v in self.row.items() if k != "step"}, step)
+        return True
 
     # ------------------------------------------------------------------------------ checkpoints
+    def _process_state(self) -> dict[str, Any]:
+        """What differs between the processes of a run: random streams, data order, budget."""
+        return {"rng": rng_state(self.generator), "source": self.source.state_dict(), "budget": self.budget.state_dict()}
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything the next step depends on, and where each run file ends."""
-        return {"step": self.step, "policy": trained_state(self.policy),
-                "value_model": trained_state(self.value_model) if self.value_model is not None else None,
-                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                "rng": rng_state(self.generator), "source": self.source.state_dict(),
-                "algorithm": self.algo.state_dict(), "budget": self.budget.state_dict(),
-                "last_eval": {"row": self.row, "samples": self.samples}, "logger": self.logger.state_dict(),
-                "files": {name: f.position() for name, f in self.files.items()}}
+        """Everything the next step depends on, and where each run file ends. With several
+        processes (a collective: every process calls it), ``processes`` holds each one's own part."""
+        state = {"step": self.step, "policy": trained_state(self.policy),
+                 "value_model": trained_state(self.value_model) if self.value_model is not None else None,
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 **self._process_state(), "algorithm": self.algo.state_dict(),
+                 "last_eval": {"row": self.row, "samples": self.samples}, "logger": self.logger.state_dict(),
+                 "files": {name: f.position() for name, f in self.files.items()}}
+        if self.dist.active:
+            state["processes"] = self.dist.gather(self._process_state())
+        return state
 
     def save_checkpoint(self, step: int) -> None:
         t0 = time.time()
-        self.checkpoints.save(self.state_dict(), step)
+        state = self.state_dict()
+        if self.dist.is_main:
+            self.checkpoints.save(state, step)
         timing = {"time/checkpoint_seconds": time.time() - t0}
-        self.files["time"].write({"step": step, **timing})  # after the recorded length: rewritten on resume
+        self._write("time", {"step": step, **timing})  # after the recorded length: rewritten on resume
         self.logger.log(timing, step)
 
     def resume(self, state: dict[str, Any]) -> int:
@@ -334,12 +348,19 @@ class Trainer:
             load_trained_state(self.value_model, state["value_model"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"], self.generator)
-        self.source.load_state_dict(state["source"])
+        processes = state.get("processes") or [state]
+        if len(processes) != self.dist.world:
+            raise ConfigError(f"{self.run_dir}: its checkpoint was written by a run on {len(processes)} process(es); "
+                              f"resume it on as many, not {self.dist.world}")
+        own = processes[self.dist.rank]
+        set_rng_state(own["rng"], self.generator)
+        self.source.load_state_dict(own["source"])
+        self.budget.load_state_dict(own["budget"])
         self.algo.load_state_dict(state["algorithm"])
-        self.budget.load_state_dict(state["budget"])
         self.row, self.samples = state["last_eval"]["row"], state["last_eval"]["samples"]
-        self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl", state["files"].get(name)) for name in self.FILES}
+        if self.dist.is_main:
+            self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl", state["files"].get(name))
+                          for name in self.FILES}
         self.step = state["step"]
         log.info("%s: resuming from the checkpoint of step %d/%d", self.name, self.step, self.steps)
         return self.step
@@ -362,8 +383,13 @@ class Trainer:
         self.logger.finish()
 
     def finish(self) -> dict[str, Any]:
-        """samples.jsonl, policy/ and summary.json; then the training state is deleted."""
+        """samples.jsonl, policy/ and summary.json (by the main process); then the training state
+        is deleted."""
         run_dir, acfg, art = self.run_dir, self.acfg, self.art
+        budget = self.budget_totals()  # a collective: every process takes part
+        if not self.dist.is_main:
+            self.close()
+            return {"status": "finished", "budget": budget, "process": self.dist.rank}
         with open(run_dir / "samples.jsonl", "w") as f:
             for s in self.samples:
                 f.write(json.dumps(s) + "\n")
@@ -372,7 +398,7 @@ class Trainer:
             self.task.tokenizer.save_pretrained(run_dir / "policy")
         summary = {
             **summary_header(self.resolved, self.spec.cls.beta_independent, "finished"),
-            "steps": self.steps, "final": self.row, "budget": self.budget.state_dict(),
+            "steps": self.steps, "final": self.row, "budget": budget, "distributed": self.dist.summary(),
             "shared": {"metrics": art.metrics, "reused": art.reused,
                        "dirs": {"sft": str(art.sft_dir), "preferences": str(art.preferences_dir),
                                 "reward_model": str(art.reward_model_dir)}},

@@ -2,7 +2,7 @@
 
 Everything here is built without the shared stages: tiny randomly initialised GPT-2 models over a
 small task world, wired into a :class:`rlhf_bench.benchmarks.context.Context` exactly as
-``rlhf_bench.benchmarks.trainer.run`` wires them (policy and reference with dropout disabled, reference
+``rlhf_bench.benchmarks.runs.run`` wires them (policy and reference with dropout disabled, reference
 frozen, value model from the reward-model architecture). This keeps the algorithm tests fast
 (seconds) and independent of SFT/RM training.
 """
@@ -61,7 +61,7 @@ def perturb_(model: torch.nn.Module, scale: float = 0.05, seed: int = 123) -> to
 
 def make_context(task, base_lm, *, reward_model=None, value_model=None, pairs=None, temperature: float = 1.0,
                  seed: int = 0, keep_dropout: bool = False, logit_mask: Optional[torch.Tensor] = None) -> Context:
-    """Wire a Context as ``rlhf_bench.benchmarks.trainer.run`` does: ``ref = freeze(disable_dropout(sft))``,
+    """Wire a Context as ``rlhf_bench.benchmarks.runs.run`` does: ``ref = freeze(disable_dropout(sft))``,
     ``policy = disable_dropout(sft)`` (a separate copy), ``value_model = disable_dropout(rm)``.
 
     ``keep_dropout=True`` skips ``disable_dropout`` on the policy (to show what the harness prevents).

@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from rlhf_bench.benchmarks import data, trainer
+from rlhf_bench.benchmarks import data, runs
 from rlhf_bench.benchmarks.config import ConfigError, validate
 from rlhf_bench.benchmarks.data import (INT, PREFERENCE_COLUMNS, STR, Column, DataError, check_dataset, check_rows,
                                         list_of, load_dataset_dir, load_preferences, preference_check, read_jsonl)
@@ -189,7 +189,7 @@ def test_corrupted_cached_preferences_fail_before_offline_dpo_trains(tmp_path, e
     _rewrite_split(split, edit)
     run_dir = tmp_path / "run"
     with pytest.raises(DataError) as e:
-        trainer.run(cfg, run_dir)
+        runs.run(cfg, run_dir)
     assert str(e.value).startswith(f"{split} {problem}") and str(e.value).endswith(EXPECTED)
     assert not any((run_dir / f"{name}.jsonl").exists() and (run_dir / f"{name}.jsonl").stat().st_size
                    for name in ("train", "eval"))  # nothing trained, nothing evaluated

@@ -15,7 +15,7 @@ import torch
 from rlhf_bench.benchmarks.checkpoint import Checkpoints, JsonlFile
 from rlhf_bench.benchmarks.config import ConfigError, validate
 from rlhf_bench.benchmarks.faults import first_nonfinite
-from rlhf_bench.benchmarks.trainer import run
+from rlhf_bench.benchmarks.runs import run
 
 FAULTS = [  # (algorithm, quantity, value, the quantity named in the reason)
     ("ppo", "reward", "nan", "reward"),

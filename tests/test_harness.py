@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from rlhf_bench.algorithms.base import Algorithm
 from rlhf_bench.algorithms.baselines import BestOfNPolicy
 from rlhf_bench.algorithms.registry import available_algorithms, register_algorithm
-from rlhf_bench.benchmarks import trainer
+from rlhf_bench.benchmarks import runs
 from rlhf_bench.benchmarks.config import AlgorithmConfig, ModelConfig
 from rlhf_bench.benchmarks.evaluation import (LMPolicy, kl_and_reward, optimal_frontier, optimal_point, optimal_reward_at_kl,
                                    tilted)
@@ -355,14 +355,14 @@ def test_same_seed_same_eval_best_of_n(bandit, run_config, tmp_path):
     changes the sampled metrics but not the exact ones."""
     cfg = run_config(bandit, "algorithm=best_of_n", "algorithm.n=4")
     _perturb_global_rngs(1)
-    trainer.run(cfg, tmp_path / "a")
+    runs.run(cfg, tmp_path / "a")
     _perturb_global_rngs(2)
-    trainer.run(cfg, tmp_path / "b")
+    runs.run(cfg, tmp_path / "b")
     for name in ("eval.jsonl", "samples.jsonl", "optimal_frontier.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     cfg_c = copy.deepcopy(cfg)  # one composition for all three runs: conf/ edits mid-test cannot interfere
     cfg_c.task.eval_seed = 99
-    trainer.run(cfg_c, tmp_path / "c")
+    runs.run(cfg_c, tmp_path / "c")
     a, c = _read_jsonl(tmp_path / "a" / "eval.jsonl")[0], _read_jsonl(tmp_path / "c" / "eval.jsonl")[0]
     assert (a["kl"], a["reward_gold"], a["reward_proxy"]) == (c["kl"], c["reward_gold"], c["reward_proxy"])  # exact
     assert a["kl_k1"] != c["kl_k1"]  # estimated along the samples
@@ -387,10 +387,10 @@ def test_same_seed_same_training(algo, bandit, run_config, tmp_path):
     cfg_c = copy.deepcopy(cfg)  # one composition for all three runs: conf/ edits mid-test cannot interfere
     cfg_c.seed = 6
     _perturb_global_rngs(3)
-    trainer.run(cfg, tmp_path / "a")
+    runs.run(cfg, tmp_path / "a")
     _perturb_global_rngs(4)
-    trainer.run(cfg, tmp_path / "b")
-    trainer.run(cfg_c, tmp_path / "c")
+    runs.run(cfg, tmp_path / "b")
+    runs.run(cfg_c, tmp_path / "c")
     ea, eb, ec = (_read_jsonl(tmp_path / d / "eval.jsonl") for d in "abc")
     assert [r["step"] for r in ea] == [0, 2]
     assert ea == eb

@@ -1,0 +1,129 @@
+"""One run on several processes (``accelerate launch``), data-parallel, acting as one run.
+
+``accelerate launch --multi_gpu --num_processes N -m rlhf_bench.benchmarks.cli <overrides>`` (or
+``torchrun --nproc_per_node N -m ...``) starts N copies of the command; :class:`Distributed` (built
+on accelerate's ``PartialState``, which sets up ``torch.distributed``: gloo on CPU, NCCL on GPUs)
+makes them one run. (``accelerate launch --cpu --num_processes N`` starts N processes only through
+mpirun; without a hostfile it starts one.)
+
+- every process holds the whole models; each step's prompts (or offline pairs) are chosen from the
+  same seeded stream on every process and split into contiguous shares, one per process, so the N
+  shares together are the single-process batch (``task.prompts_per_step`` must be divisible by N);
+- each process samples its share with a generator of its own (process 0 keeps the single-process
+  seed), computes its loss, and the gradients are averaged before the optimizer steps: every
+  process then holds the same weights;
+- training metrics are averaged, and budget counters summed, over processes before they are logged
+  or acted on (PPO's adaptive KL controller reads the average);
+- evaluation runs on the main process only, so its numbers do not depend on N; only the main
+  process writes run files; ``summary.json`` records ``distributed: {num_processes, type}``.
+
+With one process every method is the identity, so a plain run takes the same code path.
+Averaging per-process gradients equals the gradient of the whole batch when the loss is a mean
+over equal shares (sequence means, or token means with equal token counts, as on the bandit);
+token means over responses of different lengths weigh the shares slightly differently, as in
+trl's and OpenRLHF's data-parallel trainers.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional, Sequence
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class Distributed:
+    """The processes of one run (world size 1 without ``accelerate launch``)."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        """``device``: the run's (``cpu``, ``cuda``, ``auto``). On CPU (or without CUDA) several
+        processes talk through gloo (accelerate's MULTI_CPU); with CUDA through NCCL, one GPU each."""
+        from accelerate import PartialState
+
+        cpu = str(device) == "cpu" or not torch.cuda.is_available()
+        self.state = PartialState(cpu=cpu)
+        self.world, self.rank = int(self.state.num_processes), int(self.state.process_index)
+        self.is_main = bool(self.state.is_main_process)
+        self.type = str(getattr(self.state.distributed_type, "value", self.state.distributed_type))
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def device(self) -> torch.device:
+        """This process's device under several processes (``cuda:<local rank>`` with CUDA)."""
+        return torch.device(self.state.device)
+
+    def summary(self) -> dict[str, Any]:
+        return {"num_processes": self.world, "type": self.type}
+
+    # --- sharding ------------------------------------------------------------------------------
+    def share(self, items: Sequence[Any]) -> list[Any]:
+        """This process's contiguous share of ``items`` (all of them with one process)."""
+        n = len(items)
+        if n % self.world:
+            raise ValueError(f"{n} items cannot be split evenly over {self.world} processes")
+        k = n // self.world
+        return list(items[self.rank * k: (self.rank + 1) * k])
+
+    # --- collectives ---------------------------------------------------------------------------
+    def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
+        """Replace every gradient by its mean over processes (one flat all-reduce)."""
+        if not self.active:
+            return
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= self.world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def mean_metrics(self, metrics: dict[str, Any], summed: Sequence[str] = ()) -> dict[str, Any]:
+        """``metrics`` averaged over processes (keys in ``summed``: added up); None values stay None.
+        Every process must pass the same keys."""
+        if not self.active:
+            return metrics
+        keys = sorted(k for k, v in metrics.items() if v is not None)
+        values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(values)
+        out = dict(metrics)
+        for k, v in zip(keys, values.tolist()):
+            out[k] = v if k in summed else v / self.world
+            if isinstance(metrics[k], int) and not isinstance(metrics[k], bool):
+                out[k] = int(round(out[k]))  # counts stay integers
+        return out
+
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on any process (every process gets the same answer)."""
+        if not self.active:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        torch.distributed.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def gather(self, obj: Any) -> Optional[list[Any]]:
+        """Every process's ``obj``, in process order, on the main process (None elsewhere)."""
+        if not self.active:
+            return [obj]
+        out: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out if self.is_main else None
+
+    def broadcast(self, obj: Any) -> Any:
+        """The main process's ``obj`` on every process."""
+        if not self.active:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.active:
+            torch.distributed.barrier()
