@@ -1,12 +1,14 @@
 """Algorithm registry.
 
-Built-in algorithms register with the :func:`register_algorithm` decorator when their module is
-imported. Third-party packages add algorithms through the entry-point group
-``rlhf_bench.algorithms``; each entry point names a module (or object) whose import registers
-the algorithm::
+An algorithm registers with the :func:`register_algorithm` decorator when its module is imported,
+and a module is found through the entry-point group ``rlhf_bench.algorithms``: each entry point
+names a module (or object) whose import registers its algorithms. The built-in ones are declared
+in this package's ``pyproject.toml`` exactly as a third-party package declares its own::
 
     [project.entry-points."rlhf_bench.algorithms"]
     my_algo = "my_package.my_algo"
+
+A built-in module that fails to import is an error; a third-party one is logged and skipped.
 
 The registry also stores each algorithm's config dataclass in Hydra's ConfigStore as
 ``schema/algorithm/<name>``, which the YAML under ``conf/algorithm/`` extends
@@ -17,7 +19,6 @@ YAML file of the same name under ``conf/algorithm/`` is the option instead.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass
 from importlib import metadata
@@ -27,7 +28,7 @@ from hydra.core.config_store import ConfigStore
 
 log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "rlhf_bench.algorithms"
-BUILTIN_MODULES = ("rlhf_bench.algorithms.baselines", "rlhf_bench.algorithms.ppo", "rlhf_bench.algorithms.dpo", "rlhf_bench.algorithms.online_dpo", "rlhf_bench.algorithms.p3o")
+BUILTIN_PREFIX = "rlhf_bench."  # entry points into this package: the built-in algorithms
 
 
 @dataclass(frozen=True)
@@ -72,22 +73,26 @@ def register_algorithm(name: str, config: type | None = None, option: bool = Tru
 
 
 def load_algorithms() -> None:
-    """Import the built-in algorithms and every entry point of ``rlhf_bench.algorithms``."""
+    """Import every entry point of ``rlhf_bench.algorithms``, the built-in ones included."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    for mod in BUILTIN_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:  # a real import error inside the module
-                raise
+    builtin = 0
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if ep.value.startswith(BUILTIN_PREFIX):
+            ep.load()  # a broken built-in is a bug of this package: raise
+            builtin += 1
+            continue
         try:
             ep.load()
         except Exception as e:  # a broken third-party plugin must not take the suite down
             log.error("could not load algorithm plugin '%s' (%s): %s", ep.name, ep.value, e)
+    if not builtin:
+        _loaded = False
+        raise RuntimeError(f"no built-in algorithm is declared under the entry points '{ENTRY_POINT_GROUP}': the "
+                           "installed metadata of rlhf-bench is stale or missing; reinstall it (pip install -e ., after removing "
+                           "any rlhf_bench.egg-info left in the checkout by an older install)")
 
 
 def available_algorithms() -> list[str]:

@@ -1,12 +1,16 @@
 """Shared stages, trained once and reused by every run (InstructGPT's recipe).
 
-1. **SFT base**: next-token cross-entropy on the response tokens of the task's demonstrations.
+1. **SFT base**: next-token cross-entropy on the response tokens of the task's demonstrations
+   (none for a task without them, ``task=hf`` without ``task.sft_data``: ``model.pretrained`` is
+   the SFT base).
 2. **Preference data**: K responses per training prompt sampled from the SFT base, ranked by the
    gold reward with Plackett-Luce noise (``label_temperature``), as a ``datasets.Dataset`` with
-   columns ``prompt, responses, ranking`` (plus ``gold``), expandable to C(K,2) pairs.
+   columns ``prompt, responses, ranking`` (plus ``gold``, null where unknown), expandable to
+   C(K,2) pairs; or the task's own preference data (``task.preference_data``), split the same way.
 3. **Reward model**: the SFT transformer with a scalar head read at the last real token, trained
    with the K-wise loss (InstructGPT eq. 1) with every comparison of a prompt in one batch, then
-   centred so that its mean over the preference data is zero.
+   centred so that its mean over the preference data is zero (``reward_model.pretrained``: a trained
+   reward model, centred and evaluated, not trained).
 
 Each stage is cached under ``<cache_dir>/<task>/<stage>-<hash>`` where the hash covers every
 setting that determines it (and the hashes of the stages it depends on). Directories are written

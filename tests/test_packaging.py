@@ -36,6 +36,25 @@ def test_wheel_has_one_top_level_import_name(tmp_path):
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "rlhf-bench = rlhf_bench.benchmarks.cli:main" in text
+    assert "[rlhf_bench.algorithms]" in text and "ppo = rlhf_bench.algorithms.ppo" in text  # built-ins as plugins
+
+
+def test_the_builtin_algorithms_are_entry_points_like_any_plugin():
+    """Every module under algorithms/ that registers an algorithm is declared in the installed
+    entry points, the registry keeps no list of its own, and every registered built-in came that way."""
+    from importlib import metadata
+
+    from rlhf_bench.algorithms import registry
+
+    declared = {ep.value for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)
+                if ep.value.startswith("rlhf_bench.")}
+    registering = {f"rlhf_bench.algorithms.{p.stem}" for p in (REPO / "algorithms").glob("*.py")
+                   if re.search(r"^@register_algorithm\(", p.read_text(), flags=re.M)}
+    assert declared == registering
+    assert not hasattr(registry, "BUILTIN_MODULES")
+    builtins = {n for n in registry.available_algorithms()
+                if registry.get_algorithm(n).cls.__module__.startswith("rlhf_bench.")}
+    assert {registry.get_algorithm(n).cls.__module__ for n in builtins} == declared
 
 
 def _readme_block(language: str, first_line: str) -> str:
