@@ -27,6 +27,7 @@ import torch
 from rlhf_bench.benchmarks.config import AlgorithmConfig
 from rlhf_bench.benchmarks.evaluation import EvalPolicy, LMPolicy
 from rlhf_bench.benchmarks.models import SequenceBatch
+from rlhf_bench.benchmarks.targets import PI_STAR, Objective
 
 Tensors = dict[str, torch.Tensor]
 
@@ -71,6 +72,13 @@ class Algorithm:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+    @classmethod
+    def convergence_target(cls, cfg: Any) -> Objective:
+        """What this objective converges to with exact expectations (the bandit's convergence
+        table, ``benchmarks/convergence.py``): ``pi*_beta`` unless a plugin says otherwise, with the
+        solver of its own fixed point or, where none is derived, the reason (``benchmarks/targets.py``)."""
+        return PI_STAR
 
     def eval_policy(self) -> EvalPolicy:
         return LMPolicy(self.ctx.policy)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, one_of
+from rlhf_bench.benchmarks.targets import Objective
 
 from .base import Algorithm
 from .losses import dpo_loss, sequence_logratio
@@ -45,6 +46,11 @@ def pair_logratios(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: tor
 @register_algorithm("dpo", config=DPOConfig)
 class DPO(Algorithm):
     data = "offline"
+
+    @classmethod
+    def convergence_target(cls, cfg):
+        return Objective("none (offline data)", None, "the minimiser depends on the finite preference pairs: "
+                         "pi*_beta of the Bradley-Terry reward only in the limit of full coverage")
 
     def setup(self) -> None:
         self.ref_cache = None

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of
+from rlhf_bench.benchmarks.targets import PI_STAR, Objective
 
 from .base import Algorithm
 from .dpo import pair_logratios
@@ -47,6 +48,14 @@ class OnlineDPOConfig(AlgorithmConfig):
 @register_algorithm("online_dpo", config=OnlineDPOConfig)
 class OnlineDPO(Algorithm):
     data = "online"
+
+    @classmethod
+    def convergence_target(cls, cfg):
+        if cfg.pair_labels == "soft" and cfg.loss_type == "sigmoid":
+            return PI_STAR
+        return Objective(f"none ({cfg.pair_labels} labels, {cfg.loss_type})", None,
+                         "0/1 labels push every sampled margin without bound: no finite stationary point"
+                         if cfg.pair_labels != "soft" else "IPO's squared loss targets a margin of 1/(2 beta), not pi*_beta")
 
     @torch.no_grad()
     def prepare(self, rollout) -> dict[str, torch.Tensor]:

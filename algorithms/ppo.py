@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, non_negative, one_of, positive
+from rlhf_bench.benchmarks.targets import PI_STAR, PPO_K3_REWARD_ILL_POSED, Objective
 
 from .base import Algorithm
 from .losses import (AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, masked_whiten,
@@ -105,6 +106,14 @@ class PPO(Algorithm):
             metrics["loss/ptx"] = ptx.detach()
         metrics["loss/total"] = loss.detach()
         return loss, metrics
+
+    @classmethod
+    def convergence_target(cls, cfg):
+        if cfg.kl_estimator == "k3":
+            return Objective("none (k3 reward: no stable fixed point)", None, PPO_K3_REWARD_ILL_POSED)
+        if cfg.adaptive_kl:
+            return Objective("none (adaptive beta)", None, "the controller moves beta toward a KL target")
+        return PI_STAR
 
     def state_dict(self):
         return {"beta": self.kl_ctl.value}  # the adaptive controller's current beta
