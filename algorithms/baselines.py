@@ -43,6 +43,7 @@ class BestOfNPolicy:
     KL: exact on enumerable tasks, where the law of the best of n draws is
     ``P(y_(k)) = F_k^n - F_{k-1}^n`` over responses sorted by reward (F: the reference CDF).
     Elsewhere the analytic value ``log n - (n-1)/n`` is reported (exact when rewards do not tie).
+    Ranking accuracy: from the exact law on enumerable tasks, null elsewhere.
     """
 
     def __init__(self, ref_model, n: int):
@@ -65,6 +66,31 @@ class BestOfNPolicy:
         p_sorted = cdf.pow(self.n) - prev.pow(self.n)
         p = torch.zeros_like(p_sorted).scatter(1, order, p_sorted)
         return p.clamp(min=1e-30).log()
+
+    def sequence_logprobs(self, engine, pairs):
+        """Held-out items' ``log pi(y|x)`` for the ranking accuracy: on enumerable tasks the exact law's
+        log-ratio to pi_ref (:meth:`log_ratio`, on the table of the held-out prompts) added to
+        ``pairs.ref_logp``, in float64 so that the evaluator's log-ratio is that exact one; elsewhere
+        None (no sequence law)."""
+        if not engine.task.enumerable:
+            return None
+        table = pairs.response_table()
+        if table is None:
+            return None
+        rows, cols = pairs.table_index(engine.task)
+        return pairs.ref_logp.double() + self.log_ratio(engine, table)[rows, cols]
+
+    def log_ratio(self, engine, table):
+        """(P, N) ``log(pi_bon / pi_ref)`` in float64: for the k-th response by reward,
+        ``(F_k^n - F_{k-1}^n) / (F_k - F_{k-1}) = sum_{i<n} F_k^i F_{k-1}^(n-1-i)``, free of the
+        cancellation of the difference of powers, so it increases with the reward as the law does."""
+        ref_p = table.ref_logp.double().exp()  # (P, N)
+        eos = torch.tensor([engine.task.eos_id in r for r in table.responses])  # (N,)
+        order = torch.argsort(engine.reward_values(table.proxy, table.gold, eos), dim=1)  # ascending reward
+        cdf = ref_p.gather(1, order).cumsum(1).clamp(max=1.0)  # F_k
+        prev = torch.cat([torch.zeros_like(cdf[:, :1]), cdf[:, :-1]], 1)  # F_{k-1}
+        ratio = sum(cdf.pow(i) * prev.pow(self.n - 1 - i) for i in range(self.n))
+        return torch.zeros_like(ratio).scatter(1, order, ratio).log()
 
     def sequence_kl(self, engine, batch):
         n = self.n

@@ -7,6 +7,10 @@ Every run is measured the same way:
 - ``reward_gold``, ``reward_proxy``: mean rewards (exact expectations on enumerable tasks).
 - ``length`` (response tokens before EOS), ``eos_rate``, and on enumerable tasks ``efficiency``:
   the share of the optimal reward gain achieved at the policy's KL.
+- ``ranking_accuracy``, ``ranking_accuracy_gold`` (Chen et al. 2024): the share of the held-out
+  preference pairs the policy ranks correctly by its implicit reward ``log pi/pi_ref``, against the
+  labels and against the gold order (:mod:`.ranking`); null without a held-out set or where the
+  policy cannot give sequence log-probs (best-of-n on a non-enumerable task).
 
 On enumerable tasks the exact optimal frontier of REFERENCE section 2 is available:
 ``pi*_beta(y|x) ∝ pi_ref(y|x) exp(r(x,y)/beta)``.
@@ -26,6 +30,7 @@ import torch
 from filelock import FileLock
 
 from .models import NEG, SequenceBatch, pad_left, position_ids, scalar_head, token_kl
+from .ranking import COLUMNS as RANKING_COLUMNS, HeldoutPairs
 from .rollout import RolloutEngine
 from .utils import atomic_write_text, config_hash, make_generator, to_jsonable
 
@@ -93,6 +98,11 @@ class EvalPolicy(Protocol):
     def sequence_kl(self, engine: RolloutEngine, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(kl, kl_k1) per sample (B,), for non-enumerable tasks."""
 
+    def sequence_logprobs(self, engine: RolloutEngine, pairs: HeldoutPairs) -> Optional[torch.Tensor]:
+        """(N,) ``log pi(y|x)`` of the held-out items ``pairs.responses`` (on the footing of
+        ``pairs.ref_logp``), or None where unavailable: the ranking-accuracy columns are then null.
+        Optional: a policy without this method gets null columns too."""
+
 
 class LMPolicy:
     """The autoregressive policy itself (the default for every trained algorithm)."""
@@ -105,6 +115,9 @@ class LMPolicy:
 
     def enumerated_logprobs(self, engine, table):
         return table.logprobs(engine, self.model)
+
+    def sequence_logprobs(self, engine, pairs):
+        return pairs.logprobs(engine, self.model)
 
     @torch.no_grad()
     def sequence_kl(self, engine, batch):
@@ -264,13 +277,24 @@ class PrefixTree:
 
 # ---------------------------------------------------------------------------------- evaluator
 class Evaluator:
-    """Measures a policy on the fixed held-out prompts. Build once per run, call per evaluation."""
+    """Measures a policy on the fixed held-out prompts. Build once per run, call per evaluation.
 
-    def __init__(self, engine: RolloutEngine, prompts: list[list[int]], seed: int, cache_dir: Optional[Path] = None):
+    ``heldout``: the preference stage's ``heldout`` split (ranked lists) or :class:`~.ranking.HeldoutPairs`,
+    for the ranking-accuracy columns (None: they are null); encoded and scored by the reference once here.
+    """
+
+    def __init__(self, engine: RolloutEngine, prompts: list[list[int]], seed: int, cache_dir: Optional[Path] = None,
+                 heldout=None):
         self.engine, self.prompts, self.seed, self.cache_dir = engine, [list(p) for p in prompts], seed, cache_dir
         self.table = ResponseTable.build(engine, self.prompts, cache_dir) if engine.task.enumerable else None
         if self.table is not None:
             self.sft_gold = (self.table.ref_logp.exp() * self.table.gold).sum(-1).mean().item()
+        self.heldout = None
+        if heldout is not None:
+            held = heldout if isinstance(heldout, HeldoutPairs) else HeldoutPairs.from_lists(engine.task, heldout)
+            self.heldout = held.prepare(engine, cache_dir)
+            if engine.task.enumerable:
+                held.table_builder = lambda: ResponseTable.build(engine, held.prompts, cache_dir)
 
     def frontier_rows(self, betas: Optional[list[float]] = None) -> list[dict]:
         """The exact optimal frontier for the gold and the proxy reward (enumerable tasks)."""
@@ -291,19 +315,34 @@ class Evaluator:
         baseline): the same numbers for every run of a world, so they are computed once, under a
         lock, and stored beside the reward model (``cache_dir``)."""
         if self.cache_dir is None:
-            return self.evaluate(policy, step)
+            return self.evaluate(policy, step, reference=True)
+        # version 2: rows carry the ranking-accuracy columns (of this held-out set)
         key = config_hash({"prompts": self.prompts, "seed": self.seed, "temperature": self.engine.temperature,
-                           "reward": self.engine.reward_kind})
+                           "reward": self.engine.reward_kind, "version": 2,
+                           "heldout": None if self.heldout is None else self.heldout.key})
         path = Path(self.cache_dir) / f"eval_reference-{key}.json"
         with FileLock(str(path) + ".lock"):
             if not path.exists():
-                row, samples = self.evaluate(policy, 0)
+                row, samples = self.evaluate(policy, 0, reference=True)
                 atomic_write_text(path, json.dumps({"row": to_jsonable(row), "samples": samples}))
         cached = json.loads(path.read_text())
         return {**cached["row"], "step": step}, cached["samples"]
 
+    def ranking_columns(self, policy: EvalPolicy, reference: bool = False) -> dict[str, Optional[float]]:
+        """``ranking_accuracy`` and ``ranking_accuracy_gold`` of ``policy`` on the held-out pairs;
+        ``reference``: the policy is pi_ref (every log-ratio 0: exactly 0.5)."""
+        held = self.heldout
+        if held is None:
+            return dict.fromkeys(RANKING_COLUMNS)
+        if reference:
+            return held.accuracies(held.ref_logp)
+        logprobs = getattr(policy, "sequence_logprobs", None)
+        return held.accuracies(logprobs(self.engine, held) if logprobs is not None else None)
+
     @torch.no_grad()
-    def evaluate(self, policy: EvalPolicy, step: int) -> tuple[dict, list[dict]]:
+    def evaluate(self, policy: EvalPolicy, step: int, reference: bool = False) -> tuple[dict, list[dict]]:
+        """One evaluation row and the samples; ``reference``: ``policy`` is the frozen SFT base
+        (:meth:`evaluate_reference`), whose held-out log-ratios are all 0."""
         eng = self.engine
         gen = make_generator(self.seed)  # the same sampling stream at every evaluation of every run
         batch = policy.sample(eng, self.prompts, gen)
@@ -328,6 +367,7 @@ class Evaluator:
         else:
             kl, k1 = policy.sequence_kl(eng, batch)
             row.update(kl=kl.mean().item(), kl_k1=k1.mean().item())
+        row.update(self.ranking_columns(policy, reference))
         golds = gold.tolist() if known else [None] * len(batch)
         samples = [{"prompt": eng.task.decode(p), "response": eng.task.decode(r), "reward_gold": g, "reward_proxy": q}
                    for p, r, g, q in zip(batch.prompts(), batch.responses(), golds, proxy.tolist())]

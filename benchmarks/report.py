@@ -12,7 +12,9 @@ one warning line and a row in report.md's "Runs left out" table: failed runs (``
 
 Outputs, written into ``out_dir`` (default: the first sweep directory):
 
-- ``frontier.csv``: every evaluation point of every run (values copied from ``eval.jsonl``).
+- ``frontier.csv``: every evaluation point of every run (values copied from ``eval.jsonl``), with the
+  ranking accuracy on the held-out preference pairs (``ranking_accuracy``, ``ranking_accuracy_gold``;
+  empty where a run did not record it: runs written before it existed, best-of-n off enumerable tasks).
 - ``frontier.png``: gold reward vs KL (left) and proxy reward vs KL (right), one row per
   (task, reward model): faint evaluation points, each algorithm's bold Pareto front, the final
   policy's mean over seeds with 95% CI bars at each beta, SFT as a star, the exact optimal frontier.
@@ -83,7 +85,9 @@ __all__ = ["build_report", "main", "ReportCallback", "ReportError", "NoRunsError
 
 SPECIAL_TOKENS = ("<eos>", "<pad>")  # not counted in response lengths
 
-FRONTIER_COLUMNS = ["algorithm", "beta", "seed", "step", "kl", "reward_gold", "reward_proxy", "task", "reward_model"]
+FRONTIER_COLUMNS = ["algorithm", "beta", "seed", "step", "kl", "reward_gold", "reward_proxy", "task", "reward_model",
+                    "ranking_accuracy", "ranking_accuracy_gold"]
+RANKING_COLUMNS = ("ranking_accuracy", "ranking_accuracy_gold")  # absent from older runs' rows: written empty
 WINRATE_COLUMNS = ["a", "b", "judge", "beta", "win_rate", "ci_low", "ci_high", "n", "mean_length_a", "mean_length_b",
                    "n_seeds", "n_prompts", "task", "reward_model"]
 
@@ -95,15 +99,20 @@ def response_length(response: str) -> int:
 
 # -------------------------------------------------------------------------------- frontier.csv
 def write_frontier_csv(runs: list[Run], path: Path) -> None:
-    """Every evaluation point; ``beta`` is empty for beta-independent algorithms (sft, best_of_n)."""
+    """Every evaluation point; ``beta`` is empty for beta-independent algorithms (sft, best_of_n), and
+    a value the row lacks (or null) is empty."""
+
+    def cells(row: dict, keys) -> list:
+        return ["" if row.get(k) is None else row.get(k) for k in keys]
+
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(FRONTIER_COLUMNS)
         for r in runs:
             for row in r.eval_rows:
                 w.writerow([r.algorithm, "" if r.beta_independent else r.beta, r.seed,
-                            *("" if row.get(k) is None else row.get(k) for k in ("step", "kl", "reward_gold", "reward_proxy")),
-                            r.task, r.reward_model])
+                            *cells(row, ("step", "kl", "reward_gold", "reward_proxy")), r.task, r.reward_model,
+                            *cells(row, RANKING_COLUMNS)])
 
 
 # ------------------------------------------------------------------------------------ win rates

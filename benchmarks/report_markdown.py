@@ -60,13 +60,16 @@ def _config_text(cfg: dict) -> str:
 def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
     """Without a gold reward: no gold column, and the win rate vs SFT by the proxy judge."""
     has_eff = any(r.final.get("efficiency") is not None for r in g_runs)
+    has_rank = any(r.final.get("ranking_accuracy") is not None for r in g_runs)
     has_opt = any(r.summary.get("optimal_at_beta") for r in g_runs)
     has_sft = any(r.algorithm == "sft" for r in g_runs)
     gold = has_gold(g_runs)
+    has_rank_gold = gold and any(r.final.get("ranking_accuracy_gold") is not None for r in g_runs)
     judge = "gold" if gold else "proxy"
     head = ["algorithm", "β", "seeds", "steps", "KL"] + (["gold reward"] if gold else []) + ["proxy reward"]
     if has_eff:
         head.append("frontier efficiency")
+    head += (["ranking accuracy"] if has_rank else []) + (["ranking accuracy (gold)"] if has_rank_gold else [])
     head += [f"win rate vs SFT ({judge})", "length", "wall time (s)"]
     if has_opt:
         head.append("optimum π*_β: KL / reward")
@@ -91,6 +94,9 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
             cells.append(_cell([f.get("reward_proxy") for f in finals], n, confidence=confidence))
             if has_eff:
                 cells.append(_cell([f.get("efficiency") for f in finals], n, confidence=confidence))
+            for key, shown in (("ranking_accuracy", has_rank), ("ranking_accuracy_gold", has_rank_gold)):
+                if shown:  # older runs lack the column: "—", or counted in "(n=...)"
+                    cells.append(_cell([f.get(key) for f in finals], n, confidence=confidence))
             if alg == "sft" or not has_sft:
                 cells.append("—")
             else:
@@ -186,6 +192,11 @@ def _results(runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
          "KL(π ‖ π_ref) per response; efficiency is the share of the optimal reward gain (over SFT) "
          "reached at the run's KL; the win rate vs SFT is per seed on the held-out prompts (ties count "
          "half), then averaged over seeds; length is in response tokens before EOS."]
+    if any(r.final.get("ranking_accuracy") is not None for r in runs):
+        L[-1] += (" Ranking accuracy (Chen et al. 2024) is the share of the held-out preference pairs the "
+                  "policy ranks correctly by its implicit reward β log(π/π_ref), against the preference labels "
+                  "and (gold) against the gold order, pairs with equal gold left out; ties count half, so SFT "
+                  "scores 0.5.")
     for (task, rm), g_runs in _groups(runs).items():
         on = "" if has_gold(g_runs) else ": proxy reward only (no gold judge)"
         L += ["", f"### Task `{task}`, {rm} reward model{on}", ""]

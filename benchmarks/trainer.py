@@ -2,7 +2,8 @@
 models, the data source, the optimizer, the loop, evaluation, logging, checkpoints and the run's
 output files:
 
-- ``eval.jsonl``: one row per evaluation (``step, kl, kl_k1, reward_gold, reward_proxy, length, ...``)
+- ``eval.jsonl``: one row per evaluation (``step, kl, kl_k1, reward_gold, reward_proxy, length, ...``,
+  ``ranking_accuracy`` and ``ranking_accuracy_gold`` on the shared held-out preference pairs)
 - ``train.jsonl``: the algorithm's training metrics per step, with the cumulative budget
   (:mod:`~rlhf_bench.benchmarks.budget`); ``time.jsonl``: the wall time of each step (kept apart,
   so that the other files are bitwise reproducible)
@@ -187,7 +188,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.evaluator = Evaluator(self.engine, self.task.eval_prompts, seed=self.tcfg.eval_seed,
-                                   cache_dir=self.art.reward_model_dir)
+                                   cache_dir=self.art.reward_model_dir, heldout=self.art.preferences("heldout"))
         if self.task.enumerable:
             with open(self.run_dir / "optimal_frontier.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=["reward", "beta", "kl", "reward_value"])
