@@ -33,7 +33,8 @@ from .report_files import RunFileError, read_jsonl, read_summary
 log = logging.getLogger(__package__ + ".report")
 
 # Display order of the known algorithms (others follow alphabetically), tasks and reward models.
-ALGORITHM_ORDER = ["sft", "best_of_n", "dpo", "online_dpo", "ppo", "ppo_ptx", "p3o_v1", "p3o_v2"]
+ALGORITHM_ORDER = ["sft", "best_of_n", "dpo", "online_dpo", "ppo", "ppo_ptx", "p3o_v1", "p3o_v2", "rloo", "grpo",
+                   "reinforce_pp"]
 _TASK_ORDER = ["bandit", "sentiment"]
 _RM_ORDER = ["learned", "gold"]
 JUDGES = {"gold": "reward_gold", "proxy": "reward_proxy"}

@@ -16,9 +16,9 @@ if TYPE_CHECKING:
 
 # Fixed colours of the known algorithms, spare colours for the others, a marker per beta.
 _COLORS = {"sft": "#4d4d4d", "best_of_n": "#8c564b", "dpo": "#1f77b4", "online_dpo": "#17becf",
-           "ppo": "#d62728", "ppo_ptx": "#e377c2", "p3o_v1": "#ff7f0e", "p3o_v2": "#2ca02c"}
-_SPARE_COLORS = ["#9467bd", "#bcbd22", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5",
-                 "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+           "ppo": "#d62728", "ppo_ptx": "#e377c2", "p3o_v1": "#ff7f0e", "p3o_v2": "#2ca02c",
+           "rloo": "#9467bd", "grpo": "#bcbd22", "reinforce_pp": "#7f7f7f"}
+_SPARE_COLORS = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
 _BETA_MARKERS = ["o", "s", "^", "D", "v", "P", "p", "<", ">", "h"]
 
 
