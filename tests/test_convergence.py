@@ -6,7 +6,14 @@ Every run uses the gold reward and the bandit's tuned settings (conf/tuned/bandi
   writes results/bandit_convergence/): each online algorithm ends with frontier efficiency >= 0.9
   and its KL within 25% of KL(pi*_beta || pi_ref); offline DPO, whose data is finite, >= 0.8.
 - Held out: at a beta and a seed that no committed result uses (beta 0.45, seed 7), each online
-  algorithm reaches efficiency >= 0.95 with its KL within 10% of KL(pi*_beta || pi_ref).
+  algorithm whose target is pi*_beta (RLOO and REINFORCE++ included) reaches efficiency >= 0.95 with
+  its KL within 10% of KL(pi*_beta || pi_ref).
+- GRPO with beta*k3 in the loss targets another policy (benchmarks/targets.py:grpo_k3_target, solved
+  exactly on the run's tables): at each beta of the grid its KL is within 25% of that target's (the
+  tolerance of the online methods against pi*_beta above) and its KL to that target is under 15% of
+  its KL to pi*_beta.
+- PPO with the k3 estimator as its reward and online DPO with hard labels have no derived target;
+  at beta 0.6 and 2 both overshoot KL(pi*_beta || pi_ref) by more than 25% (beta no longer pins the KL).
 
 ``tests/test_harness.py::test_the_exact_optimum_scores_efficiency_one_at_its_own_kl`` checks the
 measures these thresholds are applied to.
@@ -21,7 +28,7 @@ from rlhf_bench.benchmarks.convergence import ALGORITHMS, BETAS, convergence_gri
 HELD_OUT_BETA, HELD_OUT_SEED = 0.45, 7
 
 pytestmark = pytest.mark.slow
-ONLINE = ("ppo", "online_dpo", "p3o_v1", "p3o_v2")
+ONLINE = ("ppo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "reinforce_pp")  # their target: pi*_beta
 
 
 @pytest.fixture(scope="module")
@@ -58,3 +65,20 @@ def test_online_algorithms_reach_the_optimum_at_a_held_out_beta_and_seed(held_ou
     r = held_out[algorithm]
     assert r["efficiency"] >= 0.95, r
     assert abs(r["kl_rel_error"]) <= 0.10, r
+
+
+@pytest.mark.parametrize("beta", BETAS)
+def test_grpo_with_k3_in_the_loss_lands_on_its_own_target(grid, beta):
+    r = grid[("grpo", beta)]
+    assert r["target"].startswith("GRPO k3-in-loss"), r
+    assert r["target_residual"] < 1e-8, r
+    assert abs(r["kl_rel_error_target"]) <= 0.25, r
+    assert r["kl_to_target"] <= 0.15 * r["kl_to_optimum"], r
+
+
+@pytest.mark.parametrize("beta", (0.6, 2.0))
+@pytest.mark.parametrize("variant", ("ppo_k3", "online_dpo_hard"))
+def test_objectives_without_a_target_overshoot_the_optimal_kl(grid, variant, beta):
+    r = grid[(variant, beta)]
+    assert r["target"].startswith("none"), r
+    assert r["kl_rel_error"] > 0.25, r
