@@ -22,7 +22,8 @@ from rlhf_bench.benchmarks.config import register_configs, validate
 from rlhf_bench.benchmarks.config_hf import HFTaskConfig
 
 RECIPES = ("imdb", "tldr", "hh")
-SWEPT_ALGORITHMS = {"sft", "best_of_n", "ppo", "dpo", "online_dpo", "p3o_v1", "p3o_v2"}
+SWEPT_ALGORITHMS = {"sft", "best_of_n", "ppo", "dpo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "grpo",
+                    "reinforce_pp"}
 
 #: What each recipe must compose to (see the comments in its YAML for the sources of every id).
 EXPECTED = {
