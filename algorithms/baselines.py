@@ -57,15 +57,21 @@ class BestOfNPolicy:
         return batch.select(rows)
 
     def enumerated_logprobs(self, engine, table):
-        ref_p = table.ref_logp.exp()  # (P, N)
-        eos = torch.tensor([engine.task.eos_id in r for r in table.responses])  # (N,)
-        r = engine.reward_values(table.proxy, table.gold, eos)  # (P, N)
-        order = torch.argsort(r, dim=1)  # ascending reward
-        cdf = ref_p.gather(1, order).cumsum(1).clamp(max=1.0)  # F_k
-        prev = torch.cat([torch.zeros_like(cdf[:, :1]), cdf[:, :-1]], 1)  # F_{k-1}
+        order, cdf, prev = self._ranked_cdf(engine, table, table.ref_logp.dtype)
         p_sorted = cdf.pow(self.n) - prev.pow(self.n)
         p = torch.zeros_like(p_sorted).scatter(1, order, p_sorted)
         return p.clamp(min=1e-30).log()
+
+    @staticmethod
+    def _ranked_cdf(engine, table, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Responses sorted by the optimised reward (ascending) and the reference CDF along that
+        order: (order, F_k, F_{k-1}), each (P, N), in ``dtype``."""
+        ref_p = table.ref_logp.to(dtype).exp()  # (P, N)
+        eos = torch.tensor([engine.task.eos_id in r for r in table.responses])  # (N,)
+        order = torch.argsort(engine.reward_values(table.proxy, table.gold, eos), dim=1)  # ascending reward
+        cdf = ref_p.gather(1, order).cumsum(1).clamp(max=1.0)  # F_k
+        prev = torch.cat([torch.zeros_like(cdf[:, :1]), cdf[:, :-1]], 1)  # F_{k-1}
+        return order, cdf, prev
 
     def sequence_logprobs(self, engine, pairs):
         """Held-out items' ``log pi(y|x)`` for the ranking accuracy: on enumerable tasks the exact law's
@@ -84,11 +90,7 @@ class BestOfNPolicy:
         """(P, N) ``log(pi_bon / pi_ref)`` in float64: for the k-th response by reward,
         ``(F_k^n - F_{k-1}^n) / (F_k - F_{k-1}) = sum_{i<n} F_k^i F_{k-1}^(n-1-i)``, free of the
         cancellation of the difference of powers, so it increases with the reward as the law does."""
-        ref_p = table.ref_logp.double().exp()  # (P, N)
-        eos = torch.tensor([engine.task.eos_id in r for r in table.responses])  # (N,)
-        order = torch.argsort(engine.reward_values(table.proxy, table.gold, eos), dim=1)  # ascending reward
-        cdf = ref_p.gather(1, order).cumsum(1).clamp(max=1.0)  # F_k
-        prev = torch.cat([torch.zeros_like(cdf[:, :1]), cdf[:, :-1]], 1)  # F_{k-1}
+        order, cdf, prev = self._ranked_cdf(engine, table, torch.float64)
         ratio = sum(cdf.pow(i) * prev.pow(self.n - 1 - i) for i in range(self.n))
         return torch.zeros_like(ratio).scatter(1, order, ratio).log()
 

@@ -29,8 +29,9 @@ from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of, positiv
 from rlhf_bench.benchmarks.targets import PI_STAR, Objective, grpo_objective
 
 from .base import Algorithm
+from .losses import sequence_logratio
 from .registry import register_algorithm
-from .reinforce_losses import AGGREGATIONS, GRPO_SCALES, grpo_advantages, grpo_loss, sequence_kl
+from .reinforce_losses import AGGREGATIONS, GRPO_SCALES, grpo_advantages, grpo_loss
 
 
 @dataclass
@@ -77,7 +78,7 @@ class GRPO(Algorithm):
             raise ValueError(f"rollout has {rollout.group_size} responses per prompt, grpo expects {k}")
         mask = rollout.response_mask.to(rollout.logprobs.dtype)  # (B, T)
         rewards = rollout.rewards  # the harness's reward (its missing-EOS rule included), never altered here
-        kl = sequence_kl(rollout.logprobs, rollout.ref_logprobs, mask)  # (B,)
+        kl = sequence_logratio(rollout.logprobs, rollout.ref_logprobs, mask)  # (B,)
         if cfg.kl_in == "reward":
             rewards = rewards - cfg.beta * kl  # a new tensor: the rollout's is untouched
         advantages = grpo_advantages(rewards, k, cfg.scale_rewards)  # (B,)

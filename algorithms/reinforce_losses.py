@@ -13,19 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from .losses import Metrics, masked_mean, masked_whiten, ppo_token_rewards
+from .losses import Metrics, gae, masked_mean, masked_whiten, ppo_token_rewards
 
 AGGREGATIONS = ("sequence_mean", "token_mean", "dr_grpo")
 GRPO_SCALES = ("group", "none", "batch")
 
 
 # ------------------------------------------------------------------------------------ helpers
-def sequence_kl(old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """``sum_t (log pi_old - log pi_ref)_t`` over response tokens (B,): the k1 estimate of the
-    sampling policy's sequence KL, the term RLOO folds into the reward."""
-    return ((old_logprobs - ref_logprobs) * response_mask).sum(1)  # (B,)
-
-
 def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = "sequence_mean",
               max_length: int | None = None) -> torch.Tensor:
     """Reduce a per-token loss (B, T) to a scalar (GRPO's variants; REFERENCE sec. 5b, sec. 7's length bias).
@@ -79,7 +73,7 @@ def rloo_advantages(rewards: torch.Tensor, kl: torch.Tensor, beta: float, group_
                     whiten: bool = False) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, eq. 5 with KL in the reward): ``R_i = r_i - beta * kl_i`` and
     ``A_i = R_i - 1/(k-1) sum_{j != i} R_j``. ``rewards`` (B,) the harness's sequence rewards,
-    ``kl`` (B,) sequence KL of the sampling policy (:func:`sequence_kl`). Returns (B,), summing to 0
+    ``kl`` (B,) sequence KL of the sampling policy (``losses.sequence_logratio`` of ``old_logprobs``). Returns (B,), summing to 0
     per group. Computed as ``loo(r) - beta loo(kl)`` (the same by linearity), so that a per-prompt
     reward shift cancels exactly in floating point. ``whiten``: ``(A - mean A) / (std A + 1e-4)`` over
     the batch, torch's unbiased std (trl's ``RLOOTrainer`` with ``normalize_advantages``)."""
@@ -168,14 +162,10 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
 
 # -------------------------------------------------------------------------------- REINFORCE++
 def returns_to_go(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
-    """``G_t = sum_{t' >= t} gamma^(t' - t) r_t'`` over response tokens (B, T), zero on padding."""
+    """``G_t = sum_{t' >= t} gamma^(t' - t) r_t'`` over response tokens (B, T), zero on padding:
+    :func:`~.losses.gae` with no value baseline and ``lambda = 1``."""
     mask = response_mask.to(rewards.dtype)
-    rewards = rewards * mask
-    running, out = torch.zeros_like(rewards[:, 0]), []
-    for t in reversed(range(rewards.shape[1])):
-        running = (rewards[:, t] + gamma * running) * mask[:, t]
-        out.append(running)
-    return torch.stack(out[::-1], dim=1)  # (B, T)
+    return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[0]  # (B, T)
 
 
 def reinforce_pp_advantages(scores: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,

@@ -18,7 +18,7 @@ import torch
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, positive
 
 from .base import Algorithm
-from .losses import masked_mean, ppo_policy_loss
+from .losses import masked_mean, ppo_policy_loss, sequence_logratio
 from .registry import register_algorithm
 from .reinforce_losses import reinforce_pp_advantages
 
@@ -49,7 +49,7 @@ class ReinforcePP(Algorithm):
         advantages, returns, _ = reinforce_pp_advantages(scores, rollout.logprobs, rollout.ref_logprobs, mask,
                                                                self.cfg.beta)  # (B, T) each
         self._stats = {"reinforce_pp/score": scores.mean().item(),
-                       "reinforce_pp/kl_seq": ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1).mean().item(),
+                       "reinforce_pp/kl_seq": sequence_logratio(rollout.logprobs, rollout.ref_logprobs, mask).mean().item(),
                        "reinforce_pp/returns": masked_mean(returns, mask).item()}
         return {**self.batch_tensors(rollout.batch), "old_logprobs": rollout.logprobs, "advantages": advantages}
 

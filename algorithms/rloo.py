@@ -25,8 +25,9 @@ import torch
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of, positive
 
 from .base import Algorithm
+from .losses import sequence_logratio
 from .registry import register_algorithm
-from .reinforce_losses import rloo_advantages, rloo_loss, sequence_kl
+from .reinforce_losses import rloo_advantages, rloo_loss
 
 
 @dataclass
@@ -61,7 +62,7 @@ class RLOO(Algorithm):
             raise ValueError(f"rollout has {rollout.group_size} responses per prompt, rloo expects {k}")
         mask = rollout.response_mask.to(rollout.logprobs.dtype)  # (B, T)
         rewards = rollout.rewards  # the harness's reward (its missing-EOS rule included), never altered here
-        kl = sequence_kl(rollout.logprobs, rollout.ref_logprobs, mask)  # (B,)
+        kl = sequence_logratio(rollout.logprobs, rollout.ref_logprobs, mask)  # (B,)
         advantages = rloo_advantages(rewards, kl, cfg.beta, k, cfg.whiten_advantages)  # (B,)
         self._stats = {"rloo/score": rewards.mean().item(), "rloo/kl_seq": kl.mean().item(),
                        "rloo/reward_kl_penalised": (rewards - cfg.beta * kl).mean().item()}
