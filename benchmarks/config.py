@@ -109,7 +109,10 @@ class TaskConfig:
     algorithm is run with (same rollouts, same budget, same evaluation)."""
 
     name: str = MISSING
-    seed: int = 0  # seed of the world (vocabulary, gold reward, data) and of the shared stages
+    # The world: seed of the vocabulary, gold reward and data (synthetic tasks), and of the shared
+    # stages' own draws (SFT, preference sampling and split, the reward model's initialisation and data
+    # order; task=hf's held-out prompts). A benchmark sweeps it beside the run seed: verdicts pool worlds.
+    seed: int = 0
     n_eval_prompts: int = 200  # held-out evaluation prompts
     max_new_tokens: int = 32  # response length limit (EOS included)
     temperature: float = 1.0  # sampling temperature for rollouts and evaluation (log-probs use it too)
@@ -374,7 +377,7 @@ TASK_SCHEMAS: dict[str, type] = {"bandit": BanditTaskConfig, "sentiment": Sentim
 NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "tuned", "checkpoint", "hydra")
 #: Model settings added after runs were recorded: at these values a run computes what it did before.
 NEW_MODEL_DEFAULTS = {"dtype": "float32"}
-_IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed")
+_IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed", "task.seed")
 
 
 def run_identity(cfg: dict) -> dict:
@@ -410,13 +413,15 @@ def config_differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any,
     return [] if a == b else [(prefix.rstrip("."), a, b)]
 
 
-def run_label(label: str, beta: float, seed: int, beta_independent: bool) -> str:
-    """``<label>_beta<beta>_seed<seed>``, or ``<label>_seed<seed>`` for a beta-independent algorithm."""
-    return f"{label}_seed{seed}" if beta_independent else f"{label}_beta{float(beta):g}_seed{seed}"
+def run_label(label: str, beta: float, world: int, seed: int, beta_independent: bool) -> str:
+    """``<label>_beta<beta>_world<world>_seed<seed>``, or ``<label>_world<world>_seed<seed>`` for a
+    beta-independent algorithm; the world is ``task.seed``."""
+    head = label if beta_independent else f"{label}_beta{float(beta):g}"
+    return f"{head}_world{world}_seed{seed}"
 
 
 def run_name(*, _root_: DictConfig) -> str:
-    """The ``${run_name:}`` resolver: a run directory's name, ``<label>_beta<beta>_seed<seed>``.
+    """The ``${run_name:}`` resolver: a run directory's name, ``<label>_beta<beta>_world<world>_seed<seed>``.
 
     Beta-independent algorithms drop the beta, so every job of a sweep that differs only in beta
     lands in one directory and runs once. Other overrides of the job that change what it computes
@@ -425,7 +430,8 @@ def run_name(*, _root_: DictConfig) -> str:
     from rlhf_bench.algorithms.registry import get_algorithm
 
     algo = _root_.algorithm
-    parts = [run_label(str(algo.label), algo.beta, _root_.seed, get_algorithm(algo.name).cls.beta_independent)]
+    parts = [run_label(str(algo.label), algo.beta, _root_.task.seed, _root_.seed,
+                       get_algorithm(algo.name).cls.beta_independent)]
     overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
     tail = overrides_tail(overrides, _IDENTITY_KEYS_IN_NAME, 48)
     return "_".join(parts + ([tail] if tail else []))
@@ -451,16 +457,17 @@ SWEEP_OVERRIDES_ENV = "RLHF_BENCH_SWEEP_OVERRIDES"
 
 def sweep_overrides(overrides: list[str]) -> str:
     """The part of a multirun's directory name that its command line determines: its overrides
-    besides the benchmark, its seeds and display settings, abbreviated to a hash when long."""
-    return overrides_tail(overrides, ("benchmark", "seed"), 64)
+    besides the benchmark, its seeds (the run's and the world's, ``task.seed``) and display settings,
+    abbreviated to a hash when long."""
+    return overrides_tail(overrides, ("benchmark", "seed", "task.seed"), 64)
 
 
 def sweep_dir(*, _root_: DictConfig) -> str:
     """The ``${sweep_dir:}`` resolver: ``multirun/<benchmark or task>``, plus the command's overrides
-    when it has any besides the benchmark, its seeds and display settings
+    when it has any besides the benchmark, its seeds, its worlds and display settings
     (``multirun/bandit/algorithm=ppo,dpo,algorithm.beta=0.1,1``). The same command always lands in
     the same directory, so re-running it skips the finished runs and resumes the interrupted ones;
-    the runs of more seeds join the same sweep (and its report)."""
+    the runs of more seeds or more worlds join the same sweep (and its report)."""
     import os
 
     bench = OmegaConf.select(_root_, "benchmark.name", default=None)

@@ -69,8 +69,9 @@ def mark_started(run_dir: Path, resolved: dict) -> None:
 
 
 def summary_header(resolved: dict, beta_independent: bool, status: str) -> dict[str, Any]:
-    """The fields every summary starts with, finished or failed: what the run was."""
+    """The fields every summary starts with, finished or failed: what the run was. ``world`` is the
+    task's seed (gold reward, data, SFT base, reward model): the report pools verdicts over worlds."""
     algo, task = resolved["algorithm"], resolved["task"]
     return {"status": status, "algorithm": algo["label"], "algorithm_name": algo["name"], "beta": algo["beta"],
-            "beta_independent": beta_independent, "seed": resolved["seed"], "task": task["name"],
-            "reward_model": resolved["reward_model"]["kind"], "steps": task["steps"]}
+            "beta_independent": beta_independent, "world": task["seed"], "seed": resolved["seed"],
+            "task": task["name"], "reward_model": resolved["reward_model"]["kind"], "steps": task["steps"]}

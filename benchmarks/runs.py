@@ -20,7 +20,7 @@ from .distributed import Distributed
 from .faults import NonFiniteError
 from .rundir import finished_run, mark_started, summary_header
 from .trainer import Trainer
-from .utils import atomic_write_text, git_revision, package_versions, to_jsonable
+from .utils import atomic_write_text, git_revision, numerics, package_versions, to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def write_failure(run_dir: Path, resolved: dict, error: Exception, trainer: Opti
     summary = {**summary_header(resolved, spec.cls.beta_independent, "failed"), "reason": reason.splitlines()[0],
                "failed_step": getattr(trainer, "step", None), "final": getattr(trainer, "row", None),
                "last_checkpoint": (trainer.checkpoints.steps() or [None])[-1] if trainer else None,
-               "config": resolved, "versions": package_versions(), "git_revision": git_revision(),
+               "config": resolved, "versions": package_versions(),
+               "numerics": numerics(), "git_revision": git_revision(),
                "run_dir": str(run_dir)}
     if trainer is not None:
         trainer.close()

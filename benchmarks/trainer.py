@@ -51,7 +51,7 @@ from .rundir import summary_header
 from .sources import make_source
 from .stages import SharedStages, expand_pairs
 from .tasks import build_task
-from .utils import (adamw, atomic_write_text, derive_seed, git_revision, make_generator, package_versions,
+from .utils import (adamw, atomic_write_text, derive_seed, git_revision, make_generator, numerics, package_versions,
                     resolve_device, seed_everything, to_jsonable)
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Trainer:
         """Evaluation, the exact frontier and the logger: the main process's (the only one that
         evaluates and writes)."""
         a, seed = self.acfg, self.cfg.seed
-        self.name = run_label(a.label, a.beta, seed, self.spec.cls.beta_independent)
+        self.name = run_label(a.label, a.beta, self.cfg.task.seed, seed, self.spec.cls.beta_independent)
         self.evaluator, self.logger = None, NullLogger()
         if not self.dist.is_main:
             return
@@ -407,6 +407,7 @@ class Trainer:
             **self._model_summary(),
             "wall_time_seconds": time.time() - self.t_start, "shared_stage_seconds": self.t_shared - self.t_start,
             "train_seconds": time.time() - self.t_shared, "config": self.resolved, "versions": package_versions(),
+            "numerics": numerics(),
             "git_revision": git_revision(), "run_dir": str(run_dir),
         }
         if self.task.summary():

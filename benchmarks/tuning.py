@@ -1,14 +1,16 @@
-"""Per-algorithm tuning on seeds held apart from the reported ones.
+"""Per-algorithm tuning on worlds and seeds held apart from the reported ones.
 
     python -m rlhf_bench.benchmarks.tuning bandit
 
 reads the protocol ``conf/tuning/<task>.yaml`` (declared before any run: the benchmark whose
-budget the runs use, one mid-range beta, the tuning seeds, each algorithm's grid, the criterion),
+budget the runs use, one mid-range beta, the tuning worlds (``task.seed``: a gold reward, data, SFT
+base and reward model that no reported benchmark uses) and run seeds, each algorithm's grid, the
+criterion),
 runs every grid point with ``rlhf-bench -m`` (one multirun per algorithm and epochs x minibatches
 pair, so that the number of gradient updates per step stays the protocol's), scores each run and
 writes
 
-- ``results/tuning/<task>/``: the runs, ``scores.csv`` (every candidate, every seed) and ``tuning.md``;
+- ``results/tuning/<task>/``: the runs, ``scores.csv`` (every candidate, every world and seed) and ``tuning.md``;
 - ``conf/tuned/<task>.yaml``: the chosen settings (``settings.<label>.<knob>``, read by the
   algorithm YAMLs when a benchmark selects ``tuned: <task>``), with the grid, the criterion and
   every candidate's score.
@@ -16,8 +18,8 @@ writes
 Criterion ``final_front_gain``: the front through the SFT point and the run's final evaluation
 (KL, gold reward) - linear between them, flat after - averaged over KL in [0, kl_max], minus the
 SFT gold reward (:func:`~rlhf_bench.benchmarks.frontiers.mean_gain`); the mean over the tuning
-seeds ranks the candidates. It rewards a high gold reward at a low KL, and penalises a run that
-overshoots the KL range as one that stops short of it.
+replicates (every world x seed) ranks the candidates. It rewards a high gold reward at a low KL, and
+penalises a run that overshoots the KL range as one that stops short of it.
 """
 
 from __future__ import annotations
@@ -61,12 +63,18 @@ def candidates(grid: dict[str, list]) -> list[dict[str, Any]]:
     return out
 
 
+def replicates(proto: dict) -> list[tuple[int, int]]:
+    """The (world, seed) pairs every candidate runs on: the protocol's worlds x seeds."""
+    return [(int(w), int(s)) for w in proto["worlds"] for s in proto["seeds"]]
+
+
 def run_grid(proto: dict, label: str, grid: dict, sweep_dir: Path, jobs: int) -> None:
     """One ``rlhf-bench -m`` per (epochs, minibatches) pair; finished runs are skipped by the trainer."""
     grid = dict(grid)
     for epochs, minibatches in grid.pop("updates", [[None, None]]):
         cmd = [sys.executable, "-m", "rlhf_bench.benchmarks.cli", "-m", f"benchmark={proto['benchmark']}", "~tuned",
-               f"algorithm={label}", f"algorithm.beta={proto['beta']}", f"seed={','.join(map(str, proto['seeds']))}",
+               f"algorithm={label}", f"algorithm.beta={proto['beta']}",
+               f"task.seed={','.join(map(str, proto['worlds']))}", f"seed={','.join(map(str, proto['seeds']))}",
                f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
                "hydra.launcher.batch_size=1", "~hydra.callbacks.report"]
         cmd += [f"algorithm.{k}={','.join(str(v) for v in values)}" for k, values in sorted(grid.items())]
@@ -81,32 +89,34 @@ def run_grid(proto: dict, label: str, grid: dict, sweep_dir: Path, jobs: int) ->
 def score_run(run_dir: Path, kl_max: float) -> dict[str, Any]:
     """The criterion of one run; a failed run (a non-finite value: the setting diverged) scores -inf."""
     summary = json.loads((run_dir / "summary.json").read_text())
+    who = {"label": summary["algorithm"], "replicate": (int(summary["config"]["task"]["seed"]), int(summary["seed"])),
+           "config": summary["config"]["algorithm"]}
     if summary.get("status", "finished") == "failed":
-        return {"label": summary["algorithm"], "seed": summary["seed"], "config": summary["config"]["algorithm"],
-                "kl": float("nan"), "reward_gold": float("nan"), "score": float("-inf"), "failed": summary["reason"]}
+        return {**who, "kl": float("nan"), "reward_gold": float("nan"), "score": float("-inf"),
+                "failed": summary["reason"]}
     rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     sft, final = rows[0], rows[-1]
     front = front_of([(final["kl"], final["reward_gold"])], (0.0, sft["reward_gold"]))
-    return {"label": summary["algorithm"], "seed": summary["seed"], "config": summary["config"]["algorithm"],
-            "kl": final["kl"], "reward_gold": final["reward_gold"],
+    return {**who, "kl": final["kl"], "reward_gold": final["reward_gold"],
             "score": mean_gain(front, 0.0, kl_max, baseline=sft["reward_gold"])}
 
 
 def choose(proto: dict, runs: list[dict]) -> tuple[dict, list[dict]]:
-    """Mean score over the tuning seeds for every candidate; the best per algorithm."""
+    """Mean score over the tuning replicates (worlds x seeds) for every candidate; the best per algorithm."""
     table, chosen = [], {}
+    wanted = sorted(replicates(proto))
     for label, grid in proto["grids"].items():
         knobs = sorted(set(grid) - {"updates"}) + (list(UPDATE_KNOBS) if "updates" in grid else [])
         for point in candidates(grid):
-            mine = [r for r in runs if r["label"] == label and all(r["config"][k] == v for k, v in point.items())]
-            seeds = sorted(r["seed"] for r in mine)
-            if seeds != sorted(proto["seeds"]):
-                raise SystemExit(f"rlhf-bench tuning: {label} {point}: runs for seeds {seeds}, "
-                                 f"expected {proto['seeds']}")
+            mine = sorted((r for r in runs if r["label"] == label
+                           and all(r["config"][k] == v for k, v in point.items())), key=lambda r: r["replicate"])
+            found = [r["replicate"] for r in mine]
+            if found != wanted:
+                raise SystemExit(f"rlhf-bench tuning: {label} {point}: runs for (world, seed) {found}, "
+                                 f"expected {wanted}")
             mean = sum(r["score"] for r in mine) / len(mine)
             table.append({"label": label, **{k: point[k] for k in knobs}, "score": mean,
-                          "scores": [r["score"] for r in sorted(mine, key=lambda r: r["seed"])],
-                          "kl": [r["kl"] for r in sorted(mine, key=lambda r: r["seed"])]})
+                          "scores": [r["score"] for r in mine], "kl": [r["kl"] for r in mine]})
         best = max((t for t in table if t["label"] == label), key=lambda t: t["score"])
         chosen[label] = {k: best[k] for k in knobs}
     return chosen, table
@@ -115,9 +125,10 @@ def choose(proto: dict, runs: list[dict]) -> tuple[dict, list[dict]]:
 def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: Path, conf_dir: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     knob_cols = sorted({k for t in table for k in t} - {"label", "score", "scores", "kl"})
+    reps = [f"world{w}_seed{s}" for w, s in sorted(replicates(proto))]
     with open(out / "scores.csv", "w") as f:
-        f.write(",".join(["label", *knob_cols, "score", *[f"score_seed{s}" for s in proto["seeds"]],
-                          *[f"kl_seed{s}" for s in proto["seeds"]]]) + "\n")
+        f.write(",".join(["label", *knob_cols, "score", *[f"score_{r}" for r in reps], *[f"kl_{r}" for r in reps]])
+                + "\n")
         for t in table:
             f.write(",".join(str(x) for x in [t["label"], *[t.get(k, "") for k in knob_cols], t["score"],
                                               *t["scores"], *t["kl"]]) + "\n")
@@ -125,7 +136,7 @@ def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: 
         "settings": chosen,
         "tuning": {
             "command": f"python -m rlhf_bench.benchmarks.tuning {task}",
-            "benchmark": proto["benchmark"], "beta": proto["beta"], "seeds": proto["seeds"],
+            "benchmark": proto["benchmark"], "beta": proto["beta"], "worlds": proto["worlds"], "seeds": proto["seeds"],
             "criterion": proto["criterion"], "grids": proto["grids"],
             "scores": {label: {_key(t): round(t["score"], 6) for t in table if t["label"] == label}
                        for label in proto["grids"]},
@@ -137,9 +148,11 @@ def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: 
     path = conf_dir / f"{task}.yaml"
     path.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=120))
     lines = [f"# Tuning `{task}`", "", f"`python -m rlhf_bench.benchmarks.tuning {task}`: benchmark "
-             f"`{proto['benchmark']}`, beta = {proto['beta']}, seeds {proto['seeds']}, criterion "
+             f"`{proto['benchmark']}`, beta = {proto['beta']}, worlds (`task.seed`) {proto['worlds']} x seeds "
+             f"{proto['seeds']}, criterion "
              f"`{proto['criterion']['name']}` over KL in [0, {proto['criterion']['kl_max']}] (gold-reward gain over SFT; "
-             "higher is better).", "", "| algorithm | chosen setting | score (mean over seeds) | untuned default's score |",
+             "higher is better).", "", "| algorithm | chosen setting | score (mean over worlds and seeds) | "
+             "untuned default's score |",
              "|---|---|---:|---|"]
     for label, setting in chosen.items():
         rows = [t for t in table if t["label"] == label]

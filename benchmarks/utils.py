@@ -181,6 +181,37 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+#: Environment variables that change which kernels (hence which round-off) torch and MKL use.
+NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                "CUBLAS_WORKSPACE_CONFIG")
+
+
+def numerics() -> dict[str, Any]:
+    """What decides a run's round-off beside the package versions: torch's CPU kernel level
+    (``torch.backends.cpu.get_cpu_capability()``: DEFAULT, AVX2, AVX512, ...), the BLAS and LAPACK
+    torch was built with, its thread counts, the CPU model, and the environment variables that
+    select kernels (those set). Runs agree to the bit only where all of these agree; verdicts must
+    agree everywhere (README, "Reference results")."""
+    import platform
+    import re
+
+    config = torch.__config__.show()
+    build = {k.lower(): v for k, v in re.findall(r"\b(BLAS_INFO|LAPACK_INFO)=([^,\s]+)", config)}
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "blas": build.get("blas_info", "unknown"),
+            "lapack": build.get("lapack_info", "unknown"), "threads": torch.get_num_threads(),
+            "interop_threads": torch.get_num_interop_threads(), "cpu": cpu,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+            "env": {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}}
+
+
 def git_revision(path: Path | None = None) -> str:
     """The git revision of the code that ran (with ``-dirty`` when the tree has changes)."""
     path = Path(path or Path(__file__).resolve().parent)

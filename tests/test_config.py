@@ -180,14 +180,15 @@ def test_cache_dir_on_a_read_only_file_system(compose):
         validate(compose("cache_dir=/proc/rlhf-bench-cache"))
 
 
-@pytest.mark.parametrize("run", ["ppo_beta0.1_seed0", "dpo_beta1_seed2", "sft_seed1"])
+@pytest.mark.parametrize("run", ["ppo_beta0.1_world0_seed0", "dpo_beta1_world1_seed2", "sft_world4_seed1"])
 def test_committed_results_are_the_same_runs_as_todays_config(run, compose):
     """Re-running the README's results command skips the committed runs: their recorded
     configuration has today's identity (settings added since, at their defaults, change nothing),
     and a setting that does change the run is still told apart."""
     summary = json.loads((REPO_ROOT / "results" / "bandit" / run / "summary.json").read_text())
     a = summary["config"]["algorithm"]
-    overrides = ["benchmark=bandit", f"algorithm={a['label']}", f"seed={summary['seed']}"]
+    overrides = ["benchmark=bandit", f"algorithm={a['label']}", f"seed={summary['seed']}",
+                 f"task.seed={summary['world']}"]
     if not summary["beta_independent"]:
         overrides.append(f"algorithm.beta={a['beta']}")
     today = OmegaConf.to_container(compose(*overrides), resolve=True)
@@ -197,3 +198,30 @@ def test_committed_results_are_the_same_runs_as_todays_config(run, compose):
         assert config_differences(run_identity(summary["config"]), run_identity(other)), changed
     memory = OmegaConf.to_container(compose(*overrides, "model.gradient_checkpointing=true"), resolve=True)
     assert config_differences(run_identity(summary["config"]), run_identity(memory)) == []
+
+
+def test_the_world_names_the_run_and_joins_the_benchmark_sweep(monkeypatch):
+    """``task.seed`` is a factor of every benchmark like the run seed: a command that sweeps worlds
+    lands in the benchmark's own sweep directory, and each run's directory names its world."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from rlhf_bench.algorithms.registry import load_algorithms
+    from rlhf_bench.benchmarks.config import SWEEP_OVERRIDES_ENV, register_configs, sweep_overrides
+
+    monkeypatch.delenv(SWEEP_OVERRIDES_ENV, raising=False)
+    assert sweep_overrides(["benchmark=bandit", "task.seed=range(50,53)", "seed=range(2)"]) == ""
+    assert sweep_overrides(["benchmark=bandit", "task.seed=50", "algorithm=ppo"]) == "algorithm=ppo"
+    register_configs()
+    load_algorithms()
+    # as cli.main sets it for every job of the multirun
+    monkeypatch.setenv(SWEEP_OVERRIDES_ENV, sweep_overrides(["benchmark=bandit", "task.seed=range(50,53)", "seed=1"]))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
+        for job, name in ((["algorithm=ppo", "algorithm.beta=0.3", "task.seed=51", "seed=1"],
+                           "ppo_beta0.3_world51_seed1"), (["algorithm=sft", "task.seed=50", "seed=0"], "sft_world50_seed0")):
+            cfg = hydra_compose(config_name="config", return_hydra_config=True,
+                                overrides=["benchmark=bandit", *job])
+            assert cfg.hydra.sweep.dir == "multirun/bandit" and cfg.hydra.sweep.subdir == name
+    GlobalHydra.instance().clear()

@@ -333,7 +333,8 @@ def test_benchmark_composes_to_the_documented_sweep(compose, monkeypatch):
     algorithms = {o.split("=", 1)[1] for job in jobs for o in job if o.startswith("algorithm=")}
     betas = {float(o.split("=", 1)[1]) for job in jobs for o in job if o.startswith("algorithm.beta=")}
     seeds = {int(o.split("=", 1)[1]) for job in jobs for o in job if o.startswith("seed=")}
-    assert algorithms == RL_ALGORITHMS | {"sft"} and seeds == {0, 1, 2}
+    worlds = {int(o.split("=", 1)[1]) for job in jobs for o in job if o.startswith("task.seed=")}
+    assert algorithms == RL_ALGORITHMS | {"sft"} and seeds == {0, 1} and len(worlds) >= 3
     assert len(betas) == 1 and 0.005 <= betas.pop() <= 0.03  # far optimisation
 
 
@@ -359,8 +360,11 @@ def test_documented_best_of_n_command_composes_into_the_same_sweep_with_distinct
     master = compose(*[o.input_line for o in parsed if not o.is_sweep_override()], hydra=True, common=False)
     assert master.hydra.sweep.dir == "multirun/overoptimisation"  # the RL sweep's directory
     jobs = _jobs(master, [o for o in command if not o.startswith("hydra.")])
+    worlds = sorted({int(o.split("=", 1)[1]) for job in jobs for o in job if o.startswith("task.seed=")})
     ns = [int(o.split("=", 1)[1]) for job in jobs for o in job if o.startswith("algorithm.n=")]
-    assert ns[0] == 1 and ns[-1] >= 256 and len(ns) >= 8 and len(set(ns)) == len(ns)
+    assert len(worlds) >= 3 and len(ns) == len(worlds) * len(set(ns))  # every n in every world
+    ns = sorted(set(ns))
+    assert ns[0] == 1 and ns[-1] >= 256 and len(ns) >= 8
     assert {o for job in jobs for o in job if o.startswith("seed=")} == {"seed=0"}
     names = set()
     for job in jobs:
@@ -368,7 +372,7 @@ def test_documented_best_of_n_command_composes_into_the_same_sweep_with_distinct
         assert cfg.algorithm.name == "best_of_n" and get_algorithm("best_of_n").cls.beta_independent
         validate(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
         names.add(cfg.hydra.sweep.subdir)
-    assert names == {f"best_of_n_seed0_algorithm.n={n}" for n in ns}
+    assert names == {f"best_of_n_world{w}_seed0_algorithm.n={n}" for w in worlds for n in ns}
 
 
 # --------------------------------------------------------------------------------------- end to end

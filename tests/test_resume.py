@@ -131,15 +131,15 @@ def _sweep(cache: Path, sweep: Path, *extra: str) -> list[str]:
 
 
 def _one(sweep: Path, label: str) -> Path:
-    (found,) = sweep.glob(f"{label}_beta0.1_seed0*")
+    (found,) = sweep.glob(f"{label}_beta0.1_world0_seed0*")
     return found
 
 
 def test_killed_sweep_rerun_trains_only_the_killed_job(bandit, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
     args = _sweep(cache_dir, sweep, f"algorithm={','.join(SWEEP_ALGORITHMS)}", "hydra/launcher=basic")
-    # run dirs: <label>_beta0.1_seed0_cfg<hash of the overrides>
-    _kill_at(_start(args, tmp_path), f"{sweep}/{SWEEP_ALGORITHMS[-1]}_beta0.1_seed0*/train.jsonl", 5)
+    # run dirs: <label>_beta0.1_world0_seed0_cfg<hash of the overrides>
+    _kill_at(_start(args, tmp_path), f"{sweep}/{SWEEP_ALGORITHMS[-1]}_beta0.1_world0_seed0*/train.jsonl", 5)
     last = _one(sweep, SWEEP_ALGORITHMS[-1])  # killed during the last job: the others are done
     finished = {a: _one(sweep, a) for a in SWEEP_ALGORITHMS[:-1]}
     before = {a: {f: (d / f).stat().st_mtime_ns for f in ("summary.json", "eval.jsonl", "train.jsonl")}
@@ -151,7 +151,7 @@ def test_killed_sweep_rerun_trains_only_the_killed_job(bandit, cache_dir, tmp_pa
     for a, d in finished.items():
         assert f"{d}: already finished for this configuration, skipped" in log, log[-3000:]
     assert log.count("resuming from the checkpoint of step") == 1
-    assert f"{SWEEP_ALGORITHMS[-1]}_beta0.1_seed0: resuming from the checkpoint of step 4/{STEPS}" in log
+    assert f"{SWEEP_ALGORITHMS[-1]}_beta0.1_world0_seed0: resuming from the checkpoint of step 4/{STEPS}" in log
     # the file timestamps: nothing of the finished jobs was written again; the killed one finished now
     for a, d in finished.items():
         assert {f: (d / f).stat().st_mtime_ns for f in before[a]} == before[a], a
@@ -187,7 +187,7 @@ def test_a_sweep_job_whose_directory_holds_another_configuration_is_named(bandit
     sweep = tmp_path / "sweep"
     args = _sweep(cache_dir, sweep, "algorithm=sft,best_of_n", "hydra/launcher=basic")
     _finish(_start(args, tmp_path))
-    (summary_path,) = sweep.glob("sft_seed0*/summary.json")
+    (summary_path,) = sweep.glob("sft_world0_seed0*/summary.json")
     summary = json.loads(summary_path.read_text())
     summary["config"]["task"]["eval_seed"] = 99  # as if the directory had been made by another command
     summary_path.write_text(json.dumps(summary))

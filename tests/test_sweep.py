@@ -52,11 +52,12 @@ def test_smoke_sweep_writes_the_report(smoke):
     assert f"report: {sweep / 'report.md'}" in proc.stdout
     runs = _runs(sweep)
     # sft, dpo, p3o_v2 x beta {0.1, 1.0}: six jobs, five runs (sft does not depend on beta)
-    assert sorted(r.name for r in runs) == ["dpo_beta0.1_seed0", "dpo_beta1_seed0", "p3o_v2_beta0.1_seed0",
-                                            "p3o_v2_beta1_seed0", "sft_seed0"]
+    assert sorted(r.name for r in runs) == ["dpo_beta0.1_world0_seed0", "dpo_beta1_world0_seed0",
+                                            "p3o_v2_beta0.1_world0_seed0", "p3o_v2_beta1_world0_seed0",
+                                            "sft_world0_seed0"]
     log = proc.stdout + proc.stderr
     assert log.count("already finished for this configuration, skipped") == 1, log[-3000:]  # sft at beta 1.0
-    assert json.loads((sweep / "sft_seed0" / "summary.json").read_text())["beta_independent"] is True
+    assert json.loads((sweep / "sft_world0_seed0" / "summary.json").read_text())["beta_independent"] is True
     report = (sweep / "report.md").read_text()
     assert "![frontier](frontier.png)" in report and "dpo" in report and "p3o_v2" in report
 
@@ -156,8 +157,8 @@ def test_wandb_offline_files_for_every_run_of_a_multirun(smoke, tmp_path):
         offline = list((run / "wandb").glob("offline-run-*"))
         assert len(offline) == 1, f"expected one offline wandb run in {run}"
         records = next(offline[0].glob("run-*.wandb")).read_bytes()
-        name = f"dpo_beta{s['beta']:g}_seed0"
-        assert name.encode() in records  # run name from algorithm, beta and seed
+        name = f"dpo_beta{s['beta']:g}_world0_seed0"
+        assert name.encode() in records  # run name from algorithm, beta, world and seed
         assert sweep.name.encode() in records  # group = the sweep
         assert b"eval/kl" in records and b"eval/reward_gold" in records and b"loss/dpo" in records
         log = (offline[0] / "logs" / "debug.log").read_text()

@@ -35,9 +35,10 @@ def test_tuning_command_scores_every_candidate_and_writes_the_best(tmp_path, cac
     proto = tuning.load_protocol("smoke")
     written = yaml.safe_load((conf / "smoke.yaml").read_text())
     assert written["tuning"]["grids"] == proto["grids"] and written["tuning"]["criterion"] == proto["criterion"]
-    assert written["tuning"]["seeds"] == [100, 101]
+    assert written["tuning"]["worlds"] == [100, 101] and written["tuning"]["seeds"] == [100]
     with open(out / "scores.csv") as f:
         table = list(csv.DictReader(f))
+    assert {"score_world100_seed100", "score_world101_seed100"} <= set(table[0])
     assert len(table) == 4 + 2  # every candidate of both grids
     for label in ("p3o_v2", "dpo"):
         mine = [t for t in table if t["label"] == label]
@@ -45,14 +46,16 @@ def test_tuning_command_scores_every_candidate_and_writes_the_best(tmp_path, cac
         assert written["settings"][label]["lr"] == float(best["lr"])
         assert len(written["tuning"]["scores"][label]) == len(mine)
     assert written["settings"]["p3o_v2"]["epochs"] in (1, 2) and written["settings"]["p3o_v2"]["minibatches"] == 1
-    # every run's score is the criterion as declared, and the candidate's score the mean over seeds
+    # every run's score is the criterion as declared, and the candidate's score the mean over its
+    # replicates: each held-apart world (task.seed) with the held-apart run seed
     runs = sorted(p for p in (out / "runs").iterdir() if (p / "summary.json").is_file())
     assert len(runs) == 2 * 6
     by_candidate: dict[tuple, list[float]] = {}
     for d in runs:
         s = json.loads((d / "summary.json").read_text())
         a = s["config"]["algorithm"]
-        assert s["seed"] in (100, 101) and a["beta"] == 0.3
+        assert (s["world"], s["seed"]) in ((100, 100), (101, 100)) and a["beta"] == 0.3
+        assert s["config"]["task"]["seed"] == s["world"] and d.name.startswith(f"{s['algorithm']}_beta0.3_world")
         key = (s["algorithm"], a["lr"], a["epochs"] if s["algorithm"] == "p3o_v2" else "")
         by_candidate.setdefault(key, []).append(transcribed_score(d, 1.5))
     for t in table:
