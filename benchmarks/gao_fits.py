@@ -12,10 +12,13 @@ fixed seed and refits, for percentile intervals of ``alpha``, ``beta`` and the p
 without a peak (``beta <= 0``) counts as a peak at infinite KL. With fewer than two runs there is no
 interval (NaN): one seed gives no estimate of how the fit varies between seeds.
 
-:class:`Curve` holds the points one algorithm's runs give (one :class:`RunCurve` per seed: KL and the
-gold and proxy gains per evaluation step, or per n for best-of-n); :func:`fit_curves` fits each with
-its form and reads the observed peak off the mean over seeds. No file, plot or run directory here:
-:mod:`~rlhf_bench.benchmarks.overoptimisation` loads the runs and writes the outputs.
+:class:`Curve` holds the points one algorithm's runs give (one :class:`RunCurve` per run: its world,
+seed, KL and the gold and proxy gains per evaluation step, or per n for best-of-n); :func:`fit_curve`
+fits the runs of ONE world with its form, with the bootstrap over that world's seeds, and reads the
+observed peak off the mean curve. A curve whose runs span several worlds is fitted per world and
+pooled by :mod:`~rlhf_bench.benchmarks.gao_worlds` (intervals over worlds, not over seeds). No file,
+plot or run directory here: :mod:`~rlhf_bench.benchmarks.overoptimisation` loads the runs and writes
+the outputs.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from scipy import linalg
 
 __all__ = ["FORMS", "Fit", "BootstrapFit", "design", "predict", "fit_form", "peak_d", "peak_kl", "peak_gain",
            "bootstrap_fit", "percentile_interval", "peak_verdict", "point_verdict", "RunCurve", "Curve", "CurveFit",
-           "fit_curve", "fit_curves"]
+           "observed", "fit_curve"]
 
 #: ``bon``: best-of-n, ``R = d (alpha - beta d)``; ``rl``: RL, ``R = d (alpha - beta log d)``.
 FORMS = ("bon", "rl")
@@ -233,7 +236,11 @@ def peak_verdict(bf: BootstrapFit) -> str:
     - ``no peak``: ``beta <= 0`` (and, with an interval, the interval of ``beta`` does not exceed 0);
     - ``peak beyond the data``: ``d* > d_max`` (and, with an interval, all of the KL* interval beyond);
     - ``peaks in range``: ``0 < d* <= d_max`` and, with an interval, the whole KL* interval inside;
-    - ``cannot tell``: one run (no interval), or an interval that straddles the range's end.
+    - ``cannot tell``: no interval (one run; over worlds, one world), or an interval that straddles the
+      range's end.
+
+    ``bf`` may be a :class:`~rlhf_bench.benchmarks.gao_worlds.WorldsFit`: the same rule, read from its
+    intervals over worlds.
     """
     f = bf.fit
     if not (math.isfinite(f.alpha) and math.isfinite(f.beta)):
@@ -267,12 +274,14 @@ REWARDS = {"gold": "reward_gold", "proxy": "reward_proxy"}  # reward -> its colu
 
 @dataclass
 class RunCurve:
-    """One run's points (one seed): ``x`` is the step (RL) or n (best-of-n); gains over the SFT base."""
+    """One run's points: ``x`` is the step (RL) or n (best-of-n); gains over the SFT base of the run's
+    world (``task.seed``)."""
 
     seed: int
     x: list[float]
     kl: list[float]
     gain: dict[str, list[float]]  # reward ("gold" / "proxy") -> gains
+    world: int = 0
 
     @property
     def d(self) -> np.ndarray:
@@ -281,7 +290,7 @@ class RunCurve:
 
 @dataclass
 class Curve:
-    """The runs of one algorithm (and KL coefficient) in one (task, reward model)."""
+    """The runs of one algorithm (and KL coefficient) in one (task, reward model), of one or more worlds."""
 
     name: str
     form: str  # "rl" or "bon"
@@ -290,47 +299,60 @@ class Curve:
     kl_coef: Optional[float]
     runs: list[RunCurve] = field(default_factory=list)
 
+    @property
+    def worlds(self) -> list[int]:
+        """The worlds of its runs, sorted."""
+        return sorted({rc.world for rc in self.runs})
+
+    def of_world(self, world: int) -> "Curve":
+        """The same curve restricted to one world's runs."""
+        return Curve(self.name, self.form, self.task, self.reward_model, self.kl_coef,
+                     [rc for rc in self.runs if rc.world == world])
+
     def mean_curve(self, reward: str) -> tuple[np.ndarray, np.ndarray]:
-        """(KL, gain) averaged over seeds at each step (RL) or n (best-of-n), in order of x."""
-        by_x: dict[float, list[tuple[float, float]]] = defaultdict(list)
+        """(KL, gain) at each step (RL) or n (best-of-n), in order of x: averaged over each world's seeds,
+        then over the worlds that have the point (with one world: the mean over its seeds)."""
+        by_x: dict[float, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
         for rc in self.runs:
             for x, kl, g in zip(rc.x, rc.kl, rc.gain[reward]):
                 if kl is not None and g is not None and math.isfinite(kl) and math.isfinite(g):
-                    by_x[x].append((kl, g))
+                    by_x[x][rc.world].append((kl, g))
         xs = sorted(by_x)
-        return (np.array([np.mean([p[0] for p in by_x[x]]) for x in xs]),
-                np.array([np.mean([p[1] for p in by_x[x]]) for x in xs]))
+        means = [np.mean([np.mean(points, axis=0) for points in by_x[x].values()], axis=0) for x in xs]
+        return np.array([m[0] for m in means]), np.array([m[1] for m in means])
 
 
 @dataclass
 class CurveFit:
+    """A curve's fit for one reward. ``boot``: the fit and its intervals (a
+    :class:`~rlhf_bench.benchmarks.gao_worlds.WorldsFit`, intervals over worlds, when the curve spans
+    several; else the bootstrap over seeds). ``per_world``: with several worlds, each world's own fit
+    (:func:`fit_curve` of its runs, ``world`` set); empty otherwise."""
+
     curve: Curve
     reward: str
     boot: BootstrapFit
     verdict: str
     observed_peak: tuple[float, float]  # (KL, gain) of the mean curve's maximum
     end: tuple[float, float]  # (KL, gain) of the mean curve's last point (last step, largest n)
+    per_world: list["CurveFit"] = field(default_factory=list)
+    world: Optional[int] = None  # the world of a per-world fit; None: every world of the curve
+
+
+def observed(c: Curve, reward: str) -> tuple[tuple[float, float], tuple[float, float]]:
+    """((KL, gain) of the mean curve's maximum, (KL, gain) of its last point); NaN without points."""
+    kl, gain = c.mean_curve(reward)
+    if not gain.size:
+        return (math.nan, math.nan), (math.nan, math.nan)
+    i = int(np.argmax(gain))
+    return (float(kl[i]), float(gain[i])), (float(kl[-1]), float(gain[-1]))
 
 
 def fit_curve(c: Curve, reward: str, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> CurveFit:
-    """Gao et al.'s form of the curve's kind fitted to every point of its runs, with the bootstrap over runs."""
+    """Gao et al.'s form of the curve's kind fitted to every point of its runs, with the bootstrap over
+    runs. Meant for one world's runs: runs of several worlds would be resampled as if independent
+    seeds (:func:`~rlhf_bench.benchmarks.gao_worlds.fit_curve` pools worlds)."""
     data = [(rc.d, np.asarray(rc.gain[reward], dtype=float)) for rc in c.runs]
     boot = bootstrap_fit(c.form, data, n_boot=n_boot, seed=seed, level=level)
-    kl, gain = c.mean_curve(reward)
-    if gain.size:
-        i = int(np.argmax(gain))
-        peak, end = (float(kl[i]), float(gain[i])), (float(kl[-1]), float(gain[-1]))
-    else:
-        peak = end = (math.nan, math.nan)
-    verdict = peak_verdict(boot)
-    return CurveFit(c, reward, boot, verdict, peak, end)
-
-
-def fit_curves(curves: list[Curve], n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> list[CurveFit]:
-    """Every curve, gold (where the runs have one) then proxy."""
-    out = []
-    for c in curves:
-        for reward in REWARDS:
-            if any(np.isfinite(rc.gain[reward]).any() for rc in c.runs):
-                out.append(fit_curve(c, reward, n_boot, seed, level))
-    return out
+    peak, end = observed(c, reward)
+    return CurveFit(c, reward, boot, peak_verdict(boot), peak, end)

@@ -17,15 +17,22 @@ Outputs, written into ``out_dir`` (default: the first sweep directory):
   empty where a run did not record it: runs written before it existed, best-of-n off enumerable tasks).
 - ``frontier.png``: gold reward vs KL (left) and proxy reward vs KL (right), one row per
   (task, reward model): faint evaluation points, each algorithm's bold Pareto front, the final
-  policy's mean over seeds with 95% CI bars at each beta, SFT as a star, the exact optimal frontier.
+  policy's mean with 95% CI bars at each beta (over worlds; over seeds with one world), SFT as a star,
+  the exact optimal frontier (one per world). With several worlds the rewards are gains over each
+  world's SFT reward, since worlds' reward scales differ.
 - ``winrates.csv`` / ``winrate.png``: head-to-head win rates between final policies on the same
   held-out prompts, judged by the gold and by the proxy reward (see :func:`compute_winrates`).
 - ``comparisons.csv``: for every pair of trained algorithms, per beta and over all betas, the mean
-  gold-reward difference at matched KL between their fronts, its bootstrap interval over seeds and
-  the verdict (:mod:`~rlhf_bench.benchmarks.verdicts`).
-- ``report.md``: what was run, the runs left out (if any), a table per task with mean ± 95% CI
-  over seeds, what the seeds support, the budget table, convergence flags, the pairwise
-  comparisons, the papers' claims checked, the plots, provenance.
+  gold-reward difference at matched KL between their fronts within each world and pooled over worlds
+  (a ``pooled`` row with the t-interval over worlds, the verdict and the between- and within-world
+  SDs, then one row per world; :mod:`~rlhf_bench.benchmarks.verdicts`).
+- ``verdicts.md`` and ``worlds.png``: the papers' claims per world and pooled, what explains the spread
+  between worlds (each world's reward-model accuracy, its gaps, their correlation) and the per-β /
+  all-β note (:mod:`~rlhf_bench.benchmarks.report_worlds`); the README quotes ``verdicts.md``.
+- ``report.md``: what was run (one sentence at the top when a group has a single world: no verdict),
+  the runs left out (if any), a table per task with mean ± 95% CI over worlds, what the worlds and
+  seeds support, the budget table, convergence flags, the pairwise comparisons (pooled and per world),
+  the papers' claims checked, the spread between worlds, the plots, provenance.
 
 Runs of a task without a gold judge (``summary.json``: ``"gold_reward": false``; ``reward_gold`` null
 everywhere) have no gold reward. Their (task, reward model) groups are reported on the proxy reward:
@@ -35,7 +42,7 @@ comparisons use the proxy reward (labelled *proxy*; comparisons.csv then gains a
 and the papers' claims are not checked on them. frontier.csv keeps its ``reward_gold`` column, empty.
 
 Runs are grouped by (task, reward model). Algorithms that do not train (``steps == 0``: sft,
-best_of_n) do not depend on beta: one entry per seed is kept (the first found) and it is compared
+best_of_n) do not depend on beta: one entry per world and seed is kept (the first found) and it is compared
 with the runs of every beta. When runs of one algorithm label differ in other algorithm settings
 (say best_of_n with n=4 and n=16), the label is extended with the differing settings
 (``best_of_n[n=16]``) so that they are reported apart.
@@ -71,9 +78,11 @@ from .report_loading import (ALGORITHM_ORDER, LeftOut, NoRunsError, PromptMismat
                              Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, find_runs, judges, left_out_runs,
                              load_runs)
 from .report_markdown import write_report_md
-from .report_plots import algorithm_color, plot_frontier, plot_winrates
+from .report_plots import algorithm_color, plot_frontier, plot_winrates, plot_worlds
 from .report_verdicts import write_comparisons_csv
+from .report_worlds import write_verdicts_md
 from .stats import win_rate
+from .worlds import pooled
 from .verdicts import pairwise_gaps
 
 log = logging.getLogger(__name__)
@@ -85,11 +94,11 @@ __all__ = ["build_report", "main", "ReportCallback", "ReportError", "NoRunsError
 
 SPECIAL_TOKENS = ("<eos>", "<pad>")  # not counted in response lengths
 
-FRONTIER_COLUMNS = ["algorithm", "beta", "seed", "step", "kl", "reward_gold", "reward_proxy", "task", "reward_model",
-                    "ranking_accuracy", "ranking_accuracy_gold"]
+FRONTIER_COLUMNS = ["algorithm", "beta", "world", "seed", "step", "kl", "reward_gold", "reward_proxy", "task",
+                    "reward_model", "ranking_accuracy", "ranking_accuracy_gold"]
 RANKING_COLUMNS = ("ranking_accuracy", "ranking_accuracy_gold")  # absent from older runs' rows: written empty
 WINRATE_COLUMNS = ["a", "b", "judge", "beta", "win_rate", "ci_low", "ci_high", "n", "mean_length_a", "mean_length_b",
-                   "n_seeds", "n_prompts", "task", "reward_model"]
+                   "n_seeds", "n_prompts", "task", "reward_model", "n_worlds", "interval"]
 
 
 def response_length(response: str) -> int:
@@ -110,7 +119,7 @@ def write_frontier_csv(runs: list[Run], path: Path) -> None:
         w.writerow(FRONTIER_COLUMNS)
         for r in runs:
             for row in r.eval_rows:
-                w.writerow([r.algorithm, "" if r.beta_independent else r.beta, r.seed,
+                w.writerow([r.algorithm, "" if r.beta_independent else r.beta, r.world, r.seed,
                             *cells(row, ("step", "kl", "reward_gold", "reward_proxy")), r.task, r.reward_model,
                             *cells(row, RANKING_COLUMNS)])
 
@@ -119,7 +128,7 @@ def write_frontier_csv(runs: list[Run], path: Path) -> None:
 @dataclass
 class WinRates:
     rows: list[dict]  # the rows of winrates.csv
-    per_seed: dict  # (task, rm, a, b, judge, beta or None, seed) -> win rate of that seed's pairing
+    per_seed: dict  # (task, rm, a, b, judge, beta or None, world, seed) -> win rate of that run's pairing
     table: dict  # (task, rm, a, b, judge, beta or None) -> the pooled row
 
 
@@ -129,7 +138,7 @@ def _check_prompts(ra: Run, rb: Run, checked: set) -> None:
         return
     sa, sb = ra.samples, rb.samples
     if len(sa) != len(sb):
-        raise PromptMismatchError(f"cannot compare {ra.algorithm} with {rb.algorithm} (seed {ra.seed}): "
+        raise PromptMismatchError(f"cannot compare {ra.algorithm} with {rb.algorithm} (world {ra.world}, seed {ra.seed}): "
                                   f"{len(sa)} samples in {ra.path / 'samples.jsonl'} but {len(sb)} in "
                                   f"{rb.path / 'samples.jsonl'}; win rates need the same held-out prompts")
     for i, (x, y) in enumerate(zip(sa, sb)):
@@ -140,20 +149,39 @@ def _check_prompts(ra: Run, rb: Run, checked: set) -> None:
     checked.add(key)
 
 
+def _pooled_rate(outcomes: dict[int, tuple[list, list, list]], confidence: float) -> tuple[float, float, float, int,
+                                                                                          str]:
+    """(rate, low, high, n, interval) from world -> (a's scores, b's scores, prompt clusters).
+
+    One world: :func:`~rlhf_bench.benchmarks.stats.win_rate` over its comparisons, prompts as clusters
+    (``interval == "prompts"``). Several worlds: the mean of the per-world rates with a Student-t
+    interval over worlds (:func:`~rlhf_bench.benchmarks.worlds.pooled`, clipped to [0, 1];
+    ``interval == "worlds"``): the world is a level of randomness that the prompts of one world cannot show."""
+    n = sum(len(xa) for xa, _, _ in outcomes.values())
+    if len(outcomes) == 1:
+        ((xa, xb, clusters),) = outcomes.values()
+        rate, lo, hi, n = win_rate(xa, xb, clusters=clusters, confidence=confidence)
+        return rate, lo, hi, n, "prompts"
+    p = pooled([win_rate(xa, xb)[0] for xa, xb, _ in outcomes.values()], confidence)
+    return p.estimate, max(0.0, p.low), min(1.0, p.high), n, "worlds"
+
+
 def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[list[str]] = None) -> WinRates:
     """Head-to-head win rates between the final policies (``samples.jsonl``) of every ordered pair
     of algorithms, within each (task, reward model), for the gold and the proxy judge.
 
-    Pairing: runs at the same beta and the same seed; a beta-independent algorithm (sft, best_of_n)
-    is paired with the runs of every beta (and two beta-independent ones once, with an empty beta).
-    Comparison ``i`` is sample ``i`` of both runs: the prompts must be identical, in the same
-    order, else :class:`PromptMismatchError`. Outcomes 1 / 0.5 (tie) / 0 are pooled over the
-    common seeds. A group without a gold reward (a task with no gold judge) has proxy rows only.
+    Pairing: runs of the same world at the same beta and the same seed; a beta-independent algorithm
+    (sft, best_of_n) is paired with the runs of every beta (and two beta-independent ones once, with an
+    empty beta). Comparison ``i`` is sample ``i`` of both runs: the prompts must be identical, in the
+    same order, else :class:`PromptMismatchError`. Outcomes 1 / 0.5 (tie) / 0 are pooled over the
+    common seeds of each world. A group without a gold reward (a task with no gold judge) has proxy
+    rows only.
 
-    Confidence interval (``ci_low``, ``ci_high``): :func:`rlhf_bench.benchmarks.stats.win_rate` with the prompt
-    index as cluster, i.e. a Wilson score interval on the design-effect (cluster-robust) effective
-    sample size: comparisons of the same prompt for different seeds are not treated as independent,
-    and an all-win result still gets an interval of non-zero width.
+    Confidence interval (``ci_low``, ``ci_high``; :func:`_pooled_rate`): in one world,
+    :func:`rlhf_bench.benchmarks.stats.win_rate` with the prompt index as cluster, i.e. a Wilson score
+    interval on the design-effect (cluster-robust) effective sample size: comparisons of the same
+    prompt for different seeds are not treated as independent, and an all-win result still gets an
+    interval of non-zero width. Over several worlds: the t-interval over the per-world rates.
     """
     rows: list[dict] = []
     per_seed: dict = {}
@@ -168,13 +196,13 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
             else:
                 _warn(f"{r.path}: no samples.jsonl, left out of the win rates", notes)
         indep = {a for a in _algorithms(usable) if all(r.beta_independent for r in usable if r.algorithm == a)}
-        by_key: dict[tuple, dict[int, Run]] = defaultdict(dict)
+        by_key: dict[tuple, dict[tuple[int, int], Run]] = defaultdict(dict)
         for r in usable:
-            by_key[(r.algorithm, None if r.algorithm in indep else r.beta)][r.seed] = r
+            by_key[(r.algorithm, None if r.algorithm in indep else r.beta)][(r.world, r.seed)] = r
         algos = _algorithms(usable)
         betas = sorted({b for (_, b) in by_key if b is not None})
 
-        def at(alg: str, beta: Optional[float]) -> dict[int, Run]:
+        def at(alg: str, beta: Optional[float]) -> dict[tuple[int, int], Run]:
             return by_key.get((alg, None if alg in indep else beta), {})
 
         for beta in betas or [None]:
@@ -189,36 +217,39 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
                     ra_s, rb_s = at(a, beta), at(b, beta)
                     if not ra_s or not rb_s:
                         continue
-                    seeds = sorted(set(ra_s) & set(rb_s))
-                    if not seeds:
+                    pairs = sorted(set(ra_s) & set(rb_s))
+                    if not pairs:
                         key = (task, rm, a, b, eff_beta)
                         if key not in warned and (task, rm, b, a, eff_beta) not in warned:
                             warned.add(key)
-                            _warn(f"{task}/{rm}: no common seed for {a} and {b} at beta={_fmt_beta(eff_beta)} "
-                                  f"(seeds {sorted(ra_s)} vs {sorted(rb_s)}); no win rate", notes)
+                            _warn(f"{task}/{rm}: no common world and seed for {a} and {b} at "
+                                  f"beta={_fmt_beta(eff_beta)} ({sorted(ra_s)} vs {sorted(rb_s)}); no win rate", notes)
                         continue
-                    for s in seeds:
-                        _check_prompts(ra_s[s], rb_s[s], checked)
+                    for p in pairs:
+                        _check_prompts(ra_s[p], rb_s[p], checked)
                     for judge, col in judges(g_runs).items():
-                        xa, xb, clusters, la, lb = [], [], [], [], []
-                        for s in seeds:
-                            sa, sb = ra_s[s].samples, rb_s[s].samples
+                        outcomes: dict[int, tuple[list, list, list]] = {}
+                        la, lb = [], []
+                        for world, s in pairs:
+                            sa, sb = ra_s[(world, s)].samples, rb_s[(world, s)].samples
                             sa_scores = [x[col] for x in sa]
                             sb_scores = [x[col] for x in sb]
-                            rate_s = win_rate(sa_scores, sb_scores, confidence=confidence)[0]
-                            per_seed[(task, rm, a, b, judge, eff_beta, s)] = rate_s
+                            per_seed[(task, rm, a, b, judge, eff_beta, world, s)] = \
+                                win_rate(sa_scores, sb_scores, confidence=confidence)[0]
+                            xa, xb, clusters = outcomes.setdefault(world, ([], [], []))
                             xa += sa_scores
                             xb += sb_scores
                             clusters += list(range(len(sa)))
                             la += [response_length(x.get("response", "")) for x in sa]
                             lb += [response_length(x.get("response", "")) for x in sb]
-                        rate, lo, hi, n = win_rate(xa, xb, clusters=clusters, confidence=confidence)
+                        rate, lo, hi, n, over = _pooled_rate(outcomes, confidence)
                         row = {"a": a, "b": b, "judge": judge, "beta": "" if eff_beta is None else eff_beta,
                                "win_rate": rate, "ci_low": lo, "ci_high": hi, "n": n,
                                "mean_length_a": sum(la) / len(la) if la else math.nan,
                                "mean_length_b": sum(lb) / len(lb) if lb else math.nan,
-                               "n_seeds": len(seeds), "n_prompts": len(set(clusters)), "task": task,
-                               "reward_model": rm}
+                               "n_seeds": len({s for _, s in pairs}),
+                               "n_prompts": max(len(set(c)) for _, _, c in outcomes.values()), "task": task,
+                               "reward_model": rm, "n_worlds": len(outcomes), "interval": over}
                         rows.append(row)
                         table[(task, rm, a, b, judge, eff_beta)] = row
     return WinRates(rows, per_seed, table)
@@ -265,6 +296,8 @@ def build_report(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = No
     plot_winrates(runs, wr, out_dir / "winrate.png")
     gaps = pairwise_gaps(runs, confidence, order=_algo_key)
     write_comparisons_csv(gaps, out_dir / "comparisons.csv")
+    write_verdicts_md(runs, gaps, out_dir / "verdicts.md", confidence)
+    plot_worlds(runs, gaps, out_dir / "worlds.png")
     report = out_dir / "report.md"
     write_report_md(runs, wr, report, sweep_dirs, dropped, notes, confidence, gaps)
     return report

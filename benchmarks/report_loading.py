@@ -96,6 +96,15 @@ class Run:
         return int(self.summary.get("seed", 0))
 
     @property
+    def world(self) -> int:
+        """The task's seed (gold reward, data, SFT base, reward model): ``summary.json``'s ``world``, or
+        for runs written before it was recorded their config's ``task.seed`` (else 0)."""
+        if self.summary.get("world") is not None:
+            return int(self.summary["world"])
+        task = (self.summary.get("config") or {}).get("task") or {}
+        return int(task.get("seed", 0) or 0)
+
+    @property
     def task(self) -> str:
         return str(self.summary.get("task", "unknown"))
 
@@ -308,11 +317,12 @@ def _deduplicate(runs: list[Run], notes: Optional[list[str]]) -> list[Run]:
     kept: list[Run] = []
     seen: dict[tuple, Run] = {}
     for r in runs:
-        key = (r.task, r.reward_model, r.algorithm, r.seed) if r.beta_independent else \
-            (r.task, r.reward_model, r.algorithm, r.beta, r.seed)
+        key = (r.task, r.reward_model, r.algorithm, r.world, r.seed) if r.beta_independent else \
+            (r.task, r.reward_model, r.algorithm, r.beta, r.world, r.seed)
         if key in seen:
             if not r.beta_independent:
-                _warn(f"duplicate run {r.algorithm} beta={r.beta:g} seed={r.seed} ({r.task}, {r.reward_model}): "
+                _warn(f"duplicate run {r.algorithm} beta={r.beta:g} world={r.world} seed={r.seed} "
+                      f"({r.task}, {r.reward_model}): "
                       f"keeping {seen[key].path}, ignoring {r.path}", notes)
             continue
         seen[key] = r
@@ -329,8 +339,8 @@ def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> 
     unfinished ones (no ``summary.json``) and unreadable ones (a line of a JSON-lines file, or
     ``summary.json``, that is not a JSON object; the warning names the file and the 1-based line).
 
-    Beta-independent runs (``steps == 0``) keep one run per (task, reward model, algorithm, seed);
-    a repeated (task, reward model, algorithm, beta, seed) keeps the first run found, with a warning.
+    Beta-independent runs (``steps == 0``) keep one run per (task, reward model, algorithm, world, seed);
+    a repeated (task, reward model, algorithm, beta, world, seed) keeps the first run found, with a warning.
     A group where some runs have a gold reward and some do not (:attr:`Run.has_gold`) warns: it is
     reported on the proxy reward only.
     Raises :class:`NoRunsError`, listing the runs left out, when no usable run is found.
@@ -371,7 +381,7 @@ def _group_key(g: tuple[str, str]) -> tuple:
 
 
 def _run_sort_key(r: Run) -> tuple:
-    return (_group_key(r.group), _algo_key(r.algorithm), 0.0 if r.beta_independent else r.beta, r.seed)
+    return (_group_key(r.group), _algo_key(r.algorithm), 0.0 if r.beta_independent else r.beta, r.world, r.seed)
 
 
 def _groups(runs: list[Run]) -> dict[tuple[str, str], list[Run]]:
@@ -394,6 +404,11 @@ def has_gold(runs: Iterable[Run]) -> bool:
 def judges(runs: Iterable[Run]) -> dict[str, str]:
     """The judges (name -> column) of a group of runs: :data:`JUDGES`, or the proxy alone without gold."""
     return JUDGES if has_gold(runs) else {"proxy": JUDGES["proxy"]}
+
+
+def worlds_of(runs: Iterable[Run]) -> list[int]:
+    """The worlds (``task.seed``) of these runs, sorted."""
+    return sorted({r.world for r in runs})
 
 
 def _fmt_beta(beta: Optional[float]) -> str:

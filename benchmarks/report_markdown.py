@@ -9,9 +9,11 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .report_loading import LeftOut, Run, _algo_key, _algorithms, _groups, has_gold, judges
+from .report_loading import LeftOut, Run, _algo_key, _algorithms, _groups, has_gold, judges, worlds_of
 from .report_verdicts import verdict_sections
-from .stats import clean, mean_ci
+from .report_worlds import beta_section, one_world_lines, spread_section
+from .stats import clean
+from .worlds import two_level_mean_ci
 
 if TYPE_CHECKING:
     from .report import WinRates
@@ -25,18 +27,33 @@ def _num(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def _cell(values: Sequence[Optional[float]], n_row: int, digits: int = 3, scale: float = 1.0, suffix: str = "",
-          confidence: float = 0.95) -> str:
-    xs = clean(values)
-    if not xs:
+def _cell(runs: Sequence[Run], values: Sequence[Optional[float]], digits: int = 3, scale: float = 1.0,
+          suffix: str = "", confidence: float = 0.95) -> str:
+    """Mean ± the half-width of the interval of a value of each run (``values[i]`` of ``runs[i]``):
+    over worlds when the runs span several (the per-world means, t over worlds), else over seeds
+    (:func:`~rlhf_bench.benchmarks.worlds.two_level_mean_ci`); ``(n=...)`` when some runs lack it."""
+    by_world: dict[int, list[float]] = defaultdict(list)
+    for r, v in zip(runs, values):
+        if clean([v]):
+            by_world[r.world].append(scale * float(v))
+    n = sum(len(v) for v in by_world.values())
+    if not n:
         return "—"
-    m, lo, hi = mean_ci([scale * x for x in xs], confidence)
+    m, lo, hi, _ = two_level_mean_ci(by_world, confidence)
     text = f"{_num(m, digits)}{suffix}"
     if math.isfinite(lo):
         text += f" ± {_num(hi - m, digits)}"
-    if len(xs) != n_row:
-        text += f" (n={len(xs)})"
+    if n != len(runs):
+        text += f" (n={n})"
     return text
+
+
+def runs_label(runs: Sequence[Run]) -> str:
+    """``W×S`` (worlds × seeds) when every world has the same number of runs, else ``n=N (W worlds)``."""
+    per_world = Counter(r.world for r in runs)
+    if len(set(per_world.values())) == 1:
+        return f"{len(per_world)}×{next(iter(per_world.values()))}"
+    return f"n={len(runs)} ({len(per_world)} worlds)"
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -66,7 +83,7 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
     gold = has_gold(g_runs)
     has_rank_gold = gold and any(r.final.get("ranking_accuracy_gold") is not None for r in g_runs)
     judge = "gold" if gold else "proxy"
-    head = ["algorithm", "β", "seeds", "steps", "KL"] + (["gold reward"] if gold else []) + ["proxy reward"]
+    head = ["algorithm", "β", "worlds×seeds", "steps", "KL"] + (["gold reward"] if gold else []) + ["proxy reward"]
     if has_eff:
         head.append("frontier efficiency")
     head += (["ranking accuracy"] if has_rank else []) + (["ranking accuracy (gold)"] if has_rank_gold else [])
@@ -82,35 +99,46 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
         for r in a_runs:
             by_beta[None if indep else r.beta].append(r)
         for beta in sorted(by_beta, key=lambda b: -1 if b is None else b):
-            b_runs = sorted(by_beta[beta], key=lambda r: r.seed)
-            n = len(b_runs)
+            b_runs = sorted(by_beta[beta], key=lambda r: (r.world, r.seed))
             finals = [r.final for r in b_runs]
             steps = sorted({r.steps for r in b_runs})
-            cells = [alg, "—" if beta is None else f"{beta:g}", f"n={n}",
+            cells = [alg, "—" if beta is None else f"{beta:g}", runs_label(b_runs),
                      "/".join(str(s) for s in steps),
-                     _cell([f.get("kl") for f in finals], n, confidence=confidence)]
+                     _cell(b_runs, [f.get("kl") for f in finals], confidence=confidence)]
             if gold:
-                cells.append(_cell([f.get("reward_gold") for f in finals], n, confidence=confidence))
-            cells.append(_cell([f.get("reward_proxy") for f in finals], n, confidence=confidence))
+                cells.append(_cell(b_runs, [f.get("reward_gold") for f in finals], confidence=confidence))
+            cells.append(_cell(b_runs, [f.get("reward_proxy") for f in finals], confidence=confidence))
             if has_eff:
-                cells.append(_cell([f.get("efficiency") for f in finals], n, confidence=confidence))
+                cells.append(_cell(b_runs, [f.get("efficiency") for f in finals], confidence=confidence))
             for key, shown in (("ranking_accuracy", has_rank), ("ranking_accuracy_gold", has_rank_gold)):
                 if shown:  # older runs lack the column: "—", or counted in "(n=...)"
-                    cells.append(_cell([f.get(key) for f in finals], n, confidence=confidence))
+                    cells.append(_cell(b_runs, [f.get(key) for f in finals], confidence=confidence))
             if alg == "sft" or not has_sft:
                 cells.append("—")
             else:
-                rates = [wr.per_seed.get((task, rm, alg, "sft", judge, beta, r.seed)) for r in b_runs]
-                cells.append(_cell(rates, n, digits=1, scale=100.0, suffix="%", confidence=confidence))
-            cells.append(_cell([f.get("length") for f in finals], n, digits=2, confidence=confidence))
-            cells.append(_cell([r.summary.get("wall_time_seconds") for r in b_runs], n, digits=1,
+                rates = [wr.per_seed.get((task, rm, alg, "sft", judge, beta, r.world, r.seed)) for r in b_runs]
+                cells.append(_cell(b_runs, rates, digits=1, scale=100.0, suffix="%", confidence=confidence))
+            cells.append(_cell(b_runs, [f.get("length") for f in finals], digits=2, confidence=confidence))
+            cells.append(_cell(b_runs, [r.summary.get("wall_time_seconds") for r in b_runs], digits=1,
                                confidence=confidence))
             if has_opt:
-                o = next((r.summary["optimal_at_beta"] for r in b_runs if r.summary.get("optimal_at_beta")), None)
-                cells.append(f"{_num(o.get('kl'))} / {_num(o.get('reward_value'))} ({o.get('reward', '?')})"
-                             if o else "—")
+                cells.append(_optimum_cell(b_runs))
             lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def _optimum_cell(runs: Sequence[Run]) -> str:
+    """The optimum at the run's beta (``summary.json``'s ``optimal_at_beta``): its KL / reward, the mean
+    over worlds (each world has its own) with their range when they differ."""
+    by_world = {r.world: r.summary["optimal_at_beta"] for r in runs if r.summary.get("optimal_at_beta")}
+    if not by_world:
+        return "—"
+    kls, rws = [o.get("kl") for o in by_world.values()], [o.get("reward_value") for o in by_world.values()]
+    reward = next(iter(by_world.values())).get("reward", "?")
+    if len(by_world) == 1:
+        return f"{_num(kls[0])} / {_num(rws[0])} ({reward})"
+    return (f"{_num(sum(kls) / len(kls))} / {_num(sum(rws) / len(rws))} ({reward}; mean of {len(by_world)} worlds: "
+            f"KL {_num(min(kls))}-{_num(max(kls))})")
 
 
 def _winrate_table(task: str, rm: str, g_runs: list[Run], wr: WinRates) -> list[str]:
@@ -131,7 +159,9 @@ def _winrate_table(task: str, rm: str, g_runs: list[Run], wr: WinRates) -> list[
             c = cells.get((a, beta, judge))
             out.append(f"{100 * c['win_rate']:.1f}% [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]" if c else "—")
             if c:
-                n = f"{c['n']} ({c['n_prompts']} prompts × {c['n_seeds']} seed{'s' if c['n_seeds'] != 1 else ''})"
+                worlds = int(c.get("n_worlds") or 1)
+                n = (f"{c['n']} ({c['n_prompts']} prompts × {c['n_seeds']} seed{'s' if c['n_seeds'] != 1 else ''}"
+                     + (f" × {worlds} worlds" if worlds > 1 else "") + ")")
         out.append(n)
         lines.append("| " + " | ".join(out) + " |")
     return lines
@@ -173,25 +203,29 @@ def _what_was_run(runs: list[Run], sweep_dirs: Sequence[Path], left_out: Sequenc
     L = ["# rlhf-bench report", "",
          f"Built from {len(runs)} runs in " + ", ".join(f"`{s}`" for s in sweep_dirs) + "."
          + (f" {len(left_out)} left out (see Runs left out)." if left_out else ""),
-         "", *no_gold_lines(runs), "## What was run", "",
-         "| task | reward model | algorithms | β | seeds | runs |", "|---|---|---|---|---|---:|"]
+         "", *no_gold_lines(runs), *one_world_lines(runs), "## What was run", "",
+         "| task | reward model | algorithms | β | worlds (`task.seed`) | seeds | runs |",
+         "|---|---|---|---|---|---|---:|"]
     for (task, rm), g_runs in _groups(runs).items():
         betas = sorted({r.beta for r in g_runs if not r.beta_independent})
         seeds = sorted({r.seed for r in g_runs})
         L.append(f"| {task} | {rm} | {', '.join(_algorithms(g_runs))} | {', '.join(f'{b:g}' for b in betas) or '—'} "
-                 f"| {', '.join(str(s) for s in seeds)} | {len(g_runs)} |")
+                 f"| {', '.join(str(w) for w in worlds_of(g_runs))} | {', '.join(str(s) for s in seeds)} "
+                 f"| {len(g_runs)} |")
     L += ["", "Algorithms without training (sft, best_of_n: `steps = 0`) do not depend on β; they are "
-              "listed once per seed and compared with the runs of every β."]
+              "listed once per world and seed and compared with the runs of every β. A world is the task's "
+              "seed: its gold reward, data, SFT base and reward model, shared by every algorithm run in it."]
     return L
 
 
 def _results(runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
     L = ["", "## Results", "",
-         f"Final evaluation of each run; each cell is the mean over seeds ± the half-width of the "
-         f"{confidence:.0%} Student-t confidence interval (no interval with a single seed: `n=1`). KL is "
+         f"Final evaluation of each run; each cell is the mean ± the half-width of the {confidence:.0%} "
+         "Student-t confidence interval over worlds (the mean of each world's mean over its seeds; with a "
+         "single world, over its seeds, which says nothing of other worlds; no interval from one run). KL is "
          "KL(π ‖ π_ref) per response; efficiency is the share of the optimal reward gain (over SFT) "
-         "reached at the run's KL; the win rate vs SFT is per seed on the held-out prompts (ties count "
-         "half), then averaged over seeds; length is in response tokens before EOS."]
+         "reached at the run's KL; the win rate vs SFT is per run on the held-out prompts (ties count "
+         "half), then averaged as above; length is in response tokens before EOS."]
     if any(r.final.get("ranking_accuracy") is not None for r in runs):
         L[-1] += (" Ranking accuracy (Chen et al. 2024) is the share of the held-out preference pairs the "
                   "policy ranks correctly by its implicit reward β log(π/π_ref), against the preference labels "
@@ -203,8 +237,9 @@ def _results(runs: list[Run], wr: WinRates, confidence: float) -> list[str]:
         L += _summary_table(task, rm, g_runs, wr, confidence)
         wt = _winrate_table(task, rm, g_runs, wr)
         if wt:
-            L += ["", "Win rates against SFT, pooled over seeds (interval: Wilson score interval on the "
-                      "cluster-robust effective sample size, prompts as clusters):", ""]
+            L += ["", "Win rates against SFT (one world: pooled over its seeds, Wilson score interval on the "
+                      "cluster-robust effective sample size, prompts as clusters; several worlds: the mean of the "
+                      "per-world rates, Student-t interval over worlds):", ""]
             L += wt
     return L
 
@@ -287,7 +322,8 @@ def write_report_md(runs: list[Run], wr: WinRates, path: Path, sweep_dirs: Seque
                     gaps: Sequence = ()) -> None:
     """report.md: what was run, the runs left out, the results, the verdicts, the plots, provenance, warnings."""
     L = _what_was_run(runs, sweep_dirs, left_out) + left_out_section(left_out) + _results(runs, wr, confidence)
-    L += verdict_sections(runs, gaps, confidence) + _plots(runs) + _versions(runs) + _configs(runs)
+    L += verdict_sections(runs, gaps, confidence) + spread_section(runs, gaps, confidence) + beta_section(gaps)
+    L += _plots(runs) + _versions(runs) + _configs(runs)
     if notes:
         L += ["## Warnings", ""] + [f"- {n}" for n in notes] + [""]
     path.write_text("\n".join(L))

@@ -1,5 +1,12 @@
-"""Matplotlib figures of the benchmark report: ``frontier.png`` (:func:`plot_frontier`) and
-``winrate.png`` (:func:`plot_winrates`), with the algorithms' colours and the beta markers."""
+"""Matplotlib figures of the benchmark report: ``frontier.png`` (:func:`plot_frontier`), ``winrate.png``
+(:func:`plot_winrates`) and ``worlds.png`` (:func:`plot_worlds`, in :mod:`.report_plots_worlds`), with the
+algorithms' colours and the beta markers.
+
+A (task, reward model) group whose runs span several worlds (``task.seed``: each its own gold reward, SFT
+base and reward model, so its own reward scale and exact optimal frontier) is drawn in ``frontier.png`` as
+each run's **gain over its world's SFT reward** (the step-0 evaluation of that world's runs), with the final
+points pooled over worlds (:func:`~rlhf_bench.benchmarks.worlds.two_level_mean_ci`) and one exact optimal
+frontier and one set of targets per world. A group of one world is drawn in absolute rewards."""
 
 from __future__ import annotations
 
@@ -8,8 +15,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .report_loading import JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, has_gold, judges
-from .stats import mean_ci, pareto_front
+from .report_loading import (JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, has_gold, judges,
+                             worlds_of)
+from .stats import pareto_front
+from .worlds import two_level_mean_ci
 
 if TYPE_CHECKING:
     from .report import WinRates
@@ -39,31 +48,60 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained", dpi=110)
 
 
-def _group_optimal_frontier(g_runs: list[Run], notes: Optional[list[str]]) -> Optional[list[dict]]:
-    frontier, first = None, None
+def _world_optimal_frontiers(g_runs: list[Run], notes: Optional[list[str]]) -> dict[int, list[dict]]:
+    """world -> the exact optimal frontier of its runs (``optimal_frontier.csv``; worlds without one left out).
+    Every run of a world shares it; one that differs is warned about once per world, the first plotted."""
+    frontiers: dict[int, list[dict]] = {}
+    first: dict[int, Run] = {}
+    warned: set[int] = set()
     for r in g_runs:
         f = r.optimal_frontier()
         if f is None:
             continue
-        if frontier is None:
-            frontier, first = f, r
-        elif f != frontier:
-            _warn(f"optimal_frontier.csv differs between {first.path} and {r.path} (different shared stages?); "
-                  f"plotting the first", notes)
-            break
-    return frontier
+        if r.world not in frontiers:
+            frontiers[r.world], first[r.world] = f, r
+        elif f != frontiers[r.world] and r.world not in warned:
+            _warn(f"optimal_frontier.csv differs between {first[r.world].path} and {r.path} (different shared "
+                  f"stages?); plotting the first", notes)
+            warned.add(r.world)
+    return frontiers
+
+
+def _world_sft(g_runs: list[Run], key: str) -> dict[int, float]:
+    """world -> what is subtracted from its runs' reward ``key``: with 2+ worlds the world's SFT reward (the mean
+    step-0 evaluation of its runs; a world without one is left out), with one world 0 (absolute rewards)."""
+    worlds = worlds_of(g_runs)
+    if len(worlds) < 2:
+        return {w: 0.0 for w in worlds}
+    by_world: dict[int, list[float]] = defaultdict(list)
+    for r in g_runs:
+        first = r.eval_rows[0] if r.eval_rows else {}
+        if first.get("step", 0) == 0 and first.get(key) is not None and math.isfinite(float(first[key])):
+            by_world[r.world].append(float(first[key]))
+    return {w: math.fsum(v) / len(v) for w, v in by_world.items()}
+
+
+def _gain(value: Optional[float], run: Run, base: dict[int, float]) -> Optional[float]:
+    """A reward of ``run`` minus its world's base (:func:`_world_sft`); None when either is missing."""
+    return None if value is None or run.world not in base else float(value) - base[run.world]
 
 
 def _final_points(ax, alg: str, a_runs: list[Run], key: str, color: str, beta_marker: dict, confidence: float,
-                  xs_vis: list, ys_vis: list) -> None:
-    """The final policies of one algorithm: mean over seeds with CI bars, per beta."""
+                  xs_vis: list, ys_vis: list, base: dict[int, float]) -> None:
+    """The final policies of one algorithm, per beta: the mean over seeds with CI bars (one world), or the mean
+    of the per-world means with the t-interval over worlds (several; rewards as gains over each world's SFT)."""
     indep = all(r.beta_independent for r in a_runs)
     by_beta: dict[Optional[float], list[Run]] = defaultdict(list)
     for r in a_runs:
         by_beta[None if indep else r.beta].append(r)
     for beta, b_runs in sorted(by_beta.items(), key=lambda t: -1 if t[0] is None else t[0]):
-        mx, lx, hx = mean_ci([r.final.get("kl") for r in b_runs], confidence)
-        my, ly, hy = mean_ci([r.final.get(key) for r in b_runs], confidence)
+        kl_w: dict[int, list] = defaultdict(list)
+        y_w: dict[int, list] = defaultdict(list)
+        for r in b_runs:
+            kl_w[r.world].append(r.final.get("kl"))
+            y_w[r.world].append(_gain(r.final.get(key), r, base))
+        mx, lx, hx, _ = two_level_mean_ci(kl_w, confidence)
+        my, ly, hy, _ = two_level_mean_ci(y_w, confidence)
         if not (math.isfinite(mx) and math.isfinite(my)):
             continue
         xerr = [[mx - lx], [hx - mx]] if math.isfinite(lx) else None
@@ -72,73 +110,94 @@ def _final_points(ax, alg: str, a_runs: list[Run], key: str, color: str, beta_ma
             marker, ms = ("*", 17) if alg == "sft" else ("X", 11)
         else:
             marker, ms = beta_marker[beta], 8
-        ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt=marker, ms=ms, color=color, mec="black",
-                    mew=0.8, ecolor=color, elinewidth=1.2, capsize=3.5, zorder=6)
+        bars = ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt=marker, ms=ms, color=color, mec="black",
+                           mew=0.8, ecolor=color, elinewidth=1.2, capsize=3.5, zorder=6)
+        bars.lines[0].set_gid(f"final:{alg}")  # the mark, for the tests
         # the limits follow the points, not the bars: with 2-3 seeds a t interval can be
         # far wider than the data; such bars run off the axes instead of squashing the plot
         xs_vis.append(mx)
         ys_vis.append(my)
 
 
-def _algorithm_marks(ax, g_runs: list[Run], key: str, all_algos: list[str], beta_marker: dict, confidence: float
-                     ) -> tuple[list, list]:
-    """Every evaluation, each algorithm's Pareto front and final policies; the points the limits must show."""
+def _algorithm_marks(ax, g_runs: list[Run], key: str, all_algos: list[str], beta_marker: dict, confidence: float,
+                     base: dict[int, float]) -> tuple[list, list]:
+    """Every evaluation, each algorithm's Pareto front and final policies (rewards minus ``base[world]``); the
+    points the limits must show."""
     xs_vis, ys_vis = [], []
     for alg in _algorithms(g_runs):
         color = algorithm_color(alg, all_algos)
         a_runs = [r for r in g_runs if r.algorithm == alg]
         kl = [e.get("kl") for r in a_runs for e in r.eval_rows]
-        rw = [e.get(key) for r in a_runs for e in r.eval_rows]
+        rw = [_gain(e.get(key), r, base) for r in a_runs for e in r.eval_rows]
         pts = [(x, y) for x, y in zip(kl, rw) if x is not None and y is not None]
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, color=color, alpha=0.3, lw=0, zorder=2)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, color=color, alpha=0.3, lw=0, zorder=2,
+                       gid=f"evaluations:{alg}")
             xs_vis += [p[0] for p in pts]
             ys_vis += [p[1] for p in pts]
         if not all(r.beta_independent for r in a_runs) and len(pts) > 1:
             front = pareto_front([p[0] for p in pts], [p[1] for p in pts])
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color=color, lw=2.4,
-                    drawstyle="steps-post", alpha=0.95, zorder=4, solid_capstyle="round")
-        _final_points(ax, alg, a_runs, key, color, beta_marker, confidence, xs_vis, ys_vis)
+                    drawstyle="steps-post", alpha=0.95, zorder=4, solid_capstyle="round", gid=f"front:{alg}")
+        _final_points(ax, alg, a_runs, key, color, beta_marker, confidence, xs_vis, ys_vis, base)
     return xs_vis, ys_vis
 
 
-def _targets(ax, g_runs: list[Run], judge: str, beta_marker: dict, x_lo: float, x_hi: float, ys_vis: list) -> bool:
-    """The optimum at each beta of the sweep, on the reward being optimised; whether one was drawn."""
+def _targets(ax, g_runs: list[Run], judge: str, beta_marker: dict, x_lo: float, x_hi: float, ys_vis: list,
+             base: dict[int, float]) -> bool:
+    """The optimum at each beta of the sweep and world, on the reward being optimised (minus ``base[world]``);
+    whether one was drawn."""
     targets = {}
     for r in g_runs:
         o = r.summary.get("optimal_at_beta")
         if o and not r.beta_independent and o.get("reward", judge) == judge and r.beta in beta_marker:
-            targets[r.beta] = (o.get("kl"), o.get("reward_value"))
+            targets[(r.world, r.beta)] = (o.get("kl"), _gain(o.get("reward_value"), r, base))
     drawn = False
-    for beta, (ox, oy) in targets.items():
+    for (world, beta), (ox, oy) in targets.items():
         if ox is None or oy is None:
             continue
-        ax.plot([ox], [oy], marker=beta_marker[beta], ms=9, mfc="none", mec="black", mew=1.4, ls="none", zorder=7)
+        ax.plot([ox], [oy], marker=beta_marker[beta], ms=9, mfc="none", mec="black", mew=1.4, ls="none", zorder=7,
+                gid=f"target:world={world}")
         if x_lo <= ox <= x_hi:
             ys_vis.append(oy)
         drawn = True
     return drawn
 
 
-def _frontier_panel(ax, task: str, rm: str, g_runs: list[Run], judge: str, frontier: Optional[list[dict]],
-                    all_algos: list[str], beta_marker: dict, confidence: float) -> tuple[bool, bool]:
-    """One panel: ``judge``'s reward vs KL for one (task, reward model); (optimal frontier drawn, target drawn)."""
-    xs_vis, ys_vis = _algorithm_marks(ax, g_runs, JUDGES[judge], all_algos, beta_marker, confidence)
-    has_opt = has_target = False
+def _optimal_lines(ax, frontiers: dict[int, list[dict]], judge: str, base: dict[int, float], x_lo: float,
+                   x_hi: float, ys_vis: list) -> int:
+    """Each world's exact optimal frontier on ``judge``'s reward, minus ``base[world]`` (thin when several);
+    how many were drawn."""
+    several = len(frontiers) > 1
+    drawn = 0
+    for world, frontier in sorted(frontiers.items()):
+        opt = sorted((f["kl"], f["reward_value"] - base[world]) for f in frontier if f["reward"] == judge) \
+            if world in base else []
+        if not opt:
+            continue
+        ax.plot([p[0] for p in opt], [p[1] for p in opt], "k--", lw=1.0 if several else 1.6,
+                alpha=0.7 if several else 1.0, zorder=5, gid=f"optimal_frontier:world={world}")
+        ys_vis += [p[1] for p in opt if x_lo <= p[0] <= x_hi]
+        drawn += 1
+    return drawn
+
+
+def _frontier_panel(ax, task: str, rm: str, g_runs: list[Run], judge: str, frontiers: dict[int, list[dict]],
+                    all_algos: list[str], beta_marker: dict, confidence: float) -> tuple[int, bool]:
+    """One panel: ``judge``'s reward vs KL for one (task, reward model), as gains over each world's SFT when the
+    runs span several worlds; (optimal frontiers drawn, target drawn)."""
+    base = _world_sft(g_runs, JUDGES[judge])
+    xs_vis, ys_vis = _algorithm_marks(ax, g_runs, JUDGES[judge], all_algos, beta_marker, confidence, base)
+    has_target = False
     # axis limits from the runs' points; the optimal frontier is clipped to them
     if xs_vis:
         x_max = max(xs_vis) if max(xs_vis) > 0 else 1.0
         x_lo, x_hi = min(min(xs_vis), 0.0) - 0.03 * x_max, x_max * 1.1
     else:
         x_lo, x_hi = 0.0, 1.0
-    if frontier:
-        opt = sorted((f["kl"], f["reward_value"]) for f in frontier if f["reward"] == judge)
-        if opt:
-            ax.plot([p[0] for p in opt], [p[1] for p in opt], "k--", lw=1.6, zorder=5)
-            ys_vis += [p[1] for p in opt if x_lo <= p[0] <= x_hi]
-            has_opt = True
+    n_opt = _optimal_lines(ax, frontiers, judge, base, x_lo, x_hi, ys_vis)
     if judge == ("gold" if rm == "gold" else "proxy"):
-        has_target = _targets(ax, g_runs, judge, beta_marker, x_lo, x_hi, ys_vis)
+        has_target = _targets(ax, g_runs, judge, beta_marker, x_lo, x_hi, ys_vis, base)
     ax.set_xlim(x_lo, x_hi)
     if ys_vis:
         y_lo, y_hi = min(ys_vis), max(ys_vis)
@@ -146,11 +205,13 @@ def _frontier_panel(ax, task: str, rm: str, g_runs: list[Run], judge: str, front
         ax.set_ylim(y_lo - pad, y_hi + pad)
     optimised = (judge == "gold") == (rm == "gold")
     what = "gold reward (ground truth)" if judge == "gold" else "proxy reward (learned reward model)"
-    ax.set_title(f"{task}: {what}" + (" - optimised" if optimised else ""), fontsize=11)
+    n_worlds = len(worlds_of(g_runs))
+    gains = f"\ngain over each world's SFT reward ({n_worlds} worlds)" if n_worlds > 1 else ""
+    ax.set_title(f"{task}: {what}" + (" - optimised" if optimised else "") + gains, fontsize=11)
     ax.set_xlabel("KL(π ‖ π_ref)  [nats, per response]")
-    ax.set_ylabel(f"{judge} reward")
+    ax.set_ylabel(f"{judge} reward − SFT (per world)" if n_worlds > 1 else f"{judge} reward")
     ax.grid(alpha=0.3, lw=0.6)
-    return has_opt, has_target
+    return n_opt, has_target
 
 
 def _no_gold_panel(ax, task: str) -> None:
@@ -163,7 +224,13 @@ def plot_frontier(runs: list[Run], path: Path, confidence: float = 0.95, notes: 
     """frontier.png: one row per (task, reward model), gold reward vs KL left, proxy reward vs KL right.
 
     A group without a gold reward (no gold judge) has its proxy panel only, the gold panel saying why;
-    when no group has one, the figure has the proxy column alone."""
+    when no group has one, the figure has the proxy column alone. A group whose runs span several worlds
+    is drawn as gains over each world's SFT reward (see the module's docstring)."""
+    frontier_figure(runs, confidence, notes).savefig(path)
+
+
+def frontier_figure(runs: list[Run], confidence: float = 0.95, notes: Optional[list[str]] = None):
+    """The matplotlib Figure of :func:`plot_frontier`, not saved."""
     groups = _groups(runs)
     all_algos = _algorithms(runs)
     all_betas = sorted({r.beta for r in runs if not r.beta_independent})
@@ -171,27 +238,28 @@ def plot_frontier(runs: list[Run], path: Path, confidence: float = 0.95, notes: 
     columns = list(JUDGES) if any(has_gold(g) for g in groups.values()) else ["proxy"]
     fig = _new_figure(14.0 if len(columns) == 2 else 8.5, 5.4 * len(groups) + 1.3)
     axes = fig.subplots(len(groups), len(columns), squeeze=False)
-    has_opt = has_target = False
+    n_opt, has_target = 0, False
     for row, ((task, rm), g_runs) in enumerate(groups.items()):
-        frontier = _group_optimal_frontier(g_runs, notes)
+        frontiers = _world_optimal_frontiers(g_runs, notes)
         for col, judge in enumerate(columns):
             if judge not in judges(g_runs):
                 _no_gold_panel(axes[row][col], task)
                 continue
-            opt, target = _frontier_panel(axes[row][col], task, rm, g_runs, judge, frontier, all_algos, beta_marker,
+            opt, target = _frontier_panel(axes[row][col], task, rm, g_runs, judge, frontiers, all_algos, beta_marker,
                                           confidence)
-            has_opt, has_target = has_opt or opt, has_target or target
-    handles, ncol = _frontier_legend(runs, groups, all_algos, beta_marker, has_opt, has_target, confidence,
+            n_opt, has_target = max(n_opt, opt), has_target or target
+    handles, ncol = _frontier_legend(runs, groups, all_algos, beta_marker, n_opt, has_target, confidence,
                                      max_cols=6 if len(columns) == 2 else 4)
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
     tasks = ", ".join(f"{t} ({'gold' if rm == 'gold' else 'learned'} reward model"
-                      + ("" if has_gold(g) else "; no gold judge: proxy reward only") + ")"
+                      + ("" if has_gold(g) else "; no gold judge: proxy reward only")
+                      + (f"; {len(worlds_of(g))} worlds" if len(worlds_of(g)) > 1 else "") + ")"
                       for (t, rm), g in groups.items())
     fig.suptitle(f"KL-reward frontier: {tasks}, {len(runs)} runs", fontsize=13)
-    fig.savefig(path)
+    return fig
 
 
-def _frontier_legend(runs: list[Run], groups: dict, all_algos: list[str], beta_marker: dict, has_opt: bool,
+def _frontier_legend(runs: list[Run], groups: dict, all_algos: list[str], beta_marker: dict, n_opt: int,
                      has_target: bool, confidence: float, max_cols: int) -> tuple[list, int]:
     """The legend's handles: a row of algorithms, then rows of what the marks mean."""
     from matplotlib.lines import Line2D
@@ -204,25 +272,30 @@ def _frontier_legend(runs: list[Run], groups: dict, all_algos: list[str], beta_m
         alg_handles.append(Line2D([], [], color=algorithm_color(a, all_algos), label=a, **style))
     marks = [Line2D([], [], ls="none", marker="o", ms=4, color="gray", alpha=0.4, label="every evaluation"),
              Line2D([], [], color="gray", lw=2.4, label="Pareto front (all evaluations)")]
-    counts = [len({r.seed for r in runs if r.algorithm == a and r.group == g and (r.beta_independent or r.beta == b)})
-              for g in groups for a in all_algos for b in {r.beta for r in runs}]
+    counts = [len({r.seed for r in runs if r.algorithm == a and r.group == g and r.world == w
+                   and (r.beta_independent or r.beta == b)})
+              for g in groups for a in all_algos for b in {r.beta for r in runs} for w in worlds_of(runs)]
     counts = [c for c in counts if c] or [1]
-    marks.append(Line2D([], [], ls="none", marker="o", ms=7, color="gray", mec="black",
-                        label=f"final policy, mean of {_seed_phrase(counts)}"
-                              + (f" ± {confidence:.0%} CI" if max(counts) > 1 else "")))
-    if has_opt:
-        marks.append(Line2D([], [], color="black", ls="--", lw=1.6, label="exact optimal frontier"))
+    n_worlds = [len(worlds_of(g)) for g in groups.values()]
+    final = f"final policy, mean of {_seed_phrase(counts)}" + (f" ± {confidence:.0%} CI" if max(counts) > 1 else "")
+    if max(n_worlds) > 1:
+        final = f"final policy: mean ± {confidence:.0%} CI over {_seed_phrase(n_worlds, 'world')}" \
+            + (" (one world: over seeds)" if min(n_worlds) == 1 else "")
+    marks.append(Line2D([], [], ls="none", marker="o", ms=7, color="gray", mec="black", label=final))
+    if n_opt:
+        marks.append(Line2D([], [], color="black", ls="--", lw=1.6 if n_opt == 1 else 1.0,
+                            label="exact optimal frontier" + (" (one per world)" if n_opt > 1 else "")))
     if has_target:
         marks.append(Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.4,
-                            label="optimum π*_β (target)"))
+                            label="optimum π*_β (target" + (", per world)" if max(n_worlds) > 1 else ")")))
     betas = [Line2D([], [], ls="none", marker=m, ms=7, color="lightgray", mec="black", label=f"β = {b:g}")
              for b, m in beta_marker.items()]
     return _legend_rows([alg_handles, marks, betas], max_cols=max_cols)
 
 
-def _seed_phrase(counts: Sequence[int]) -> str:
+def _seed_phrase(counts: Sequence[int], noun: str = "seed") -> str:
     lo, hi = min(counts), max(counts)
-    return f"{hi} seed{'s' if hi != 1 else ''}" if lo == hi else f"{lo}-{hi} seeds"
+    return f"{hi} {noun}{'s' if hi != 1 else ''}" if lo == hi else f"{lo}-{hi} {noun}s"
 
 
 def _legend_rows(sections: list[list], max_cols: int = 8) -> tuple[list, int]:
@@ -322,7 +395,17 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
         cb = fig.colorbar(im, ax=axes, shrink=0.8, fraction=0.04)
         cb.set_label(f"P(row beats column), {main} reward judge{also}; ties count half")
     seeds = _seed_phrase([row["n_seeds"] for row in wr.rows] or [0])
-    fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, "
-                 f"pooled over {seeds}, [95% CI])", fontsize=12)
+    worlds = max([int(row.get("n_worlds") or 1) for row in wr.rows] or [1])
+    over = f"mean over {worlds} worlds of {seeds}, [95% CI over worlds]" if worlds > 1 else f"pooled over {seeds}, [95% CI]"
+    fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, {over})",
+                 fontsize=12)
     fig.savefig(path)
 
+
+
+def plot_worlds(runs: list[Run], gaps: Sequence, path: Path) -> None:
+    """worlds.png: per (task, reward model) with 2+ worlds, the claims' comparisons per world and pooled
+    (:func:`.report_plots_worlds.plot_worlds`; imported on call, as that module draws with this one's helpers)."""
+    from .report_plots_worlds import plot_worlds as _plot_worlds
+
+    _plot_worlds(runs, gaps, path)

@@ -8,10 +8,11 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from .verdicts import FRACTION, WINDOW, Gap, budget_rows, claim_rows, convergence_flags
+from .verdicts import FRACTION, WINDOW, Gap, WorldGap, budget_rows, claim_rows, convergence_flags
 
-GAP_COLUMNS = ["task", "reward_model", "beta", "a", "b", "gap", "ci_low", "ci_high", "kl_range", "seeds_a", "seeds_b",
-               "verdict"]
+GAP_COLUMNS = ["task", "reward_model", "beta", "a", "b", "world", "gap", "ci_low", "ci_high", "kl_range", "worlds",
+               "seeds_a", "seeds_b", "sd_between", "sd_within", "verdict"]
+POOLED = "pooled"  # the ``world`` of a comparison's pooled row
 
 
 def _f(x: float, digits: int = 3) -> str:
@@ -28,21 +29,45 @@ def _big(x: float) -> str:
 
 
 def write_comparisons_csv(gaps: Sequence[Gap], path: Path) -> None:
-    """comparisons.csv; with a last column ``reward`` (``gold`` or ``proxy``) when a gap is on the proxy
-    reward (a task without a gold judge): sweeps with a gold reward everywhere keep :data:`GAP_COLUMNS`."""
+    """comparisons.csv: per comparison (task, reward model, beta or ``all``, a, b) its pooled row
+    (``world`` = ``pooled``: the mean over worlds, the t-interval over worlds, the verdict, the between-
+    and within-world SDs) followed by one row per world (that world's gap, its bootstrap interval over
+    seeds, what that world alone says, and the SD of its single-seed gaps as ``sd_within``). With a
+    last column ``reward`` (``gold`` or ``proxy``) when a gap is on the proxy reward (a task without a
+    gold judge): sweeps with a gold reward everywhere keep :data:`GAP_COLUMNS`."""
     proxy = any(g.reward != "gold" for g in gaps)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(GAP_COLUMNS + (["reward"] if proxy else []))
         for g in gaps:
-            w.writerow([g.task, g.reward_model, "all" if g.beta is None else g.beta, g.a, g.b, g.gap, g.low, g.high,
-                        g.kl_range, g.seeds_a, g.seeds_b, g.verdict] + ([g.reward] if proxy else []))
+            head = [g.task, g.reward_model, "all" if g.beta is None else g.beta, g.a, g.b]
+            tail = [g.reward] if proxy else []
+            w.writerow(head + _cells(POOLED, g.gap, g.low, g.high, g.kl_range, g.n_worlds, g.seeds_a, g.seeds_b,
+                                     g.sd_between, g.sd_within, g.verdict) + tail)
+            for x in g.worlds:
+                w.writerow(head + _cells(x.world, x.gap, x.low, x.high, x.kl_range, 1, x.seeds_a, x.seeds_b, None,
+                                         x.sd_seeds, x.verdict) + tail)
 
 
-def _gap_cell(g: Gap) -> str:
+def _cells(*values: Any) -> list:
+    """CSV cells: an undefined number (NaN, None: no interval from one world or one seed) is empty."""
+    return ["" if v is None or (isinstance(v, float) and not math.isfinite(v)) else v for v in values]
+
+
+def gap_cell(g: Gap) -> str:
+    """``+0.123 [+0.100, +0.150] better``: the pooled gap, its interval over worlds and the verdict;
+    ``+0.123 (1 world: cannot tell)`` without an interval."""
     if not math.isfinite(g.low):
-        return f"{_f(g.gap)} (n={min(g.seeds_a, g.seeds_b)}: {g.verdict})"
+        return f"{_f(g.gap)} ({g.n_worlds} world{'s' if g.n_worlds != 1 else ''}: {g.verdict})"
     return f"{_f(g.gap)} [{_f(g.low)}, {_f(g.high)}] {g.verdict}"
+
+
+def world_cell(x: WorldGap) -> str:
+    """One world's gap with its interval over that world's seeds (``n=1``: one seed, no interval)."""
+    if not math.isfinite(x.low):
+        return f"{_f(x.gap)} (n={min(x.seeds_a, x.seeds_b)})"
+    return f"{_f(x.gap)} [{_f(x.low)}, {_f(x.high)}]"
+
 
 
 def budget_section(runs: Sequence[Any]) -> list[str]:
@@ -90,17 +115,31 @@ def convergence_section(runs: Sequence[Any]) -> list[str]:
     return L
 
 
+def statement(g: Gap) -> str:
+    """A comparison as the report and the README state it (``tests/test_readme_claims.py`` parses this
+    form and checks it against ``comparisons.csv``): ``a − b (task, all β): <gap_cell>``."""
+    where = "all β" if g.beta is None else f"β = {g.beta:g}"
+    return f"{g.a} − {g.b} ({g.task}, {where}): {gap_cell(g)}"
+
+
 def comparisons_section(gaps: Sequence[Gap], confidence: float) -> list[str]:
     if not gaps:
         return []
     L = ["", "## Pairwise comparisons at matched KL", "",
          "For each pair of trained algorithms: the mean gold-reward difference (row minus column) between their "
          "fronts - through the SFT point and, for each β, the final evaluation averaged over seeds, linear "
-         "between Pareto-efficient points, flat after the last - over the KL range both cover (the area between the fronts divided by "
-         f"its length), with a {confidence:.0%} percentile bootstrap interval over seeds (each algorithm's seeds "
-         "resampled independently, 2000 resamples). Verdict: *better* or *worse* when the interval excludes 0, "
-         "*indistinguishable* when it contains 0, *cannot tell* without an interval (a single seed). All pairs, "
-         "both orders' sign, and the KL ranges are in `comparisons.csv`."]
+         "between Pareto-efficient points, flat after the last - over the KL range both cover (the area between "
+         "the fronts divided by its length). It is computed **within each world** (both algorithms share its "
+         "gold reward, data, SFT base and reward model) and **pooled over worlds**: the mean of the per-world "
+         f"gaps with a {confidence:.0%} Student-t interval over worlds (W − 1 degrees of freedom), which "
+         "carries the between-world variance as well as the seeds'. Verdict, from the pooled interval only: "
+         "*better* or *worse* when it excludes 0, *indistinguishable* when it contains 0, *cannot tell* without "
+         "one (a single world). Why this interval: with 3 to 5 worlds a bootstrap over worlds has too few "
+         "distinct resamples, and an interval over seeds alone ignores how much the answer changes with the "
+         "world; the coverage of this one at the suite's sizes is measured in `tests/test_worlds.py`. Each "
+         "world's own gap (with a percentile bootstrap interval over its seeds, each algorithm's seeds resampled "
+         "independently) and the standard deviations between and within worlds are in the per-world table and "
+         "in `comparisons.csv` (a `pooled` row per comparison, then one row per world)."]
     if all(g.reward != "gold" for g in gaps):
         L[-1] = L[-1].replace("mean gold-reward difference (row minus column)",
                               "mean proxy-reward difference (row minus column; no gold judge)")
@@ -118,9 +157,31 @@ def comparisons_section(gaps: Sequence[Gap], confidence: float) -> list[str]:
             cells = []
             for beta in betas:
                 g = next((x for x in mine if (x.a, x.b, x.beta) == (a, b, beta)), None)
-                cells.append(_gap_cell(g) if g else "—")
+                cells.append(gap_cell(g) if g else "—")
             L.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
+        L += per_world_table(mine)
     return L
+
+
+def per_world_table(gaps: Sequence[Gap]) -> list[str]:
+    """Every gap of one group: the pooled estimate, each world's, the SDs between and within worlds."""
+    worlds = sorted({x.world for g in gaps for x in g.worlds})
+    if len(worlds) < 2:
+        return []
+    L = ["", "Per world (each world's gap with its interval over that world's seeds; SD between: of the "
+             "per-world gaps; SD within: of the single-seed gaps inside a world, pooled):", "",
+         "| a | b | β | pooled | " + " | ".join(f"world {w}" for w in worlds) + " | SD between | SD within |",
+         "|---|---|---|---|" + "---|" * len(worlds) + "---:|---:|"]
+    for g in gaps:
+        by = {x.world: x for x in g.worlds}
+        cells = [world_cell(by[w]) if w in by else "—" for w in worlds]
+        L.append(f"| {g.a} | {g.b} | {'all' if g.beta is None else f'{g.beta:g}'} | {gap_cell(g)} | "
+                 + " | ".join(cells) + f" | {_sd(g.sd_between)} | {_sd(g.sd_within)} |")
+    return L
+
+
+def _sd(x: float) -> str:
+    return "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
 
 
 def claims_section(gaps: Sequence[Gap]) -> list[str]:
@@ -128,27 +189,38 @@ def claims_section(gaps: Sequence[Gap]) -> list[str]:
     if not rows:
         return []
     unchecked = sorted({g.task for g in gaps if g.reward != "gold"})
+    worlds = sorted({w for r in rows for w in r["worlds"]})
     L = ["", "## The papers' claims", "",
          "Each claim is read off the all-β comparisons above: *supports* when every comparison it makes is "
-         "*better*, *contradicts* when one is *worse*, *cannot tell* otherwise."
+         "*better*, *contradicts* when one is *worse*, *cannot tell* otherwise. The verdict is the pooled one; "
+         "each world's column says what that world alone would conclude from its own seeds, which is what a "
+         "benchmark run in one world reports."
          + (f" Gold comparisons only: not checked on {', '.join(f'`{t}`' for t in unchecked)} (no gold judge)."
             if unchecked else ""), "",
-         "| claim | source | task | verdict | evidence (gap at matched KL, interval) |", "|---|---|---|---|---|"]
+         "| claim | source | task | " + "".join(f"world {w} | " for w in worlds)
+         + "pooled verdict | evidence (pooled gap at matched KL, interval over worlds) |",
+         "|---|---|---|" + "---|" * len(worlds) + "---|---|"]
     for r in rows:
-        ev = "; ".join(f"{a} − {b}: {_gap_cell(g)}" for a, b, g in r["evidence"])
-        L.append(f"| {r['claim']} | {r['source']} | {r['task']} | **{r['verdict']}** | {ev} |")
+        ev = "; ".join(statement(g) for _, _, g in r["evidence"])
+        cells = "".join(f"{r['worlds'].get(w, '—')} | " for w in worlds)
+        L.append(f"| {r['claim']} | {r['source']} | {r['task']} | {cells}**{r['verdict']}** | {ev} |")
     return L
 
 
 def seeds_section(runs: Sequence[Any]) -> list[str]:
-    seeds = sorted({r.seed for r in runs if r.steps})
-    if len(seeds) >= 3:
+    trained = [r for r in runs if r.steps]
+    seeds = sorted({r.seed for r in trained})
+    worlds = sorted({getattr(r, "world", 0) for r in trained})
+    if len(worlds) >= 3 and len(seeds) >= 2:
         return []
     return ["", "## What these seeds support", "",
-            f"Trained runs use {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). With fewer than 2 seeds no "
-            "interval can be computed and every verdict above is *cannot tell*; with 2 the bootstrap has 3 "
-            "distinct resamples per algorithm. The committed benchmarks use 3 seeds or more "
-            "(`seed=0,1,2`); treat these numbers as a smoke test of the pipeline, not as a comparison."]
+            f"Trained runs use {len(worlds)} world(s) (`task.seed` {', '.join(map(str, worlds))}) and {len(seeds)} "
+            f"seed(s) ({', '.join(map(str, seeds))}). A verdict is read from the interval over worlds: with one "
+            "world there is none, and every verdict above is *cannot tell*, however many seeds (the seeds of one "
+            "world say nothing about another world's reward model, which can reverse a comparison); with 2 worlds "
+            "the t quantile (12.7) makes the interval very wide. The committed benchmarks pool 3 to 5 worlds "
+            "(`'task.seed=range(5)' seed=0,1,2` on the bandit); treat these numbers as a smoke test of the "
+            "pipeline, not as a comparison."]
 
 
 def verdict_sections(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float) -> list[str]:

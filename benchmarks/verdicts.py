@@ -7,9 +7,13 @@ intervals over seeds, and the published claims checked against them.
 - :func:`pairwise_gaps`: for every pair of trained algorithms, at each beta and over all betas, the
   mean gold-reward difference at matched KL between their fronts (through the SFT point and, per
   beta, the final evaluation averaged over seeds; :func:`~rlhf_bench.benchmarks.frontiers.gap_between`),
-  with a percentile bootstrap interval over seeds (each algorithm's seeds resampled independently)
-  and a verdict.
-- :data:`CLAIMS` and :func:`claim_rows`: the papers' claims, each read off one or more gaps.
+  computed **within each world** (``task.seed``: :class:`WorldGap`, with a percentile bootstrap
+  interval over that world's seeds, each algorithm's seeds resampled independently) and **pooled over
+  worlds** (:class:`Gap`: the mean of the per-world gaps with a Student-t interval over worlds,
+  :mod:`~rlhf_bench.benchmarks.worlds`), with the between- and within-world standard deviations. The
+  verdict is read from the pooled interval only: one world gives *cannot tell*.
+- :data:`CLAIMS` and :func:`claim_rows`: the papers' claims, each read off one or more pooled gaps, with
+  what each world alone says beside it.
 
 Runs without a gold reward (a task with no gold judge: ``run.has_gold`` false) use the proxy reward
 in its place: their convergence rows have the metric ``reward_proxy`` and their group's gaps
@@ -28,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 from .frontiers import front_of, gap_between
+from .worlds import pooled, variance_components
 
 WINDOW = 0.2  # the last 20% of a run's steps
 FRACTION = 0.10  # a run is flagged when a metric moved more than 10% of its largest excursion in that window
@@ -88,30 +93,71 @@ def convergence_flags(runs: Sequence[Any], window: float = WINDOW, fraction: flo
 
 
 # ------------------------------------------------------------------------------- pairwise gaps
+def _verdict(low: float, high: float) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "cannot tell"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "indistinguishable"
+
+
+@dataclass
+class WorldGap:
+    """The gap of a over b within one world (both algorithms share its gold reward, data, SFT base
+    and reward model), with a percentile bootstrap interval over that world's seeds."""
+
+    world: int
+    gap: float
+    low: float  # NaN with fewer than 2 seeds of either algorithm
+    high: float
+    kl_range: float
+    seeds_a: int
+    seeds_b: int
+    sd_seeds: float  # SD over the seeds both ran of the single-seed gaps (seed s of a vs seed s of b)
+
+    @property
+    def verdict(self) -> str:
+        """What this world alone says: never the verdict of the comparison (that is pooled)."""
+        return _verdict(self.low, self.high)
+
+
 @dataclass
 class Gap:
+    """The gap of a over b pooled over worlds (:mod:`~rlhf_bench.benchmarks.worlds`): the mean of the
+    per-world gaps with a Student-t interval over worlds, from which alone the verdict is read."""
+
     task: str
     reward_model: str
     beta: Optional[float]  # None: the fronts over every beta
     a: str
     b: str
-    gap: float  # mean gold-reward difference a - b at matched KL
-    low: float
+    gap: float  # mean over worlds of the gold-reward difference a - b at matched KL
+    low: float  # t-interval over the per-world gaps; NaN with one world
     high: float
-    kl_range: float  # the common KL range [0, kl_range]
-    seeds_a: int
+    kl_range: float  # the common KL range [0, kl_range], mean over worlds
+    seeds_a: int  # seeds per world (the fewest of any world)
     seeds_b: int
     reward: str = "gold"  # the reward compared: "proxy" for a group without a gold reward
+    worlds: tuple[WorldGap, ...] = ()
+    sd_between: float = math.nan  # SD of the per-world gaps
+    sd_within: float = math.nan  # pooled SD of the single-seed gaps within worlds
+
+    @property
+    def n_worlds(self) -> int:
+        return len(self.worlds)
 
     @property
     def verdict(self) -> str:
-        if not (math.isfinite(self.low) and math.isfinite(self.high)):
-            return "cannot tell"
-        if self.low > 0:
-            return "better"
-        if self.high < 0:
-            return "worse"
-        return "indistinguishable"
+        return _verdict(self.low, self.high)
+
+    def flipped(self) -> "Gap":
+        """The same comparison as b over a."""
+        worlds = tuple(WorldGap(w.world, -w.gap, -w.high, -w.low, w.kl_range, w.seeds_b, w.seeds_a, w.sd_seeds)
+                       for w in self.worlds)
+        return Gap(self.task, self.reward_model, self.beta, self.b, self.a, -self.gap, -self.high, -self.low,
+                   self.kl_range, self.seeds_b, self.seeds_a, self.reward, worlds, self.sd_between, self.sd_within)
 
 
 def _points(runs: Sequence[Any], key: str = "reward_gold") -> dict[int, dict[float, tuple[float, float]]]:
@@ -132,39 +178,103 @@ def _front(pts: dict, seeds: Sequence[int], origin: tuple[float, float]) -> np.n
     return front_of([tuple(np.mean(v, axis=0)) for v in per_beta.values()], origin)
 
 
-def compare(pa: dict, pb: dict, origin: tuple[float, float], confidence: float, seed: int = 0
-            ) -> tuple[float, float, float, float]:
+def world_gap(pa: dict, pb: dict, origin: tuple[float, float]) -> tuple[float, float]:
+    """(gap, kl_range) of two algorithms' fronts within one world: through that world's SFT point and
+    their seed-mean final points (``pa``, ``pb``: seed -> beta -> (KL, reward))."""
+    return gap_between(_front(pa, sorted(pa), origin), _front(pb, sorted(pb), origin))
+
+
+def compare(pa: dict, pb: dict, origin: tuple[float, float], confidence: float, seed: int = 0,
+            n_resamples: Optional[int] = None) -> tuple[float, float, float, float]:
     """(gap, low, high, kl_range) of two algorithms' fronts (of the seed-mean final points), with
-    a percentile bootstrap interval: each algorithm's seeds resampled independently."""
+    a percentile bootstrap interval (``n_resamples``, default :data:`N_BOOTSTRAP`): each algorithm's
+    seeds resampled independently. Within one world this is what that world's seeds say; it knows
+    nothing of other worlds. ``n_resamples=0``: the gap alone, no interval."""
     sa, sb = sorted(pa), sorted(pb)
-    gap, hi_kl = gap_between(_front(pa, sa, origin), _front(pb, sb, origin))
-    if len(sa) < 2 or len(sb) < 2 or not math.isfinite(gap):
+    gap, hi_kl = world_gap(pa, pb, origin)
+    n_resamples = N_BOOTSTRAP if n_resamples is None else n_resamples
+    if len(sa) < 2 or len(sb) < 2 or not math.isfinite(gap) or n_resamples == 0:
         return gap, math.nan, math.nan, hi_kl
 
+    memo: dict[tuple, float] = {}  # a resample is a multiset of seeds: few distinct ones with 2 or 3 seeds
+
     def stat(ia: np.ndarray, ib: np.ndarray) -> float:
-        return gap_between(_front(pa, [sa[int(i)] for i in ia], origin),
-                           _front(pb, [sb[int(i)] for i in ib], origin))[0]
+        key = (tuple(sorted(int(i) for i in ia)), tuple(sorted(int(i) for i in ib)))
+        if key not in memo:
+            memo[key] = gap_between(_front(pa, [sa[i] for i in key[0]], origin),
+                                    _front(pb, [sb[i] for i in key[1]], origin))[0]
+        return memo[key]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples with few seeds
         res = stats.bootstrap((np.arange(len(sa), dtype=float), np.arange(len(sb), dtype=float)), stat,
-                              vectorized=False, paired=False, n_resamples=N_BOOTSTRAP, confidence_level=confidence,
+                              vectorized=False, paired=False, n_resamples=n_resamples, confidence_level=confidence,
                               method="percentile", rng=np.random.default_rng(seed))
     lo, hi = res.confidence_interval
     return gap, float(lo), float(hi), hi_kl
 
 
-def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional[Callable[[str], Any]] = None
-                  ) -> list[Gap]:
-    """Every pair of trained algorithms (a before b in the ``order`` sort key), per beta and over all;
-    on the proxy reward (``Gap.reward == "proxy"``) in a group where a run has no gold reward."""
+def single_seed_gaps(pa: dict, pb: dict, origin: tuple[float, float]) -> list[float]:
+    """The gap between seed s of a and seed s of b, for every seed both ran (within one world)."""
+    return [world_gap({s: pa[s]}, {s: pb[s]}, origin)[0] for s in sorted(set(pa) & set(pb))]
+
+
+def pool_worlds(world_gaps: Sequence[WorldGap], replicates: dict, confidence: float
+                ) -> tuple[float, float, float, float, float]:
+    """(gap, low, high, sd_between, sd_within) of per-world gaps: :func:`~rlhf_bench.benchmarks.worlds.pooled`
+    and :func:`~rlhf_bench.benchmarks.worlds.variance_components` (``replicates``: world -> single-seed gaps)."""
+    estimates = [w.gap for w in world_gaps]
+    p = pooled(estimates, confidence)
+    between, within = variance_components(replicates, estimates)
+    return p.estimate, p.low, p.high, between, within
+
+
+def _world_origins(g: Sequence[Any], key: str) -> dict[int, tuple[float, float]]:
+    """world -> its SFT point (KL 0, the step-0 evaluation's reward, the same for every run of the world)."""
+    by_world: dict[int, list[float]] = defaultdict(list)
+    for r in g:
+        if r.eval_rows:
+            by_world[_world(r)].append(float(r.eval_rows[0][key]))
+    return {w: (0.0, float(np.mean(v))) for w, v in by_world.items()}
+
+
+def _world(run: Any) -> int:
+    return int(getattr(run, "world", 0))
+
+
+def _gap(task: str, rm: str, beta: Optional[float], a: str, b: str, ra: list, rb: list, origins: dict, key: str,
+         confidence: float, n_resamples: Optional[int]) -> Optional[Gap]:
+    """The pooled gap of a over b from their runs (every world where both ran)."""
+    worlds = sorted({_world(r) for r in ra} & {_world(r) for r in rb} & set(origins))
+    per_world, replicates = [], {}
+    for w in worlds:
+        pa = _points([r for r in ra if _world(r) == w], key)
+        pb = _points([r for r in rb if _world(r) == w], key)
+        gap, lo, hi, kl = compare(pa, pb, origins[w], confidence, n_resamples=n_resamples)
+        replicates[w] = single_seed_gaps(pa, pb, origins[w])
+        sd = float(np.std(replicates[w], ddof=1)) if len(replicates[w]) >= 2 else math.nan
+        per_world.append(WorldGap(w, gap, lo, hi, kl, len(pa), len(pb), sd))
+    if not per_world:
+        return None
+    gap, lo, hi, between, within = pool_worlds(per_world, replicates, confidence)
+    kl = float(np.mean([w.kl_range for w in per_world]))
+    return Gap(task, rm, beta, a, b, gap, lo, hi, kl, min(w.seeds_a for w in per_world),
+               min(w.seeds_b for w in per_world), key[len("reward_"):], tuple(per_world), between, within)
+
+
+def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional[Callable[[str], Any]] = None,
+                  n_resamples: Optional[int] = None) -> list[Gap]:
+    """Every pair of trained algorithms (a before b in the ``order`` sort key), per beta and over all,
+    compared within each world and pooled over worlds; on the proxy reward (``Gap.reward == "proxy"``)
+    in a group where a run has no gold reward. ``n_resamples``: of each world's bootstrap over its
+    seeds (default :data:`N_BOOTSTRAP`; 0: no per-world interval, which the verdict does not use)."""
     groups: dict[tuple[str, str], list] = defaultdict(list)
     for r in runs:
         groups[(r.task, r.reward_model)].append(r)
     out: list[Gap] = []
     for (task, rm), g in groups.items():
         key = _group_reward_key(g)
-        origin = (0.0, float(np.mean([r.eval_rows[0][key] for r in g if r.eval_rows])))
+        origins = _world_origins(g, key)
         trained = [r for r in g if r.steps and not r.beta_independent]
         algos = sorted(dict.fromkeys(r.algorithm for r in trained), key=order)
         betas = sorted({r.beta for r in trained})
@@ -173,11 +283,10 @@ def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional
                 for beta in [*betas, None]:
                     ra = [r for r in trained if r.algorithm == a and (beta is None or r.beta == beta)]
                     rb = [r for r in trained if r.algorithm == b and (beta is None or r.beta == beta)]
-                    if not ra or not rb:
-                        continue
-                    pa, pb = _points(ra, key), _points(rb, key)
-                    gap, lo, hi, kl = compare(pa, pb, origin, confidence)
-                    out.append(Gap(task, rm, beta, a, b, gap, lo, hi, kl, len(pa), len(pb), key[len("reward_"):]))
+                    gap = (_gap(task, rm, beta, a, b, ra, rb, origins, key, confidence, n_resamples)
+                           if ra and rb else None)
+                    if gap is not None:
+                        out.append(gap)
     return out
 
 
@@ -189,8 +298,7 @@ def find_gap(gaps: Sequence[Gap], a: str, b: str, beta: Optional[float] = None, 
             if (g.a, g.b) == (a, b):
                 return g
             if (g.a, g.b) == (b, a):
-                return Gap(g.task, g.reward_model, beta, a, b, -g.gap, -g.high, -g.low, g.kl_range, g.seeds_b,
-                           g.seeds_a, g.reward)
+                return g.flipped()
     return None
 
 
@@ -213,10 +321,22 @@ CLAIMS = (
 )
 
 
+def claim_verdict(verdicts: Sequence[str]) -> str:
+    """A claim from the verdicts of its comparisons: ``contradicts`` when any is *worse*, ``supports``
+    when all are *better*, ``cannot tell`` otherwise."""
+    if any(v == "worse" for v in verdicts):
+        return "contradicts"
+    if verdicts and all(v == "better" for v in verdicts):
+        return "supports"
+    return "cannot tell"
+
+
 def claim_rows(gaps: Sequence[Gap], claims: Sequence[Claim] = CLAIMS) -> list[dict]:
-    """Per claim and task: ``supports`` when every comparison's interval lies above 0,
-    ``contradicts`` when any lies below 0, ``cannot tell`` otherwise (or without data). Gold gaps
-    only: the claims are about the gold reward, a proxy gain can be reward hacking."""
+    """Per claim and task: ``verdict`` from the pooled comparisons (:func:`claim_verdict`: ``supports``
+    when every comparison's pooled interval lies above 0, ``contradicts`` when any lies below 0,
+    ``cannot tell`` otherwise, also with one world) and ``worlds``: world -> what that world alone
+    says, from its own intervals over seeds (worlds where every comparison was made). Gold gaps only:
+    the claims are about the gold reward, a proxy gain can be reward hacking."""
     gaps = [g for g in gaps if g.reward == "gold"]
     rows = []
     for claim in claims:
@@ -227,13 +347,10 @@ def claim_rows(gaps: Sequence[Gap], claims: Sequence[Claim] = CLAIMS) -> list[di
             found = [(a, b, g) for a, b, g in found if g is not None]
             if not found:
                 continue
-            verdicts = [g.verdict for _, _, g in found]
-            if any(v == "worse" for v in verdicts):
-                verdict = "contradicts"
-            elif all(v == "better" for v in verdicts):
-                verdict = "supports"
-            else:
-                verdict = "cannot tell"
-            rows.append({"claim": claim.text, "source": claim.source, "task": task, "verdict": verdict,
+            common = set.intersection(*({w.world for w in g.worlds} for _, _, g in found))
+            worlds = {w: claim_verdict([next(x.verdict for x in g.worlds if x.world == w) for _, _, g in found])
+                      for w in sorted(common)}
+            rows.append({"claim": claim.text, "source": claim.source, "task": task,
+                         "verdict": claim_verdict([g.verdict for _, _, g in found]), "worlds": worlds,
                          "evidence": [(a, b, g) for a, b, g in found]})
     return rows

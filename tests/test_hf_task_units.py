@@ -344,3 +344,37 @@ def test_body_and_head_through_the_view_run_without_adapters(lora, tok):
     assert (lp_view - lp_base).abs().max() < 1e-5
     assert (lp_model - lp_base).abs().max() > 1e-2
     assert torch.equal(lp_view == 0, batch.response_mask == 0)  # padding is zero
+
+
+# ========================================================================== the world (task.seed)
+def test_task_seed_draws_every_shared_stage_of_real_data(env, tmp_path):
+    """On fixed data the world is the shared stages' own draw: the SFT's data order, the preference
+    split and the reward model's initialisation and data order (and the held-out evaluation prompts:
+    test_the_split_follows_task_seed). The same task.seed rebuilds the same stages bit for bit (fresh
+    caches); another seed changes each. The evaluation prompts are given apart from the data here, so
+    that the SFT's demonstrations are the same in both worlds and only the seed can tell them apart."""
+    from rlhf_bench.benchmarks.config import RewardModelConfig
+    from rlhf_bench.benchmarks.stages import SharedStages
+
+    evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": f"an unrelated prompt number {i}"} for i in range(3)])
+
+    def stages(seed: int, cache: str):
+        cfg = HFTaskConfig(prompts=str(env["prompt_only.jsonl"]), sft_data=str(env["prompt_completion.jsonl"]),
+                           preference_data=str(env["preference.jsonl"]), eval_prompts=str(evals), n_eval_prompts=3,
+                           seed=seed)
+        cfg.sft.epochs, cfg.preferences.heldout_fraction = 1, 0.25
+        model = ModelConfig(name="pretrained", pretrained=str(env["gpt2"]))
+        task = HFTask(cfg, model=model, device="cpu", cache_dir=str(tmp_path / cache))
+        s = SharedStages(task, cfg, model, RewardModelConfig(epochs=1), tmp_path / cache, torch.device("cpu"),
+                         progress=False)
+        art = s.prepare()
+        weights = {name: {k: v.clone() for k, v in m.state_dict().items()}
+                   for name, m in (("sft", s.load_sft(art)), ("rm", s.load_reward_model(art)))}
+        return task, art, weights
+
+    (t0, a0, w0), (t0b, _, w0b), (t1, a1, w1) = stages(0, "c0"), stages(0, "c0b"), stages(1, "c1")
+    for name in ("sft", "rm"):
+        assert all(torch.equal(w0[name][k], w0b[name][k]) for k in w0[name]), name  # same world: same stages
+        assert any(not torch.equal(w0[name][k], w1[name][k]) for k in w0[name]), name  # another world: others
+    assert sorted(texts(t0, t0.eval_prompts)) == sorted(texts(t1, t1.eval_prompts))  # the same demonstrations
+    assert a0.preferences("heldout")["prompt"] != a1.preferences("heldout")["prompt"]

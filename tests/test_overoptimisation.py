@@ -1,8 +1,10 @@
-"""Reward-model over-optimisation (Gao et al. 2022): the fits of benchmarks/gao_fits.py, the analysis of
-benchmarks/overoptimisation.py on synthetic sweeps, conf/benchmark/overoptimisation.yaml composing and
-validating (both of its documented commands), and a tiny end-to-end sweep through the real CLI (slow).
+"""Reward-model over-optimisation (Gao et al. 2022): the fits of benchmarks/gao_fits.py, the curves and the fits
+over worlds of benchmarks/gao_worlds.py (gains over each world's own SFT base; t-intervals over worlds, one world
+as before), the analysis of benchmarks/overoptimisation.py on synthetic sweeps, conf/benchmark/overoptimisation.yaml
+composing and validating (both of its documented commands), and a tiny end-to-end sweep through the real CLI (slow).
 
-Fast except the last test: no model is trained; sweeps are synthetic run directories in tmp_path.
+Fast except the last test: no model is trained; sweeps are synthetic run directories in tmp_path, named and
+recorded as the CLI names them (``<label>_beta<b>_world<w>_seed<s>``, ``world`` in summary.json).
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
 from omegaconf import OmegaConf
+from scipy import stats
 
 from conftest import COMMON_OVERRIDES, CONF_DIR
 from rlhf_bench.algorithms.registry import get_algorithm, load_algorithms
 from rlhf_bench.benchmarks import gao_fits as gf
+from rlhf_bench.benchmarks import gao_worlds as gw
 from rlhf_bench.benchmarks import overoptimisation as oo
 from rlhf_bench.benchmarks.config import SWEEP_OVERRIDES_ENV, register_configs, validate
+from rlhf_bench.benchmarks.report_loading import ReportWarning
 
 D = np.linspace(0.0, 3.0, 61)
 
@@ -177,43 +182,58 @@ RL_TRUTH = {"ppo": (0.7027, 0.5), "dpo": (0.6, 0.45)}  # RL form; ppo peaks at d
 
 
 def _write_run(sweep: Path, name: str, algorithm: str, seed: int, rows: list[dict], beta: float = 0.01,
-               n: int | None = None) -> Path:
+               n: int | None = None, world: int = 0) -> Path:
     d = sweep / name
     d.mkdir(parents=True)
     (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     indep = algorithm in ("sft", "best_of_n")
     algo = {"name": algorithm, "label": algorithm, "beta": beta, **({"n": n} if n is not None else {})}
-    summary = {"status": "finished", "algorithm": algorithm, "beta": beta, "seed": seed, "task": "bandit",
-               "reward_model": "learned", "steps": 0 if indep else rows[-1]["step"], "beta_independent": indep,
-               "final": rows[-1], "git_revision": "abc123", "versions": {"torch": "2.4.0"},
-               "config": {"algorithm": algo, "seed": seed, "task": {"name": "bandit", "steps": 40, "eval_every": 2,
-                                                                     "preferences": {"n_prompts": 100, "k": 4}}}}
+    task = {"name": "bandit", "seed": world, "steps": 40, "eval_every": 2, "preferences": {"n_prompts": 100, "k": 4}}
+    summary = {"status": "finished", "algorithm": algorithm, "beta": beta, "world": world, "seed": seed,
+               "task": "bandit", "reward_model": "learned", "steps": 0 if indep else rows[-1]["step"],
+               "beta_independent": indep, "final": rows[-1], "git_revision": "abc123", "versions": {"torch": "2.4.0"},
+               "config": {"algorithm": algo, "seed": seed, "task": task}}
     (d / "summary.json").write_text(json.dumps(summary))
     return d
 
 
-def make_sweep(sweep: Path, seeds=(0, 1, 2), bon_seeds=(0,), step0_gold: float = SFT_GOLD) -> Path:
+BON_NS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096)
+
+
+def _bon_kl(n: int) -> float:
+    return math.log(n) - (n - 1) / n  # best-of-n's KL bound (Beirami et al.)
+
+
+def make_sweep(sweep: Path, seeds=(0, 1, 2), bon_seeds=(0,), step0_gold: float | None = None, worlds=(0,),
+               sft_gold: dict | None = None, alpha_shift: dict | None = None) -> Path:
+    """A synthetic sweep, per world ``w``: an sft run per seed (gold ``sft_gold[w]``, default SFT_GOLD), ppo and
+    dpo learning curves per seed (RL form, RL_TRUTH's alpha + ``alpha_shift[w]``, starting from the world's SFT,
+    or from ``step0_gold``), and a best-of-n curve per bon seed (bon form, alpha 1.2 + ``alpha_shift[w]``, exact)."""
     rng = np.random.default_rng(0)
-    for seed in seeds:
-        _write_run(sweep, f"sft_seed{seed}", "sft", seed,
-                   [{"step": 0, "kl": 0.0, "reward_gold": SFT_GOLD, "reward_proxy": SFT_PROXY}])
-        for algo, (a, b) in RL_TRUTH.items():
-            a, b = a + rng.normal(0, 0.02), b + rng.normal(0, 0.01)
-            rows = []
-            for step in range(0, 41, 2):
-                kl = 6.0 * (1 - math.exp(-step / 8)) * (1 + 0.03 * seed)
-                d = math.sqrt(kl)
-                rows.append({"step": step, "kl": kl,
-                             "reward_gold": step0_gold + float(truth("rl", a, b, [d])[0]) + rng.normal(0, 0.01),
-                             "reward_proxy": SFT_PROXY + 0.3 * d})
-            _write_run(sweep, f"{algo}_beta0.01_seed{seed}", algo, seed, rows)
-    for seed in bon_seeds:
-        for n in (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096):
-            kl = math.log(n) - (n - 1) / n
-            d = math.sqrt(kl)
-            row = {"step": 0, "kl": kl, "reward_gold": SFT_GOLD + float(truth("bon", 1.2, 0.4, [d])[0]),
-                   "reward_proxy": SFT_PROXY + 0.25 * d}
-            _write_run(sweep, f"best_of_n_seed{seed}_algorithm.n={n}", "best_of_n", seed, [row], n=n)
+    for w in worlds:
+        sft = SFT_GOLD if sft_gold is None else sft_gold[w]
+        shift = 0.0 if alpha_shift is None else alpha_shift[w]
+        for seed in seeds:
+            _write_run(sweep, f"sft_world{w}_seed{seed}", "sft", seed,
+                       [{"step": 0, "kl": 0.0, "reward_gold": sft, "reward_proxy": SFT_PROXY}], world=w)
+            for algo, (a, b) in RL_TRUTH.items():
+                a, b = a + shift + rng.normal(0, 0.02), b + rng.normal(0, 0.01)
+                rows = []
+                for step in range(0, 41, 2):
+                    kl = 6.0 * (1 - math.exp(-step / 8)) * (1 + 0.03 * seed)
+                    d = math.sqrt(kl)
+                    start = sft if step0_gold is None else step0_gold
+                    rows.append({"step": step, "kl": kl,
+                                 "reward_gold": start + float(truth("rl", a, b, [d])[0]) + rng.normal(0, 0.01),
+                                 "reward_proxy": SFT_PROXY + 0.3 * d})
+                _write_run(sweep, f"{algo}_beta0.01_world{w}_seed{seed}", algo, seed, rows, world=w)
+        for seed in bon_seeds:
+            for n in BON_NS:
+                d = math.sqrt(_bon_kl(n))
+                row = {"step": 0, "kl": _bon_kl(n), "reward_gold": sft + float(truth("bon", 1.2 + shift, 0.4, [d])[0]),
+                       "reward_proxy": SFT_PROXY + 0.25 * d}
+                _write_run(sweep, f"best_of_n_world{w}_seed{seed}_algorithm.n={n}", "best_of_n", seed, [row], n=n,
+                           world=w)
     return sweep
 
 
@@ -230,6 +250,7 @@ def test_build_writes_csv_markdown_and_figure(tmp_path):
     assert list(rows[0]) == oo.CSV_COLUMNS
     assert [(r["algorithm"], r["reward"]) for r in rows] == [(a, k) for a in ("best_of_n", "dpo", "ppo")
                                                              for k in ("gold", "proxy")]
+    assert {(r["worlds"], r["world"]) for r in rows} == {("1", "pooled")}  # one world: no per-world rows
     by = {(r["algorithm"], r["reward"]): r for r in rows}
     bon, ppo = by[("best_of_n", "gold")], by[("ppo", "gold")]
     assert float(bon["alpha"]) == pytest.approx(1.2, abs=1e-6) and float(bon["beta"]) == pytest.approx(0.4, abs=1e-6)
@@ -265,8 +286,8 @@ def test_gains_are_measured_from_each_runs_step_zero(tmp_path):
 
 def test_curves_of_several_kl_coefficients_are_kept_apart(tmp_path):
     sweep = make_sweep(tmp_path / "sweep", seeds=(0,))
-    rows = [json.loads(x) for x in (sweep / "ppo_beta0.01_seed0" / "eval.jsonl").read_text().splitlines()]
-    _write_run(sweep, "ppo_beta0.02_seed0", "ppo", 0, rows, beta=0.02)
+    rows = [json.loads(x) for x in (sweep / "ppo_beta0.01_world0_seed0" / "eval.jsonl").read_text().splitlines()]
+    _write_run(sweep, "ppo_beta0.02_world0_seed0", "ppo", 0, rows, beta=0.02)
     names = [c.name for c in oo.load_curves([sweep])[0]]
     assert "ppo (β=0.01)" in names and "ppo (β=0.02)" in names and "dpo" in names
 
@@ -283,6 +304,141 @@ def test_cli_and_callback(tmp_path, capsys):
     assert "not built" in capsys.readouterr().err
     oo.OveroptimisationCallback(n_boot=100).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
     assert (sweep / "overoptimisation.png").is_file()
+
+
+# --------------------------------------------------------------------------------------------- worlds
+def test_gains_are_taken_over_the_sft_base_of_the_runs_own_world(tmp_path):
+    """Two worlds whose SFT bases differ (gold 0.2 and 0.8) and share run seed 0: best-of-n, and a trained run
+    without a step-0 evaluation, gain over their own world's sft run; a world without any SFT base borrows none."""
+    sweep, sft = tmp_path / "sweep", {0: 0.2, 1: 0.8}
+    ns, steps = (1, 4, 16, 64), (2, 4, 6)
+    for w, g0 in sft.items():
+        _write_run(sweep, f"sft_world{w}_seed0", "sft", 0,
+                   [{"step": 0, "kl": 0.0, "reward_gold": g0, "reward_proxy": SFT_PROXY}], world=w)
+        for n in ns:
+            d = math.sqrt(_bon_kl(n))
+            row = {"step": 0, "kl": _bon_kl(n), "reward_gold": g0 + 0.5 * d, "reward_proxy": SFT_PROXY + 0.25 * d}
+            _write_run(sweep, f"best_of_n_world{w}_seed0_algorithm.n={n}", "best_of_n", 0, [row], n=n, world=w)
+    for w, g0 in (*sft.items(), (2, 0.5)):  # world 2: this run only, no SFT base anywhere in its world
+        rows = [{"step": s, "kl": 0.5 * s, "reward_gold": g0 + 0.1 * s, "reward_proxy": SFT_PROXY} for s in steps]
+        _write_run(sweep, f"ppo_beta0.01_world{w}_seed0", "ppo", 0, rows, world=w)
+    notes: list[str] = []
+    with pytest.warns(ReportWarning, match="world 2"):
+        curves, _, _ = oo.load_curves([sweep], notes)
+    bon, ppo = (next(c for c in curves if c.name == name) for name in ("best_of_n", "ppo"))
+    assert bon.worlds == [0, 1] and ppo.worlds == [0, 1]  # world 2's run left out, not measured from another SFT
+    for rc in bon.runs:
+        assert rc.gain["gold"] == pytest.approx([0.5 * math.sqrt(_bon_kl(n)) for n in ns], abs=1e-12), rc.world
+    for rc in ppo.runs:
+        assert rc.gain["gold"] == pytest.approx([0.1 * s for s in steps], abs=1e-12), rc.world
+    assert any("world 2" in n for n in notes)
+
+
+def _world_curve(form: str, truths: dict, seeds: int = 2, sd: float = 0.03, rng_seed: int = 4,
+                 d_max: dict | None = None) -> gf.Curve:
+    """A curve of ``seeds`` runs in each world ``w`` of ``truths`` (w -> (alpha, beta)), on a grid of d up to
+    ``d_max[w]`` (default 2.5 in every world)."""
+    rng = np.random.default_rng(rng_seed)
+    c = gf.Curve("algo", form, "bandit", "learned", 0.01)
+    for w, (a, b) in truths.items():
+        d = np.linspace(0.05, 2.5 if d_max is None else d_max[w], 30)
+        for s in range(seeds):
+            gold = truth(form, a, b, d) + rng.normal(0, sd, d.size)
+            c.runs.append(gf.RunCurve(s, list(range(d.size)), list(d * d), {"gold": list(gold), "proxy": list(0.3 * d)},
+                                      world=w))
+    return c
+
+
+def _t_interval(values) -> tuple[float, float]:
+    """The Student-t interval over worlds, written out: mean ± t_{0.975, W-1} s / sqrt(W)."""
+    x = np.asarray(values, dtype=float)
+    half = stats.t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size)
+    return x.mean() - half, x.mean() + half
+
+
+def test_fit_over_worlds_pools_the_per_world_fits_with_a_t_interval():
+    """Three worlds whose true alpha differ (peaks at KL 2.7, 6.0 and 1.9, all inside the data), reaching
+    different KLs: alpha and beta pooled are the means of the per-world fits (not the fit of all runs at once)
+    with t-intervals over them, KL*'s interval the t-interval of the per-world log KL* transformed back; the
+    verdict is read from it (cannot tell), where a bootstrap over the six runs as if independent seeds would
+    claim a peak in range."""
+    truths = {0: (0.75, 0.5), 1: (0.95, 0.5), 2: (0.6, 0.45)}
+    c = _world_curve("rl", truths, d_max={0: 2.2, 1: 2.8, 2: 2.5})
+    cf = gw.fit_curve(c, "gold", n_boot=500)
+    per = {w: gf.fit_form("rl", np.concatenate([rc.d for rc in c.runs if rc.world == w]),
+                          np.concatenate([rc.gain["gold"] for rc in c.runs if rc.world == w])) for w in truths}
+    alphas, betas = [per[w].alpha for w in truths], [per[w].beta for w in truths]
+    assert np.ptp(alphas) > 0.2  # the worlds differ
+    b = cf.boot
+    assert isinstance(b, gw.WorldsFit) and b.n_worlds == 3 and b.n_runs == 6 and b.has_interval
+    assert b.fit.alpha == pytest.approx(np.mean(alphas), rel=1e-12) and b.fit.beta == pytest.approx(np.mean(betas), rel=1e-12)
+    assert abs(b.all_runs.alpha - b.fit.alpha) > 0.01  # the fit of all runs at once weights the worlds otherwise
+    assert b.fit.kl_peak == pytest.approx(gf.peak_kl("rl", np.mean(alphas), np.mean(betas)))
+    assert b.alpha_ci == pytest.approx(_t_interval(alphas), rel=1e-9)
+    assert b.beta_ci == pytest.approx(_t_interval(betas), rel=1e-9)
+    assert b.kl_peak_ci == pytest.approx(tuple(np.exp(_t_interval([math.log(per[w].kl_peak) for w in truths]))), rel=1e-9)
+    assert [pw.world for pw in cf.per_world] == [0, 1, 2]
+    assert [pw.boot.fit.alpha for pw in cf.per_world] == pytest.approx(alphas, rel=1e-12)
+    assert all(0 < per[w].kl_peak <= b.d_max ** 2 for w in truths) and b.peak_share == 1.0
+    assert b.kl_peak_ci[1] > b.d_max ** 2 and cf.verdict == gf.CANNOT_TELL
+    assert gf.fit_curve(c, "gold", n_boot=500).verdict == gf.IN_RANGE  # worlds taken as seeds: overconfident
+
+
+def test_a_world_without_a_peak_leaves_the_peak_interval_unbounded():
+    cf = gw.fit_curve(_world_curve("rl", {0: (0.75, 0.5), 1: (0.5, -0.2), 2: (0.7, 0.45)}), "gold", n_boot=200)
+    assert cf.per_world[1].boot.fit.beta < 0 < cf.boot.fit.beta  # world 1 has no peak, the pooled fit has one
+    assert cf.boot.kl_peak_ci == (0.0, math.inf) and cf.verdict == gf.CANNOT_TELL
+    assert gw.kl_peak_interval([cf.per_world[0].boot.fit]) == pytest.approx((math.nan, math.nan), nan_ok=True)
+    peak_at_zero = gf.Fit("bon", -0.5, 0.2, 0.0, 10)  # never rises: KL* = 0, no log
+    assert gw.kl_peak_interval([cf.per_world[0].boot.fit, peak_at_zero]) == (0.0, math.inf)
+
+
+def test_one_world_keeps_the_bootstrap_over_its_seeds(tmp_path):
+    """A sweep of one world (whichever) is fitted and reported as before worlds existed: the bootstrap over its
+    seeds, one row per curve and reward."""
+    sweep = make_sweep(tmp_path / "sweep", worlds=(3,))
+    curves, _, _ = oo.load_curves([sweep])
+    ppo = next(c for c in curves if c.name == "ppo")
+    assert ppo.worlds == [3]
+    cf = gw.fit_curve(ppo, "gold", n_boot=300, seed=5)
+    old = gf.bootstrap_fit("rl", [(rc.d, rc.gain["gold"]) for rc in ppo.runs], n_boot=300, seed=5)
+    assert not isinstance(cf.boot, gw.WorldsFit) and cf.per_world == [] and cf.world is None
+    assert (cf.boot.alpha_ci, cf.boot.beta_ci, cf.boot.kl_peak_ci) == (old.alpha_ci, old.beta_ci, old.kl_peak_ci)
+    assert cf.verdict == gf.peak_verdict(old) == gf.IN_RANGE
+    oo.build(sweep, n_boot=300, seed=5)
+    rows = {(r["algorithm"], r["reward"], r["world"]): r for r in _read_csv(sweep / "overoptimisation.csv")}
+    assert len(rows) == 6 and ("ppo", "gold", "pooled") in rows
+    row = rows[("ppo", "gold", "pooled")]
+    assert (float(row["alpha_lo"]), float(row["alpha_hi"])) == pytest.approx(old.alpha_ci, rel=1e-12)
+    assert (float(row["kl_peak_lo"]), float(row["kl_peak_hi"])) == pytest.approx(old.kl_peak_ci, rel=1e-12)
+    assert row["worlds"] == "1" and row["n_runs"] == "3"
+
+
+def test_csv_and_markdown_have_the_pooled_and_the_per_world_rows(tmp_path):
+    sweep = make_sweep(tmp_path / "sweep", worlds=(0, 1, 2), seeds=(0, 1), sft_gold={0: 0.3, 1: 0.5, 2: 0.7},
+                       alpha_shift={0: -0.1, 1: 0.0, 2: 0.15})
+    paths = oo.build(sweep, n_boot=300)
+    rows = _read_csv(paths[0])
+    assert list(rows[0]) == oo.CSV_COLUMNS and oo.CSV_COLUMNS[-2:] == ["worlds", "world"]
+    assert [(r["algorithm"], r["reward"], r["world"]) for r in rows] == [
+        (a, k, w) for a in ("best_of_n", "dpo", "ppo") for k in ("gold", "proxy") for w in ("pooled", "0", "1", "2")]
+    by = {(r["algorithm"], r["reward"], r["world"]): r for r in rows}
+    ppo = by[("ppo", "gold", "pooled")]
+    assert ppo["worlds"] == "3" and ppo["n_runs"] == "6" and ppo["n_points"] == str(6 * 21)
+    per = [by[("ppo", "gold", w)] for w in ("0", "1", "2")]
+    assert [r["worlds"] for r in per] == ["1"] * 3 and [r["n_runs"] for r in per] == ["2"] * 3
+    assert float(ppo["alpha"]) == pytest.approx(np.mean([float(r["alpha"]) for r in per]))
+    assert (float(ppo["alpha_lo"]), float(ppo["alpha_hi"])) == pytest.approx(_t_interval([float(r["alpha"]) for r in per]))
+    logs = [math.log(float(r["kl_peak"])) for r in per]
+    assert (float(ppo["kl_peak_lo"]), float(ppo["kl_peak_hi"])) == pytest.approx(tuple(np.exp(_t_interval(logs))))
+    bon, bon_w = by[("best_of_n", "gold", "pooled")], by[("best_of_n", "gold", "1")]
+    assert bon["n_runs"] == "3" and bon["alpha_lo"] != "" and float(bon["alpha_lo"]) < 1.2 < float(bon["alpha_hi"])
+    assert bon_w["n_runs"] == "1" and bon_w["alpha_lo"] == "" and float(bon_w["alpha"]) == pytest.approx(1.2)
+    md = paths[1].read_text()
+    assert "Student-t intervals **over worlds**" in md and "| curve | world 0 | world 1 | world 2 |" in md
+    assert re.search(r"^\| ppo \| [\d.]+ / \+[\d.]+ at [\d.]+ \| ", md, re.M)
+    assert "- **ppo**: " in md and "over 3 worlds" in md and "worlds (`task.seed`) 0, 1, 2" in md
+    assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------------------- config
@@ -378,21 +534,25 @@ def test_documented_best_of_n_command_composes_into_the_same_sweep_with_distinct
 # --------------------------------------------------------------------------------------- end to end
 @pytest.mark.slow
 def test_tiny_sweep_end_to_end_writes_the_three_files(tmp_path):
-    """Both documented commands through the real CLI, shrunk (small stages, 4 steps): the RL sweep and
-    the best-of-n sweep land in one directory and the callback leaves the fits there."""
+    """Both documented commands through the real CLI, shrunk (two worlds, small stages, 4 steps): the RL
+    sweep and the best-of-n sweep land in one directory and the callback leaves the fits there, pooled
+    over the worlds and per world."""
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
     small = ["task.n_eval_prompts=40", "task.n_sft_demos=1000", "task.sft.epochs=1", "reward_model.epochs=1",
-             "task.steps=4", "task.eval_every=1", f"cache_dir={cache}", f"hydra.sweep.dir={sweep}", "progress=false"]
+             "task.steps=4", "task.eval_every=1", "task.seed=0,1", f"cache_dir={cache}", f"hydra.sweep.dir={sweep}",
+             "progress=false"]
     cli = [sys.executable, "-m", "rlhf_bench.benchmarks.cli", "benchmark=overoptimisation"]
     for extra in (["algorithm=sft,ppo,dpo", "seed=0,1"], ["algorithm=best_of_n", "algorithm.n=1,4,16,64", "seed=0"]):
         proc = subprocess.run(cli + extra + small, capture_output=True, text=True, timeout=900, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"overoptimisation: {sweep / 'overoptimisation.md'}" in proc.stdout
     rows = _read_csv(sweep / "overoptimisation.csv")
-    assert {(r["algorithm"], r["reward"]) for r in rows} == {(a, k) for a in ("best_of_n", "dpo", "ppo")
-                                                             for k in ("gold", "proxy")}
-    by = {(r["algorithm"], r["reward"]): r for r in rows}
-    assert by[("ppo", "gold")]["n_runs"] == "2" and by[("ppo", "gold")]["n_points"] == "10"
-    assert by[("best_of_n", "gold")]["n_points"] == "4"
+    assert {(r["algorithm"], r["reward"], r["world"]) for r in rows} == {
+        (a, k, w) for a in ("best_of_n", "dpo", "ppo") for k in ("gold", "proxy") for w in ("pooled", "0", "1")}
+    by = {(r["algorithm"], r["reward"], r["world"]): r for r in rows}
+    ppo = by[("ppo", "gold", "pooled")]
+    assert ppo["worlds"] == "2" and ppo["n_runs"] == "4" and ppo["n_points"] == "20"
+    assert by[("ppo", "gold", "1")]["n_runs"] == "2" and by[("ppo", "gold", "1")]["n_points"] == "10"
+    assert by[("best_of_n", "gold", "pooled")]["n_points"] == "8" and by[("best_of_n", "gold", "0")]["n_points"] == "4"
     assert (sweep / "overoptimisation.png").stat().st_size > 0
     assert "## Gold reward" in (sweep / "overoptimisation.md").read_text()

@@ -305,7 +305,7 @@ def test_bandit_runs_write_the_columns_and_the_report_carries_them(bandit, run_c
     assert summary["final"]["ranking_accuracy"] == dpo[-1]["ranking_accuracy"]
 
     md = rep.build_report([sweep]).read_text()
-    header = next(line for line in md.splitlines() if line.startswith("| algorithm | β | seeds"))
+    header = next(line for line in md.splitlines() if line.startswith("| algorithm | β | worlds×seeds"))
     assert "| ranking accuracy | ranking accuracy (gold) |" in header
     names = header.strip("| ").split(" | ")
     for alg, final in (("sft", sft[-1]), ("dpo", dpo[-1]), ("best_of_n", bon)):
@@ -328,7 +328,7 @@ def test_bandit_runs_write_the_columns_and_the_report_carries_them(bandit, run_c
     md = rep.build_report([sweep]).read_text()
     line = next(line for line in md.splitlines() if line.startswith("| dpo |"))
     cells = dict(zip(names, line.strip("| ").split(" | ")))
-    assert cells["seeds"] == "n=2" and cells["ranking accuracy"] == f"{dpo[-1]['ranking_accuracy']:.3f} (n=1)"
+    assert cells["worlds×seeds"] == "1×2" and cells["ranking accuracy"] == f"{dpo[-1]['ranking_accuracy']:.3f} (n=1)"
     old = [r for r in _read_csv(sweep / "frontier.csv") if r["algorithm"] == "dpo" and r["seed"] == "1"]
     assert len(old) == 3 and all(r["ranking_accuracy"] == r["ranking_accuracy_gold"] == "" for r in old)
 

@@ -207,7 +207,7 @@ def test_report_on_synthetic_sweep(sweep):
 
     # frontier.csv: every evaluation row of every (deduplicated) run, values exact
     rows = read_csv(sweep / "frontier.csv")
-    assert list(rows[0])[:7] == ["algorithm", "beta", "seed", "step", "kl", "reward_gold", "reward_proxy"]
+    assert list(rows[0])[:8] == ["algorithm", "beta", "world", "seed", "step", "kl", "reward_gold", "reward_proxy"]
     got = {(r["algorithm"], r["beta"], int(r["seed"]), int(r["step"])): r for r in rows}
     assert len(got) == len(rows)
     expected = 0
@@ -268,7 +268,7 @@ def test_one_seed_report_says_n1(tmp_path):
     d = tmp_path / "sweep"
     make_sweep(d, algorithms=("sft", "ppo"), betas=(0.1,), seeds=(3,))
     md = rep.build_report([d]).read_text()
-    assert "n=1" in md and " ± " not in md.split("## Results")[1].split("### ")[1].split("Win rates")[0]
+    assert "| 1×1 |" in md and " ± " not in md.split("## Results")[1].split("### ")[1].split("Win rates")[0]
 
 
 def test_merging_two_sweeps(tmp_path):

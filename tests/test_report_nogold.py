@@ -83,12 +83,12 @@ def test_report_without_gold_says_so_and_uses_the_proxy(tmp_path, figures):
 
     # the results table: no gold column, the proxy reward and the proxy judge's win rate vs SFT
     results = section(md, "### Task `hf`, learned reward model")
-    header = next(line for line in results.splitlines() if line.startswith("| algorithm | β | seeds"))
+    header = next(line for line in results.splitlines() if line.startswith("| algorithm | β | worlds×seeds"))
     assert "gold" not in header and "| proxy reward |" in header and "win rate vs SFT (proxy)" in header
     assert "proxy reward only (no gold judge)" in results.splitlines()[0]
     assert "| algorithm | β | proxy judge [95% CI] | comparisons |" in results
     assert "gold judge [" not in results and "100.0%" in results  # ppo's samples beat SFT's on every prompt
-    ppo = next(line for line in results.splitlines() if line.startswith("| ppo | 0.1 | n=2 |"))
+    ppo = next(line for line in results.splitlines() if line.startswith("| ppo | 0.1 | 1×2 |"))
     cells = dict(zip(header.split(" | "), ppo.split(" | ")))
     assert cells["win rate vs SFT (proxy)"] == "100.0% ± 0.0"  # per seed, by the proxy judge
 

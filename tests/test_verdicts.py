@@ -16,11 +16,11 @@ from rlhf_bench.benchmarks.verdicts import claim_rows, convergence_flags, find_g
 SFT = 0.5
 
 
-def fake_run(algorithm, beta, seed, kl, gold, curve=None, steps=60):
+def fake_run(algorithm, beta, seed, kl, gold, curve=None, steps=60, world=0):
     rows = curve or [{"step": 0, "kl": 0.0, "reward_gold": SFT}, {"step": steps, "kl": kl, "reward_gold": gold}]
-    return SimpleNamespace(algorithm=algorithm, beta=beta, seed=seed, steps=steps, beta_independent=False,
+    return SimpleNamespace(algorithm=algorithm, beta=beta, seed=seed, world=world, steps=steps, beta_independent=False,
                            task="bandit", reward_model="learned", final=rows[-1], eval_rows=rows,
-                           path=Path(f"{algorithm}_beta{beta}_seed{seed}"), summary={})
+                           path=Path(f"{algorithm}_beta{beta}_world{world}_seed{seed}"), summary={})
 
 
 def test_pareto_points_and_mean_gain_closed_form():
@@ -43,9 +43,10 @@ def test_gap_between_is_antisymmetric_and_matches_the_triangles():
     assert gap_between(a, a)[0] == 0.0
 
 
-def test_pairwise_gaps_verdicts_from_bootstrap_over_seeds():
-    """A reaches more gold at the same KL than B at every seed (better); C and D are draws of the
-    same noisy law (indistinguishable); a single seed gives no interval (cannot tell)."""
+def test_within_one_world_the_bootstrap_over_seeds_reads_that_world():
+    """In one world: A reaches more gold at the same KL than B at every seed (that world says better);
+    C and D are draws of the same noisy law (indistinguishable); a single seed gives no interval (cannot
+    tell). One world gives no pooled verdict (tests/test_worlds.py pools several)."""
     rng = np.random.default_rng(0)
     runs = []
     for s in range(4):
@@ -55,13 +56,15 @@ def test_pairwise_gaps_verdicts_from_bootstrap_over_seeds():
         runs.append(fake_run("d", 0.3, s, 1.0, SFT + 0.8 + 0.2 * rng.standard_normal()))
     runs.append(fake_run("e", 0.3, 0, 1.0, SFT + 2.0))
     gaps = pairwise_gaps(runs)
-    ab = find_gap(gaps, "a", "b")
+    pooled = find_gap(gaps, "a", "b")
+    (ab,) = pooled.worlds
+    assert pooled.verdict == "cannot tell" and pooled.gap == ab.gap
     assert ab.verdict == "better" and ab.low > 0 and ab.low < ab.gap < ab.high
     assert ab.gap == pytest.approx(0.2, abs=0.03)  # 0.4 gain difference at KL 1, averaged over the ramp: 0.2
-    assert find_gap(gaps, "b", "a").verdict == "worse"
-    cd = find_gap(gaps, "c", "d")
+    assert find_gap(gaps, "b", "a").worlds[0].verdict == "worse"
+    (cd,) = find_gap(gaps, "c", "d").worlds
     assert cd.verdict == "indistinguishable" and cd.low <= cd.gap <= cd.high
-    ae = find_gap(gaps, "a", "e")
+    (ae,) = find_gap(gaps, "a", "e").worlds
     assert ae.verdict == "cannot tell" and math.isnan(ae.low)
     assert find_gap(gaps, "a", "b", beta=0.3).gap == pytest.approx(ab.gap)
 
@@ -78,14 +81,15 @@ def test_convergence_flags_a_run_still_moving_and_not_a_settled_one():
 
 def test_claims_follow_the_all_beta_verdicts():
     runs = []
-    for s in range(3):
-        for beta, kl in ((0.1, 2.0), (1.0, 0.5)):
-            runs.append(fake_run("online_dpo", beta, s, kl, SFT + kl * 0.9 + 0.01 * s))
-            runs.append(fake_run("dpo", beta, s, kl, SFT + kl * 0.5 + 0.01 * s))
+    for w in range(3):
+        for s in range(2):
+            for beta, kl in ((0.1, 2.0), (1.0, 0.5)):
+                runs.append(fake_run("online_dpo", beta, s, kl, SFT + kl * (0.9 + 0.02 * w) + 0.01 * s, world=w))
+                runs.append(fake_run("dpo", beta, s, kl, SFT + kl * 0.5 + 0.01 * s, world=w))
     rows = claim_rows(pairwise_gaps(runs))
     online = [r for r in rows if r["claim"].startswith("Online")]
-    assert [r["verdict"] for r in online] == ["supports"]
+    assert [r["verdict"] for r in online] == ["supports"] and online[0]["worlds"] == {w: "supports" for w in range(3)}
     flipped = [fake_run("online_dpo" if r.algorithm == "dpo" else "dpo", r.beta, r.seed, r.final["kl"],
-                        r.final["reward_gold"]) for r in runs]
+                        r.final["reward_gold"], world=r.world) for r in runs]
     assert [r["verdict"] for r in claim_rows(pairwise_gaps(flipped)) if r["claim"].startswith("Online")] == \
         ["contradicts"]
