@@ -190,12 +190,14 @@ def _method(runs: list[Run], sweep_dirs: Sequence[Path], n_boot: int, seed: int)
         f"Sweep: {', '.join(f'`{s}`' for s in sweep_dirs)}; {len(runs)} runs, worlds (`task.seed`) "
         f"{', '.join(map(str, worlds))}, seeds {', '.join(map(str, seeds))}. Proxy reward model learned on "
         f"`task.preferences.n_prompts` = {_setting(runs, 'task.preferences.n_prompts')} ranked lists of K = "
-        f"{_setting(runs, 'task.preferences.k')} in each world; the online methods optimise it (offline DPO learns from "
+        f"{_setting(runs, 'task.preferences.k')} in each world; the online methods optimise it (offline DPO learns "
+        "from "
         f"those lists directly) at their KL coefficient for {_setting(trained, 'task.steps')} steps, evaluated every "
         f"{_setting(trained, 'task.eval_every')}.", "",
         "Points: `d = sqrt(KL)` and the reward **gain** over the SFT base of the run's own world (each trained run's "
         "step-0 evaluation; for best-of-n its world's `sft` run), every evaluation of every trained run and the final "
-        "point of every best-of-n run. Fits (least squares, linear in the coefficients): best-of-n `R(d) = d (α − β d)`, "
+        "point of every best-of-n run. Fits (least squares, linear in the coefficients): best-of-n "
+        "`R(d) = d (α − β d)`, "
         "peak at `d* = α / (2β)`; RL `R(d) = d (α − β log d)`, peak at `d* = exp(α/β − 1)`; `KL* = d*²`; no peak "
         "when β ≤ 0.", "",
         gw.method_markdown(n_boot, seed), ""]
@@ -273,7 +275,8 @@ def plot(fits: list[gf.CurveFit], path: Path) -> None:
         top.xaxis.set_major_formatter(FormatStrFormatter("%g"))
         top.set_xlabel("KL [nats]")
     several = any(len(cf.curve.worlds) > 1 for cf in fits)
-    handles += [Line2D([], [], color="gray", ls="--", label="fit (Gao et al.)" + (", pooled over worlds" if several else "")),
+    fit_label = "fit (Gao et al.)" + (", pooled over worlds" if several else "")
+    handles += [Line2D([], [], color="gray", ls="--", label=fit_label),
                 Line2D([], [], color="gray", marker="*", ms=12, mec="black", ls="none", label="fitted peak")]
     handles += [Line2D([], [], color="gray", lw=0.8, label="one world's mean curve")] if several else []
     if any(len(cf.curve.worlds) == 1 for cf in fits):

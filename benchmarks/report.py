@@ -138,7 +138,8 @@ def _check_prompts(ra: Run, rb: Run, checked: set) -> None:
         return
     sa, sb = ra.samples, rb.samples
     if len(sa) != len(sb):
-        raise PromptMismatchError(f"cannot compare {ra.algorithm} with {rb.algorithm} (world {ra.world}, seed {ra.seed}): "
+        raise PromptMismatchError(f"cannot compare {ra.algorithm} with {rb.algorithm} (world {ra.world}, "
+                                  f"seed {ra.seed}): "
                                   f"{len(sa)} samples in {ra.path / 'samples.jsonl'} but {len(sb)} in "
                                   f"{rb.path / 'samples.jsonl'}; win rates need the same held-out prompts")
     for i, (x, y) in enumerate(zip(sa, sb)):

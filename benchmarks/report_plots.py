@@ -396,7 +396,8 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
         cb.set_label(f"P(row beats column), {main} reward judge{also}; ties count half")
     seeds = _seed_phrase([row["n_seeds"] for row in wr.rows] or [0])
     worlds = max([int(row.get("n_worlds") or 1) for row in wr.rows] or [1])
-    over = f"mean over {worlds} worlds of {seeds}, [95% CI over worlds]" if worlds > 1 else f"pooled over {seeds}, [95% CI]"
+    over = (f"mean over {worlds} worlds of {seeds}, [95% CI over worlds]" if worlds > 1
+            else f"pooled over {seeds}, [95% CI]")
     fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, {over})",
                  fontsize=12)
     fig.savefig(path)

@@ -21,7 +21,8 @@ from .report_verdicts import claims_section, gap_cell, statement, world_cell
 from .verdicts import CLAIMS, Gap, find_gap
 from .worlds import correlation
 
-RM_METRICS = (("rm/heldout_accuracy_labels", "RM accuracy (labels)"), ("rm/heldout_accuracy_gold", "RM accuracy (gold)"))
+RM_METRICS = (("rm/heldout_accuracy_labels", "RM accuracy (labels)"),
+              ("rm/heldout_accuracy_gold", "RM accuracy (gold)"))
 
 
 def one_world_lines(runs: Sequence[Any]) -> list[str]:
@@ -126,19 +127,19 @@ def correlation_lines(comps: Sequence[Gap], metrics: dict, confidence: float) ->
 
 
 def beta_disagreements(gaps: Sequence[Gap]) -> list[tuple[Gap, list[Gap]]]:
-    """Pooled comparisons whose all-β estimate has the opposite sign of every per-β estimate, with the
-    all-β verdict better or worse: (the all-β gap, the per-β gaps), the largest all-β gap first."""
+    """Pooled comparisons whose all-β estimate has the opposite sign of every per-β estimate: (the
+    all-β gap, the per-β gaps); those whose all-β verdict is *better* or *worse* first, then the
+    largest all-β gap."""
     per: dict[tuple, list[Gap]] = defaultdict(list)
     for g in gaps:
         if g.beta is not None:
             per[(g.task, g.reward_model, g.a, g.b)].append(g)
     out = []
     for g in gaps:
-        if g.beta is None and g.verdict in ("better", "worse"):
-            betas = per.get((g.task, g.reward_model, g.a, g.b), [])
-            if betas and all(b.gap * g.gap < 0 for b in betas):
-                out.append((g, betas))
-    return sorted(out, key=lambda t: -abs(t[0].gap))
+        betas = per.get((g.task, g.reward_model, g.a, g.b), [])
+        if g.beta is None and betas and all(b.gap * g.gap < 0 for b in betas):
+            out.append((g, betas))
+    return sorted(out, key=lambda t: (t[0].verdict not in ("better", "worse"), -abs(t[0].gap)))
 
 
 def beta_section(gaps: Sequence[Gap]) -> list[str]:
@@ -159,7 +160,7 @@ def beta_section(gaps: Sequence[Gap]) -> list[str]:
         L += ["", f"Here: {statement(g)}, while at each β taken alone "
               + "; ".join(f"{statement(b)}" for b in sorted(betas, key=lambda b: b.beta)) + "."]
     else:
-        L += ["", "No comparison of this report has an all-β verdict whose sign every per-β estimate opposes."]
+        L += ["", "In this report no comparison's all-β estimate has the opposite sign of every per-β estimate."]
     return L
 
 

@@ -36,7 +36,8 @@ def pooled_rows(sweep: Path) -> dict[tuple, dict]:
     """(task, reward model, beta, a, b) -> the pooled row of ``comparisons.csv``."""
     path = Path(sweep) / "comparisons.csv"
     if not path.is_file():
-        raise SystemExit(f"rlhf-bench reproduction: {path} not found; build the report first (rlhf-bench-report {sweep})")
+        raise SystemExit(f"rlhf-bench reproduction: {path} not found; build the report first "
+                         f"(rlhf-bench-report {sweep})")
     with open(path, newline="") as f:
         return {tuple(r[k] for k in KEY): r for r in csv.DictReader(f) if r.get("world", "pooled") == "pooled"}
 
@@ -106,7 +107,8 @@ def _cell(r: dict, i: int) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.reproduction", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.reproduction",
+                                 description=__doc__.split("\n\n")[0])
     ap.add_argument("sweeps", nargs=2, type=Path, metavar="SWEEP_DIR")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)

@@ -219,8 +219,8 @@ def test_the_world_names_the_run_and_joins_the_benchmark_sweep(monkeypatch):
     monkeypatch.setenv(SWEEP_OVERRIDES_ENV, sweep_overrides(["benchmark=bandit", "task.seed=range(50,53)", "seed=1"]))
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        for job, name in ((["algorithm=ppo", "algorithm.beta=0.3", "task.seed=51", "seed=1"],
-                           "ppo_beta0.3_world51_seed1"), (["algorithm=sft", "task.seed=50", "seed=0"], "sft_world50_seed0")):
+        for job, name in ((["algorithm=ppo", "algorithm.beta=0.3", "task.seed=51", "seed=1"], "ppo_beta0.3_world51_seed1"),
+                          (["algorithm=sft", "task.seed=50", "seed=0"], "sft_world50_seed0")):
             cfg = hydra_compose(config_name="config", return_hydra_config=True,
                                 overrides=["benchmark=bandit", *job])
             assert cfg.hydra.sweep.dir == "multirun/bandit" and cfg.hydra.sweep.subdir == name

@@ -372,7 +372,7 @@ def test_task_seed_draws_every_shared_stage_of_real_data(env, tmp_path):
                    for name, m in (("sft", s.load_sft(art)), ("rm", s.load_reward_model(art)))}
         return task, art, weights
 
-    (t0, a0, w0), (t0b, _, w0b), (t1, a1, w1) = stages(0, "c0"), stages(0, "c0b"), stages(1, "c1")
+    (t0, a0, w0), (_, _, w0b), (t1, a1, w1) = stages(0, "c0"), stages(0, "c0b"), stages(1, "c1")
     for name in ("sft", "rm"):
         assert all(torch.equal(w0[name][k], w0b[name][k]) for k in w0[name]), name  # same world: same stages
         assert any(not torch.equal(w0[name][k], w1[name][k]) for k in w0[name]), name  # another world: others

@@ -39,7 +39,8 @@ def test_comparisons_csv_has_a_pooled_row_and_one_row_per_world(built):
     pooled = [r for r in rows if r["world"] == "pooled"]
     assert pooled and {r["worlds"] for r in pooled} == {"3"}
     for p in pooled:
-        mine = [r for r in rows if r["world"] != "pooled" and (r["a"], r["b"], r["beta"]) == (p["a"], p["b"], p["beta"])]
+        key = (p["a"], p["b"], p["beta"])
+        mine = [r for r in rows if r["world"] != "pooled" and (r["a"], r["b"], r["beta"]) == key]
         assert [r["world"] for r in mine] == ["0", "1", "2"]
         xs = [float(r["gap"]) for r in mine]
         m, s = statistics.mean(xs), statistics.stdev(xs)
@@ -100,7 +101,7 @@ def test_beta_section_cites_a_comparison_whose_all_beta_sign_every_beta_opposes(
     assert ("Here: ppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse, while at each β taken alone "
             "ppo − grpo (bandit, β = 0.1): +0.149 [+0.100, +0.200] better") in text
     agree = [_gap(0.1, -0.1, -0.2, -0.05), _gap(None, -0.049, -0.064, -0.027)]
-    assert "No comparison of this report" in "\n".join(beta_section(agree))
+    assert "no comparison's all-β estimate has the opposite sign" in "\n".join(beta_section(agree))
 
 
 def test_reproduction_counts_flips_and_mutual_coverage(tmp_path):
