@@ -147,7 +147,8 @@ def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: 
     conf_dir.mkdir(parents=True, exist_ok=True)
     path = conf_dir / f"{task}.yaml"
     path.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=120))
-    lines = [f"# Tuning `{task}`", "", f"`python -m rlhf_bench.benchmarks.tuning {task}`: benchmark "
+    lines = [f"<!-- Tuning `{task}`: written by the tuning command; the README quotes it verbatim -->",
+             f"`python -m rlhf_bench.benchmarks.tuning {task}`: benchmark "
              f"`{proto['benchmark']}`, beta = {proto['beta']}, worlds (`task.seed`) {proto['worlds']} x seeds "
              f"{proto['seeds']}, criterion "
              f"`{proto['criterion']['name']}` over KL in [0, {proto['criterion']['kl_max']}] (gold-reward gain over SFT; "

@@ -65,7 +65,8 @@ def test_smoke_sweep_writes_the_report(smoke):
 def test_frontier_csv_matches_every_eval_row(smoke):
     sweep, _, _ = smoke
     rows = _read_csv(sweep / "frontier.csv")
-    assert list(rows[0])[:7] == ["algorithm", "beta", "seed", "step", "kl", "reward_gold", "reward_proxy"]
+    assert list(rows[0])[:8] == ["algorithm", "beta", "world", "seed", "step", "kl", "reward_gold", "reward_proxy"]
+    assert {r["world"] for r in rows} == {"0"}  # the smoke benchmark's one world, task.seed 0
     index = {(r["algorithm"], r["beta"], r["seed"], r["step"]): r for r in rows}
     expected = 0
     for run in _runs(sweep):
