@@ -191,7 +191,7 @@ def claims_section(gaps: Sequence[Gap]) -> list[str]:
     unchecked = sorted({g.task for g in gaps if g.reward != "gold"})
     worlds = sorted({w for r in rows for w in r["worlds"]})
     L = ["", "## The papers' claims", "",
-         "Each claim is read off the all-β comparisons above: *supports* when every comparison it makes is "
+         "Each claim is read off the pooled all-β comparisons: *supports* when every comparison it makes is "
          "*better*, *contradicts* when one is *worse*, *cannot tell* otherwise. The verdict is the pooled one; "
          "each world's column says what that world alone would conclude from its own seeds, which is what a "
          "benchmark run in one world reports."
