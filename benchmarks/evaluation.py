@@ -252,8 +252,8 @@ class PrefixTree:
             total = torch.zeros(len(chunk), len(self.tokens))  # (P, N)
             for t, logits in self._walk(forward, chunk, engine, self.T):  # (P, M_t, V)
                 logits = (logits.float() / engine.temperature).masked_fill(~mask[t].to(logits.device), NEG)
-                logp = torch.log_softmax(logits, -1).cpu()[:, self.index[t]]  # (P, N, V)
-                total += logp.gather(-1, self.tokens[:, t].view(1, -1, 1).expand(len(chunk), -1, 1)).squeeze(-1)
+                logp = torch.log_softmax(logits, -1).cpu()  # (P, M_t, V)
+                total += logp[:, self.index[t], self.tokens[:, t]]  # (P, N): response n's token t after its prefix
             chunks.append(total)
         return torch.cat(chunks)
 

@@ -303,6 +303,7 @@ class Trainer:
         main process: returns whether it did."""
         if not self.dist.is_main:
             return False
+        t0 = time.time()
         self.policy.eval()
         with self.budget.tokens.paused():
             eval_policy = self.algo.eval_policy()
@@ -312,6 +313,7 @@ class Trainer:
                 self.row, self.samples = self.evaluator.evaluate(eval_policy, step)
         self.policy.train()
         self._write("eval", to_jsonable(self.row))
+        self._write("time", {"step": step, "time/eval_seconds": time.time() - t0})  # wall time: kept apart
         self.logger.log({f"eval/{k}": v for k, v in self.row.items() if k != "step"}, step)
         return True
 
