@@ -230,12 +230,14 @@ def pool_worlds(world_gaps: Sequence[WorldGap], replicates: dict, confidence: fl
 
 
 def _world_origins(g: Sequence[Any], key: str) -> dict[int, tuple[float, float]]:
-    """world -> its SFT point (KL 0, the step-0 evaluation's reward, the same for every run of the world)."""
-    by_world: dict[int, list[float]] = defaultdict(list)
+    """world -> its SFT point: KL 0 and the reward of the trained runs' step-0 evaluation (the SFT base,
+    the same for every run of the world). An untrained run's only evaluation is its own policy's
+    (best-of-n is not the SFT base), so it counts only in a world without trained runs."""
+    trained, untrained = defaultdict(list), defaultdict(list)
     for r in g:
-        if r.eval_rows:
-            by_world[_world(r)].append(float(r.eval_rows[0][key]))
-    return {w: (0.0, float(np.mean(v))) for w, v in by_world.items()}
+        if r.eval_rows and r.eval_rows[0].get("step", 0) == 0:
+            (trained if r.steps else untrained)[_world(r)].append(float(r.eval_rows[0][key]))
+    return {w: (0.0, float(np.mean(trained.get(w) or untrained[w]))) for w in set(trained) | set(untrained)}
 
 
 def _world(run: Any) -> int:

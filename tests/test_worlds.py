@@ -89,6 +89,18 @@ def test_gaps_are_paired_within_worlds_and_pooled_over_them():
     assert flipped.gap == pytest.approx(-g.gap) and [x.gap for x in flipped.worlds] == pytest.approx([-0.1, -0.2, -0.3])
 
 
+def test_the_sft_point_is_the_trained_runs_step_0_not_best_of_n():
+    """An untrained run's only evaluation is its own policy's: best-of-n's reward must not move the
+    SFT point that every front starts from."""
+    runs = _runs({0: 0.4, 1: 0.5, 2: 0.6}, {0: 0.0, 1: 1.0, 2: 2.0})
+    plain = find_gap(pairwise_gaps(runs), "a", "b")
+    bon = [SimRun("best_of_n", math.nan, w, 0, {"kl": 0.6, "reward_gold": 9.0}, [{"step": 0, "kl": 0.6,
+                                                                                   "reward_gold": 9.0}],
+                  steps=0, beta_independent=True) for w in range(3)]
+    with_bon = find_gap(pairwise_gaps(runs + bon), "a", "b")
+    assert [x.gap for x in with_bon.worlds] == pytest.approx([x.gap for x in plain.worlds], abs=1e-12)
+
+
 def test_one_world_never_gives_a_verdict_however_many_seeds():
     rng = np.random.default_rng(0)
     g = find_gap(pairwise_gaps(_runs({4: 0.5}, {4: 0.0}, seeds=8, noise=0.01, rng=rng)), "a", "b")
