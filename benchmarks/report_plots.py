@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from .report_loading import (JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, has_gold, judges,
                              worlds_of)
 from .stats import pareto_front
+from .verdicts import world_origins
 from .worlds import two_level_mean_ci
 
 if TYPE_CHECKING:
@@ -68,17 +69,15 @@ def _world_optimal_frontiers(g_runs: list[Run], notes: Optional[list[str]]) -> d
 
 
 def _world_sft(g_runs: list[Run], key: str) -> dict[int, float]:
-    """world -> what is subtracted from its runs' reward ``key``: with 2+ worlds the world's SFT reward (the mean
-    step-0 evaluation of its runs; a world without one is left out), with one world 0 (absolute rewards)."""
+    """world -> what is subtracted from its runs' reward ``key``: with 2+ worlds the world's SFT reward (its
+    trained runs' step-0 evaluation, :func:`~rlhf_bench.benchmarks.verdicts.world_origins`, the SFT point of
+    the pairwise gaps; a world without one is left out), with one world 0 (absolute rewards)."""
     worlds = worlds_of(g_runs)
     if len(worlds) < 2:
         return {w: 0.0 for w in worlds}
-    by_world: dict[int, list[float]] = defaultdict(list)
-    for r in g_runs:
-        first = r.eval_rows[0] if r.eval_rows else {}
-        if first.get("step", 0) == 0 and first.get(key) is not None and math.isfinite(float(first[key])):
-            by_world[r.world].append(float(first[key]))
-    return {w: math.fsum(v) / len(v) for w, v in by_world.items()}
+    usable = [r for r in g_runs if r.eval_rows and r.eval_rows[0].get(key) is not None
+              and math.isfinite(float(r.eval_rows[0][key]))]
+    return {w: sft for w, (_, sft) in world_origins(usable, key).items()}  # the pairwise gaps' SFT points
 
 
 def _gain(value: Optional[float], run: Run, base: dict[int, float]) -> Optional[float]:

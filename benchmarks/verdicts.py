@@ -229,7 +229,7 @@ def pool_worlds(world_gaps: Sequence[WorldGap], replicates: dict, confidence: fl
     return p.estimate, p.low, p.high, between, within
 
 
-def _world_origins(g: Sequence[Any], key: str) -> dict[int, tuple[float, float]]:
+def world_origins(g: Sequence[Any], key: str) -> dict[int, tuple[float, float]]:
     """world -> its SFT point: KL 0 and the reward of the trained runs' step-0 evaluation (the SFT base,
     the same for every run of the world). An untrained run's only evaluation is its own policy's
     (best-of-n is not the SFT base), so it counts only in a world without trained runs."""
@@ -276,7 +276,7 @@ def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional
     out: list[Gap] = []
     for (task, rm), g in groups.items():
         key = _group_reward_key(g)
-        origins = _world_origins(g, key)
+        origins = world_origins(g, key)
         trained = [r for r in g if r.steps and not r.beta_independent]
         algos = sorted(dict.fromkeys(r.algorithm for r in trained), key=order)
         betas = sorted({r.beta for r in trained})

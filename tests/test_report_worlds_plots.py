@@ -157,6 +157,28 @@ def test_several_worlds_frontier_plots_gains_over_each_worlds_sft(tmp_path):
     assert any("over 3 worlds" in t for t in labels)
 
 
+def test_best_of_n_does_not_move_a_worlds_sft_reward(tmp_path):
+    """Best-of-n's only evaluation is its own policy's (above SFT): the gains stay over the trained runs'
+    step 0, so the SFT star sits at 0 (it sat below 0 when best-of-n entered the world's mean)."""
+    sweep = tmp_path / "sweep"
+    make_world_sweep(sweep)
+    for w in OFFSET:
+        d = sweep / f"best_of_n_w{w}_s0"
+        _write_run(d, "sft", 0.1, w, 0)
+        summary = json.loads((d / "summary.json").read_text())
+        summary["algorithm"] = summary["config"]["algorithm"]["name"] = summary["config"]["algorithm"]["label"] = \
+            "best_of_n"
+        summary["final"] = row = {"step": 0, "kl": 0.6, "reward_gold": OFFSET[w] + 0.9, "reward_proxy": 5.0}
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "eval.jsonl").write_text(json.dumps(row) + "\n")
+    runs, _ = load_runs([sweep])
+    gold = frontier_figure(runs, 0.95, []).axes[0]
+    (sft,) = _lines(gold, "final:sft")
+    assert sft.get_ydata()[0] == pytest.approx(0.0, abs=1e-12)
+    (bon,) = _lines(gold, "final:best_of_n")
+    assert bon.get_ydata()[0] == pytest.approx(0.9)
+
+
 # -------------------------------------------------------------------------------------- worlds.png
 def test_plot_worlds_one_world_says_why(tmp_path):
     runs = make_world_sweep(tmp_path / "sweep", worlds=(1,))
