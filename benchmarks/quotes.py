@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-BLOCK = re.compile(r"<!-- BEGIN (?P<path>\S+) -->\n(?P<body>.*?)\n<!-- END (?P=path) -->", re.S)
+BLOCK = re.compile(r"<!-- BEGIN (?P<path>\S+) -->\n(?P<body>.*?)<!-- END (?P=path) -->", re.S)
 MARKER = re.compile(r"<!-- (?:BEGIN (?P<file>results/[\w./-]+)|comparisons: (?P<dir>results/[\w./-]+)) -->")
 NUM = r"[+-]\d+\.\d{3}"
 STATEMENT = re.compile(rf"(?P<a>\w+) − (?P<b>\w+) \((?P<task>\w+), (?P<where>all β|β = [\d.]+)\): (?P<gap>{NUM}) "
@@ -43,7 +43,11 @@ def quoted(path: Path) -> str:
 
 def block_errors(text: str, root: Path) -> list[str]:
     errors = []
-    for m in BLOCK.finditer(text):
+    blocks = list(BLOCK.finditer(text))
+    begins = len(re.findall(r"^<!-- BEGIN \S+ -->$", text, re.M))
+    if len(blocks) != begins:
+        errors.append(f"{begins} BEGIN markers but {len(blocks)} complete blocks (an END missing?)")
+    for m in blocks:
         path = root / m["path"]
         if not path.is_file():
             errors.append(f"{m['path']}: quoted in the README but not committed")

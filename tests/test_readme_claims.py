@@ -66,3 +66,11 @@ def test_refresh_pastes_the_file_again(results):
     stale = "<!-- BEGIN results/demo/verdicts.md -->\nold text\n<!-- END results/demo/verdicts.md -->"
     fresh = refresh(stale, results)
     assert block_errors(fresh, results) == [] and "ppo − grpo (bandit, all β): -0.049" in fresh
+
+
+def test_an_empty_or_unterminated_quote_is_caught(results):
+    empty = "<!-- BEGIN results/demo/verdicts.md -->\n<!-- END results/demo/verdicts.md -->"
+    assert len(block_errors(empty, results)) == 1  # differs from the file
+    assert block_errors(refresh(empty, results), results) == []
+    unterminated = "<!-- BEGIN results/demo/verdicts.md -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n"
+    assert "END missing" in block_errors(unterminated, results)[0]
