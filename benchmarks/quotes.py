@@ -106,8 +106,9 @@ def refresh(text: str, root: Path) -> str:
     """``text`` with every quoted block replaced by its file's current content."""
     def paste(m: re.Match) -> str:
         path = root / m["path"]
-        body = quoted(path) if path.is_file() else m["body"]
-        return f"<!-- BEGIN {m['path']} -->\n{body}\n<!-- END {m['path']} -->"
+        if not path.is_file():
+            return m.group(0)  # nothing to paste: left as it is (and reported)
+        return f"<!-- BEGIN {m['path']} -->\n{quoted(path)}\n<!-- END {m['path']} -->"
 
     return BLOCK.sub(paste, text)
 

@@ -74,3 +74,8 @@ def test_an_empty_or_unterminated_quote_is_caught(results):
     assert block_errors(refresh(empty, results), results) == []
     unterminated = "<!-- BEGIN results/demo/verdicts.md -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n"
     assert "END missing" in block_errors(unterminated, results)[0]
+
+
+def test_refresh_leaves_a_block_of_a_missing_file_alone(results):
+    missing = "<!-- BEGIN results/none/verdicts.md -->\n<!-- END results/none/verdicts.md -->"
+    assert refresh(refresh(missing, results), results) == missing
