@@ -81,13 +81,15 @@ def write(sweeps: Sequence[Path], out: Path) -> Path:
     same, both = _identical_runs(runs1, runs2)
     flips = [r for r in rows if r["flip"]]
     changed = [r for r in rows if not r["same_verdict"]]
+    either = sum(r["estimates_within_each_other"] or _one_inside(r) for r in rows)
     L = ["# Reproduction of the verdicts", "",
          f"`python -m rlhf_bench.benchmarks.reproduction {sweeps[0]} {sweeps[1]} --out {out}`", "",
          f"- 1: `{sweeps[0]}`: {_numerics(runs1)}", f"- 2: `{sweeps[1]}`: {_numerics(runs2)}", "",
          f"Runs whose final evaluation is bitwise equal in both: {same} of {both}.", "",
          f"Pooled comparisons in both: {len(rows)}. Same verdict: {len(rows) - len(changed)}. "
          f"Changed: {len(changed)}. **Flips between better and worse: {len(flips)}.** Pooled estimates within "
-         f"each other's interval: {sum(r['estimates_within_each_other'] for r in rows)} of {len(rows)}.", ""]
+         f"each other's interval: {sum(r['estimates_within_each_other'] for r in rows)} of {len(rows)}; at least one "
+         f"within the other's: {either} of {len(rows)}.", ""]
     shown = changed + [r for r in rows if r["same_verdict"] and not r["estimates_within_each_other"]]
     if shown:
         L += ["Comparisons whose verdict changed, or whose estimates lie outside each other's interval:", "",
@@ -98,6 +100,11 @@ def write(sweeps: Sequence[Path], out: Path) -> Path:
                      f"{'**yes**' if r['flip'] else 'no'} |")
     (out / "reproduction.md").write_text("\n".join(L) + "\n")
     return out / "reproduction.md"
+
+
+def _one_inside(r: dict) -> bool:
+    """One pooled estimate lies within the other sweep's interval."""
+    return (r["ci_low_2"] <= r["gap_1"] <= r["ci_high_2"]) or (r["ci_low_1"] <= r["gap_2"] <= r["ci_high_1"])
 
 
 def _cell(r: dict, i: int) -> str:
