@@ -209,9 +209,9 @@ def write(rows: Sequence[dict], out: Path, agree: Optional[dict] = None) -> None
         L.append(f"| {r['regime']} | {r['method']} | {r['worlds']} × {r['seeds']} | {r['gap_in_between_sds']:g} | "
                  f"{r['benchmarks']} | {r['indistinguishable']:.1%} | {r['better']:.1%} | {r['worse']:.1%} |")
     if agree:
-        L += ["", f"Two benchmarks of {agree['worlds']} worlds × {agree['seeds']} seeds drawn independently from the model "
-              f"where the world dominates ({agree['benchmarks']} pairs, no true gap), as the same command elsewhere draws "
-              "other worlds: each pooled estimate inside the other's interval in "
+        L += ["", f"Two benchmarks of {agree['worlds']} worlds × {agree['seeds']} seeds drawn independently from the "
+              f"model where the world dominates ({agree['benchmarks']} pairs, no true gap), as the same command "
+              "elsewhere draws other worlds: each pooled estimate inside the other's interval in "
               f"{agree['mutual']:.1%} of the pairs, at least one in {agree['either']:.1%}, verdicts flipping between "
               f"*better* and *worse* in {agree['flip']:.1%}. An exact 95% interval does not make two benchmarks' "
               "estimates fall inside each other's intervals every time; a flip is what should (nearly) never happen."]
