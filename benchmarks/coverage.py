@@ -19,7 +19,7 @@ run's own noise (its seed). The true gap between the fronts is ``delta`` times t
 range where the fronts differ; ``delta = k * sigma_between`` is a gap of ``k`` between-world standard
 deviations of the per-world gap (both scale alike). Each simulated benchmark goes through the
 report's own code, :func:`~rlhf_bench.benchmarks.verdicts.pairwise_gaps`, and its all-β verdict is
-read three ways (:data:`METHODS`):
+read four ways (:data:`METHODS`):
 
 - ``pooled``: per world, then the Student-t interval over worlds (the report's verdict);
 - ``one world's seeds``: world 0 alone, the percentile bootstrap over its seeds: the report's verdict
@@ -47,7 +47,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import stats
 
-from .verdicts import _verdict, find_gap, pairwise_gaps
+from .verdicts import find_gap, pairwise_gaps, verdict_of
 
 SIZES = ((3, 2), (3, 3), (5, 2), (5, 3))  # (worlds, seeds) the committed benchmarks run
 COLUMNS = ["regime", "method", "worlds", "seeds", "gap_in_between_sds", "benchmarks", "better", "worse",
@@ -113,14 +113,14 @@ def _seeds_only(g) -> str:
     if dof < 1 or not math.isfinite(g.sd_within):
         return "cannot tell"
     half = float(stats.t.ppf(0.975, dof)) * g.sd_within / math.sqrt(n)
-    return _verdict(g.gap - half, g.gap + half)
+    return verdict_of(g.gap - half, g.gap + half)
 
 
 def _world_bootstrap(g, rng: np.random.Generator, n_resamples: int = 2000) -> str:
     """The verdict of the percentile bootstrap of the mean of the per-world gaps over worlds."""
     gaps = np.array([x.gap for x in g.worlds])
     means = gaps[rng.integers(0, len(gaps), size=(n_resamples, len(gaps)))].mean(1)
-    return _verdict(*np.percentile(means, [2.5, 97.5]))
+    return verdict_of(*np.percentile(means, [2.5, 97.5]))
 
 
 def verdict(method: str, runs: Sequence[SimRun], n_resamples: int = 400,
@@ -169,8 +169,8 @@ def agreement(model: TwoLevelModel, worlds: int, seeds: int, n: int, seed: int =
 
 def coverage_rows(n: int = 1000, n_bootstrapped: int = 300, seed: int = 0) -> list[dict]:
     """The table: per regime and size, the pooled verdict under no gap and (where the world
-    dominates) under a gap of 3 between-world SDs, and the two intervals over seeds under no gap
-    (``n_bootstrapped`` benchmarks for one world's seeds, which bootstraps each)."""
+    dominates) under a gap of 3 between-world SDs, and under no gap the bootstrap over worlds and the two
+    intervals over seeds (``n_bootstrapped`` benchmarks for one world's seeds, which bootstraps each)."""
     rows = []
     for regime, model in REGIMES.items():
         for worlds, seeds in SIZES:

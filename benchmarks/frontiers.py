@@ -49,8 +49,17 @@ def front_of(points: Sequence[tuple[float, float]], origin: tuple[float, float])
 def gap_between(front_a: np.ndarray, front_b: np.ndarray) -> tuple[float, float]:
     """Mean gold-reward difference ``a - b`` at matched KL over the fronts' common range
     ``[0, min(max KL of a, max KL of b)]`` (the area between the fronts divided by the range's
-    length), and that upper end. NaN when the common range is empty."""
-    hi = min(front_a[-1, 0], front_b[-1, 0])
+    length), and that upper end.
+
+    A front that is its first point alone (no final point above the SFT reward: the algorithm never
+    gained at any KL) does not limit the range: it is worth that point's reward at every KL, the flat
+    value every front has after its last point, so the range is the other front's. Two such fronts
+    are equal: gap 0 over an empty range. (Left undefined, the world where an algorithm fails would
+    drop out of the pooled comparison, in that algorithm's favour.)"""
+    ends = [f[-1, 0] for f in (front_a, front_b) if len(f) > 1]
+    if not ends:
+        return float(front_a[0, 1] - front_b[0, 1]), 0.0
+    hi = min(ends)
     if hi <= 0:
         return float("nan"), 0.0
     return mean_gain(front_a, 0.0, hi) - mean_gain(front_b, 0.0, hi), float(hi)

@@ -56,9 +56,13 @@ def block_errors(text: str, root: Path) -> list[str]:
     return errors
 
 
-def _pooled(results_dir: Path) -> dict[tuple, dict]:
+def _pooled(results_dir: Path) -> list[dict]:
     with open(results_dir / "comparisons.csv", newline="") as f:
-        return {(r["task"], r["beta"], r["a"], r["b"]): r for r in csv.DictReader(f) if r["world"] == "pooled"}
+        return [r for r in csv.DictReader(f) if r["world"] == "pooled"]
+
+
+def _same_beta(row: dict, beta: str) -> bool:
+    return row["beta"] == beta or (beta != "all" and row["beta"] != "all" and float(row["beta"]) == float(beta))
 
 
 def _fmt(x: str) -> str:
@@ -81,14 +85,16 @@ def statement_errors(text: str, root: Path) -> list[str]:
             continue
         d = root / where[-1]
         if d not in tables:
-            tables[d] = _pooled(d) if (d / "comparisons.csv").is_file() else {}
+            tables[d] = _pooled(d) if (d / "comparisons.csv").is_file() else []
         beta = "all" if m["where"] == "all β" else m["where"].split("= ")[1]
-        row = next((r for key, r in tables[d].items() if key[0] == m["task"] and key[2:] in ((m["a"], m["b"]),
-                                                                                              (m["b"], m["a"]))
-                    and (key[1] == beta or (beta != "all" and key[1] != "all" and float(key[1]) == float(beta)))), None)
-        if row is None:
-            errors.append(f"{said!r}: no such comparison in {d / 'comparisons.csv'}")
+        rows = [r for r in tables[d] if r["task"] == m["task"] and _same_beta(r, beta)
+                and (r["a"], r["b"]) in ((m["a"], m["b"]), (m["b"], m["a"]))]
+        if len(rows) != 1:
+            errors.append(f"{said!r}: no such comparison in {d / 'comparisons.csv'}" if not rows else
+                          f"{said!r}: {len(rows)} pooled rows of {d / 'comparisons.csv'} match it (reward models "
+                          f"{', '.join(sorted(r.get('reward_model', '?') for r in rows))}); it cannot say which")
             continue
+        (row,) = rows
         sign = 1 if (row["a"], row["b"]) == (m["a"], m["b"]) else -1
         gap, low, high = (_fmt(str(sign * float(row[k]))) if row[k] else "" for k in ("gap", "ci_low", "ci_high"))
         if sign < 0:
@@ -98,8 +104,6 @@ def statement_errors(text: str, root: Path) -> list[str]:
         if stated != (gap, low, high, verdict):
             errors.append(f"{said!r} disagrees with {d / 'comparisons.csv'}: {gap} [{low}, {high}] {verdict}")
     return errors
-
-
 
 
 def refresh(text: str, root: Path) -> str:

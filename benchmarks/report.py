@@ -78,7 +78,8 @@ from .report_loading import (ALGORITHM_ORDER, LeftOut, NoRunsError, PromptMismat
                              Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, find_runs, judges, left_out_runs,
                              load_runs)
 from .report_markdown import write_report_md
-from .report_plots import algorithm_color, plot_frontier, plot_winrates, plot_worlds
+from .report_plots import algorithm_color, plot_frontier, plot_winrates
+from .report_plots_worlds import plot_worlds
 from .report_verdicts import write_comparisons_csv
 from .report_worlds import write_verdicts_md
 from .stats import win_rate
@@ -268,11 +269,11 @@ def build_report(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = No
                  left_out: Optional[list[LeftOut]] = None) -> Path:
     """Build the report from every finished run under ``sweep_dirs``; returns the path of ``report.md``.
 
-    Writes ``frontier.csv``, ``frontier.png``, ``winrates.csv``, ``winrate.png``, ``comparisons.csv``
-    and ``report.md`` into ``out_dir`` (default: the first sweep directory). Failed, unfinished and
-    unreadable runs are left out (see :func:`~rlhf_bench.benchmarks.report_loading.load_runs`) and
-    appended to ``left_out`` when it is given, also when :class:`NoRunsError` is raised (no usable
-    run). Raises :class:`PromptMismatchError` when runs to compare used different prompts.
+    Writes ``frontier.csv``, ``frontier.png``, ``winrates.csv``, ``winrate.png``, ``comparisons.csv``,
+    ``worlds.png`` (several worlds), ``verdicts.md`` and ``report.md`` into ``out_dir`` (default: the first
+    sweep directory). Failed, unfinished and unreadable runs are left out (see
+    :func:`~rlhf_bench.benchmarks.report_loading.load_runs`) and appended to ``left_out`` when it is
+    given, also when :class:`NoRunsError` is raised (no usable run). Raises :class:`PromptMismatchError` when runs to compare used different prompts.
     """
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]

@@ -137,6 +137,9 @@ def _optimum_cell(runs: Sequence[Run]) -> str:
     reward = next(iter(by_world.values())).get("reward", "?")
     if len(by_world) == 1:
         return f"{_num(kls[0])} / {_num(rws[0])} ({reward})"
+    kls, rws = clean(kls), clean(rws)
+    if not kls or not rws:
+        return "—"
     return (f"{_num(sum(kls) / len(kls))} / {_num(sum(rws) / len(rws))} ({reward}; mean of {len(by_world)} worlds: "
             f"KL {_num(min(kls))}-{_num(max(kls))})")
 

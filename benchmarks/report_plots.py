@@ -1,5 +1,5 @@
 """Matplotlib figures of the benchmark report: ``frontier.png`` (:func:`plot_frontier`), ``winrate.png``
-(:func:`plot_winrates`) and ``worlds.png`` (:func:`plot_worlds`, in :mod:`.report_plots_worlds`), with the
+(:func:`plot_winrates`; ``worlds.png`` is :mod:`.report_plots_worlds`'s), with the
 algorithms' colours and the beta markers.
 
 A (task, reward model) group whose runs span several worlds (``task.seed``: each its own gold reward, SFT
@@ -97,8 +97,11 @@ def _final_points(ax, alg: str, a_runs: list[Run], key: str, color: str, beta_ma
         kl_w: dict[int, list] = defaultdict(list)
         y_w: dict[int, list] = defaultdict(list)
         for r in b_runs:
+            y = _gain(r.final.get(key), r, base)
+            if y is None:  # no reward, or no SFT point in its world: its KL stays out too (one set of runs)
+                continue
             kl_w[r.world].append(r.final.get("kl"))
-            y_w[r.world].append(_gain(r.final.get(key), r, base))
+            y_w[r.world].append(y)
         mx, lx, hx, _ = two_level_mean_ci(kl_w, confidence)
         my, ly, hy, _ = two_level_mean_ci(y_w, confidence)
         if not (math.isfinite(mx) and math.isfinite(my)):
@@ -400,12 +403,3 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
     fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, {over})",
                  fontsize=12)
     fig.savefig(path)
-
-
-
-def plot_worlds(runs: list[Run], gaps: Sequence, path: Path) -> None:
-    """worlds.png: per (task, reward model) with 2+ worlds, the claims' comparisons per world and pooled
-    (:func:`.report_plots_worlds.plot_worlds`; imported on call, as that module draws with this one's helpers)."""
-    from .report_plots_worlds import plot_worlds as _plot_worlds
-
-    _plot_worlds(runs, gaps, path)

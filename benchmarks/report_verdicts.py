@@ -8,6 +8,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from scipy import stats
+
 from .verdicts import FRACTION, WINDOW, Gap, WorldGap, budget_rows, claim_rows, convergence_flags
 
 GAP_COLUMNS = ["task", "reward_model", "beta", "a", "b", "world", "gap", "ci_low", "ci_high", "kl_range", "worlds",
@@ -67,7 +69,6 @@ def world_cell(x: WorldGap) -> str:
     if not math.isfinite(x.low):
         return f"{_f(x.gap)} (n={min(x.seeds_a, x.seeds_b)})"
     return f"{_f(x.gap)} [{_f(x.low)}, {_f(x.high)}]"
-
 
 
 def budget_section(runs: Sequence[Any]) -> list[str]:
@@ -207,7 +208,7 @@ def claims_section(gaps: Sequence[Gap]) -> list[str]:
     return L
 
 
-def seeds_section(runs: Sequence[Any]) -> list[str]:
+def seeds_section(runs: Sequence[Any], confidence: float = 0.95) -> list[str]:
     trained = [r for r in runs if r.steps]
     seeds = sorted({r.seed for r in trained})
     worlds = sorted({getattr(r, "world", 0) for r in trained})
@@ -218,11 +219,12 @@ def seeds_section(runs: Sequence[Any]) -> list[str]:
             f"seed(s) ({', '.join(map(str, seeds))}). A verdict is read from the interval over worlds: with one "
             "world there is none, and every verdict above is *cannot tell*, however many seeds (the seeds of one "
             "world say nothing about another world's reward model, which can reverse a comparison); with 2 worlds "
-            "the t quantile (12.7) makes the interval very wide. The committed benchmarks pool 3 to 5 worlds "
+            f"the t quantile ({stats.t.ppf(0.5 + confidence / 2, 1):.1f}) makes the interval very wide. "
+            "The committed benchmarks pool 3 to 5 worlds "
             "(`'task.seed=range(5)' seed=0,1,2` on the bandit); treat these numbers as a smoke test of the "
             "pipeline, not as a comparison."]
 
 
 def verdict_sections(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float) -> list[str]:
-    return (seeds_section(runs) + budget_section(runs) + convergence_section(runs)
+    return (seeds_section(runs, confidence) + budget_section(runs) + convergence_section(runs)
             + comparisons_section(gaps, confidence) + claims_section(gaps))

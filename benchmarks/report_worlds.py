@@ -18,7 +18,7 @@ from typing import Any, Optional, Sequence
 
 from .report_loading import _groups, worlds_of
 from .report_verdicts import claims_section, gap_cell, statement, world_cell
-from .verdicts import CLAIMS, Gap, find_gap
+from .verdicts import CLAIMS, Gap, find_gap, world_origins
 from .worlds import correlation
 
 RM_METRICS = (("rm/heldout_accuracy_labels", "RM accuracy (labels)"),
@@ -34,13 +34,16 @@ def one_world_lines(runs: Sequence[Any]) -> list[str]:
             L += [f"**One world**: every run of task `{task}` ({rm} reward model) shares one gold reward, data set, "
                   f"SFT base and reward model (`task.seed={worlds[0]}`), so no verdict can be read from this report: "
                   "another world trains another reward model and can reverse any comparison below (the committed "
-                  "benchmarks pool several worlds: `'task.seed=range(5)'`).", ""]
+                  "benchmarks pool 3 to 5 worlds: `'task.seed=range(5)'` on the bandit).", ""]
     return L
 
 
 def world_metrics(runs: Sequence[Any]) -> dict[int, dict[str, Optional[float]]]:
     """world -> the shared stages' metrics that tell worlds apart (the reward model's held-out accuracy
-    against the labels and against the gold order, the SFT base's gold reward), from ``summary.json``."""
+    against the labels and against the gold order, from ``summary.json``; the SFT base's gold reward, the
+    SFT point of the world's pairwise gaps, :func:`~rlhf_bench.benchmarks.verdicts.world_origins`)."""
+    with_gold = [r for r in runs if r.eval_rows and r.eval_rows[0].get("reward_gold") is not None]
+    sft_gold = world_origins(with_gold, "reward_gold")
     out: dict[int, dict[str, Optional[float]]] = {}
     for r in runs:
         if r.world in out:
@@ -48,8 +51,7 @@ def world_metrics(runs: Sequence[Any]) -> dict[int, dict[str, Optional[float]]]:
         metrics = ((r.summary.get("shared") or {}).get("metrics") or {})
         rm = metrics.get("reward_model") or {}
         row = {key: rm.get(key) for key, _ in RM_METRICS}
-        first = r.eval_rows[0] if r.eval_rows else {}
-        row["sft_gold"] = first.get("reward_gold") if first.get("step", 0) == 0 else None
+        row["sft_gold"] = sft_gold[r.world][1] if r.world in sft_gold else None
         out[r.world] = row
     return out
 

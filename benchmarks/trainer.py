@@ -5,8 +5,9 @@ output files:
 - ``eval.jsonl``: one row per evaluation (``step, kl, kl_k1, reward_gold, reward_proxy, length, ...``,
   ``ranking_accuracy`` and ``ranking_accuracy_gold`` on the shared held-out preference pairs)
 - ``train.jsonl``: the algorithm's training metrics per step, with the cumulative budget
-  (:mod:`~rlhf_bench.benchmarks.budget`); ``time.jsonl``: the wall time of each step (kept apart,
-  so that the other files are bitwise reproducible)
+  (:mod:`~rlhf_bench.benchmarks.budget`); ``time.jsonl``: the wall time of each step and, in rows
+  of their own, of each evaluation (``time/eval_seconds``; kept apart, so that the other files are
+  bitwise reproducible)
 - ``samples.jsonl``: final evaluation prompts, responses and both rewards
 - ``optimal_frontier.csv``: the exact optimal KL-reward frontier (enumerable tasks)
 - ``summary.json``: ``status`` (finished or failed, with the reason), final metrics, budget, resolved

@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 from .frontiers import front_of, gap_between
+from .stats import clean
 from .worlds import pooled, variance_components
 
 WINDOW = 0.2  # the last 20% of a run's steps
@@ -93,7 +94,8 @@ def convergence_flags(runs: Sequence[Any], window: float = WINDOW, fraction: flo
 
 
 # ------------------------------------------------------------------------------- pairwise gaps
-def _verdict(low: float, high: float) -> str:
+def verdict_of(low: float, high: float) -> str:
+    """*better* / *worse* / *indistinguishable* from an interval of a - b; *cannot tell* without one."""
     if not (math.isfinite(low) and math.isfinite(high)):
         return "cannot tell"
     if low > 0:
@@ -120,7 +122,7 @@ class WorldGap:
     @property
     def verdict(self) -> str:
         """What this world alone says: never the verdict of the comparison (that is pooled)."""
-        return _verdict(self.low, self.high)
+        return verdict_of(self.low, self.high)
 
 
 @dataclass
@@ -146,11 +148,12 @@ class Gap:
 
     @property
     def n_worlds(self) -> int:
-        return len(self.worlds)
+        """The worlds the pooled interval is over (those with a defined gap)."""
+        return sum(math.isfinite(w.gap) for w in self.worlds)
 
     @property
     def verdict(self) -> str:
-        return _verdict(self.low, self.high)
+        return verdict_of(self.low, self.high)
 
     def flipped(self) -> "Gap":
         """The same comparison as b over a."""
@@ -232,11 +235,16 @@ def pool_worlds(world_gaps: Sequence[WorldGap], replicates: dict, confidence: fl
 def world_origins(g: Sequence[Any], key: str) -> dict[int, tuple[float, float]]:
     """world -> its SFT point: KL 0 and the reward of the trained runs' step-0 evaluation (the SFT base,
     the same for every run of the world). An untrained run's only evaluation is its own policy's
-    (best-of-n is not the SFT base), so it counts only in a world without trained runs."""
+    (best-of-n is not the SFT base): in a world without trained runs, the untrained runs at KL 0 (``sft``,
+    best-of-n with n = 1) give it, and a world with neither has none."""
     trained, untrained = defaultdict(list), defaultdict(list)
     for r in g:
-        if r.eval_rows and r.eval_rows[0].get("step", 0) == 0:
-            (trained if r.steps else untrained)[_world(r)].append(float(r.eval_rows[0][key]))
+        if not (r.eval_rows and r.eval_rows[0].get("step", 0) == 0):
+            continue
+        if r.steps:
+            trained[_world(r)].append(float(r.eval_rows[0][key]))
+        elif r.eval_rows[0].get("kl") == 0:  # the SFT base itself (sft; best-of-n with n = 1), at KL 0
+            untrained[_world(r)].append(float(r.eval_rows[0][key]))
     return {w: (0.0, float(np.mean(trained.get(w) or untrained[w]))) for w in set(trained) | set(untrained)}
 
 
@@ -253,13 +261,13 @@ def _gap(task: str, rm: str, beta: Optional[float], a: str, b: str, ra: list, rb
         pa = _points([r for r in ra if _world(r) == w], key)
         pb = _points([r for r in rb if _world(r) == w], key)
         gap, lo, hi, kl = compare(pa, pb, origins[w], confidence, n_resamples=n_resamples)
-        replicates[w] = single_seed_gaps(pa, pb, origins[w])
+        replicates[w] = clean(single_seed_gaps(pa, pb, origins[w]))
         sd = float(np.std(replicates[w], ddof=1)) if len(replicates[w]) >= 2 else math.nan
         per_world.append(WorldGap(w, gap, lo, hi, kl, len(pa), len(pb), sd))
     if not per_world:
         return None
     gap, lo, hi, between, within = pool_worlds(per_world, replicates, confidence)
-    kl = float(np.mean([w.kl_range for w in per_world]))
+    kl = float(np.mean([w.kl_range for w in per_world if math.isfinite(w.gap)] or [math.nan]))
     return Gap(task, rm, beta, a, b, gap, lo, hi, kl, min(w.seeds_a for w in per_world),
                min(w.seeds_b for w in per_world), key[len("reward_"):], tuple(per_world), between, within)
 

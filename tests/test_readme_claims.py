@@ -54,6 +54,18 @@ def test_the_checker_catches_a_stated_direction_against_the_csv(results):
     assert "no such comparison" in statement_errors(ok.replace("grpo", "rloo", 1), results)[0]
 
 
+def test_a_statement_that_two_reward_models_match_is_refused(results):
+    """A sweep with a learned and a gold reward model has two pooled rows per comparison: a statement,
+    which names the task only, cannot say which it reads."""
+    path = results / "results" / "demo" / "comparisons.csv"
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow(["bandit", "gold", "all", "ppo", "grpo", "pooled", "0.0100", "0.0050", "0.0150",
+                                "better"])
+    said = "<!-- comparisons: results/demo -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse"
+    (error,) = statement_errors(said, results)
+    assert "2 pooled rows" in error and "gold, learned" in error
+
+
 def test_the_checker_catches_a_stale_quote(results):
     fresh = "<!-- BEGIN results/demo/verdicts.md -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n" \
             "<!-- END results/demo/verdicts.md -->"

@@ -78,6 +78,20 @@ def test_the_spread_section_names_each_worlds_reward_model_and_gaps(built):
     assert claims.strip() in verdicts  # the README quotes verdicts.md: the same text as the report's
 
 
+def test_the_spread_reads_each_worlds_sft_reward_off_its_trained_runs_not_best_of_n():
+    from types import SimpleNamespace
+
+    from rlhf_bench.benchmarks.report_worlds import world_metrics
+
+    def run(world, steps, kl, gold):
+        return SimpleNamespace(world=world, steps=steps, summary={},
+                               eval_rows=[{"step": 0, "kl": kl, "reward_gold": gold}])
+
+    # best-of-n first, as its directory sorts first: its only evaluation is its own policy's, not the SFT base
+    runs = [run(0, 0, 0.6, 9.0), run(0, 60, 0.0, 0.25), run(1, 0, 0.6, 9.0), run(1, 0, 0.0, 0.5)]
+    assert {w: m["sft_gold"] for w, m in world_metrics(runs).items()} == {0: 0.25, 1: 0.5}
+
+
 def test_one_world_says_no_verdict_at_the_top(tmp_path):
     one = tmp_path / "one"
     make_world_sweep(one, worlds=(2,), seeds=(0,))
@@ -104,7 +118,7 @@ def test_beta_section_cites_a_comparison_whose_all_beta_sign_every_beta_opposes(
     assert "no comparison's all-β estimate has the opposite sign" in "\n".join(beta_section(agree))
 
 
-def test_reproduction_counts_flips_and_mutual_coverage(tmp_path):
+def test_reproduction_counts_flips(tmp_path):
     from rlhf_bench.benchmarks import reproduction
 
     one, two = tmp_path / "one", tmp_path / "two"
@@ -131,6 +145,24 @@ def test_reproduction_counts_flips_and_mutual_coverage(tmp_path):
     assert f"Runs whose final evaluation is bitwise equal in both: {len(load_runs_of(one))} of" in md
     same = [r for r in out if r["flip"] == "False"]
     assert all(r["same_verdict"] == "True" for r in same)
+
+
+def test_reproduction_reads_mutual_coverage_off_both_intervals():
+    """Each estimate inside the other's interval, only one inside, neither, and no interval."""
+    from rlhf_bench.benchmarks import reproduction
+
+    key = dict(task="bandit", reward_model="learned", beta="all", a="ppo", b="dpo")
+
+    def row(gap, low, high, verdict="indistinguishable"):
+        return {**key, "gap": str(gap), "ci_low": str(low), "ci_high": str(high), "verdict": verdict}
+
+    both = reproduction.compare_rows(row(0.10, 0.05, 0.15, "better"), row(0.12, 0.02, 0.20, "better"))
+    one = reproduction.compare_rows(row(0.10, -0.10, 0.40), row(0.30, 0.25, 0.35, "better"))
+    neither = reproduction.compare_rows(row(0.10, 0.05, 0.15, "better"), row(0.30, 0.25, 0.35, "better"))
+    blank = reproduction.compare_rows(row(0.10, "", ""), row(0.10, 0.05, 0.15, "better"))
+    assert [r["estimates_within_each_other"] for r in (both, one, neither, blank)] == [True, False, False, False]
+    assert [reproduction._one_inside(r) for r in (both, one, neither)] == [True, True, False]
+    assert both["same_verdict"] and not one["same_verdict"] and not one["flip"] and not blank["flip"]
 
 
 def load_runs_of(sweep):

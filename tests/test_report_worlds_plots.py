@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from rlhf_bench.benchmarks.report_loading import load_runs
-from rlhf_bench.benchmarks.report_plots import frontier_figure, plot_frontier, plot_worlds
-from rlhf_bench.benchmarks.report_plots_worlds import worlds_figure
+from rlhf_bench.benchmarks.report_plots import frontier_figure, plot_frontier
+from rlhf_bench.benchmarks.report_plots_worlds import plot_worlds, worlds_figure
 from rlhf_bench.benchmarks.report_worlds import claim_comparisons
 from rlhf_bench.benchmarks.verdicts import pairwise_gaps
 

@@ -43,6 +43,16 @@ def test_gap_between_is_antisymmetric_and_matches_the_triangles():
     assert gap_between(a, a)[0] == 0.0
 
 
+def test_a_front_that_never_rises_above_sft_is_worth_the_sft_reward_over_the_others_range():
+    stuck = front_of([(1.5, SFT - 0.4), (3.0, SFT - 0.1)], (0.0, SFT))  # every final point below SFT
+    assert stuck.tolist() == [[0.0, SFT]]
+    good = front_of([(2.0, SFT + 1.0)], (0.0, SFT))  # slope 1/2 up to KL 2
+    gap, hi = gap_between(stuck, good)
+    assert hi == 2.0 and gap == pytest.approx(-0.5, abs=1e-12)  # 0 against the mean of x/2 on [0, 2]
+    assert gap_between(good, stuck) == (pytest.approx(0.5, abs=1e-12), 2.0)
+    assert gap_between(stuck, stuck) == (0.0, 0.0)
+
+
 def test_within_one_world_the_bootstrap_over_seeds_reads_that_world():
     """In one world: A reaches more gold at the same KL than B at every seed (that world says better);
     C and D are draws of the same noisy law (indistinguishable); a single seed gives no interval (cannot

@@ -13,7 +13,7 @@ from scipy import stats
 
 from rlhf_bench.benchmarks import coverage
 from rlhf_bench.benchmarks.coverage import REGIMES, SIZES, SimRun, TwoLevelModel
-from rlhf_bench.benchmarks.verdicts import claim_rows, find_gap, pairwise_gaps
+from rlhf_bench.benchmarks.verdicts import claim_rows, find_gap, pairwise_gaps, world_origins
 from rlhf_bench.benchmarks.worlds import correlation, pooled, two_level_mean_ci, variance_components
 
 
@@ -99,6 +99,30 @@ def test_the_sft_point_is_the_trained_runs_step_0_not_best_of_n():
                   steps=0, beta_independent=True) for w in range(3)]
     with_bon = find_gap(pairwise_gaps(runs + bon), "a", "b")
     assert [x.gap for x in with_bon.worlds] == pytest.approx([x.gap for x in plain.worlds], abs=1e-12)
+
+
+def test_a_world_where_one_algorithm_never_gains_stays_in_the_pool():
+    """In world 2, a ends below its SFT reward at every seed: its front is the SFT point alone. That world's
+    gap is defined (a is worth the SFT reward over b's range), so the pooled interval is over 3 worlds, not 2,
+    and the failure counts against a."""
+    runs = [r for r in _runs({0: 0.4, 1: 0.5, 2: 0.0}, {0: 0.0, 1: 1.0, 2: 2.0})
+            if not (r.world == 2 and r.algorithm == "a")]
+    runs += [SimRun("a", 0.3, 2, s, {"kl": 1.0, "reward_gold": 2.0 - 0.3},
+                    [{"step": 0, "kl": 0.0, "reward_gold": 2.0}]) for s in range(3)]
+    g = find_gap(pairwise_gaps(runs), "a", "b")
+    assert [x.gap for x in g.worlds] == pytest.approx([0.2, 0.25, -0.5])  # world 2: 0 against b's mean x/1 on [0, 1]
+    assert g.n_worlds == 3 and g.kl_range == pytest.approx(1.0)
+    ref = pooled([0.2, 0.25, -0.5])
+    assert (g.gap, g.low, g.high) == pytest.approx((ref.estimate, ref.low, ref.high))
+
+
+def test_a_world_without_trained_runs_takes_its_sft_point_from_the_runs_at_kl_0():
+    sft = SimRun("sft", math.nan, 0, 0, {"kl": 0.0, "reward_gold": 0.3},
+                 [{"step": 0, "kl": 0.0, "reward_gold": 0.3}], steps=0, beta_independent=True)
+    bon = SimRun("best_of_n", math.nan, 0, 0, {"kl": 0.6, "reward_gold": 9.0},
+                 [{"step": 0, "kl": 0.6, "reward_gold": 9.0}], steps=0, beta_independent=True)
+    assert world_origins([sft, bon], "reward_gold") == {0: (0.0, 0.3)}
+    assert world_origins([bon], "reward_gold") == {}
 
 
 def test_one_world_never_gives_a_verdict_however_many_seeds():
