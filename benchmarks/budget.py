@@ -18,7 +18,7 @@ Recorded cumulatively in every row of ``train.jsonl`` and in ``summary.json``:
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
@@ -30,9 +30,44 @@ class TokenCounter:
     the attention mask over the new positions (a KV-cache step counts its one new token)."""
 
     def __init__(self) -> None:
-        self.forward, self.backward, self.enabled = 0, 0, True
+        self._counts = {"forward": 0, "backward": 0}
+        # counts still on the model's device: added there without a host sync per forward (a decode
+        # step included), read once when a total is asked for
+        self._pending: dict[str, Optional[torch.Tensor]] = {"forward": None, "backward": None}
+        self.enabled = True
         self._trainable: dict[int, bool] = {}
         self._handles: list[Any] = []
+
+    def _total(self, kind: str) -> int:
+        if self._pending[kind] is not None:
+            self._counts[kind] += int(self._pending[kind])
+            self._pending[kind] = None
+        return self._counts[kind]
+
+    def _add(self, kind: str, n: int | torch.Tensor) -> None:
+        if isinstance(n, int):
+            self._counts[kind] += n
+        else:
+            pending = self._pending[kind]
+            self._pending[kind] = n if pending is None else pending + n
+
+    @property
+    def forward(self) -> int:
+        """Real tokens through the models in training, forward."""
+        return self._total("forward")
+
+    @forward.setter
+    def forward(self, value: int) -> None:
+        self._counts["forward"], self._pending["forward"] = int(value), None
+
+    @property
+    def backward(self) -> int:
+        """Real tokens through the trainable models with gradients on."""
+        return self._total("backward")
+
+    @backward.setter
+    def backward(self, value: int) -> None:
+        self._counts["backward"], self._pending["backward"] = int(value), None
 
     def attach(self, *models: torch.nn.Module) -> "TokenCounter":
         for model in models:
@@ -53,10 +88,10 @@ class TokenCounter:
         mask = kwargs.get("attention_mask")
         if ids is None:
             return
-        n = int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel()
-        self.forward += n
+        n = mask[:, -ids.shape[1]:].sum() if mask is not None else ids.numel()  # a device tensor, or an int
+        self._add("forward", n)
         if torch.is_grad_enabled() and self._trainable.get(id(module), False):
-            self.backward += n
+            self._add("backward", n)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:

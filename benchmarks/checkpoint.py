@@ -28,19 +28,25 @@ _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
 # --------------------------------------------------------------------------------- random states
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random source a step can draw from: the run's generator, and torch's, Python's and
-    numpy's global states (CUDA's too, where present)."""
+def rng_state(generator: torch.Generator, sampling: Optional[torch.Generator] = None) -> dict[str, Any]:
+    """Every random source a step can draw from: the run's generator, its sampling stream where that
+    is another generator (on the model's device), and torch's, Python's and numpy's global states
+    (CUDA's too, where present)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     state = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if sampling is not None and sampling is not generator:
+        state["sampling"] = sampling.get_state()
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def set_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any], generator: torch.Generator, sampling: Optional[torch.Generator] = None
+                  ) -> None:
     generator.set_state(state["generator"])
+    if sampling is not None and sampling is not generator:
+        sampling.set_state(state["sampling"])
     torch.set_rng_state(state["torch"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

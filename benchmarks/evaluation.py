@@ -344,7 +344,7 @@ class Evaluator:
         """One evaluation row and the samples; ``reference``: ``policy`` is the frozen SFT base
         (:meth:`evaluate_reference`), whose held-out log-ratios are all 0."""
         eng = self.engine
-        gen = make_generator(self.seed)  # the same sampling stream at every evaluation of every run
+        gen = make_generator(self.seed, eng.device)  # the same sampling stream at every evaluation of every run
         batch = policy.sample(eng, self.prompts, gen)
         proxy, gold = eng.score(batch)
         mask = batch.response_mask

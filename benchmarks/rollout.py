@@ -15,14 +15,21 @@ from typing import Optional, Sequence
 import torch
 
 from .models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked, unwrap
+from .utils import same_device
 
 
 @torch.no_grad()
 def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
                      temperature: float = 1.0, logit_mask: Optional[torch.Tensor] = None,
-                     generator: Optional[torch.Generator] = None) -> SequenceBatch:
-    """Sample one response per prompt (repeat prompts for several). Returns a :class:`SequenceBatch`."""
+                     generator: Optional[torch.Generator] = None, check_every: Optional[int] = None
+                     ) -> SequenceBatch:
+    """Sample one response per prompt (repeat prompts for several). Returns a :class:`SequenceBatch`.
+
+    ``generator``: the sampling stream, best on the model's device (:func:`draw_tokens`). ``check_every``:
+    tokens between two host reads of "every row has ended" (default: 1 on the CPU, where the read is
+    free and the stream must stay that of the committed results; 8 elsewhere)."""
     device = next(model.parameters()).device
+    check_every = check_every or (1 if device.type == "cpu" else 8)
     was_training = model.training
     model.eval()
     query, qmask = pad_left(prompts, pad_id, device)  # (B, Tq)
@@ -39,15 +46,14 @@ def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pa
         if logit_mask is not None:
             logits = logits.masked_fill(~logit_mask[t].to(device), NEG)
         probs = torch.softmax(logits, dim=-1)
-        if generator is not None and generator.device != probs.device:
-            tok = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
-        else:
-            tok = torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+        tok = draw_tokens(probs, generator)  # (B,)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         resp_mask.append((~done).long())
         tokens.append(tok)
         done = done | (tok == eos_id)
-        if bool(done.all()) or t == max_new_tokens - 1:
+        # the end-of-generation check reads a device flag on the host: on an accelerator once per
+        # check_every tokens (the columns drawn past the end are cut below), on the CPU at every token
+        if t == max_new_tokens - 1 or ((t + 1) % check_every == 0 and bool(done.all())):
             break
         attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
         out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
@@ -57,7 +63,26 @@ def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pa
     model.train(was_training)
     response = torch.stack(tokens, 1)  # (B, Tr)
     rmask = torch.stack(resp_mask, 1)  # (B, Tr)
+    if check_every > 1:  # columns past the last real token: padding in every row, as if checked at every token
+        keep = int(rmask.any(0).nonzero().max()) + 1
+        response, rmask = response[:, :keep], rmask[:, :keep]
     return SequenceBatch(query, qmask, response, rmask)
+
+
+def draw_tokens(probs: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """One token per row of ``probs`` (B, V) -> (B,), by the exponential race: ``argmax_v p_v / E_v``
+    with ``E_v ~ Exp(1)`` independent, which picks ``v`` with probability ``p_v``.
+
+    This is how ``torch.multinomial`` draws one sample on the CPU: the same tokens, and the generator
+    left in the same state (``tests/test_sampling.py``), so every CPU result is unchanged. On an
+    accelerator the noise comes from a generator on that device, and nothing crosses to the host. A
+    generator on another device than ``probs`` still works: its noise is drawn there and moved."""
+    if generator is None or same_device(generator.device, probs.device):
+        noise = torch.empty_like(probs).exponential_(1.0, generator=generator)  # (B, V)
+    else:
+        noise = torch.empty(probs.shape, dtype=probs.dtype, device=generator.device)
+        noise = noise.exponential_(1.0, generator=generator).to(probs.device)
+    return (probs / noise).argmax(-1)
 
 
 def _last_logits_only(model) -> dict:

@@ -56,7 +56,7 @@ class OnlineSource:
     def __init__(self, engine: RolloutEngine, prompts: list[list[int]], prompts_per_step: int,
                  responses_per_prompt: int, seed: int, generator: torch.Generator, share: Share = list):
         self.engine, self.prompts, self.per_step, self.n = engine, prompts, prompts_per_step, responses_per_prompt
-        self.generator, self.share = generator, share
+        self.generator, self.share = generator, share  # the sampling stream (on the model's device)
         self.rng = random.Random(derive_seed(seed, "prompts"))
 
     def next(self, policy):
@@ -109,12 +109,15 @@ class OfflineSource:
 
 def make_source(kind: str, *, engine: RolloutEngine, task, pairs: Optional[list], prompts_per_step: int,
                 responses_per_prompt: int, seed: int, generator: torch.Generator,
-                share: Share = list, broadcast: Callable[[Any], Any] = lambda x: x) -> Optional[DataSource]:
-    """The source for an algorithm's ``data`` declaration (None for ``"none"``). ``share``: this
+                sampling: Optional[torch.Generator] = None, share: Share = list,
+                broadcast: Callable[[Any], Any] = lambda x: x) -> Optional[DataSource]:
+    """The source for an algorithm's ``data`` declaration (None for ``"none"``). ``generator``: the
+    run's data order; ``sampling``: its tokens' stream (default ``generator``). ``share``: this
     process's part of a step's prompts or pairs, ``broadcast``: the main process's value
     (:class:`~.distributed.Distributed`; identities with one process)."""
     if kind == "online":
-        return OnlineSource(engine, task.train_prompts, prompts_per_step, responses_per_prompt, seed, generator, share)
+        return OnlineSource(engine, task.train_prompts, prompts_per_step, responses_per_prompt, seed,
+                            sampling or generator, share)
     if kind == "offline":
         return OfflineSource(pairs, prompts_per_step, generator, share, broadcast)
     return None

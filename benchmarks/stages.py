@@ -42,7 +42,7 @@ from .models import (SequenceBatch, build_policy, build_reward_model, configure_
 from .rollout import sample_responses
 from .data import DataError, load_preferences
 from .utils import (adamw, atomic_directory, check_manifest, config_hash, derive_seed, discard_directory,
-                    make_generator, remove_orphans, write_manifest)
+                    make_generator, remove_orphans, sampling_generator, write_manifest)
 
 log = logging.getLogger(__name__)
 # Bump when a stage's code changes what it produces or how an entry is stored. 3: fused AdamW.
@@ -270,6 +270,7 @@ class SharedStages:
         sft = freeze(self.load_sft(art))
         prompts_pool = self.task.train_prompts
         idx = torch.randint(len(prompts_pool), (cfg.n_prompts,), generator=gen).tolist()
+        sampling = sampling_generator(gen, self.device, seed)  # gen itself on the CPU
         mask = self._logit_mask()
         rows = {"prompt": [], "responses": [], "ranking": [], "gold": []}
         chunk = max(1, 512 // cfg.k)
@@ -277,7 +278,7 @@ class SharedStages:
             prompts = [prompts_pool[j] for j in idx[i: i + chunk]]
             batch = sample_responses(sft, [p for p in prompts for _ in range(cfg.k)], eos_id=self.task.eos_id,
                                      pad_id=self.task.pad_id, max_new_tokens=self.task.max_new_tokens,
-                                     temperature=cfg.sample_temperature, logit_mask=mask, generator=gen)
+                                     temperature=cfg.sample_temperature, logit_mask=mask, generator=sampling)
             responses = batch.responses()
             gold = self.task.gold_reward(batch.prompts(), responses).view(len(prompts), cfg.k)
             ranking = plackett_luce_ranking(gold, cfg.label_temperature, gen)

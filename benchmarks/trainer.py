@@ -53,7 +53,7 @@ from .sources import make_source
 from .stages import SharedStages, expand_pairs
 from .tasks import build_task
 from .utils import (adamw, atomic_write_text, derive_seed, git_revision, make_generator, numerics, package_versions,
-                    resolve_device, seed_everything, to_jsonable)
+                    resolve_device, sampling_generator, seed_everything, to_jsonable)
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +149,8 @@ class Trainer:
         seed_everything(cfg.seed)
         rank = () if self.dist.rank == 0 else (f"process{self.dist.rank}",)  # process 0: the single-process stream
         self.generator = make_generator(derive_seed(cfg.seed, "train", *rank))
+        # the tokens' stream: this generator on the CPU, one on the model's device elsewhere
+        self.sampling = sampling_generator(self.generator, self.device, cfg.seed, "train", *rank)
         cls, lora = self.spec.cls, mcfg.lora.r > 0
         self.policy = configure_memory(disable_dropout(stages.load_sft(self.art)), mcfg)
         self.value_model = None
@@ -178,7 +180,8 @@ class Trainer:
         self.source = make_source(cls.data, engine=self.engine, task=self.task, pairs=self.ctx.pairs,
                                   prompts_per_step=tcfg.prompts_per_step,
                                   responses_per_prompt=self.algo.responses_per_prompt, seed=cfg.seed,
-                                  generator=self.generator, share=self.dist.share, broadcast=self.dist.broadcast)
+                                  generator=self.generator, sampling=self.sampling, share=self.dist.share,
+                                  broadcast=self.dist.broadcast)
 
     def _build_evaluation(self, groups: dict[str, Any]) -> None:
         """Evaluation, the exact frontier and the logger: the main process's (the only one that
@@ -321,7 +324,8 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
     def _process_state(self) -> dict[str, Any]:
         """What differs between the processes of a run: random streams, data order, budget."""
-        return {"rng": rng_state(self.generator), "source": self.source.state_dict(), "budget": self.budget.state_dict()}
+        return {"rng": rng_state(self.generator, self.sampling), "source": self.source.state_dict(),
+                "budget": self.budget.state_dict()}
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on, and where each run file ends. With several
@@ -357,7 +361,7 @@ class Trainer:
             raise ConfigError(f"{self.run_dir}: its checkpoint was written by a run on {len(processes)} process(es); "
                               f"resume it on as many, not {self.dist.world}")
         own = processes[self.dist.rank]
-        set_rng_state(own["rng"], self.generator)
+        set_rng_state(own["rng"], self.generator, self.sampling)
         self.source.load_state_dict(own["source"])
         self.budget.load_state_dict(own["budget"])
         self.algo.load_state_dict(state["algorithm"])

@@ -32,9 +32,37 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
+    """A torch Generator on ``device`` (``cuda`` means the current CUDA device, ``cuda:N``), seeded."""
+    g = torch.Generator(device=concrete_device(device))
     g.manual_seed(int(seed))
     return g
+
+
+def concrete_device(device: str | torch.device) -> torch.device:
+    """``device`` with its index: an accelerator named without one (``cuda``) is its current device."""
+    device = torch.device(device)
+    if device.type == "cpu" or device.index is not None:
+        return device
+    module = getattr(torch, device.type, None)
+    current = getattr(module, "current_device", None)
+    return torch.device(device.type, current()) if current is not None else device
+
+
+def same_device(a: str | torch.device, b: str | torch.device) -> bool:
+    """Whether two devices are one (``cuda`` and ``cuda:0`` are, when 0 is the current device)."""
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    return a.type == "cpu" or concrete_device(a) == concrete_device(b)
+
+
+def sampling_generator(generator: torch.Generator, device: str | torch.device, *seed_parts: Any) -> torch.Generator:
+    """The stream that samples tokens on ``device``: ``generator`` itself on the CPU (the streams of every
+    committed result), else a generator on ``device`` seeded from ``seed_parts``, so that sampling never
+    moves a (B, V) tensor between the host and the device."""
+    if same_device(generator.device, device):
+        return generator
+    return make_generator(derive_seed(*seed_parts, "sampling"), device)
 
 
 def derive_seed(*parts: Any) -> int:
