@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from scipy import stats
 
+from .phases import PHASES
 from .verdicts import FRACTION, WINDOW, Gap, WorldGap, budget_rows, claim_rows, convergence_flags
 
 GAP_COLUMNS = ["task", "reward_model", "beta", "a", "b", "world", "gap", "ci_low", "ci_high", "kl_range", "worlds",
@@ -85,6 +86,31 @@ def budget_section(runs: Sequence[Any]) -> list[str]:
         L.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {_big(r['responses_sampled'])} | "
                  f"{_big(r['sequences_trained'])} | {_big(r['pairs_trained'])} | {r['gradient_updates']:.0f} | "
                  f"{_big(r['forward_tokens'])} | {_big(r['backward_tokens'])} | {r['train_seconds']:.1f} |")
+    return L + phase_table(runs)
+
+
+def phase_table(runs: Sequence[Any]) -> list[str]:
+    """Seconds per phase (``summary.json``'s ``phase_seconds``, :mod:`~rlhf_bench.benchmarks.phases`), mean
+    per trained run, and the peak GPU memory where runs were on CUDA; nothing for runs that predate it."""
+    acc: dict[tuple, list[dict]] = {}
+    for r in runs:
+        if r.steps and isinstance(r.summary.get("phase_seconds"), dict):
+            acc.setdefault((r.task, r.algorithm), []).append(r.summary)
+    if not acc:
+        return []
+    gpu = any("peak_gpu_memory_bytes" in s for sums in acc.values() for s in sums)
+    L = ["", "Wall time per phase, seconds, mean per run (`summary.json`'s `phase_seconds`; per step in "
+         "`time.jsonl`): sampling, reward model and judge, log-probs of the policy and the reference, the "
+         "algorithm's preparation, the gradient updates, evaluation and checkpoints"
+         + ("; the peak GPU memory allocated, MiB" if gpu else "") + ".", "",
+         "| task | algorithm | runs | " + " | ".join(PHASES) + (" | peak GPU memory (MiB)" if gpu else "") + " |",
+         "|---|---|---:|" + "---:|" * (len(PHASES) + gpu)]
+    for (task, algo), sums in acc.items():
+        cells = [f"{sum(s['phase_seconds'].get(p, 0.0) for s in sums) / len(sums):.1f}" for p in PHASES]
+        if gpu:
+            peaks = [s["peak_gpu_memory_bytes"] for s in sums if "peak_gpu_memory_bytes" in s]
+            cells.append(f"{max(peaks) / 2**20:,.0f}" if peaks else "—")
+        L.append(f"| {task} | {algo} | {len(sums)} | " + " | ".join(cells) + " |")
     return L
 
 

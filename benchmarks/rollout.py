@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import torch
 
 from .models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked, unwrap
+from .phases import NoTimer
 from .utils import same_device
 
 
@@ -127,6 +128,7 @@ class RolloutEngine:
         self.chunk_tokens = chunk_tokens or None  # positions per log-prob chunk (model.logprob_chunk_tokens; None: auto)
         mask = task.logit_mask(task.max_new_tokens)
         self.logit_mask = None if mask is None else mask.to(device)  # None: every token allowed
+        self.timer = NoTimer()  # a run's PhaseTimer (benchmarks/phases.py) when it trains
 
     def sample(self, model, prompts, generator=None, temperature=None) -> SequenceBatch:
         return sample_responses(model, prompts, eos_id=self.task.eos_id, pad_id=self.task.pad_id,
@@ -161,9 +163,12 @@ class RolloutEngine:
     @torch.no_grad()
     def rollout(self, policy, prompts: Sequence[Sequence[int]], n: int, generator=None) -> Rollout:
         repeated = [list(p) for p in prompts for _ in range(n)]
-        batch = self.sample(policy, repeated, generator)
-        proxy, gold = self.score(batch)
+        with self.timer.phase("generation"):
+            batch = self.sample(policy, repeated, generator)
+        with self.timer.phase("scoring"):
+            proxy, gold = self.score(batch)
+        with self.timer.phase("logprobs"):
+            logprobs, ref_logprobs = self.logprobs(policy, batch), self.logprobs(self.ref_model, batch)
         eos = (batch.response == self.task.eos_id).any(dim=1)
-        return Rollout(batch=batch, group_size=n, logprobs=self.logprobs(policy, batch),
-                       ref_logprobs=self.logprobs(self.ref_model, batch), rewards=self.reward_values(proxy, gold, eos),
-                       rewards_proxy=proxy, rewards_gold=gold, eos=eos)
+        return Rollout(batch=batch, group_size=n, logprobs=logprobs, ref_logprobs=ref_logprobs,
+                       rewards=self.reward_values(proxy, gold, eos), rewards_proxy=proxy, rewards_gold=gold, eos=eos)

@@ -47,6 +47,7 @@ from .faults import FaultInjector, FiniteChecks, NonFiniteError
 from .loggers import NullLogger, build_logger
 from .lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
 from .models import configure_memory, disable_dropout, freeze
+from .phases import PhaseTimer
 from .rollout import RolloutEngine
 from .rundir import summary_header
 from .sources import make_source
@@ -176,7 +177,9 @@ class Trainer:
         self.algo = cls(self.acfg, self.ctx)
         self.budget = Budget()
         self.budget.tokens.attach(*(m for m in (self.policy, ref, rm, self.value_model) if not isinstance(m, AdaptersOff)))
-        self.algo.setup()  # e.g. reference log-probs of the offline pairs: counted in the budget
+        self.phases = self.engine.timer = PhaseTimer(self.device)
+        with self.phases.phase("prepare"):
+            self.algo.setup()  # e.g. reference log-probs of the offline pairs: counted in the budget
         self.source = make_source(cls.data, engine=self.engine, task=self.task, pairs=self.ctx.pairs,
                                   prompts_per_step=tcfg.prompts_per_step,
                                   responses_per_prompt=self.algo.responses_per_prompt, seed=cfg.seed,
@@ -248,19 +251,22 @@ class Trainer:
         """One step: the source's batch, ``prepare``, then ``epochs x minibatches`` gradient updates."""
         t0 = time.time()
         acfg, algo = self.acfg, self.algo
+        self.phases.take_step()  # the evaluation and checkpoint before this step have rows of their own
         self.policy.train()
-        batch, stats = self.source.next(self.policy)
+        batch, stats = self.source.next(self.policy)  # generation, scoring, logprobs (the engine's phases)
         self.budget.responses_sampled += self.source.responses_in(batch)
         self.fault.rollout(batch)
         self._agree(lambda: self.checks.rollout(batch))
-        data = algo.prepare(batch)
+        with self.phases.phase("prepare"):
+            data = algo.prepare(batch)
         self.fault.prepared(data)
         self._agree(lambda: self.checks.prepared(data))
         sums: dict[str, float] = {}
-        for _ in range(acfg.epochs):
-            for mb in split_groups(data, algo.group_size, acfg.minibatches, self.generator):
-                for k, v in self.update(mb).items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
+        with self.phases.phase("update"):
+            for _ in range(acfg.epochs):
+                for mb in split_groups(data, algo.group_size, acfg.minibatches, self.generator):
+                    for k, v in self.update(mb).items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
         self.sched.step()
         n = acfg.epochs * acfg.minibatches
         stats.update({k: v / n for k, v in sums.items()})
@@ -271,7 +277,8 @@ class Trainer:
         self._write("train", to_jsonable({"step": step, **stats}))
         seconds = time.time() - t0
         self.budget.train_seconds += seconds
-        timing = {"time/step_seconds": seconds, "time/train_seconds": self.budget.train_seconds}
+        timing = {"time/step_seconds": seconds, "time/train_seconds": self.budget.train_seconds,
+                  **self.phases.take_step()}
         self._write("time", {"step": step, **timing})
         self.logger.log({**stats, **timing}, step)
         return stats
@@ -309,7 +316,7 @@ class Trainer:
             return False
         t0 = time.time()
         self.policy.eval()
-        with self.budget.tokens.paused():
+        with self.budget.tokens.paused(), self.phases.phase("evaluation"):
             eval_policy = self.algo.eval_policy()
             if step == 0 and isinstance(eval_policy, LMPolicy) and eval_policy.model is self.policy:
                 self.row, self.samples = self.evaluator.evaluate_reference(eval_policy, step)  # still the SFT base
@@ -335,6 +342,7 @@ class Trainer:
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  **self._process_state(), "algorithm": self.algo.state_dict(),
                  "last_eval": {"row": self.row, "samples": self.samples}, "logger": self.logger.state_dict(),
+                 "phases": self.phases.state_dict(),
                  "files": {name: f.position() for name, f in self.files.items()}}
         if self.dist.active:
             state["processes"] = self.dist.gather(self._process_state())
@@ -342,9 +350,10 @@ class Trainer:
 
     def save_checkpoint(self, step: int) -> None:
         t0 = time.time()
-        state = self.state_dict()
-        if self.dist.is_main:
-            self.checkpoints.save(state, step)
+        with self.phases.phase("checkpoint"):
+            state = self.state_dict()
+            if self.dist.is_main:
+                self.checkpoints.save(state, step)
         timing = {"time/checkpoint_seconds": time.time() - t0}
         self._write("time", {"step": step, **timing})  # after the recorded length: rewritten on resume
         self.logger.log(timing, step)
@@ -365,6 +374,7 @@ class Trainer:
         self.source.load_state_dict(own["source"])
         self.budget.load_state_dict(own["budget"])
         self.algo.load_state_dict(state["algorithm"])
+        self.phases.load_state_dict(state.get("phases"))
         self.row, self.samples = state["last_eval"]["row"], state["last_eval"]["samples"]
         if self.dist.is_main:
             self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl", state["files"].get(name))
@@ -414,7 +424,7 @@ class Trainer:
             **self._model_summary(),
             "wall_time_seconds": time.time() - self.t_start, "shared_stage_seconds": self.t_shared - self.t_start,
             "train_seconds": time.time() - self.t_shared, "config": self.resolved, "versions": package_versions(),
-            "numerics": numerics(),
+            "numerics": numerics(), **self.phases.summary(),
             "git_revision": git_revision(), "run_dir": str(run_dir),
         }
         if self.task.summary():
