@@ -1,0 +1,43 @@
+"""The side-by-side speed command (benchmarks/speed.py) at a tiny size on the CPU: it runs the harness's
+sampler against ``generate`` and training steps against trl's trainers, and writes its table."""
+
+from __future__ import annotations
+
+import csv
+
+import hf_fixtures as fx
+import pytest
+
+from rlhf_bench.benchmarks import speed
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("speed")
+    fx.make_tokenizer(root / "tok")
+    fx.make_gpt2(root / "gpt2", root / "tok")
+    return root
+
+
+def test_the_speed_command_writes_its_table(tiny, monkeypatch):
+    monkeypatch.chdir(tiny)
+    out = tiny / "out"
+    speed.main([str(tiny / "gpt2"), "--prompts", "4", "--new-tokens", "5", "--prompt-tokens", "4", "--repeats", "2",
+                "--steps", "3", "--algorithms", "grpo,rloo,dpo,ppo", "--device", "cpu", "--out", str(out)])
+    rows = list(csv.DictReader(open(out / "speed.csv")))
+    sampling = [r for r in rows if r["measurement"] == "sampling"]
+    assert sorted(r["who"] for r in sampling) == ["generate", "generate", "rlhf-bench", "rlhf-bench"]
+    assert all(float(r["tokens_per_second"]) > 0 for r in sampling)
+    steps = {(r["measurement"], r["who"].split(",")[0]) for r in rows if r["measurement"].startswith("step ")}
+    assert steps == {("step grpo", "rlhf-bench"), ("step grpo", "trl GRPOTrainer"), ("step rloo", "rlhf-bench"),
+                     ("step rloo", "trl RLOOTrainer"), ("step dpo", "rlhf-bench"), ("step dpo", "trl DPOTrainer"),
+                     ("step ppo", "rlhf-bench")}
+    assert sum(r["measurement"] == "step ppo" for r in rows) == 2  # 3 steps, the first left out
+    md = (out / "speed.md").read_text()
+    assert "| sampling (tokens/s) |" in md and "| step ppo (s) |" in md and "none in trl" in md
+    assert "Device: cpu" in md
+
+
+def test_an_unknown_algorithm_is_named_with_the_known_ones(tiny):
+    with pytest.raises(SystemExit, match="unknown algorithm.*known: dpo, grpo"):
+        speed.main([str(tiny / "gpt2"), "--algorithms", "ppo,nope", "--device", "cpu", "--out", str(tiny / "x")])
