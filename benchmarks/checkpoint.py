@@ -11,12 +11,14 @@ Rows written after it are cut off on resume, so a resumed run writes each row ex
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
 import random
 import re
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Optional
 
@@ -66,10 +68,18 @@ def _fsync_dir(path: Path) -> None:
 
 
 class Checkpoints:
-    """The checkpoints of one run directory; the newest ``keep`` are kept."""
+    """The checkpoints of one run directory; the newest ``keep`` are kept.
 
-    def __init__(self, run_dir: Path, keep: int = 1):
-        self.dir, self.keep = Path(run_dir) / "checkpoints", keep
+    With ``background``, :meth:`save` returns once the state is copied to the host, and a thread
+    writes it while training goes on; one write at a time (the next save waits for the last), and
+    :meth:`wait` (called before a run ends, and on its failure) returns when the last is on disk or
+    raises what stopped it. The copy is taken before returning, so what is written is the state of
+    that step, bit for bit."""
+
+    def __init__(self, run_dir: Path, keep: int = 1, background: bool = False):
+        self.dir, self.keep, self.background = Path(run_dir) / "checkpoints", keep, background
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
 
     def steps(self) -> list[int]:
         if not self.dir.is_dir():
@@ -80,7 +90,33 @@ class Checkpoints:
         return self.dir / f"step_{step:06d}.pt"
 
     def save(self, state: dict[str, Any], step: int) -> Path:
-        """Write ``state`` atomically as the checkpoint of ``step``, then drop the older ones."""
+        """Write ``state`` atomically as the checkpoint of ``step``, then drop the older ones (in the
+        background with ``background``: from a host copy taken now)."""
+        if not self.background:
+            return self._write(state, step)
+        self.wait()
+        snapshot = _host_copy(state)
+
+        def write() -> None:
+            try:
+                self._write(snapshot, step)
+            except BaseException as e:  # noqa: BLE001 - reported by wait(), in the training thread
+                self._error = e
+
+        self._thread = threading.Thread(target=write, name=f"checkpoint-{step}", daemon=True)
+        self._thread.start()
+        return self.path(step)
+
+    def wait(self) -> None:
+        """Return when the last background write is on disk; raise what stopped it."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"writing a checkpoint in {self.dir} failed: {error}") from error
+
+    def _write(self, state: dict[str, Any], step: int) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path(step)
         tmp = self.dir / f".{final.name}.tmp-{os.getpid()}"
@@ -106,6 +142,18 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _host_copy(obj: Any) -> Any:
+    """``obj`` with every tensor copied to the host (a new tensor even on the CPU): what a background
+    write may read while training changes the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_host_copy(v) for v in obj)
+    return copy.deepcopy(obj)
 
 
 # ------------------------------------------------------------------------------------ run files

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from pathlib import Path
 from typing import Any, Optional
 
@@ -87,6 +87,9 @@ def write_failure(run_dir: Path, resolved: dict, error: Exception, trainer: Opti
     """``summary.json`` of a failed run: what it was, why and where it stopped (its last
     checkpoint is kept, and a re-run resumes from it)."""
     spec = get_algorithm(resolved["algorithm"]["name"])
+    if trainer is not None:
+        with suppress(Exception):  # the last good checkpoint, if a background write of it is going
+            trainer.checkpoints.wait()
     reason = str(error) if isinstance(error, NonFiniteError) else f"{type(error).__name__}: {error}"
     summary = {**summary_header(resolved, spec.cls.beta_independent, "failed"), "reason": reason.splitlines()[0],
                "failed_step": getattr(trainer, "step", None), "final": getattr(trainer, "row", None),

@@ -107,7 +107,9 @@ class Trainer:
         self.progress = show_progress(cfg.progress) and self.dist.is_main
         self.checks, self.fault = FiniteChecks(self.acfg.label), FaultInjector(groups["fault"])
         self.checkpoint_every = groups["checkpoint"].every
-        self.checkpoints = Checkpoints(run_dir, groups["checkpoint"].keep)
+        ckpt = groups["checkpoint"]
+        self.checkpoints = Checkpoints(run_dir, ckpt.keep, background=ckpt.background if ckpt.background is not None
+                                       else self.device.type != "cpu")
         self.mcfg = groups["model"]
         self.task = build_task(self.tcfg, model=self.mcfg, device=self.device, cache_dir=cfg.cache_dir)
         stages = SharedStages(self.task, self.tcfg, self.mcfg, self.rmcfg, cfg.cache_dir, self.device,
@@ -404,6 +406,7 @@ class Trainer:
         """samples.jsonl, policy/ and summary.json (by the main process); then the training state
         is deleted."""
         run_dir, acfg, art = self.run_dir, self.acfg, self.art
+        self.checkpoints.wait()  # a background write still going: it ends (or fails) here
         budget = self.budget_totals()  # a collective: every process takes part
         if not self.dist.is_main:
             self.close()
