@@ -43,7 +43,8 @@ def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pa
     tokens, done = [], torch.zeros(B, dtype=torch.bool, device=device)
     resp_mask = []
     for t in range(max_new_tokens):
-        logits = logits / temperature
+        if temperature != 1.0:  # x / 1.0 is x: one (B, V) pass fewer per token
+            logits = logits / temperature
         if logit_mask is not None:
             logits = logits.masked_fill(~logit_mask[t].to(device), NEG)
         probs = torch.softmax(logits, dim=-1)
@@ -83,7 +84,7 @@ def draw_tokens(probs: torch.Tensor, generator: Optional[torch.Generator] = None
     else:
         noise = torch.empty(probs.shape, dtype=probs.dtype, device=generator.device)
         noise = noise.exponential_(1.0, generator=generator).to(probs.device)
-    return (probs / noise).argmax(-1)
+    return torch.div(probs, noise, out=noise).argmax(-1)  # in place, as multinomial does: no third (B, V) tensor
 
 
 def _last_logits_only(model) -> dict:

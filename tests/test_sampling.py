@@ -73,22 +73,24 @@ def _multinomial_loop(model, prompts, *, eos_id, pad_id, max_new_tokens, tempera
     return SequenceBatch(query, qmask, torch.stack(tokens, 1), torch.stack(masks, 1))
 
 
-def _sample(bundle, generator, **kw):
+def _sample(bundle, generator, temperature=TEMP, **kw):
     task = bundle.task
     prompts = [p for p in task.eval_prompts[:8] for _ in range(2)]
     return sample_responses(bundle.ref, prompts, eos_id=task.eos_id, pad_id=task.pad_id, max_new_tokens=LONG,
-                            temperature=TEMP, logit_mask=task.logit_mask(LONG), generator=generator, **kw)
+                            temperature=temperature, logit_mask=task.logit_mask(LONG), generator=generator, **kw)
 
 
-def test_sampling_draws_the_tokens_of_the_multinomial_loop(sentiment):
+@pytest.mark.parametrize("temperature", [TEMP, 1.0])  # 1.0: the sampler skips the division by it
+def test_sampling_draws_the_tokens_of_the_multinomial_loop(sentiment, temperature):
     task = sentiment.task
     prompts = [p for p in task.eval_prompts[:8] for _ in range(2)]
     g_old, g_new = make_generator(7), make_generator(7)
     with torch.no_grad():
         old = _multinomial_loop(sentiment.ref, prompts, eos_id=task.eos_id, pad_id=task.pad_id, max_new_tokens=LONG,
-                                temperature=TEMP, logit_mask=task.logit_mask(LONG), generator=g_old)
-    new = _sample(sentiment, g_new)
-    assert old.response.shape[1] < LONG  # every row ended early: the stopping rule is exercised
+                                temperature=temperature, logit_mask=task.logit_mask(LONG), generator=g_old)
+    new = _sample(sentiment, g_new, temperature=temperature)
+    if temperature == TEMP:
+        assert old.response.shape[1] < LONG  # every row ended early: the stopping rule is exercised
     assert torch.equal(new.response, old.response) and torch.equal(new.response_mask, old.response_mask)
     assert torch.equal(g_new.get_state(), g_old.get_state())
 
