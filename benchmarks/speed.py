@@ -114,6 +114,7 @@ def harness_steps(a, workdir: Path) -> list[dict]:
            f"task.max_new_tokens={a.new_tokens}", f"task.max_prompt_tokens={a.prompt_tokens}",
            "task.preferences.n_prompts=16", "reward_model.epochs=1", f"algorithm={','.join(a.algorithms)}",
            f"algorithm.beta={a.beta}", "checkpoint.every=0", "progress=false", f"hydra.sweep.dir={sweep}",
+           f"threads={torch.get_num_threads()}",  # the threads trl's trainers and generate get in this process
            f"cache_dir={workdir / 'cache'}", "~hydra.callbacks.report"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
