@@ -51,23 +51,13 @@ class TokenCounter:
             pending = self._pending[kind]
             self._pending[kind] = n if pending is None else pending + n
 
-    @property
-    def forward(self) -> int:
-        """Real tokens through the models in training, forward."""
-        return self._total("forward")
+    def _set(self, kind: str, value: int) -> None:
+        self._counts[kind], self._pending[kind] = int(value), None
 
-    @forward.setter
-    def forward(self, value: int) -> None:
-        self._counts["forward"], self._pending["forward"] = int(value), None
-
-    @property
-    def backward(self) -> int:
-        """Real tokens through the trainable models with gradients on."""
-        return self._total("backward")
-
-    @backward.setter
-    def backward(self, value: int) -> None:
-        self._counts["backward"], self._pending["backward"] = int(value), None
+    forward = property(lambda self: self._total("forward"), lambda self, v: self._set("forward", v),
+                       doc="Real tokens through the models in training, forward.")
+    backward = property(lambda self: self._total("backward"), lambda self, v: self._set("backward", v),
+                        doc="Real tokens through the trainable models with gradients on.")
 
     def attach(self, *models: torch.nn.Module) -> "TokenCounter":
         for model in models:

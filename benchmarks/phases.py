@@ -25,6 +25,12 @@ PHASES = ("generation", "scoring", "logprobs", "prepare", "update", "evaluation"
 STEP_PHASES = PHASES[:5]  # a training step's; evaluation and checkpoints have rows of their own
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA), so that a wall clock read next covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class PhaseTimer:
     """Seconds per phase: this step's (:meth:`take_step`) and the run's (:attr:`totals`)."""
 
@@ -35,8 +41,7 @@ class PhaseTimer:
         self._open: Optional[str] = None
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        synchronize(self.device)
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:

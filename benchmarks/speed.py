@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from .phases import synchronize
 from .rollout import sample_responses
 from .utils import make_generator, package_versions
 
@@ -40,16 +41,11 @@ UPDATES = 8  # the harness's default epochs x minibatches, and what the peers ar
 
 
 # ------------------------------------------------------------------------------------------- helpers
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     fn()
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
@@ -144,11 +140,11 @@ class _StepClock:
 
         class Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kw):
-                _sync(device)
+                synchronize(device)
                 clock.t0 = time.perf_counter()
 
             def on_step_end(self, args, state, control, **kw):
-                _sync(device)
+                synchronize(device)
                 clock.seconds.append(time.perf_counter() - clock.t0)
 
         self.seconds: list[float] = []
