@@ -225,8 +225,10 @@ class ModelConfig:
     real model fits a GPU (``benchmarks/models.py``, ``logprobs.py``, ``lora.py``).
     """
 
-    #: Fields that change memory use, not what is computed (results equal to float rounding).
-    MEMORY_ONLY: ClassVar[tuple[str, ...]] = ("gradient_checkpointing", "logprob_chunk_tokens")
+    #: Fields that change speed or memory use, not what is computed (results equal to float rounding):
+    #: neither a run's identity nor a shared stage's key holds them.
+    PERFORMANCE_ONLY: ClassVar[tuple[str, ...]] = ("gradient_checkpointing", "logprob_chunk_tokens",
+                                                   "compile_generation")
 
     name: str = "tiny"
     architecture: str = "gpt2"
@@ -239,6 +241,9 @@ class ModelConfig:
     dtype: str = "float32"  # weights: float32 | bfloat16 (the log-softmax is float32 either way)
     gradient_checkpointing: bool = False  # recompute the body's activations in backward (memory for time)
     logprob_chunk_tokens: int = 0  # positions whose logits exist at once when computing log-probs (0: auto)
+    # sampling with a static KV cache and a torch.compile'd decode step (benchmarks/decode.py); off by
+    # default: no measurement has yet shown it faster (README, "Speed side by side")
+    compile_generation: bool = False
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def __post_init__(self) -> None:
@@ -392,7 +397,7 @@ def run_identity(cfg: dict) -> dict:
     ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
     if not (ident.get("fault") or {}).get("step"):
         ident.pop("fault", None)  # no fault injected: as runs before faults could be
-    model = {k: v for k, v in (ident.get("model") or {}).items() if k not in ModelConfig.MEMORY_ONLY}
+    model = {k: v for k, v in (ident.get("model") or {}).items() if k not in ModelConfig.PERFORMANCE_ONLY}
     for key, default in NEW_MODEL_DEFAULTS.items():  # settings newer than recorded runs, at their default
         if model.get(key, default) == default:
             model.pop(key, None)

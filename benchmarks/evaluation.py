@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from filelock import FileLock
 
+from .decode import forward_cached
 from .models import NEG, SequenceBatch, pad_left, position_ids, scalar_head, token_kl
 from .ranking import COLUMNS as RANKING_COLUMNS, HeldoutPairs
 from .rollout import RolloutEngine
@@ -244,8 +245,8 @@ class PrefixTree:
         mask = engine.logit_mask
 
         def forward(ids, attn, pos, past):
-            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
-            return out.logits, out.past_key_values
+            out, past = forward_cached(model, ids, attn, pos, past)
+            return out.logits, past
 
         chunks = []
         for chunk in self._chunks(prompts, self.T):
@@ -264,8 +265,8 @@ class PrefixTree:
         head, body, levels = scalar_head(reward_model), reward_model.base_model, self.tokens.shape[1] + 1
 
         def forward(ids, attn, pos, past):
-            out = body(input_ids=ids, attention_mask=attn, position_ids=pos, past_key_values=past, use_cache=True)
-            return out.last_hidden_state, out.past_key_values
+            out, past = forward_cached(body, ids, attn, pos, past)
+            return out.last_hidden_state, past
 
         chunks = []
         for chunk in self._chunks(prompts, levels):

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .decode import decoder
 from .models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked, unwrap
 from .phases import NoTimer
 from .utils import same_device
@@ -22,13 +23,14 @@ from .utils import same_device
 @torch.no_grad()
 def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
                      temperature: float = 1.0, logit_mask: Optional[torch.Tensor] = None,
-                     generator: Optional[torch.Generator] = None, check_every: Optional[int] = None
-                     ) -> SequenceBatch:
+                     generator: Optional[torch.Generator] = None, check_every: Optional[int] = None,
+                     compiled: bool = False) -> SequenceBatch:
     """Sample one response per prompt (repeat prompts for several). Returns a :class:`SequenceBatch`.
 
     ``generator``: the sampling stream, best on the model's device (:func:`draw_tokens`). ``check_every``:
     tokens between two host reads of "every row has ended" (default: 1 on the CPU, where the read is
-    free and the stream must stay that of the committed results; 8 elsewhere)."""
+    free and the stream must stay that of the committed results; 8 elsewhere). ``compiled``: a static KV
+    cache and a compiled decode step (``model.compile_generation``, :mod:`.decode`)."""
     device = next(model.parameters()).device
     check_every = check_every or (1 if device.type == "cpu" else 8)
     was_training = model.training
@@ -36,10 +38,9 @@ def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pa
     query, qmask = pad_left(prompts, pad_id, device)  # (B, Tq)
     B = query.shape[0]
     pos = position_ids(qmask)
-    out = model(input_ids=query, attention_mask=qmask, position_ids=pos, use_cache=True, **_last_logits_only(model))
-    past, next_pos = out.past_key_values, pos[:, -1] + 1
-    logits = out.logits[:, -1].float()  # (B, V)
-    attn = qmask
+    dec = decoder(model, qmask, max_new_tokens, compiled)
+    logits = dec.prefill(query, pos, **_last_logits_only(model))  # (B, V)
+    next_pos = pos[:, -1] + 1  # (B,)
     tokens, done = [], torch.zeros(B, dtype=torch.bool, device=device)
     resp_mask = []
     for t in range(max_new_tokens):
@@ -57,11 +58,8 @@ def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pa
         # check_every tokens (the columns drawn past the end are cut below), on the CPU at every token
         if t == max_new_tokens - 1 or ((t + 1) % check_every == 0 and bool(done.all())):
             break
-        attn = torch.cat([attn, torch.ones(B, 1, dtype=attn.dtype, device=device)], dim=1)
-        out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
-                    past_key_values=past, use_cache=True)
-        past, next_pos = out.past_key_values, next_pos + 1
-        logits = out.logits[:, -1].float()
+        logits = dec.step(tok, next_pos)
+        next_pos = next_pos + 1
     model.train(was_training)
     response = torch.stack(tokens, 1)  # (B, Tr)
     rmask = torch.stack(resp_mask, 1)  # (B, Tr)
@@ -122,11 +120,13 @@ class RolloutEngine:
     the reward every algorithm optimises (:meth:`reward`): plugins receive it and never alter it."""
 
     def __init__(self, task, ref_model, reward_model, *, reward_kind: str, temperature: float, device,
-                 missing_eos_penalty: Optional[float] = None, chunk_tokens: Optional[int] = None):
+                 missing_eos_penalty: Optional[float] = None, chunk_tokens: Optional[int] = None,
+                 compiled: bool = False):
         self.task, self.ref_model, self.reward_model = task, ref_model, reward_model
         self.reward_kind, self.temperature, self.device = reward_kind, temperature, device
         self.missing_eos_penalty = missing_eos_penalty
         self.chunk_tokens = chunk_tokens or None  # positions per log-prob chunk (model.logprob_chunk_tokens; None: auto)
+        self.compiled = compiled  # static KV cache and compiled decode step (model.compile_generation)
         mask = task.logit_mask(task.max_new_tokens)
         self.logit_mask = None if mask is None else mask.to(device)  # None: every token allowed
         self.timer = NoTimer()  # a run's PhaseTimer (benchmarks/phases.py) when it trains
@@ -135,7 +135,7 @@ class RolloutEngine:
         return sample_responses(model, prompts, eos_id=self.task.eos_id, pad_id=self.task.pad_id,
                                 max_new_tokens=self.task.max_new_tokens,
                                 temperature=self.temperature if temperature is None else temperature,
-                                logit_mask=self.logit_mask, generator=generator)
+                                logit_mask=self.logit_mask, generator=generator, compiled=self.compiled)
 
     def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
         return token_logprobs_chunked(model, batch, self.temperature, self.logit_mask, chunk_tokens=self.chunk_tokens)

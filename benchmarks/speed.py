@@ -38,6 +38,7 @@ from .rollout import sample_responses
 from .utils import make_generator, package_versions
 
 UPDATES = 8  # the harness's default epochs x minibatches, and what the peers are set to
+COMPILED = "rlhf-bench compiled"  # the sampler with model.compile_generation (benchmarks/decode.py)
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -62,6 +63,26 @@ def random_prompts(tokenizer, n: int, length: int, seed: int = 0) -> list[list[i
     return allowed[torch.randint(len(allowed), (n, length), generator=g)].tolist()
 
 
+def random_model(directory: Path, vocab: int, n_layer: int, n_embd: int, n_head: int, seed: int = 0) -> Path:
+    """A random ``GPT2LMHeadModel`` of the given sizes over a word-level tokenizer of ``vocab`` tokens
+    (``<eos>`` and ``w1`` ... : text round-trips through it), saved to ``directory``. Speed depends on
+    the sizes, not on what the weights say, and nothing needs downloading."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = {"<eos>": 0, **{f"w{i}": i for i in range(1, vocab)}}
+    inner = Tokenizer(models.WordLevel(words, unk_token="<eos>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<eos>", bos_token="<eos>", unk_token="<eos>",
+                                  pad_token="<eos>")
+    torch.manual_seed(seed)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=1024, n_layer=n_layer, n_embd=n_embd,
+                                       n_head=n_head, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model.save_pretrained(str(directory))
+    tok.save_pretrained(str(directory))
+    return directory
+
+
 # ------------------------------------------------------------------------------------------ sampling
 def time_sampling(model, tokenizer, device: torch.device, a) -> list[dict]:
     """The harness's sampler and ``generate``, interleaved: one row per repeat and side."""
@@ -70,10 +91,10 @@ def time_sampling(model, tokenizer, device: torch.device, a) -> list[dict]:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     n_tokens = len(prompts) * a.new_tokens
 
-    def harness():
+    def harness(compiled: bool = False):
         # eos -1: no row ends early, every sequence has exactly new_tokens tokens, like generate below
         out = sample_responses(model, prompts, eos_id=-1, pad_id=pad, max_new_tokens=a.new_tokens,
-                               generator=make_generator(0, device))
+                               generator=make_generator(0, device), compiled=compiled)
         assert out.response.shape == (len(prompts), a.new_tokens)
 
     def generate():
@@ -82,11 +103,17 @@ def time_sampling(model, tokenizer, device: torch.device, a) -> list[dict]:
                              pad_token_id=pad)
         assert out.shape == (len(prompts), a.prompt_tokens + a.new_tokens)
 
+    sides = [("rlhf-bench", harness), ("generate", generate)]
     rows = []
     with torch.no_grad():
-        harness(), generate()  # warm-up (allocator, kernels)
+        if not a.no_compiled:
+            sides.insert(1, (COMPILED, lambda: harness(compiled=True)))
+            first = _timed(sides[1][1], device)  # compiles, for this batch's shapes
+            rows.append({"measurement": "compilation", "who": COMPILED, "repeat": 0, "seconds": first})
+        for _, fn in sides:
+            fn()  # warm-up (allocator, kernels)
         for r in range(a.repeats):
-            for who, fn in (("rlhf-bench", harness), ("generate", generate)):
+            for who, fn in sides:
                 s = _timed(fn, device)
                 rows.append({"measurement": "sampling", "who": who, "repeat": r, "seconds": s,
                              "tokens_per_second": n_tokens / s})
@@ -239,11 +266,16 @@ def summary_rows(rows: list[dict]) -> list[dict]:
     """One row per measurement: the harness's median, the peer's, and the harness's time over the peer's."""
     out = []
     sampling = {who: [r["tokens_per_second"] for r in rows if r["measurement"] == "sampling" and r["who"] == who]
-                for who in ("rlhf-bench", "generate")}
-    if sampling["rlhf-bench"]:
-        out.append({"measurement": "sampling (tokens/s)", "rlhf-bench": _cell(sampling["rlhf-bench"], ",.0f"),
-                    "peer": "model.generate", "peer value": _cell(sampling["generate"], ",.0f"),
-                    "time ratio": _median(sampling["generate"]) / _median(sampling["rlhf-bench"])})
+                for who in ("rlhf-bench", COMPILED, "generate")}
+    for who, what in (("rlhf-bench", "sampling"), (COMPILED, "sampling, compiled decode step")):
+        if sampling[who]:
+            out.append({"measurement": f"{what} (tokens/s)", "rlhf-bench": _cell(sampling[who], ",.0f"),
+                        "peer": "model.generate", "peer value": _cell(sampling["generate"], ",.0f"),
+                        "time ratio": _median(sampling["generate"]) / _median(sampling[who])})
+    compile_s = [r["seconds"] for r in rows if r["measurement"] == "compilation"]
+    if compile_s:
+        out.append({"measurement": "compiling the decode step, first batch (s)", "rlhf-bench": _cell(compile_s, ".1f"),
+                    "peer": "", "peer value": "—", "time ratio": float("nan")})
     for m in dict.fromkeys(r["measurement"] for r in rows if r["measurement"].startswith("step ")):
         ours = [r["seconds"] for r in rows if r["measurement"] == m and r["who"] == "rlhf-bench"]
         peer = [r for r in rows if r["measurement"] == m and r["who"] != "rlhf-bench"]
@@ -267,7 +299,7 @@ def write(rows: list[dict], a, device: torch.device, out: Path) -> Path:
          f"`python -m rlhf_bench.benchmarks.speed {' '.join(sys.argv[1:]) if a.argv is None else ' '.join(a.argv)}`",
          "", f"Device: {device} ({name}), {a.dtype}, torch threads {torch.get_num_threads()}; "
          f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, trl {versions.get('trl')}. "
-         f"Model `{a.model}`; {a.prompts} prompts x {a.responses} responses of {a.new_tokens} new tokens after "
+         f"Model {a.described}; {a.prompts} prompts x {a.responses} responses of {a.new_tokens} new tokens after "
          f"{a.prompt_tokens} prompt tokens; beta {a.beta}; {UPDATES} updates per step. Medians (range, count); "
          "the time ratio is the harness's time over the peer's for the same work (below 1: the harness is faster; "
          "a DPO step holds 8 of trl's updates).", "",
@@ -301,7 +333,12 @@ def trained_algorithms() -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.speed", description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="a Hugging Face causal LM directory (with its tokenizer)")
+    ap.add_argument("model", help="a Hugging Face causal LM directory (with its tokenizer), or 'random': a random "
+                    "GPT-2 of --vocab, --layers, --dims and --heads, written to OUT/work/model")
+    ap.add_argument("--vocab", type=int, default=50257, help="random model: vocabulary (GPT-2's by default)")
+    ap.add_argument("--layers", type=int, default=2, help="random model: layers")
+    ap.add_argument("--dims", type=int, default=64, help="random model: hidden size")
+    ap.add_argument("--heads", type=int, default=2, help="random model: attention heads")
     ap.add_argument("--device", default="auto", help="auto (CUDA when present) | cpu | cuda | cuda:N")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--prompts", type=int, default=64, help="prompts per step (and sampled prompts)")
@@ -313,10 +350,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--algorithms", default=None, help="comma-separated (default: every trained algorithm)")
     ap.add_argument("--no-steps", action="store_true", help="sampling only")
+    ap.add_argument("--no-compiled", action="store_true", help="without the compiled decode step's sampling")
     ap.add_argument("--no-peers", action="store_true", help="the harness's steps only, not trl's")
     ap.add_argument("--out", type=Path, default=Path("speed"))
     a = ap.parse_args(argv)
     a.argv = list(argv) if argv is not None else None
+    a.described = f"`{a.model}`"
     known = trained_algorithms()
     a.algorithms = a.algorithms.split(",") if a.algorithms else known
     unknown = sorted(set(a.algorithms) - set(known))
@@ -326,6 +365,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(a.device)
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if a.model == "random":
+        a.model = str(random_model(a.out / "work" / "model", a.vocab, a.layers, a.dims, a.heads))
+        a.described = f"a random GPT-2 (n_layer {a.layers}, n_embd {a.dims}, n_head {a.heads}, vocabulary {a.vocab:,})"
 
     tok = AutoTokenizer.from_pretrained(a.model)
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=getattr(torch, a.dtype)).to(device).eval()

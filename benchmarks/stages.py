@@ -128,7 +128,7 @@ class SharedStages:
         return {k: v for k, v in as_dict(self.task_cfg).items() if k not in protocol}
 
     def keys(self) -> dict[str, str]:
-        skip = {"name", "lora", *self.model_cfg.MEMORY_ONLY}  # adapters are an RL setting; memory ones change nothing
+        skip = {"name", "lora", *self.model_cfg.PERFORMANCE_ONLY}  # adapters: RL only; speed/memory: change nothing
         model = {k: v for k, v in as_dict(self.model_cfg).items() if k not in skip}
         sft = config_hash({"v": STAGE_VERSION, "world": self._world(), "model": model, "sft": as_dict(self.task_cfg.sft)})
         judge = {"judge": as_dict(self.task_cfg.judge)} if hasattr(self.task_cfg, "judge") else {}  # task=hf
@@ -278,7 +278,8 @@ class SharedStages:
             prompts = [prompts_pool[j] for j in idx[i: i + chunk]]
             batch = sample_responses(sft, [p for p in prompts for _ in range(cfg.k)], eos_id=self.task.eos_id,
                                      pad_id=self.task.pad_id, max_new_tokens=self.task.max_new_tokens,
-                                     temperature=cfg.sample_temperature, logit_mask=mask, generator=sampling)
+                                     temperature=cfg.sample_temperature, logit_mask=mask, generator=sampling,
+                                     compiled=self.model_cfg.compile_generation)
             responses = batch.responses()
             gold = self.task.gold_reward(batch.prompts(), responses).view(len(prompts), cfg.k)
             ranking = plackett_luce_ranking(gold, cfg.label_temperature, gen)

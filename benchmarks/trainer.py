@@ -170,7 +170,7 @@ class Trainer:
             freeze(stages.load_reward_model(self.art))
         self.engine = RolloutEngine(self.task, ref, rm, reward_kind=self.rmcfg.kind, temperature=tcfg.temperature,
                                     device=self.device, missing_eos_penalty=tcfg.missing_eos_penalty,
-                                    chunk_tokens=mcfg.logprob_chunk_tokens)
+                                    chunk_tokens=mcfg.logprob_chunk_tokens, compiled=mcfg.compile_generation)
         self.ctx = Context(task=self.task, policy=self.policy, ref_model=ref, reward_model=rm, engine=self.engine,
                            device=self.device, generator=self.generator, reward_kind=self.rmcfg.kind,
                            artifacts=self.art, value_model=self.value_model)

@@ -196,8 +196,9 @@ def test_committed_results_are_the_same_runs_as_todays_config(run, compose):
     for changed in ("model.dtype=bfloat16", "model.lora.r=4", "fault.step=2"):
         other = OmegaConf.to_container(compose(*overrides, changed), resolve=True)
         assert config_differences(run_identity(summary["config"]), run_identity(other)), changed
-    memory = OmegaConf.to_container(compose(*overrides, "model.gradient_checkpointing=true"), resolve=True)
-    assert config_differences(run_identity(summary["config"]), run_identity(memory)) == []
+    for speed in ("model.gradient_checkpointing=true", "model.compile_generation=true"):
+        memory = OmegaConf.to_container(compose(*overrides, speed), resolve=True)
+        assert config_differences(run_identity(summary["config"]), run_identity(memory)) == [], speed
 
 
 def test_the_world_names_the_run_and_joins_the_benchmark_sweep(monkeypatch):
