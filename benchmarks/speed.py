@@ -295,7 +295,7 @@ def write(rows: list[dict], a, device: torch.device, out: Path) -> Path:
         w.writerows(rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     versions = package_versions()
-    L = ["# Speed, side by side", "",
+    L = ["<!-- Speed, side by side: written by rlhf_bench.benchmarks.speed -->",  # a comment: quoted, it is no heading
          f"`python -m rlhf_bench.benchmarks.speed {' '.join(sys.argv[1:]) if a.argv is None else ' '.join(a.argv)}`",
          "", f"Device: {device} ({name}), {a.dtype}, torch threads {torch.get_num_threads()}; "
          f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, trl {versions.get('trl')}. "
