@@ -1,7 +1,7 @@
 """The socket algorithms plug into.
 
 An algorithm declares what it needs from the shared loop and supplies its loss; the harness
-(``benchmarks/trainer.py``) owns the models, the optimizer, the loop, evaluation, logging and
+(``benchmarks/training/trainer.py``) owns the models, the optimizer, the loop, evaluation, logging and
 outputs.
 
 Declarations (class attributes):
@@ -27,7 +27,7 @@ import torch
 from rlhf_bench.benchmarks.config import AlgorithmConfig
 from rlhf_bench.benchmarks.evaluation import EvalPolicy, LMPolicy
 from rlhf_bench.benchmarks.models import SequenceBatch
-from rlhf_bench.benchmarks.targets import PI_STAR, Objective
+from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, Objective
 
 Tensors = dict[str, torch.Tensor]
 
@@ -76,8 +76,8 @@ class Algorithm:
     @classmethod
     def convergence_target(cls, cfg: Any) -> Objective:
         """What this objective converges to with exact expectations (the bandit's convergence
-        table, ``benchmarks/convergence.py``): ``pi*_beta`` unless a plugin says otherwise, with the
-        solver of its own fixed point or, where none is derived, the reason (``benchmarks/targets.py``)."""
+        table, ``benchmarks/studies/convergence.py``): ``pi*_beta`` unless a plugin says otherwise, with the
+        solver of its own fixed point or, where none is derived, the reason (``benchmarks/evaluation/targets.py``)."""
         return PI_STAR
 
     def eval_policy(self) -> EvalPolicy:

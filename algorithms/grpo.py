@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of, positive
-from rlhf_bench.benchmarks.targets import PI_STAR, Objective, grpo_objective
+from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, Objective, grpo_objective
 
 from .base import Algorithm
 from .losses import sequence_logratio
@@ -62,7 +62,7 @@ class GRPO(Algorithm):
 
     @classmethod
     def convergence_target(cls, cfg):
-        """k3 in the loss: the fixed point of benchmarks/targets.py:grpo_k3_target (not pi*_beta). On
+        """k3 in the loss: the fixed point of benchmarks/evaluation/targets.py:grpo_k3_target (not pi*_beta). On
         responses of equal length the three aggregations scale both terms alike and share it."""
         if cfg.kl_in == "loss" and cfg.scale_rewards in ("group", "none"):
             return grpo_objective(cfg.responses_per_prompt, cfg.scale_rewards)

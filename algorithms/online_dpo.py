@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of
-from rlhf_bench.benchmarks.targets import PI_STAR, Objective
+from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, Objective
 
 from .base import Algorithm
 from .dpo import pair_logratios

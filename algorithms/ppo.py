@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig, check, non_negative, one_of, positive
-from rlhf_bench.benchmarks.targets import PI_STAR, PPO_K3_REWARD_ILL_POSED, Objective
+from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, PPO_K3_REWARD_ILL_POSED, Objective
 
 from .base import Algorithm
 from .losses import (AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, masked_whiten,

@@ -88,7 +88,7 @@ load_algorithms()
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_MODULE}", config_name="config")
 def hydra_main(cfg: DictConfig) -> float | None:
     from .data import DataError
-    from .runs import run
+    from .training.runs import run
 
     quiet_libraries()
     run_dir = Path(HydraConfig.get().runtime.output_dir)
@@ -123,7 +123,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 def only_main_process_logs_to_files(device: str) -> bool:
     """Under ``accelerate launch``, the other processes stop writing the run's log file (the main
     process writes it, and every run file). Returns whether this is the main process."""
-    from .distributed import Distributed
+    from .runtime.distributed import Distributed
 
     if Distributed(device).is_main:
         return True

@@ -1,8 +1,8 @@
 """Helpers of the algorithm tests (test_algorithms.py, test_trl_dpo.py).
 
 Everything here is built without the shared stages: tiny randomly initialised GPT-2 models over a
-small task world, wired into a :class:`rlhf_bench.benchmarks.context.Context` exactly as
-``rlhf_bench.benchmarks.runs.run`` wires them (policy and reference with dropout disabled, reference
+small task world, wired into a :class:`rlhf_bench.benchmarks.training.context.Context` exactly as
+``rlhf_bench.benchmarks.training.runs.run`` wires them (policy and reference with dropout disabled, reference
 frozen, value model from the reward-model architecture). This keeps the algorithm tests fast
 (seconds) and independent of SFT/RM training.
 """
@@ -18,7 +18,7 @@ from rlhf_bench.benchmarks.config import BanditTaskConfig, ModelConfig, Sentimen
 from rlhf_bench.benchmarks.models import build_policy, build_reward_model, disable_dropout, freeze
 from rlhf_bench.benchmarks.rollout import RolloutEngine
 from rlhf_bench.benchmarks.tasks import build_task
-from rlhf_bench.benchmarks.context import Context, PreferenceBatch
+from rlhf_bench.benchmarks.training.context import Context, PreferenceBatch
 from rlhf_bench.benchmarks.utils import make_generator
 
 DEVICE = torch.device("cpu")
@@ -61,7 +61,7 @@ def perturb_(model: torch.nn.Module, scale: float = 0.05, seed: int = 123) -> to
 
 def make_context(task, base_lm, *, reward_model=None, value_model=None, pairs=None, temperature: float = 1.0,
                  seed: int = 0, keep_dropout: bool = False, logit_mask: Optional[torch.Tensor] = None) -> Context:
-    """Wire a Context as ``rlhf_bench.benchmarks.runs.run`` does: ``ref = freeze(disable_dropout(sft))``,
+    """Wire a Context as ``rlhf_bench.benchmarks.training.runs.run`` does: ``ref = freeze(disable_dropout(sft))``,
     ``policy = disable_dropout(sft)`` (a separate copy), ``value_model = disable_dropout(rm)``.
 
     ``keep_dropout=True`` skips ``disable_dropout`` on the policy (to show what the harness prevents).

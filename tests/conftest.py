@@ -16,7 +16,7 @@ Everything expensive is built once per test session and shared:
 - :func:`bandit_evaluator` (session): an :class:`~rlhf_bench.benchmarks.evaluation.Evaluator` on the bandit
   eval prompts; its ``table`` holds the exact (prompt x response) gold/proxy/reference tables.
 - :func:`run_config` (function): ``run_config(bundle, *overrides)`` composes a full run config for
-  ``rlhf_bench.benchmarks.runs.run`` that reuses the bundle's cached shared stages.
+  ``rlhf_bench.benchmarks.training.runs.run`` that reuses the bundle's cached shared stages.
 
 Threads: torch runs single-threaded (the machine is small and shared; more threads only slow the
 tiny models down). Subprocesses inherit ``OMP_NUM_THREADS=1``.
@@ -209,7 +209,7 @@ def bandit_evaluator(bandit) -> Evaluator:
 @pytest.fixture
 def run_config() -> Callable[..., DictConfig]:
     """``run_config(bundle, "algorithm=best_of_n", "seed=1")``: a run config on the bundle's task
-    and cache (shared stages reused), ready for ``rlhf_bench.benchmarks.runs.run(cfg, run_dir)``."""
+    and cache (shared stages reused), ready for ``rlhf_bench.benchmarks.training.runs.run(cfg, run_dir)``."""
 
     def make(bundle: Bundle, *overrides: str) -> DictConfig:
         return compose_config(*bundle.overrides, *overrides, cache_dir=bundle.cfg.cache_dir)

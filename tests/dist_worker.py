@@ -5,7 +5,7 @@ processes, against the same step on the whole batch in one process.
 Every process builds the same trainer (same seeds, same cached shared stages), samples the same
 global batch with one shared generator and runs ``prepare`` on it; each then computes the loss on
 its share of the groups, and the gradients are averaged across processes (the trainer's own
-:meth:`~rlhf_bench.benchmarks.distributed.Distributed.average_gradients`). The main process also
+:meth:`~rlhf_bench.benchmarks.runtime.distributed.Distributed.average_gradients`). The main process also
 computes the gradient of the whole batch's loss, alone, and writes both to ``OUT`` (JSON):
 ``max_abs_diff``, ``max_abs_grad`` and the number of processes.
 
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import compose_config  # noqa: E402
 
 from rlhf_bench.benchmarks.config import validate  # noqa: E402
-from rlhf_bench.benchmarks.distributed import Distributed  # noqa: E402
-from rlhf_bench.benchmarks.trainer import Trainer  # noqa: E402
+from rlhf_bench.benchmarks.runtime.distributed import Distributed  # noqa: E402
+from rlhf_bench.benchmarks.training.trainer import Trainer  # noqa: E402
 
 
 def gradients(trainer: Trainer) -> torch.Tensor:
@@ -48,7 +48,7 @@ def loss_gradient(trainer: Trainer, data: dict[str, torch.Tensor], average: bool
 def offline_shares(trainer: Trainer, out: str) -> None:
     """Offline pairs: three steps of every process's share, gathered, against the single-process
     source (process 0's generator) on the same data: the shares must tile its batches."""
-    from rlhf_bench.benchmarks.sources import OfflineSource
+    from rlhf_bench.benchmarks.training.sources import OfflineSource
     from rlhf_bench.benchmarks.utils import derive_seed, make_generator
 
     dist = trainer.dist

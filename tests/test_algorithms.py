@@ -25,7 +25,7 @@ from rlhf_bench.algorithms.p3o import P3O, P3OConfig
 from rlhf_bench.algorithms.ppo import PPO, PPOConfig
 from rlhf_bench.algorithms.registry import get_algorithm
 from rlhf_bench.benchmarks.models import SequenceBatch
-from rlhf_bench.benchmarks.context import split_groups
+from rlhf_bench.benchmarks.training.context import split_groups
 from rlhf_bench.benchmarks.utils import make_generator
 
 torch.set_num_threads(1)

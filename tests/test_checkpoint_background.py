@@ -1,4 +1,4 @@
-"""Checkpoints written in the background (benchmarks/checkpoint.py, ``checkpoint.background``): what is
+"""Checkpoints written in the background (benchmarks/runtime/checkpoint.py, ``checkpoint.background``): what is
 written is the state when save returned, a failed write is raised, and a run interrupted after a
 background checkpoint resumes to the bit of one that never stopped."""
 
@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 
-from rlhf_bench.benchmarks.checkpoint import Checkpoints
-from rlhf_bench.benchmarks.runs import run
+from rlhf_bench.benchmarks.runtime.checkpoint import Checkpoints
+from rlhf_bench.benchmarks.training.runs import run
 
 
 def test_the_background_write_holds_the_state_of_its_step(tmp_path, monkeypatch):

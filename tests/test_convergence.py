@@ -8,7 +8,7 @@ Every run uses the gold reward and the bandit's tuned settings (conf/tuned/bandi
 - Held out: at a beta and a seed that no committed result uses (beta 0.45, seed 7), each online
   algorithm whose target is pi*_beta (RLOO and REINFORCE++ included) reaches efficiency >= 0.95 with
   its KL within 10% of KL(pi*_beta || pi_ref).
-- GRPO with beta*k3 in the loss targets another policy (benchmarks/targets.py:grpo_k3_target, solved
+- GRPO with beta*k3 in the loss targets another policy (benchmarks/evaluation/targets.py:grpo_k3_target, solved
   exactly on the run's tables): at each beta of the grid its KL is within 25% of that target's (the
   tolerance of the online methods against pi*_beta above) and its KL to that target is under 15% of
   its KL to pi*_beta.
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_bench.benchmarks.convergence import ALGORITHMS, BETAS, convergence_grid
+from rlhf_bench.benchmarks.studies.convergence import ALGORITHMS, BETAS, convergence_grid
 
 HELD_OUT_BETA, HELD_OUT_SEED = 0.45, 7
 

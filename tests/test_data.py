@@ -1,4 +1,4 @@
-"""Dataset row validation (benchmarks/data.py): a bad row fails before training with one line
+"""Dataset row validation (benchmarks/data/): a bad row fails before training with one line
 naming the source, the row and the expected columns."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from pathlib import Path
 import datasets
 import pytest
 
-from rlhf_bench.benchmarks import data, runs
+from rlhf_bench.benchmarks import data
+from rlhf_bench.benchmarks.training import runs
 from rlhf_bench.benchmarks.config import ConfigError, validate
 from rlhf_bench.benchmarks.data import (INT, PREFERENCE_COLUMNS, STR, Column, DataError, check_dataset, check_rows,
                                         list_of, load_dataset_dir, load_preferences, preference_check, read_jsonl)

@@ -1,4 +1,4 @@
-"""The compiled decode step (benchmarks/decode.py, ``model.compile_generation``): with a static KV cache and a
+"""The compiled decode step (benchmarks/rollout/decode.py, ``model.compile_generation``): with a static KV cache and a
 ``torch.compile``d step, the sampler draws the tokens the eager loop draws from the same noise, on
 left-padded prompts of several lengths, a logit mask and a temperature; a second batch of the same shape
 runs the compiled graph again without compiling anew; the cache goes to the model under the name its
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from rlhf_bench.benchmarks.decode import cache_kwarg, forward_cached
+from rlhf_bench.benchmarks.rollout.decode import cache_kwarg, forward_cached
 from rlhf_bench.benchmarks.rollout import sample_responses
 from rlhf_bench.benchmarks.utils import make_generator
 

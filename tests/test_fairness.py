@@ -16,7 +16,7 @@ from rlhf_bench.algorithms.losses import masked_mean
 from rlhf_bench.algorithms.ppo import PPO, PPOConfig
 from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
 from rlhf_bench.benchmarks.config import validate
-from rlhf_bench.benchmarks.context import split_groups
+from rlhf_bench.benchmarks.training.context import split_groups
 
 PENALTY = -1.75  # the task's missing-EOS reward in these tests: a value no reward model produces
 

@@ -12,10 +12,10 @@ import math
 import pytest
 import torch
 
-from rlhf_bench.benchmarks.checkpoint import Checkpoints, JsonlFile
+from rlhf_bench.benchmarks.runtime.checkpoint import Checkpoints, JsonlFile
 from rlhf_bench.benchmarks.config import ConfigError, validate
-from rlhf_bench.benchmarks.faults import first_nonfinite
-from rlhf_bench.benchmarks.runs import run
+from rlhf_bench.benchmarks.runtime.faults import first_nonfinite
+from rlhf_bench.benchmarks.training.runs import run
 
 FAULTS = [  # (algorithm, quantity, value, the quantity named in the reason)
     ("ppo", "reward", "nan", "reward"),

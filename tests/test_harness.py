@@ -21,7 +21,7 @@ from hydra.core.config_store import ConfigStore
 from rlhf_bench.algorithms.base import Algorithm
 from rlhf_bench.algorithms.baselines import BestOfNPolicy
 from rlhf_bench.algorithms.registry import available_algorithms, register_algorithm
-from rlhf_bench.benchmarks import runs
+from rlhf_bench.benchmarks.training import runs
 from rlhf_bench.benchmarks.config import AlgorithmConfig, ModelConfig
 from rlhf_bench.benchmarks.evaluation import (LMPolicy, kl_and_reward, optimal_frontier, optimal_point, optimal_reward_at_kl,
                                    tilted)

@@ -1,4 +1,4 @@
-"""Real preference data (benchmarks/hf_data.py): every accepted format, from every file type, read
+"""Real preference data (benchmarks/data/formats.py): every accepted format, from every file type, read
 with ``datasets`` and converted into the suite's internal forms; conversations rendered with the
 chat template; bad rows named in one line; the fixtures of tests/hf_fixtures.py."""
 
@@ -14,9 +14,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl.data_utils import apply_chat_template, maybe_extract_prompt
 
-from rlhf_bench.benchmarks import hf_data
+from rlhf_bench.benchmarks.data import formats as hf_data
 from rlhf_bench.benchmarks.data import DataError, Format, STR, screen_dataset
-from rlhf_bench.benchmarks.hf_data import load_data, load_rows, prefix_prompts, to_pairs
+from rlhf_bench.benchmarks.data.formats import load_data, load_rows, prefix_prompts, to_pairs
 
 from hf_fixtures import (CHAT_TEMPLATE, EOS, FLAT_FORMATS, NEGATIVE, POSITIVE, SUBJECTS, format_rows, make_datasets,
                          make_gpt2, make_judge, make_tokenizer, review_corpus, write_jsonl)

@@ -144,9 +144,9 @@ def test_lora_trains_adapters_only_and_the_reference_is_the_base(hub, tmp_path, 
     from transformers import AutoModelForCausalLM
 
     from rlhf_bench.benchmarks.config import validate
-    from rlhf_bench.benchmarks.lora import AdaptersOff
-    from rlhf_bench.benchmarks.logprobs import token_logprobs
-    from rlhf_bench.benchmarks.trainer import Trainer
+    from rlhf_bench.benchmarks.models.lora import AdaptersOff
+    from rlhf_bench.benchmarks.models.logprobs import token_logprobs
+    from rlhf_bench.benchmarks.training.trainer import Trainer
 
     cfg = compose(*SMALL, f"model.pretrained={hub['root'] / 'gpt2'}", "model.lora.r=4", "algorithm=ppo",
                   "algorithm.lr=1e-2", f"task.preference_data={hub['preference.jsonl']}",
@@ -198,7 +198,7 @@ def test_a_lora_run_checkpoints_the_adapters_only_and_resumes_to_the_same_policy
     from omegaconf import OmegaConf
 
     from rlhf_bench.benchmarks.config import validate
-    from rlhf_bench.benchmarks.trainer import Trainer
+    from rlhf_bench.benchmarks.training.trainer import Trainer
 
     args = [*SMALL, f"model.pretrained={hub['root'] / 'gpt2'}", "model.lora.r=4", "algorithm=ppo",
             f"task.preference_data={hub['preference.jsonl']}", "task.judge.fn=hf_fixtures:word_judge",

@@ -1,4 +1,4 @@
-"""``task=hf`` piece by piece (benchmarks/tasks/hf.py, benchmarks/lora.py's AdaptersOff) on the
+"""``task=hf`` piece by piece (benchmarks/tasks/hf/, benchmarks/models/lora.py's AdaptersOff) on the
 fixtures of tests/hf_fixtures.py: token conventions (EOS, prompt and response limits, pad), the
 prompt split and its held-out prompts removed from the training data, column maps, row limits,
 bad rows, the gold reward, and the LoRA policy seen as its base model."""
@@ -14,12 +14,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from hf_fixtures import EOS, NEGATIVE, POSITIVE, SUBJECTS, format_rows, make_datasets, make_gpt2, make_tokenizer, \
     word_judge, write_jsonl
-from rlhf_bench.benchmarks.batches import SequenceBatch
+from rlhf_bench.benchmarks.models.batches import SequenceBatch
 from rlhf_bench.benchmarks.config import ConfigError, LoraSettings, ModelConfig
-from rlhf_bench.benchmarks.config_hf import HFTaskConfig, JudgeConfig
+from rlhf_bench.benchmarks.tasks.hf.config import HFTaskConfig, JudgeConfig
 from rlhf_bench.benchmarks.data import DataError
-from rlhf_bench.benchmarks.lora import AdaptersOff, apply_lora
-from rlhf_bench.benchmarks.logprobs import backbone, token_logprobs
+from rlhf_bench.benchmarks.models.lora import AdaptersOff, apply_lora
+from rlhf_bench.benchmarks.models.logprobs import backbone, token_logprobs
 from rlhf_bench.benchmarks.tasks.hf import HFTask
 
 N = 12  # rows per fixture file; the 12 SUBJECTS, one per row

@@ -1,4 +1,4 @@
-"""Gold judges of ``task=hf`` (benchmarks/judges.py): a sequence-classification model read with its
+"""Gold judges of ``task=hf`` (benchmarks/tasks/hf/judges.py): a sequence-classification model read with its
 own tokenizer (logit or probability of a named or numbered class, or a scalar model's single
 output; prompt + response or the response alone; inputs cut to the model's positions), a
 ``module:function`` judge, the one-line errors of both, and the config checks around them."""
@@ -16,8 +16,8 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2
 
 from hf_fixtures import make_datasets, make_judge, make_tokenizer
 from rlhf_bench.benchmarks.config import ConfigError, validate
-from rlhf_bench.benchmarks.config_hf import JudgeConfig
-from rlhf_bench.benchmarks.judges import FunctionJudge, JudgeError, ModelJudge, build_judge, max_positions
+from rlhf_bench.benchmarks.tasks.hf.config import JudgeConfig
+from rlhf_bench.benchmarks.tasks.hf.judges import FunctionJudge, JudgeError, ModelJudge, build_judge, max_positions
 
 CPU = torch.device("cpu")
 PROMPTS = ["The film", "This movie", "The plot", "Every scene"]

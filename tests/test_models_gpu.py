@@ -12,7 +12,7 @@ import torch
 
 from model_fixtures import V, allowing, full_logprobs, mixed_batch, tiny_gpt2, value_and_grads
 from rlhf_bench.benchmarks.config import ConfigError, ModelConfig, validate
-from rlhf_bench.benchmarks.logprobs import NEG, row_logprobs
+from rlhf_bench.benchmarks.models.logprobs import NEG, row_logprobs
 from rlhf_bench.benchmarks.models import (SequenceBatch, build_policy, checkpointing_enabled, configure_memory,
                                           dtype_kwargs, lm_loss, position_ids, token_kl, token_logprobs, torch_dtype)
 

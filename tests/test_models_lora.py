@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from model_fixtures import mixed_batch, tiny_gpt2, tiny_scorer, value_and_grads
 from rlhf_bench.benchmarks.config import LoraSettings, ModelConfig
-from rlhf_bench.benchmarks.lora import (adapters_disabled, apply_lora, merge_adapters, reference_logprobs,
+from rlhf_bench.benchmarks.models.lora import (adapters_disabled, apply_lora, merge_adapters, reference_logprobs,
                                         trainable_parameters)
 from rlhf_bench.benchmarks.models import (configure_memory, reward_scores, token_kl, token_logprobs, token_values,
                                           vocab_size)

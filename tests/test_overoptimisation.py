@@ -1,6 +1,6 @@
-"""Reward-model over-optimisation (Gao et al. 2022): the fits of benchmarks/gao_fits.py, the curves and the fits
-over worlds of benchmarks/gao_worlds.py (gains over each world's own SFT base; t-intervals over worlds, one world
-as before), the analysis of benchmarks/overoptimisation.py on synthetic sweeps, conf/benchmark/overoptimisation.yaml
+"""Reward-model over-optimisation (Gao et al. 2022): the fits of benchmarks/studies/gao_fits.py, the curves and the fits
+over worlds of benchmarks/studies/gao_worlds.py (gains over each world's own SFT base; t-intervals over worlds, one world
+as before), the analysis of benchmarks/studies/overoptimisation.py on synthetic sweeps, conf/benchmark/overoptimisation.yaml
 composing and validating (both of its documented commands), and a tiny end-to-end sweep through the real CLI (slow).
 
 Fast except the last test: no model is trained; sweeps are synthetic run directories in tmp_path, named and
@@ -32,11 +32,11 @@ from scipy import stats
 
 from conftest import COMMON_OVERRIDES, CONF_DIR
 from rlhf_bench.algorithms.registry import get_algorithm, load_algorithms
-from rlhf_bench.benchmarks import gao_fits as gf
-from rlhf_bench.benchmarks import gao_worlds as gw
-from rlhf_bench.benchmarks import overoptimisation as oo
+from rlhf_bench.benchmarks.studies import gao_fits as gf
+from rlhf_bench.benchmarks.studies import gao_worlds as gw
+from rlhf_bench.benchmarks.studies import overoptimisation as oo
 from rlhf_bench.benchmarks.config import SWEEP_OVERRIDES_ENV, register_configs, validate
-from rlhf_bench.benchmarks.report_loading import ReportWarning
+from rlhf_bench.benchmarks.report.loading import ReportWarning
 
 D = np.linspace(0.0, 3.0, 61)
 

@@ -30,7 +30,10 @@ def test_wheel_has_one_top_level_import_name(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"rlhf_bench"}, top
-    for folder in ("algorithms", "benchmarks", "benchmarks/tasks", "conf"):
+    folders = [p.parent.relative_to(REPO).as_posix() for top in ("algorithms", "benchmarks", "conf")
+               for p in (REPO / top).rglob("__init__.py")]
+    assert len(folders) > 10 and "benchmarks/tasks/hf" in folders
+    for folder in folders:  # every package, or a forgotten one would be missing from the wheel silently
         assert f"rlhf_bench/{folder}/__init__.py" in names, folder
     assert "rlhf_bench/conf/config.yaml" in names and "rlhf_bench/conf/algorithm/ppo.yaml" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))

@@ -1,4 +1,4 @@
-"""Time per phase (benchmarks/phases.py): the timer's bookkeeping, and a run's time.jsonl, summary.json and
+"""Time per phase (benchmarks/runtime/phases.py): the timer's bookkeeping, and a run's time.jsonl, summary.json and
 report holding it."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from rlhf_bench.benchmarks.phases import PHASES, STEP_PHASES, PhaseTimer
-from rlhf_bench.benchmarks.report_verdicts import phase_table
-from rlhf_bench.benchmarks.runs import run
+from rlhf_bench.benchmarks.runtime.phases import PHASES, STEP_PHASES, PhaseTimer
+from rlhf_bench.benchmarks.report.sections import phase_table
+from rlhf_bench.benchmarks.training.runs import run
 
 
 def test_a_phase_inside_another_counts_toward_the_outer_one():

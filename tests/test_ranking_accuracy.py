@@ -25,9 +25,9 @@ import torch
 
 from rlhf_bench.algorithms.baselines import BestOfNPolicy
 from rlhf_bench.benchmarks import report as rep
-from rlhf_bench.benchmarks import runs
+from rlhf_bench.benchmarks.training import runs
 from rlhf_bench.benchmarks.evaluation import Evaluator, LMPolicy, ResponseTable
-from rlhf_bench.benchmarks.ranking import HeldoutPairs, ranking_accuracies, ranking_accuracy
+from rlhf_bench.benchmarks.evaluation.ranking import HeldoutPairs, ranking_accuracies, ranking_accuracy
 from rlhf_bench.benchmarks.stages import expand_pairs
 
 COLUMNS = ("ranking_accuracy", "ranking_accuracy_gold")

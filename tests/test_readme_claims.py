@@ -1,5 +1,5 @@
 """The README states no comparison that its committed results do not support
-(:mod:`rlhf_bench.benchmarks.quotes`): its quoted blocks equal the committed files, and every
+(:mod:`rlhf_bench.benchmarks.report.quotes`): its quoted blocks equal the committed files, and every
 comparison it states in the report's form agrees with the pooled row of the committed
 ``comparisons.csv`` it belongs to. A stated direction against the CSV fails here."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhf_bench.benchmarks.quotes import BLOCK, STATEMENT, block_errors, refresh, statement_errors
+from rlhf_bench.benchmarks.report.quotes import BLOCK, STATEMENT, block_errors, refresh, statement_errors
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from conftest import COMMON_OVERRIDES, CONF_DIR
 from rlhf_bench.algorithms.registry import load_algorithms
 from rlhf_bench.benchmarks.config import register_configs, validate
-from rlhf_bench.benchmarks.config_hf import HFTaskConfig
+from rlhf_bench.benchmarks.tasks.hf.config import HFTaskConfig
 
 RECIPES = ("imdb", "tldr", "hh")
 SWEPT_ALGORITHMS = {"sft", "best_of_n", "ppo", "dpo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "grpo",

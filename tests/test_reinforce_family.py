@@ -23,7 +23,7 @@ from rlhf_bench.algorithms.reinforce_losses import (aggregate, grpo_advantages, 
 from rlhf_bench.algorithms.reinforce_pp import ReinforcePP, ReinforcePPConfig
 from rlhf_bench.algorithms.rloo import RLOO, RLOOConfig
 from rlhf_bench.benchmarks.config import ConfigError
-from rlhf_bench.benchmarks.context import split_groups
+from rlhf_bench.benchmarks.training.context import split_groups
 from rlhf_bench.benchmarks.utils import make_generator
 
 torch.set_num_threads(1)

@@ -1,4 +1,4 @@
-"""Tests of the report module (benchmarks/report.py) and its statistics (benchmarks/stats.py).
+"""Tests of the report module (benchmarks/report/) and its statistics (benchmarks/report/stats.py).
 
 Fast: no model is trained; sweeps are synthetic run directories written into tmp_path.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rlhf_bench.benchmarks import report as rep
-from rlhf_bench.benchmarks.stats import mean_ci, pareto_front, wilson_interval, win_rate
+from rlhf_bench.benchmarks.report.stats import mean_ci, pareto_front, wilson_interval, win_rate
 
 # --------------------------------------------------------------------------------- synthetic runs
 TRAINED = {"ppo": 0.75, "dpo": 0.6, "p3o_v2": 0.9}  # share of the optimal gain each reaches

@@ -1,4 +1,4 @@
-"""The report on sweeps with broken runs (benchmarks/report_loading.py, benchmarks/report_files.py):
+"""The report on sweeps with broken runs (benchmarks/report/loading.py, benchmarks/report/files.py):
 failed runs (``"status": "failed"`` in summary.json), unfinished runs (no summary.json) and unreadable
 runs (a JSON file with a line that is not a JSON object) are left out of every table and listed, with
 their reason, in report.md's "Runs left out", in one warning line each, in :func:`left_out_runs` and in

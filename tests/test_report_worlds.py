@@ -1,4 +1,4 @@
-"""The report across worlds (benchmarks/report_verdicts.py, benchmarks/report_worlds.py): the pooled and
+"""The report across worlds (benchmarks/report/sections.py, benchmarks/report/worlds.py): the pooled and
 per-world rows of comparisons.csv, the claims per world and pooled, what explains the spread, the
 per-β / all-β note, verdicts.md, and the one-world sentence.
 
@@ -15,8 +15,8 @@ import pytest
 from scipy import stats
 
 from rlhf_bench.benchmarks import report as rep
-from rlhf_bench.benchmarks.report_worlds import beta_section, one_world_lines
-from rlhf_bench.benchmarks.verdicts import Gap, WorldGap
+from rlhf_bench.benchmarks.report.worlds import beta_section, one_world_lines
+from rlhf_bench.benchmarks.report.verdicts import Gap, WorldGap
 from test_report_worlds_plots import make_world_sweep
 
 
@@ -81,7 +81,7 @@ def test_the_spread_section_names_each_worlds_reward_model_and_gaps(built):
 def test_the_spread_reads_each_worlds_sft_reward_off_its_trained_runs_not_best_of_n():
     from types import SimpleNamespace
 
-    from rlhf_bench.benchmarks.report_worlds import world_metrics
+    from rlhf_bench.benchmarks.report.worlds import world_metrics
 
     def run(world, steps, kl, gold):
         return SimpleNamespace(world=world, steps=steps, summary={},
@@ -119,7 +119,7 @@ def test_beta_section_cites_a_comparison_whose_all_beta_sign_every_beta_opposes(
 
 
 def test_reproduction_counts_flips(tmp_path):
-    from rlhf_bench.benchmarks import reproduction
+    from rlhf_bench.benchmarks.studies import reproduction
 
     one, two = tmp_path / "one", tmp_path / "two"
     for d in (one, two):
@@ -149,7 +149,7 @@ def test_reproduction_counts_flips(tmp_path):
 
 def test_reproduction_reads_mutual_coverage_off_both_intervals():
     """Each estimate inside the other's interval, only one inside, neither, and no interval."""
-    from rlhf_bench.benchmarks import reproduction
+    from rlhf_bench.benchmarks.studies import reproduction
 
     key = dict(task="bandit", reward_model="learned", beta="all", a="ppo", b="dpo")
 
@@ -166,6 +166,6 @@ def test_reproduction_reads_mutual_coverage_off_both_intervals():
 
 
 def load_runs_of(sweep):
-    from rlhf_bench.benchmarks.report_loading import load_runs
+    from rlhf_bench.benchmarks.report.loading import load_runs
 
     return load_runs([sweep])[0]

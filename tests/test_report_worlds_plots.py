@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rlhf_bench.benchmarks.report_loading import load_runs
-from rlhf_bench.benchmarks.report_plots import frontier_figure, plot_frontier
-from rlhf_bench.benchmarks.report_plots_worlds import plot_worlds, worlds_figure
-from rlhf_bench.benchmarks.report_worlds import claim_comparisons
-from rlhf_bench.benchmarks.verdicts import pairwise_gaps
+from rlhf_bench.benchmarks.report.loading import load_runs
+from rlhf_bench.benchmarks.report.plots import frontier_figure, plot_frontier
+from rlhf_bench.benchmarks.report.plots_worlds import plot_worlds, worlds_figure
+from rlhf_bench.benchmarks.report.worlds import claim_comparisons
+from rlhf_bench.benchmarks.report.verdicts import pairwise_gaps
 
 QUALITY = {"dpo": 0.6, "ppo": 0.75, "p3o_v2": 0.9}  # share of the optimal gain each reaches
 OFFSET = {0: 0.0, 1: 3.0, 2: -2.0}  # each world's SFT gold reward: not comparable between worlds

@@ -1,4 +1,4 @@
-"""Sampling on the model's device (benchmarks/rollout.py, benchmarks/utils.py, benchmarks/budget.py): the
+"""Sampling on the model's device (benchmarks/rollout/, benchmarks/utils.py, benchmarks/training/budget.py): the
 exponential race draws the tokens ``torch.multinomial`` draws on the CPU and leaves the generator where it
 leaves it, so every committed CPU result is unchanged; a generator on the model's device samples without
 host copies; the end-of-generation check may run every few tokens without changing the batch; devices
@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_bench.benchmarks.budget import TokenCounter
+from rlhf_bench.benchmarks.training.budget import TokenCounter
 from rlhf_bench.benchmarks.models import NEG, SequenceBatch, pad_left, position_ids
 from rlhf_bench.benchmarks.rollout import draw_tokens, sample_responses
 from rlhf_bench.benchmarks.utils import concrete_device, make_generator, same_device

@@ -1,4 +1,4 @@
-"""The side-by-side speed command (benchmarks/speed.py) at a tiny size on the CPU: it runs the harness's
+"""The side-by-side speed command (benchmarks/studies/speed.py) at a tiny size on the CPU: it runs the harness's
 sampler against ``generate`` and training steps against trl's trainers, and writes its table."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import csv
 import hf_fixtures as fx
 import pytest
 
-from rlhf_bench.benchmarks import speed
+from rlhf_bench.benchmarks.studies import speed
 
 
 @pytest.fixture(scope="module")

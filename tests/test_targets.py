@@ -1,4 +1,4 @@
-"""Exact limits of the objectives on a small enumerable bandit (``benchmarks/targets.py``).
+"""Exact limits of the objectives on a small enumerable bandit (``benchmarks/evaluation/targets.py``).
 
 Small random tables (A = 3, L = 2, a few prompts, float64). Every expected value is computed
 independently of the module: tilted distributions, explicit loops over groups, and autograd of a
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rlhf_bench.benchmarks.evaluation import tilted
-from rlhf_bench.benchmarks.targets import (D, GroupAdvantage, conditionals, distances, drift, grpo_k3_target,
+from rlhf_bench.benchmarks.evaluation.targets import (D, GroupAdvantage, conditionals, distances, drift, grpo_k3_target,
                                            k1_reward_target, ppo_k3_reward_limit, reverse_kl_optimum,
                                            semi_gradient_flow, sequences)
 

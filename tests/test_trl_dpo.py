@@ -30,7 +30,7 @@ import torch
 
 from algo_fixtures import make_context, preference_batch, random_pairs, sentiment_task, tiny_lm
 from rlhf_bench.algorithms.dpo import DPO, DPOConfig
-from rlhf_bench.benchmarks.context import split_groups
+from rlhf_bench.benchmarks.training.context import split_groups
 
 torch.set_num_threads(1)
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import compose_config
-from rlhf_bench.benchmarks import tuning
+from rlhf_bench.benchmarks.studies import tuning
 
 
 def transcribed_score(run_dir: Path, kl_max: float) -> float:

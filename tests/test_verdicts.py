@@ -1,5 +1,5 @@
 """Fronts, pairwise gaps with bootstrap intervals, convergence flags and claims
-(benchmarks/frontiers.py, benchmarks/verdicts.py), on runs whose answers are known by construction."""
+(benchmarks/report/frontiers.py, benchmarks/report/verdicts.py), on runs whose answers are known by construction."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from rlhf_bench.benchmarks.frontiers import front_of, gap_between, mean_gain, pareto_points
-from rlhf_bench.benchmarks.verdicts import claim_rows, convergence_flags, find_gap, pairwise_gaps
+from rlhf_bench.benchmarks.report.frontiers import front_of, gap_between, mean_gain, pareto_points
+from rlhf_bench.benchmarks.report.verdicts import claim_rows, convergence_flags, find_gap, pairwise_gaps
 
 SFT = 0.5
 

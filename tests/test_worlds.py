@@ -1,4 +1,4 @@
-"""Verdicts across worlds (benchmarks/worlds.py, benchmarks/verdicts.py, benchmarks/coverage.py):
+"""Verdicts across worlds (benchmarks/report/pooling.py, benchmarks/report/verdicts.py, benchmarks/studies/coverage.py):
 the pooled interval's formulas against direct transcriptions, comparisons paired within worlds, and
 the coverage of the verdicts measured by simulation from a known two-level model at the sizes the
 suite runs, against the intervals over seeds that ignore the worlds."""
@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from rlhf_bench.benchmarks import coverage
-from rlhf_bench.benchmarks.coverage import REGIMES, SIZES, SimRun, TwoLevelModel
-from rlhf_bench.benchmarks.verdicts import claim_rows, find_gap, pairwise_gaps, world_origins
-from rlhf_bench.benchmarks.worlds import correlation, pooled, two_level_mean_ci, variance_components
+from rlhf_bench.benchmarks.studies import coverage
+from rlhf_bench.benchmarks.studies.coverage import REGIMES, SIZES, SimRun, TwoLevelModel
+from rlhf_bench.benchmarks.report.verdicts import claim_rows, find_gap, pairwise_gaps, world_origins
+from rlhf_bench.benchmarks.report.pooling import correlation, pooled, two_level_mean_ci, variance_components
 
 
 # ------------------------------------------------------------------------------- the formulas

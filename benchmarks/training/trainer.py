@@ -1,0 +1,443 @@
+"""The shared training loop. Every algorithm runs through :func:`~.runs.run`: a :class:`Trainer` owns the
+models, the data source, the optimizer, the loop, evaluation, logging, checkpoints and the run's
+output files:
+
+- ``eval.jsonl``: one row per evaluation (``step, kl, kl_k1, reward_gold, reward_proxy, length, ...``,
+  ``ranking_accuracy`` and ``ranking_accuracy_gold`` on the shared held-out preference pairs)
+- ``train.jsonl``: the algorithm's training metrics per step, with the cumulative budget
+  (:mod:`~rlhf_bench.benchmarks.training.budget`); ``time.jsonl``: the wall time of each step and, in rows
+  of their own, of each evaluation (``time/eval_seconds``; kept apart, so that the other files are
+  bitwise reproducible)
+- ``samples.jsonl``: final evaluation prompts, responses and both rewards
+- ``optimal_frontier.csv``: the exact optimal KL-reward frontier (enumerable tasks)
+- ``summary.json``: ``status`` (finished or failed, with the reason), final metrics, budget, resolved
+  config, package versions, git revision, wall time
+- ``run_config.json``: the configuration the directory belongs to, written when the run starts
+- ``checkpoints/``: the last checkpoint (:mod:`~rlhf_bench.benchmarks.runtime.checkpoint`) while the run is
+  unfinished or failed; a finished run deletes it
+- ``policy/``: the final policy (``save_pretrained``), for trained algorithms
+
+Read top to bottom: setup (``Trainer.__init__``), the loop (``fit``, ``train_step``, ``update``,
+``evaluate``), checkpoints (``state_dict``, ``resume``), the outputs (``finish``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from rlhf_bench.algorithms.registry import get_algorithm
+
+from .budget import Budget
+from ..runtime.checkpoint import Checkpoints, JsonlFile, rng_state, set_rng_state
+from ..config import ConfigError, run_label
+from .context import Context, split_groups
+from ..runtime.distributed import Distributed
+from ..evaluation import Evaluator, LMPolicy
+from ..runtime.faults import FaultInjector, FiniteChecks, NonFiniteError
+from ..runtime.loggers import NullLogger, build_logger
+from ..models.lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
+from ..models import configure_memory, disable_dropout, freeze
+from ..runtime.phases import PhaseTimer
+from ..rollout import RolloutEngine
+from ..runtime.rundir import summary_header
+from .sources import make_source
+from ..stages import SharedStages, expand_pairs
+from ..tasks import build_task
+from ..utils import (adamw, atomic_write_text, derive_seed, git_revision, make_generator, numerics, package_versions,
+                    resolve_device, sampling_generator, seed_everything, to_jsonable)
+
+log = logging.getLogger(__name__)
+
+
+def show_progress(setting: Optional[bool]) -> bool:
+    """Progress bars: as set, or (``null``) in a terminal and outside multiruns, whose parallel
+    jobs would interleave their bars; a multirun's runs log one line per evaluation instead."""
+    if setting is not None:
+        return bool(setting)
+    return sys.stderr.isatty() and _hydra_group() is None
+
+
+def _hydra_group() -> Optional[str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hc = HydraConfig.get()
+        return Path(hc.sweep.dir).name if hc.mode.name == "MULTIRUN" else None
+    except Exception:
+        return None
+
+
+def _pair_table(task, ds) -> list[tuple[list[int], list[int], list[int]]]:
+    pairs = expand_pairs(ds)
+    return [(task.encode_prompt(p), task.encode_response(c), task.encode_response(r)) for p, c, r in
+            zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])]
+
+
+# --------------------------------------------------------------------------------------- trainer
+class Trainer:
+    """One run. Its state (models, optimizer, scheduler, data source, random generators, budget,
+    algorithm, run files) is explicit: :meth:`state_dict` is a checkpoint, and a step depends only
+    on it."""
+
+    FILES = ("eval", "train", "time")  # <name>.jsonl, appended to step by step
+
+    # ----------------------------------------------------------------------------------- setup
+    def __init__(self, cfg: DictConfig, groups: dict[str, Any], run_dir: Path, resolved: dict,
+                 dist: Optional[Distributed] = None):
+        self.t_start = time.time()
+        self.cfg, self.run_dir, self.resolved = cfg, run_dir, resolved
+        self.dist = dist or Distributed(cfg.device)
+        self.tcfg, self.rmcfg, self.acfg = groups["task"], groups["reward_model"], groups["algorithm"]
+        self.step, self.row, self.samples, self.files = 0, None, [], {}
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.device = self.dist.device if self.dist.active and self.dist.device.type == "cuda" else \
+            resolve_device(cfg.device)  # several processes on GPUs: one GPU each
+        self.spec = get_algorithm(self.acfg.name)
+        self.progress = show_progress(cfg.progress) and self.dist.is_main
+        self.checks, self.fault = FiniteChecks(self.acfg.label), FaultInjector(groups["fault"])
+        self.checkpoint_every = groups["checkpoint"].every
+        ckpt = groups["checkpoint"]
+        self.checkpoints = Checkpoints(run_dir, ckpt.keep, background=ckpt.background if ckpt.background is not None
+                                       else self.device.type != "cpu")
+        self.mcfg = groups["model"]
+        self.task = build_task(self.tcfg, model=self.mcfg, device=self.device, cache_dir=cfg.cache_dir)
+        stages = SharedStages(self.task, self.tcfg, self.mcfg, self.rmcfg, cfg.cache_dir, self.device,
+                              progress=self.progress)
+        self.art = self._prepare_shared(stages)
+        self.t_shared = time.time()
+        self._build_models(stages)
+        self.steps = self.tcfg.steps if self.source is not None else 0
+        models = [self.policy] + ([self.value_model] if self.value_model is not None else [])
+        self.params = [p for m in models for p in m.parameters() if p.requires_grad]  # LoRA: the adapters (and head)
+        self.opt = adamw(self.params, lr=self.acfg.lr, weight_decay=self.acfg.weight_decay) if self.steps else None
+        decay = (lambda s: max(0.0, 1.0 - s / self.steps)) if self.acfg.lr_schedule == "linear" else (lambda s: 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, decay) if self.steps else None
+        self.resume_from = self.checkpoints.latest() if self.steps else None
+        with self.budget.tokens.paused():  # evaluation is not training (and its tables may be cached)
+            self._build_evaluation(groups)
+
+    def _prepare_shared(self, stages: SharedStages):
+        """The shared stages: the main process builds (or reuses) them while the others wait, then
+        the others reuse them (transformers saves models from rank 0 only). A failure to build is
+        raised on every process."""
+        if not self.dist.active:
+            return stages.prepare()
+        art, error = None, None
+        if self.dist.is_main:
+            try:
+                art = stages.prepare()
+            except Exception as e:  # noqa: BLE001 - handed to every process, then raised
+                error = e
+        error = self.dist.broadcast(error)
+        if error is not None:
+            raise error
+        return art if self.dist.is_main else stages.prepare()
+
+    def _build_models(self, stages: SharedStages) -> None:
+        """Policy, reference, reward model and (PPO) value model. With ``model.lora.r > 0`` the
+        policy and the value model train adapters on frozen bases, and the reference and the reward
+        model are those same models with their adapters disabled (:class:`~.lora.AdaptersOff`)."""
+        cfg, tcfg, mcfg = self.cfg, self.tcfg, self.mcfg
+        seed_everything(cfg.seed)
+        rank = () if self.dist.rank == 0 else (f"process{self.dist.rank}",)  # process 0: the single-process stream
+        self.generator = make_generator(derive_seed(cfg.seed, "train", *rank))
+        # the tokens' stream: this generator on the CPU, one on the model's device elsewhere
+        self.sampling = sampling_generator(self.generator, self.device, cfg.seed, "train", *rank)
+        cls, lora = self.spec.cls, mcfg.lora.r > 0
+        self.policy = configure_memory(disable_dropout(stages.load_sft(self.art)), mcfg)
+        self.value_model = None
+        if lora:
+            self.policy = apply_lora(self.policy, mcfg.lora)
+            ref = AdaptersOff(self.policy)
+        else:
+            ref = freeze(disable_dropout(stages.load_sft(self.art)))
+        if cls.uses_value_model:
+            self.value_model = configure_memory(disable_dropout(stages.load_reward_model(self.art)), mcfg)
+            if lora:
+                self.value_model = apply_lora(self.value_model, mcfg.lora)
+        rm = AdaptersOff(self.value_model) if lora and self.value_model is not None else \
+            freeze(stages.load_reward_model(self.art))
+        self.engine = RolloutEngine(self.task, ref, rm, reward_kind=self.rmcfg.kind, temperature=tcfg.temperature,
+                                    device=self.device, missing_eos_penalty=tcfg.missing_eos_penalty,
+                                    chunk_tokens=mcfg.logprob_chunk_tokens, compiled=mcfg.compile_generation)
+        self.ctx = Context(task=self.task, policy=self.policy, ref_model=ref, reward_model=rm, engine=self.engine,
+                           device=self.device, generator=self.generator, reward_kind=self.rmcfg.kind,
+                           artifacts=self.art, value_model=self.value_model)
+        if cls.data == "offline":
+            self.ctx.pairs = _pair_table(self.task, self.art.preferences("train"))
+        self.algo = cls(self.acfg, self.ctx)
+        self.budget = Budget()
+        self.budget.tokens.attach(*(m for m in (self.policy, ref, rm, self.value_model) if not isinstance(m, AdaptersOff)))
+        self.phases = self.engine.timer = PhaseTimer(self.device)
+        with self.phases.phase("prepare"):
+            self.algo.setup()  # e.g. reference log-probs of the offline pairs: counted in the budget
+        self.source = make_source(cls.data, engine=self.engine, task=self.task, pairs=self.ctx.pairs,
+                                  prompts_per_step=tcfg.prompts_per_step,
+                                  responses_per_prompt=self.algo.responses_per_prompt, seed=cfg.seed,
+                                  generator=self.generator, sampling=self.sampling, share=self.dist.share,
+                                  broadcast=self.dist.broadcast)
+
+    def _build_evaluation(self, groups: dict[str, Any]) -> None:
+        """Evaluation, the exact frontier and the logger: the main process's (the only one that
+        evaluates and writes)."""
+        a, seed = self.acfg, self.cfg.seed
+        self.name = run_label(a.label, a.beta, self.cfg.task.seed, seed, self.spec.cls.beta_independent)
+        self.evaluator, self.logger = None, NullLogger()
+        if not self.dist.is_main:
+            return
+        self.evaluator = Evaluator(self.engine, self.task.eval_prompts, seed=self.tcfg.eval_seed,
+                                   cache_dir=self.art.reward_model_dir, heldout=self.art.preferences("heldout"))
+        if self.task.enumerable:
+            with open(self.run_dir / "optimal_frontier.csv", "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=["reward", "beta", "kl", "reward_value"])
+                w.writeheader()
+                w.writerows(self.evaluator.frontier_rows())
+        previous = (self.resume_from or {}).get("logger")
+        self.logger = build_logger(groups["logger"], self.run_dir, self.resolved, name=self.name, job_type=a.label,
+                                   group=_hydra_group(), resume=previous)
+
+    # ------------------------------------------------------------------------------------ loop
+    def fit(self) -> dict[str, Any]:
+        """Steps ``start + 1 .. steps`` (from scratch, or after the last checkpoint), then the outputs."""
+        start = self.resume(self.resume_from) if self.resume_from else self.begin()
+        bar = tqdm(range(start + 1, self.steps + 1), desc=self.name, disable=not self.progress,
+                   initial=start, total=self.steps)
+        for step in bar:
+            self.step = self.checks.step = self.fault.current = step
+            self.train_step(step)
+            if (step % self.tcfg.eval_every == 0 or step == self.steps) and self.evaluate(step):
+                judge = "gold" if self.task.has_gold else "proxy"  # a task without a judge: proxy only
+                bar.set_postfix(kl=f"{self.row['kl']:.3f}", **{judge: f"{self.row['reward_' + judge]:.3f}"})
+                if not self.progress:
+                    log.info("%s step %d/%d: KL %.3f, %s reward %.3f", self.name, step, self.steps,
+                             self.row["kl"], judge, self.row["reward_" + judge])
+            if self.checkpoint_every and (step % self.checkpoint_every == 0 or step == self.steps):
+                self.save_checkpoint(step)
+        bar.close()
+        return self.finish()
+
+    def begin(self) -> int:
+        if self.dist.is_main:
+            self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl") for name in self.FILES}
+        self.evaluate(0)
+        return 0
+
+    def _write(self, name: str, row: dict[str, Any]) -> None:
+        if name in self.files:  # the main process's files (none elsewhere)
+            self.files[name].write(row)
+
+    def _agree(self, check: Callable[[], None]) -> None:
+        """Run a finiteness check on every process; when it fails on any, all of them stop (none is
+        left waiting in a collective). With one process: just the check."""
+        error = None
+        try:
+            check()
+        except NonFiniteError as e:
+            error = e
+        if self.dist.any(error is not None):
+            raise error or NonFiniteError(f"non-finite value on another process at step {self.step} "
+                                          f"(algorithm {self.acfg.label})")
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One step: the source's batch, ``prepare``, then ``epochs x minibatches`` gradient updates."""
+        t0 = time.time()
+        acfg, algo = self.acfg, self.algo
+        self.phases.take_step()  # the evaluation and checkpoint before this step have rows of their own
+        self.policy.train()
+        batch, stats = self.source.next(self.policy)  # generation, scoring, logprobs (the engine's phases)
+        self.budget.responses_sampled += self.source.responses_in(batch)
+        self.fault.rollout(batch)
+        self._agree(lambda: self.checks.rollout(batch))
+        with self.phases.phase("prepare"):
+            data = algo.prepare(batch)
+        self.fault.prepared(data)
+        self._agree(lambda: self.checks.prepared(data))
+        sums: dict[str, float] = {}
+        with self.phases.phase("update"):
+            for _ in range(acfg.epochs):
+                for mb in split_groups(data, algo.group_size, acfg.minibatches, self.generator):
+                    for k, v in self.update(mb).items():
+                        sums[k] = sums.get(k, 0.0) + float(v)
+        self.sched.step()
+        n = acfg.epochs * acfg.minibatches
+        stats.update({k: v / n for k, v in sums.items()})
+        stats["train/lr"] = self.sched.get_last_lr()[0]
+        stats = self.dist.mean_metrics(stats)  # the whole batch's, on every process (PPO's KL controller reads it)
+        stats.update(algo.after_update(stats))
+        stats.update(self.budget_totals(prefix="budget/"))
+        self._write("train", to_jsonable({"step": step, **stats}))
+        seconds = time.time() - t0
+        self.budget.train_seconds += seconds
+        timing = {"time/step_seconds": seconds, "time/train_seconds": self.budget.train_seconds,
+                  **self.phases.take_step()}
+        self._write("time", {"step": step, **timing})
+        self.logger.log({**stats, **timing}, step)
+        return stats
+
+    def budget_totals(self, prefix: str = "") -> dict[str, Any]:
+        """The budget of the whole run: counts summed over processes (updates and seconds are
+        each process's, the same on all)."""
+        state = self.budget.state_dict()
+        summed = [k for k in state if k not in ("gradient_updates", "train_seconds")]
+        totals = self.dist.mean_metrics(state, summed=summed)
+        return {f"{prefix}{k}": v for k, v in totals.items() if not (prefix and k == "train_seconds")}
+
+    def update(self, mb: dict[str, torch.Tensor]) -> dict[str, Any]:
+        """One gradient update. ``train/grad_norm`` is the norm before clipping, logged for every
+        algorithm; ``task.max_grad_norm`` (one rule for all) clips when > 0. A non-finite loss or
+        gradient norm stops the run before the optimizer steps."""
+        loss, metrics = self.algo.loss(mb)
+        loss = self.fault.loss(loss)
+        self._agree(lambda: self.checks.check("loss", loss))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.dist.average_gradients(self.params)  # the whole batch's gradient (identity with one process)
+        self.fault.gradients(self.params)
+        limit = self.tcfg.max_grad_norm if self.tcfg.max_grad_norm > 0 else float("inf")
+        metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, limit, foreach=True)
+        self.checks.check("gradient norm", metrics["train/grad_norm"])
+        self.opt.step()
+        self.budget.add_update(len(mb["response_mask"]), self.algo.group_size)
+        return metrics
+
+    def evaluate(self, step: int) -> bool:
+        """Evaluate the current policy on the held-out prompts (not counted in the budget), on the
+        main process: returns whether it did."""
+        if not self.dist.is_main:
+            return False
+        t0 = time.time()
+        self.policy.eval()
+        with self.budget.tokens.paused(), self.phases.phase("evaluation"):
+            eval_policy = self.algo.eval_policy()
+            if step == 0 and isinstance(eval_policy, LMPolicy) and eval_policy.model is self.policy:
+                self.row, self.samples = self.evaluator.evaluate_reference(eval_policy, step)  # still the SFT base
+            else:
+                self.row, self.samples = self.evaluator.evaluate(eval_policy, step)
+        self.policy.train()
+        self._write("eval", to_jsonable(self.row))
+        self._write("time", {"step": step, "time/eval_seconds": time.time() - t0})  # wall time: kept apart
+        self.logger.log({f"eval/{k}": v for k, v in self.row.items() if k != "step"}, step)
+        return True
+
+    # ------------------------------------------------------------------------------ checkpoints
+    def _process_state(self) -> dict[str, Any]:
+        """What differs between the processes of a run: random streams, data order, budget."""
+        return {"rng": rng_state(self.generator, self.sampling), "source": self.source.state_dict(),
+                "budget": self.budget.state_dict()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next step depends on, and where each run file ends. With several
+        processes (a collective: every process calls it), ``processes`` holds each one's own part."""
+        state = {"step": self.step, "policy": trained_state(self.policy),
+                 "value_model": trained_state(self.value_model) if self.value_model is not None else None,
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 **self._process_state(), "algorithm": self.algo.state_dict(),
+                 "last_eval": {"row": self.row, "samples": self.samples}, "logger": self.logger.state_dict(),
+                 "phases": self.phases.state_dict(),
+                 "files": {name: f.position() for name, f in self.files.items()}}
+        if self.dist.active:
+            state["processes"] = self.dist.gather(self._process_state())
+        return state
+
+    def save_checkpoint(self, step: int) -> None:
+        t0 = time.time()
+        with self.phases.phase("checkpoint"):
+            state = self.state_dict()
+            if self.dist.is_main:
+                self.checkpoints.save(state, step)
+        timing = {"time/checkpoint_seconds": time.time() - t0}
+        self._write("time", {"step": step, **timing})  # after the recorded length: rewritten on resume
+        self.logger.log(timing, step)
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Load a checkpoint; the run files are cut back to where it says they ended."""
+        load_trained_state(self.policy, state["policy"])
+        if self.value_model is not None:
+            load_trained_state(self.value_model, state["value_model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        processes = state.get("processes") or [state]
+        if len(processes) != self.dist.world:
+            raise ConfigError(f"{self.run_dir}: its checkpoint was written by a run on {len(processes)} process(es); "
+                              f"resume it on as many, not {self.dist.world}")
+        own = processes[self.dist.rank]
+        set_rng_state(own["rng"], self.generator, self.sampling)
+        self.source.load_state_dict(own["source"])
+        self.budget.load_state_dict(own["budget"])
+        self.algo.load_state_dict(state["algorithm"])
+        self.phases.load_state_dict(state.get("phases"))
+        self.row, self.samples = state["last_eval"]["row"], state["last_eval"]["samples"]
+        if self.dist.is_main:
+            self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl", state["files"].get(name))
+                          for name in self.FILES}
+        self.step = state["step"]
+        log.info("%s: resuming from the checkpoint of step %d/%d", self.name, self.step, self.steps)
+        return self.step
+
+    # --------------------------------------------------------------------------------- outputs
+    def _model_summary(self) -> dict[str, Any]:
+        """Whether the task has a gold reward and, for real models, the parameters trained (older
+        runs, of the synthetic tasks, lack these keys)."""
+        out = {} if self.task.has_gold else {"gold_reward": False}
+        if self.mcfg.pretrained:
+            trainable, total = trainable_parameters(self.policy)
+            out["gold_reward"] = self.task.has_gold
+            out["policy_parameters"] = {"trainable": trainable, "total": total, "lora_r": self.mcfg.lora.r}
+        return out
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
+        self.budget.tokens.detach()
+        self.logger.finish()
+
+    def finish(self) -> dict[str, Any]:
+        """samples.jsonl, policy/ and summary.json (by the main process); then the training state
+        is deleted."""
+        run_dir, acfg, art = self.run_dir, self.acfg, self.art
+        self.checkpoints.wait()  # a background write still going: it ends (or fails) here
+        budget = self.budget_totals()  # a collective: every process takes part
+        if not self.dist.is_main:
+            self.close()
+            return {"status": "finished", "budget": budget, "process": self.dist.rank}
+        with open(run_dir / "samples.jsonl", "w") as f:
+            for s in self.samples:
+                f.write(json.dumps(s) + "\n")
+        if self.steps:  # with LoRA, the adapters only (README: merging them into the base)
+            self.policy.save_pretrained(run_dir / "policy")
+            self.task.tokenizer.save_pretrained(run_dir / "policy")
+        summary = {
+            **summary_header(self.resolved, self.spec.cls.beta_independent, "finished"),
+            "steps": self.steps, "final": self.row, "budget": budget, "distributed": self.dist.summary(),
+            "shared": {"metrics": art.metrics, "reused": art.reused,
+                       "dirs": {"sft": str(art.sft_dir), "preferences": str(art.preferences_dir),
+                                "reward_model": str(art.reward_model_dir)}},
+            "resumed_from_step": self.resume_from["step"] if self.resume_from else None,
+            **self._model_summary(),
+            "wall_time_seconds": time.time() - self.t_start, "shared_stage_seconds": self.t_shared - self.t_start,
+            "train_seconds": time.time() - self.t_shared, "config": self.resolved, "versions": package_versions(),
+            "numerics": numerics(), **self.phases.summary(),
+            "git_revision": git_revision(), "run_dir": str(run_dir),
+        }
+        if self.task.summary():
+            summary["data"] = self.task.summary()
+        if self.task.enumerable and self.spec.cls.data != "none":
+            reward = "gold" if self.rmcfg.kind == "gold" else "proxy"
+            kl_opt, r_opt = self.evaluator.optimal_at_beta(acfg.beta, reward)
+            summary["optimal_at_beta"] = {"kl": kl_opt, "reward_value": r_opt, "reward": reward}
+        self.logger.summary({f"final/{k}": v for k, v in self.row.items()})
+        self.close()
+        atomic_write_text(run_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2))
+        self.checkpoints.clear()
+        return summary
