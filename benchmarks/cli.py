@@ -26,9 +26,9 @@ from hydra.types import RunMode
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_bench.algorithms.registry import load_algorithms
-
+from . import tasks  # noqa: F401  (every built-in task and its schema, registered before the schemas are stored)
 from .config import SWEEP_OVERRIDES_ENV, ConfigError, register_configs, sweep_overrides, validate
+from .plugins import load_algorithms
 
 log = logging.getLogger("rlhf_bench")
 DEFAULT_BENCHMARK = "bandit"

@@ -28,7 +28,8 @@ from rlhf_bench.benchmarks.evaluation import (LMPolicy, kl_and_reward, optimal_f
 from rlhf_bench.benchmarks.models import (SequenceBatch, build_policy, build_reward_model, disable_dropout, hidden_scores,
                                last_token_index, position_ids, response_logits, reward_scores, score_batch,
                                token_logprobs)
-from rlhf_bench.benchmarks.stages import STAGE_FILES, SharedStages, expand_pairs, plackett_luce_ranking, ranking_loss
+from rlhf_bench.benchmarks.data import expand_pairs
+from rlhf_bench.benchmarks.stages import STAGE_FILES, SharedStages, plackett_luce_ranking, ranking_loss
 from rlhf_bench.benchmarks.utils import check_manifest, make_generator
 
 

@@ -12,8 +12,8 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from model_fixtures import mixed_batch, tiny_gpt2, tiny_scorer, value_and_grads
 from rlhf_bench.benchmarks.config import LoraSettings, ModelConfig
-from rlhf_bench.benchmarks.models.lora import (adapters_disabled, apply_lora, merge_adapters, reference_logprobs,
-                                        trainable_parameters)
+from rlhf_bench.benchmarks.models.lora import (AdaptersOff, adapters_disabled, apply_lora, merge_adapters,
+                                               trainable_parameters)
 from rlhf_bench.benchmarks.models import (configure_memory, reward_scores, token_kl, token_logprobs, token_values,
                                           vocab_size)
 
@@ -55,8 +55,8 @@ def test_lora_trains_a_small_fraction_on_peft_default_modules():
 def test_the_reference_is_the_base_with_adapters_disabled_before_and_after_a_step():
     """Adapted log-probs start equal to the base's (lora_B = 0) and move after one step on the
     adapters; with adapters disabled they equal the untouched base's exactly, before and after,
-    and the adapters are back on after the block. token_kl with ref_model=None uses the same
-    disabled-adapter reference as a separate copy of the base would."""
+    and the adapters are back on after the block. token_kl against the policy seen with its adapters off
+    (AdaptersOff, the harness's LoRA reference) is token_kl against a separate copy of the base."""
     base_copy, batch = tiny_gpt2(), mixed_batch()
     policy = apply_lora(tiny_gpt2(), R4)
     with torch.no_grad():
@@ -66,12 +66,12 @@ def test_the_reference_is_the_base_with_adapters_disabled_before_and_after_a_ste
     assert all(p.grad is None for n, p in policy.named_parameters() if "lora_" not in n)
     with torch.no_grad():
         adapted = token_logprobs(policy, batch, 0.7)
-        assert torch.equal(reference_logprobs(policy, batch, 0.7), base_lp)
+        assert torch.equal(token_logprobs(AdaptersOff(policy), batch, 0.7), base_lp)
         with adapters_disabled(policy):
             assert torch.equal(token_logprobs(policy, batch, 0.7), base_lp)
         assert torch.equal(token_logprobs(policy, batch, 0.7), adapted)  # back on after the block
     assert (adapted - base_lp).abs().max() > 1e-3
-    kl_self, k1_self = token_kl(policy, None, batch, 0.7, chunk_tokens=3)
+    kl_self, k1_self = token_kl(policy, AdaptersOff(policy), batch, 0.7, chunk_tokens=3)
     kl_copy, k1_copy = token_kl(policy, base_copy, batch, 0.7, chunk_tokens=3)
     assert torch.equal(kl_self, kl_copy) and torch.equal(k1_self, k1_copy)
     assert kl_self.max() > 1e-4

@@ -28,7 +28,7 @@ from rlhf_bench.benchmarks import report as rep
 from rlhf_bench.benchmarks.training import runs
 from rlhf_bench.benchmarks.evaluation import Evaluator, LMPolicy, ResponseTable
 from rlhf_bench.benchmarks.evaluation.ranking import HeldoutPairs, ranking_accuracies, ranking_accuracy
-from rlhf_bench.benchmarks.stages import expand_pairs
+from rlhf_bench.benchmarks.data import expand_pairs
 
 COLUMNS = ("ranking_accuracy", "ranking_accuracy_gold")
 

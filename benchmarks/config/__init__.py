@@ -392,7 +392,7 @@ def run_identity(cfg: dict) -> dict:
     """What a run computes: its resolved config without :data:`NON_IDENTITY_KEYS`, and without
     ``algorithm.beta`` for algorithms that do not depend on beta (``sft``, ``best_of_n``), so that
     a sweep over beta runs them once per seed."""
-    from rlhf_bench.algorithms.registry import get_algorithm
+    from ..plugins import get_algorithm
 
     ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
     if not (ident.get("fault") or {}).get("step"):
@@ -435,7 +435,7 @@ def run_name(*, _root_: DictConfig) -> str:
     lands in one directory and runs once. Other overrides of the job that change what it computes
     (``algorithm.lr=1e-4``) are appended, abbreviated to a hash when long.
     """
-    from rlhf_bench.algorithms.registry import get_algorithm
+    from ..plugins import get_algorithm
 
     algo = _root_.algorithm
     parts = [run_label(str(algo.label), algo.beta, _root_.task.seed, _root_.seed,
@@ -487,12 +487,13 @@ def sweep_dir(*, _root_: DictConfig) -> str:
 
 
 def register_configs() -> None:
-    """Register the schemas in Hydra's ConfigStore and the directory-name resolvers (idempotent)."""
+    """Register the schemas in Hydra's ConfigStore and the directory-name resolvers (idempotent). A task's
+    schema is in :data:`TASK_SCHEMAS` once its module is imported (``import rlhf_bench.benchmarks.tasks``
+    imports every built-in one); configuration imports no task."""
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
     if not OmegaConf.has_resolver("sweep_dir"):
         OmegaConf.register_new_resolver("sweep_dir", sweep_dir)
-    from .. import config_hf  # noqa: F401  (registers task=hf's schema in TASK_SCHEMAS)
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
@@ -501,7 +502,7 @@ def register_configs() -> None:
     cs.store(group="schema/model", name="model", node=ModelConfig)
     cs.store(group="schema/reward_model", name="reward_model", node=RewardModelConfig)
     cs.store(group="schema/logger", name="logger", node=LoggerConfig)
-    # Algorithm schemas are stored by the registry (algorithms/registry.py) as "schema/algorithm/<name>".
+    # Algorithm schemas are stored by the registry (benchmarks/plugins.py) as "schema/algorithm/<name>".
 
 
 # -------------------------------------------------------------------------------- validation
@@ -522,7 +523,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     the run needs from this machine: the device exists, ``model.pretrained`` is an existing
     directory or a well-formed hub id, and ``cache_dir`` can be written.
     """
-    from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
+    from ..plugins import available_algorithms, get_algorithm
 
     out: dict[str, Any] = {}
     for group in ("task", "model", "reward_model", "logger"):

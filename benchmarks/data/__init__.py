@@ -378,3 +378,16 @@ def ranking_problem(row: Mapping[str, Any]) -> Optional[Problem]:
 def load_preferences(path: Path) -> datasets.Dataset:
     """A split of the preference data (a saved ``datasets.Dataset``), every row checked."""
     return load_dataset_dir(path, PREFERENCE_COLUMNS, preference_check(), min_rows=1)
+
+
+def expand_pairs(ds: datasets.Dataset) -> datasets.Dataset:
+    """Expand ranked lists into their C(K,2) ``prompt, chosen, rejected`` pairs."""
+    rows = {"prompt": [], "chosen": [], "rejected": []}
+    for ex in ds:
+        order = ex["ranking"]
+        for i in range(len(order)):
+            for j in range(i + 1, len(order)):
+                rows["prompt"].append(ex["prompt"])
+                rows["chosen"].append(ex["responses"][order[i]])
+                rows["rejected"].append(ex["responses"][order[j]])
+    return datasets.Dataset.from_dict(rows)

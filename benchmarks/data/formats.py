@@ -40,8 +40,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 import datasets
 import numpy as np
 
-from . import (INT, MESSAGES, STR, DataError, Format, Problem, RowCheck, column_names, fail, feature_fits,
-                   list_of, ranking_problem, screen_dataset)
+from . import (INT, MESSAGES, STR, DataError, Format, Problem, RowCheck, column_names, expand_pairs, fail,
+               feature_fits, list_of, ranking_problem, screen_dataset)
 from .sources import Rows, load_rows, one_line, open_source
 
 __all__ = ["load_rows", "load_data", "prepare", "detect_format", "format_columns", "to_internal", "to_pairs",
@@ -262,8 +262,7 @@ def _ranking_row(row: Mapping[str, Any], tokenizer, template_kwargs: dict) -> di
 
 def to_pairs(preferences: datasets.Dataset) -> datasets.Dataset:
     """The C(K,2) ``prompt, chosen, rejected`` pairs of ranked lists (:data:`PAIR_FORM`), chosen
-    ranked above rejected: :func:`~.stages.expand_pairs`."""
-    from ..stages import expand_pairs
+    ranked above rejected: :func:`~rlhf_bench.benchmarks.data.expand_pairs`."""
 
     return expand_pairs(preferences)
 

@@ -4,7 +4,7 @@ A policy ``pi`` ranks a pair ``(y_w, y_l)`` of a prompt ``x`` by its implicit re
 ``beta * log(pi(y|x) / pi_ref(y|x))``; ``beta > 0`` does not change the order, so the log-ratios are
 compared. The pairs are those of the shared preference stage's ``heldout`` split: each ranked list of
 K responses gives its C(K,2) pairs, oriented by the ranking label (chosen = ranked higher), as
-:func:`~.stages.expand_pairs` expands them.
+:func:`~rlhf_bench.benchmarks.data.expand_pairs` expands them.
 
 - ``ranking_accuracy``: the share of pairs whose chosen response has the larger log-ratio; a tie
   counts 1/2, so the reference policy itself (every log-ratio 0) scores exactly 0.5.

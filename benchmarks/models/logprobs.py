@@ -18,7 +18,6 @@ optional (``None``: every token allowed); one whose vocabulary is not the model'
 from __future__ import annotations
 
 import functools
-from contextlib import nullcontext
 from typing import Optional
 
 import torch
@@ -199,21 +198,15 @@ def token_kl(model, ref_model, batch: SequenceBatch, temperature: float = 1.0,
              logit_mask: Optional[torch.Tensor] = None,
              chunk_tokens: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token full-distribution KL(pi || pi_ref) and k1 ``log pi(y_t) - log pi_ref(y_t)``, both
-    (B, Tr), zero on padding, over chunks of positions. ``ref_model=None``: the reference is
-    ``model`` with its LoRA adapters disabled (:func:`.lora.adapters_disabled`)."""
-    from .lora import adapters_disabled
-
-    if ref_model is None:
-        ref, ref_ctx = model, functools.partial(adapters_disabled, model)
-    else:
-        ref, ref_ctx = ref_model, nullcontext
+    (B, Tr), zero on padding, over chunks of positions. A LoRA policy's reference is the policy seen with
+    its adapters disabled (:class:`.lora.AdaptersOff`), passed as ``ref_model`` like any other."""
+    ref = ref_model
     B, Tr = batch.response.shape
     check_logit_mask(model, logit_mask, Tr)
     check_logit_mask(ref, logit_mask, Tr)
     keep = batch.response_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
     h = response_hidden(model, batch).reshape(B * Tr, -1)[keep]  # (N, H)
-    with ref_ctx():
-        hq = response_hidden(ref, batch).reshape(B * Tr, -1)[keep]
+    hq = response_hidden(ref, batch).reshape(B * Tr, -1)[keep]
     tok, pos = batch.response.reshape(-1)[keep], keep % Tr
     mask = None if logit_mask is None else logit_mask.to(h.device)
     kl, k1 = [], []
@@ -221,8 +214,7 @@ def token_kl(model, ref_model, batch: SequenceBatch, temperature: float = 1.0,
     for i in range(0, len(keep), size):
         s = slice(i, i + size)
         lp = torch.log_softmax(masked_logits(model, h[s], pos[s], temperature, mask), -1)  # (n, V)
-        with ref_ctx():
-            lq = torch.log_softmax(masked_logits(ref, hq[s], pos[s], temperature, mask), -1)
+        lq = torch.log_softmax(masked_logits(ref, hq[s], pos[s], temperature, mask), -1)
         kl.append((lp.exp() * (lp - lq)).sum(-1))
         k1.append((lp - lq).gather(-1, tok[s].unsqueeze(-1)).squeeze(-1))
     out = torch.zeros(2, B * Tr, dtype=_logits_dtype(h.dtype), device=h.device)

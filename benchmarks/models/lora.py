@@ -8,8 +8,8 @@
   its head (peft's ``modules_to_save``).
 - :func:`adapters_disabled` (peft's ``disable_adapter()``) turns the adapted model back into its
   base: the frozen reference is the policy with adapters disabled, and the frozen reward model is
-  the LoRA value model with adapters disabled (the original head comes back with them).
-  :func:`reference_logprobs` computes the reference's log-probs that way.
+  the LoRA value model with adapters disabled (the original head comes back with them);
+  :class:`AdaptersOff` is that view, passed wherever a separate model would be.
 - ``model.save_pretrained(dir)`` on a ``PeftModel`` saves the adapters only (adapter_config.json,
   adapter_model.safetensors); :func:`merge_adapters` folds them into the base, the one-liner
   ``PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(out_dir)``.
@@ -26,7 +26,6 @@ from typing import Iterator, Optional
 import torch
 
 from .batches import SequenceBatch
-from .logprobs import token_logprobs
 
 SCALAR_HEADS = ("score", "classifier", "v_head")
 
@@ -120,15 +119,6 @@ class AdaptersOff:
 
     def __repr__(self) -> str:
         return f"AdaptersOff({type(self._target).__name__})"
-
-
-@torch.no_grad()
-def reference_logprobs(policy: torch.nn.Module, batch: SequenceBatch, temperature: float = 1.0,
-                       logit_mask: Optional[torch.Tensor] = None, chunk_tokens: Optional[int] = None) -> torch.Tensor:
-    """Per-token log-probs (B, Tr) of the reference policy, i.e. the LoRA ``policy`` with its
-    adapters disabled (no second copy of the weights), without gradients."""
-    with adapters_disabled(policy):
-        return token_logprobs(policy, batch, temperature, logit_mask, chunk_tokens)
 
 
 def trainable_parameters(model: torch.nn.Module) -> tuple[int, int]:

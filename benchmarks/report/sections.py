@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 from scipy import stats
 
-from ..runtime.phases import PHASES
+from ..runfiles import PHASES
 from .verdicts import FRACTION, WINDOW, Gap, WorldGap, budget_rows, claim_rows, convergence_flags
 
 GAP_COLUMNS = ["task", "reward_model", "beta", "a", "b", "world", "gap", "ci_low", "ci_high", "kl_range", "worlds",

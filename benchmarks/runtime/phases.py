@@ -1,6 +1,6 @@
 """Where a run's wall time goes: seconds per phase, per step and in total.
 
-Phases (:data:`PHASES`): ``generation`` (the policy sampling its responses), ``scoring`` (the reward
+Phases (:data:`~rlhf_bench.benchmarks.runfiles.PHASES`): ``generation`` (the policy sampling its responses), ``scoring`` (the reward
 model and the gold judge), ``logprobs`` (the policy's and the reference's log-probs of a rollout),
 ``prepare`` (the algorithm's own preparation of a batch: values, advantages, reference log-probs of
 offline pairs), ``update`` (the gradient updates), ``evaluation`` and ``checkpoint``. Each step's row
@@ -21,8 +21,7 @@ from typing import Iterator, Optional
 
 import torch
 
-PHASES = ("generation", "scoring", "logprobs", "prepare", "update", "evaluation", "checkpoint")
-STEP_PHASES = PHASES[:5]  # a training step's; evaluation and checkpoints have rows of their own
+from ..runfiles import PHASES, STEP_PHASES  # noqa: F401  (STEP_PHASES: the trainer's, through here)
 
 
 def synchronize(device: torch.device) -> None:

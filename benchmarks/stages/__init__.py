@@ -75,19 +75,6 @@ def ranking_loss(rewards: torch.Tensor, ranking: torch.Tensor) -> tuple[torch.Te
                   "rm/margin": pair_diff.mean().detach()}
 
 
-def expand_pairs(ds: datasets.Dataset) -> datasets.Dataset:
-    """Expand ranked lists into their C(K,2) ``prompt, chosen, rejected`` pairs."""
-    rows = {"prompt": [], "chosen": [], "rejected": []}
-    for ex in ds:
-        order = ex["ranking"]
-        for i in range(len(order)):
-            for j in range(i + 1, len(order)):
-                rows["prompt"].append(ex["prompt"])
-                rows["chosen"].append(ex["responses"][order[i]])
-                rows["rejected"].append(ex["responses"][order[j]])
-    return datasets.Dataset.from_dict(rows)
-
-
 def plackett_luce_ranking(scores: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
     """Sample rankings (B, K) from a Plackett-Luce model with utilities ``scores / temperature``
     (Gumbel-max trick); temperature 0 gives the noiseless order."""

@@ -85,7 +85,7 @@ def target_columns(run_dir: Path, cfg, beta: float, kl: float) -> dict:
     and for another target its KL to pi_ref, gold reward and KL(pi || target)."""
     from omegaconf import OmegaConf
 
-    from rlhf_bench.algorithms.registry import get_algorithm
+    from ..plugins import get_algorithm
     from ..evaluation import kl_and_reward
     from ..evaluation.targets import PI_STAR, distances, reverse_kl_optimum, target_table
 

@@ -318,7 +318,7 @@ def trained_algorithms() -> list[str]:
 
     from omegaconf import OmegaConf
 
-    from rlhf_bench.algorithms.registry import get_algorithm, load_algorithms
+    from ..plugins import get_algorithm, load_algorithms
 
     load_algorithms()
     out = []

@@ -13,7 +13,7 @@ from typing import Any, Optional
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from rlhf_bench.algorithms.registry import get_algorithm
+from ..plugins import get_algorithm
 
 from ..config import ConfigError, validate
 from ..runtime.distributed import Distributed

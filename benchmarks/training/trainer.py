@@ -35,7 +35,7 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from rlhf_bench.algorithms.registry import get_algorithm
+from ..plugins import get_algorithm
 
 from .budget import Budget
 from ..runtime.checkpoint import Checkpoints, JsonlFile, rng_state, set_rng_state
@@ -51,7 +51,8 @@ from ..runtime.phases import PhaseTimer
 from ..rollout import RolloutEngine
 from ..runtime.rundir import summary_header
 from .sources import make_source
-from ..stages import SharedStages, expand_pairs
+from ..data import expand_pairs
+from ..stages import SharedStages
 from ..tasks import build_task
 from ..utils import (adamw, atomic_write_text, derive_seed, git_revision, make_generator, numerics, package_versions,
                     resolve_device, sampling_generator, seed_everything, to_jsonable)
