@@ -12,5 +12,11 @@ from rlhf_bench.benchmarks.config import AlgorithmConfig
 from .base import Algorithm
 from .registry import available_algorithms, get_algorithm, load_algorithms, register_algorithm
 
-__all__ = ["Algorithm", "AlgorithmConfig", "available_algorithms", "get_algorithm", "load_algorithms",
-           "register_algorithm"]
+__all__ = [
+    "Algorithm",
+    "AlgorithmConfig",
+    "available_algorithms",
+    "get_algorithm",
+    "load_algorithms",
+    "register_algorithm",
+]

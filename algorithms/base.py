@@ -26,8 +26,8 @@ import torch
 
 from rlhf_bench.benchmarks.config import AlgorithmConfig
 from rlhf_bench.benchmarks.evaluation import EvalPolicy, LMPolicy
-from rlhf_bench.benchmarks.models import SequenceBatch
 from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, Objective
+from rlhf_bench.benchmarks.models import SequenceBatch
 
 Tensors = dict[str, torch.Tensor]
 
@@ -86,10 +86,15 @@ class Algorithm:
     # helpers ---------------------------------------------------------------------------------
     @staticmethod
     def batch_tensors(batch: SequenceBatch) -> Tensors:
-        return {"query": batch.query, "query_mask": batch.query_mask, "response": batch.response,
-                "response_mask": batch.response_mask}
+        return {
+            "query": batch.query,
+            "query_mask": batch.query_mask,
+            "response": batch.response,
+            "response_mask": batch.response_mask,
+        }
 
     @staticmethod
     def sequence_batch(mb: Tensors, prefix: str = "") -> SequenceBatch:
-        return SequenceBatch(mb[prefix + "query"], mb[prefix + "query_mask"], mb[prefix + "response"],
-                             mb[prefix + "response_mask"])
+        return SequenceBatch(
+            mb[prefix + "query"], mb[prefix + "query_mask"], mb[prefix + "response"], mb[prefix + "response_mask"]
+        )

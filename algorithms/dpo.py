@@ -49,8 +49,12 @@ class DPO(Algorithm):
 
     @classmethod
     def convergence_target(cls, cfg):
-        return Objective("none (offline data)", None, "the minimiser depends on the finite preference pairs: "
-                         "pi*_beta of the Bradley-Terry reward only in the limit of full coverage")
+        return Objective(
+            "none (offline data)",
+            None,
+            "the minimiser depends on the finite preference pairs: "
+            "pi*_beta of the Bradley-Terry reward only in the limit of full coverage",
+        )
 
     def setup(self) -> None:
         self.ref_cache = None
@@ -75,6 +79,7 @@ class DPO(Algorithm):
 
     def loss(self, mb):
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (2B, T)
-        chosen, rejected = pair_logratios(logprobs, mb["ref_logprobs"], mb["response_mask"],
-                                          average=self.cfg.loss_type == "ipo")
+        chosen, rejected = pair_logratios(
+            logprobs, mb["ref_logprobs"], mb["response_mask"], average=self.cfg.loss_type == "ipo"
+        )
         return dpo_loss(chosen, rejected, self.cfg.beta, self.cfg.loss_type)

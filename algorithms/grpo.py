@@ -48,8 +48,9 @@ class GRPOConfig(AlgorithmConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.responses_per_prompt >= 2, "responses_per_prompt", ">= 2 (a group baseline)",
-              self.responses_per_prompt)
+        check(
+            self.responses_per_prompt >= 2, "responses_per_prompt", ">= 2 (a group baseline)", self.responses_per_prompt
+        )
         positive(self, "clip_eps")
         one_of(self, "scale_rewards", GRPO_SCALES)
         one_of(self, "kl_in", ("loss", "reward"))
@@ -68,8 +69,11 @@ class GRPO(Algorithm):
             return grpo_objective(cfg.responses_per_prompt, cfg.scale_rewards)
         if cfg.kl_in == "reward" and cfg.scale_rewards == "none":
             return PI_STAR  # (G-1)/G (R - E R), R = r - beta k1: the reverse-KL optimum
-        return Objective(f"none (kl_in={cfg.kl_in}, scale_rewards={cfg.scale_rewards})", None,
-                         "no target derived for this combination")
+        return Objective(
+            f"none (kl_in={cfg.kl_in}, scale_rewards={cfg.scale_rewards})",
+            None,
+            "no target derived for this combination",
+        )
 
     @torch.no_grad()
     def prepare(self, rollout) -> dict[str, torch.Tensor]:
@@ -83,18 +87,34 @@ class GRPO(Algorithm):
             rewards = rewards - cfg.beta * kl  # a new tensor: the rollout's is untouched
         advantages = grpo_advantages(rewards, k, cfg.scale_rewards)  # (B,)
         groups = rollout.rewards.view(-1, k)
-        self._stats = {"grpo/score": rollout.rewards.mean().item(), "grpo/kl_seq": kl.mean().item(),
-                       "grpo/group_std": groups.std(1).mean().item(),
-                       "grpo/zero_std_groups": (groups.std(1) == 0).float().mean().item()}
-        return {**self.batch_tensors(rollout.batch), "old_logprobs": rollout.logprobs,
-                "ref_logprobs": rollout.ref_logprobs, "advantages": advantages}
+        self._stats = {
+            "grpo/score": rollout.rewards.mean().item(),
+            "grpo/kl_seq": kl.mean().item(),
+            "grpo/group_std": groups.std(1).mean().item(),
+            "grpo/zero_std_groups": (groups.std(1) == 0).float().mean().item(),
+        }
+        return {
+            **self.batch_tensors(rollout.batch),
+            "old_logprobs": rollout.logprobs,
+            "ref_logprobs": rollout.ref_logprobs,
+            "advantages": advantages,
+        }
 
     def loss(self, mb):
         cfg = self.cfg
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (B, T)
         kl_coef = cfg.beta if cfg.kl_in == "loss" else 0.0  # the KL is applied once: in the loss or in the reward
-        return grpo_loss(logprobs, mb["old_logprobs"], mb["ref_logprobs"], mb["advantages"], mb["response_mask"],
-                         kl_coef, cfg.clip_eps, cfg.loss_aggregation, self.ctx.task.max_new_tokens)
+        return grpo_loss(
+            logprobs,
+            mb["old_logprobs"],
+            mb["ref_logprobs"],
+            mb["advantages"],
+            mb["response_mask"],
+            kl_coef,
+            cfg.clip_eps,
+            cfg.loss_aggregation,
+            self.ctx.task.max_new_tokens,
+        )
 
     def after_update(self, metrics):
         return dict(getattr(self, "_stats", {}))

@@ -27,8 +27,9 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, 
     return (out if shift_mean else out + mean) * mask
 
 
-def sequence_logratio(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor,
-                      average: bool = False) -> torch.Tensor:
+def sequence_logratio(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, response_mask: torch.Tensor, average: bool = False
+) -> torch.Tensor:
     """``log pi(y|x) - log pi_ref(y|x)`` per sequence (B,), summed over response tokens, or averaged
     per token (IPO). Prompt tokens never enter: inputs are response-only (B, T)."""
     diff = (logprobs - ref_logprobs) * response_mask  # (B, T)
@@ -63,8 +64,9 @@ def ppo_token_rewards(scores: torch.Tensor, kl: torch.Tensor, response_mask: tor
     return rewards.scatter_add(1, last.unsqueeze(1), scores.unsqueeze(1).to(rewards.dtype))
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016, eq. 16) over response tokens.
 
     ``delta_t = r_t + gamma * V_{t+1} - V_t``, ``A_t = delta_t + gamma * lam * A_{t+1}``, with
@@ -84,8 +86,13 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, response_mask: torch.Tensor
     return advantages, (advantages + values) * response_mask
 
 
-def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    response_mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, Metrics]:
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, Metrics]:
     """PPO clipped surrogate (Schulman et al. 2017, eq. 7), token-mean over the minibatch.
 
     ``L = mean_t max(-A_t rho_t, -A_t clip(rho_t, 1 - eps, 1 + eps))``, ``rho_t = pi / pi_old``.
@@ -98,20 +105,32 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
     with torch.no_grad():
         approx_kl = masked_mean(0.5 * log_ratio**2, response_mask)
         clipfrac = masked_mean((clipped > unclipped).float(), response_mask)
-    return loss, {"loss/policy": loss.detach(), "policy/ratio": masked_mean(ratio.detach(), response_mask),
-                  "policy/clipfrac": clipfrac, "policy/approx_kl": approx_kl}
+    return loss, {
+        "loss/policy": loss.detach(),
+        "policy/ratio": masked_mean(ratio.detach(), response_mask),
+        "policy/clipfrac": clipfrac,
+        "policy/approx_kl": approx_kl,
+    }
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, response_mask: torch.Tensor,
-                   clip_value: float = 0.2) -> tuple[torch.Tensor, Metrics]:
+def ppo_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_value: float = 0.2,
+) -> tuple[torch.Tensor, Metrics]:
     """Clipped value loss (as in OpenAI's baselines and the N+ reproduction):
     ``0.5 * mean_t max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)``."""
     clipped = old_values + torch.clamp(values - old_values, -clip_value, clip_value)
     loss = 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), response_mask)
     with torch.no_grad():
         clipfrac = masked_mean(((values - returns) ** 2 < (clipped - returns) ** 2).float(), response_mask)
-    return loss, {"loss/value": loss.detach(), "value/clipfrac": clipfrac,
-                  "value/mean": masked_mean(values.detach(), response_mask)}
+    return loss, {
+        "loss/value": loss.detach(),
+        "value/clipfrac": clipfrac,
+        "value/mean": masked_mean(values.detach(), response_mask),
+    }
 
 
 class FixedKLController:
@@ -134,8 +153,13 @@ class AdaptiveKLController:
 
 
 # ---------------------------------------------------------------------------------------- DPO
-def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
-             loss_type: str = "sigmoid", labels: torch.Tensor | None = None) -> tuple[torch.Tensor, Metrics]:
+def dpo_loss(
+    chosen_logratios: torch.Tensor,
+    rejected_logratios: torch.Tensor,
+    beta: float,
+    loss_type: str = "sigmoid",
+    labels: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, Metrics]:
     """DPO (Rafailov et al. 2023, eq. 7) and IPO (Azar et al. 2023, eq. 17).
 
     ``Delta = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]`` from the given
@@ -158,16 +182,28 @@ def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, b
     loss = losses.mean()
     with torch.no_grad():
         chosen_r, rejected_r = beta * chosen_logratios.detach(), beta * rejected_logratios.detach()
-        metrics = {"loss/dpo": loss.detach(), "dpo/reward_chosen": chosen_r.mean(),
-                   "dpo/reward_rejected": rejected_r.mean(), "dpo/reward_accuracy": (chosen_r > rejected_r).float().mean(),
-                   "dpo/margin": (chosen_r - rejected_r).mean()}
+        metrics = {
+            "loss/dpo": loss.detach(),
+            "dpo/reward_chosen": chosen_r.mean(),
+            "dpo/reward_rejected": rejected_r.mean(),
+            "dpo/reward_accuracy": (chosen_r > rejected_r).float().mean(),
+            "dpo/margin": (chosen_r - rejected_r).mean(),
+        }
     return loss, metrics
 
 
 # ---------------------------------------------------------------------------------------- P3O
-def p3o_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor,
-             beta: float, clip: str = "joint", clip_eps: float = 0.2, importance_clip: float = 10.0,
-             q_logratio: str = "current") -> tuple[torch.Tensor, Metrics]:
+def p3o_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    rewards: torch.Tensor,
+    beta: float,
+    clip: str = "joint",
+    clip_eps: float = 0.2,
+    importance_clip: float = 10.0,
+    q_logratio: str = "current",
+) -> tuple[torch.Tensor, Metrics]:
     """Pairwise Proximal Policy Optimization (Wu et al. 2023, arXiv 2310.00212; REFERENCE sec. 5).
 
     Inputs are sequence-level log-probs of the two responses of each prompt, shape (P, 2):
@@ -189,11 +225,11 @@ def p3o_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: t
     ``E[(r_1 - r_2) grad log(pi(y_1) / pi(y_2)) / 2]`` (of the KL-penalised reward). The update is
     unchanged when both rewards of a prompt shift by the same constant.
     """
-    l = logprobs - ref_logprobs  # (P, 2)
+    l_cur = logprobs - ref_logprobs  # (P, 2) the log-ratios l of the paper
     l_old = (old_logprobs - ref_logprobs).detach()  # (P, 2)
     log_rho = logprobs - old_logprobs.detach()  # (P, 2)
     if q_logratio == "current":
-        q_l = l.detach()  # (P, 2)
+        q_l = l_cur.detach()  # (P, 2)
     elif q_logratio == "rollout":
         q_l = l_old
     else:
@@ -201,7 +237,7 @@ def p3o_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: t
     q = ((rewards[:, 0] - rewards[:, 1]) - beta * (q_l[:, 0] - q_l[:, 1])).detach()  # (P,)
     lo, hi = 1.0 / importance_clip, importance_clip
     if clip == "joint":
-        delta = l[:, 0] - l[:, 1]  # (P,)
+        delta = l_cur[:, 0] - l_cur[:, 1]  # (P,)
         delta_old = l_old[:, 0] - l_old[:, 1]
         w = torch.exp(log_rho.sum(1)).clamp(lo, hi).detach()  # (P,) pair importance weight
         unclipped = -q * w * delta
@@ -215,19 +251,27 @@ def p3o_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: t
         first = torch.maximum(-q * c[:, 1] * rho[:, 0], -q * c[:, 1] * rho_c[:, 0])
         second = torch.maximum(q * c[:, 0] * rho[:, 1], q * c[:, 0] * rho_c[:, 1])
         losses = 0.5 * (first + second)
-        clipfrac = 0.5 * ((-q * c[:, 1] * rho_c[:, 0] > -q * c[:, 1] * rho[:, 0]).float().mean()
-                          + (q * c[:, 0] * rho_c[:, 1] > q * c[:, 0] * rho[:, 1]).float().mean())
+        clipfrac = 0.5 * (
+            (-q * c[:, 1] * rho_c[:, 0] > -q * c[:, 1] * rho[:, 0]).float().mean()
+            + (q * c[:, 0] * rho_c[:, 1] > q * c[:, 0] * rho[:, 1]).float().mean()
+        )
     else:
         raise ValueError(f"unknown P3O clip '{clip}'; known: joint (V2), separate (V1)")
     loss = losses.mean()
     with torch.no_grad():
-        metrics = {"loss/policy": loss.detach(), "p3o/q_abs": q.abs().mean(), "policy/clipfrac": clipfrac,
-                   "policy/ratio": torch.exp(log_rho.detach()).mean(), "p3o/kl_seq": l.detach().mean()}
+        metrics = {
+            "loss/policy": loss.detach(),
+            "p3o/q_abs": q.abs().mean(),
+            "policy/clipfrac": clipfrac,
+            "policy/ratio": torch.exp(log_rho.detach()).mean(),
+            "p3o/kl_seq": l_cur.detach().mean(),
+        }
     return loss, metrics
 
 
-def pairwise_policy_gradient_surrogate(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor,
-                                       beta: float) -> torch.Tensor:
+def pairwise_policy_gradient_surrogate(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor, beta: float
+) -> torch.Tensor:
     """A surrogate whose gradient is minus the pairwise policy gradient of the KL-penalised reward
     (REFERENCE sec. 5): ``-1/2 E[sg[r_hat_1 - r_hat_2] (log pi(y_1) - log pi(y_2))]`` with
     ``r_hat = r - beta (log pi - log pi_ref)``. (P, 2) inputs. Used to check P3O at pi = pi_old."""

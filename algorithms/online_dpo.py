@@ -40,7 +40,9 @@ class OnlineDPOConfig(AlgorithmConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.responses_per_prompt == 2, "responses_per_prompt", "2 (a pair per prompt)", self.responses_per_prompt)
+        check(
+            self.responses_per_prompt == 2, "responses_per_prompt", "2 (a pair per prompt)", self.responses_per_prompt
+        )
         one_of(self, "pair_labels", ("soft", "hard", "sampled"))
         one_of(self, "loss_type", ("sigmoid", "ipo"))
 
@@ -53,9 +55,13 @@ class OnlineDPO(Algorithm):
     def convergence_target(cls, cfg):
         if cfg.pair_labels == "soft" and cfg.loss_type == "sigmoid":
             return PI_STAR
-        return Objective(f"none ({cfg.pair_labels} labels, {cfg.loss_type})", None,
-                         "0/1 labels push every sampled margin without bound: no finite stationary point"
-                         if cfg.pair_labels != "soft" else "IPO's squared loss targets a margin of 1/(2 beta), not pi*_beta")
+        return Objective(
+            f"none ({cfg.pair_labels} labels, {cfg.loss_type})",
+            None,
+            "0/1 labels push every sampled margin without bound: no finite stationary point"
+            if cfg.pair_labels != "soft"
+            else "IPO's squared loss targets a margin of 1/(2 beta), not pi*_beta",
+        )
 
     @torch.no_grad()
     def prepare(self, rollout) -> dict[str, torch.Tensor]:
@@ -65,13 +71,17 @@ class OnlineDPO(Algorithm):
             p = (r[:, 0] > r[:, 1]).float() + 0.5 * (r[:, 0] == r[:, 1]).float()
         elif self.cfg.pair_labels == "sampled":
             p = torch.bernoulli(p.cpu(), generator=self.ctx.generator).to(p.device)
-        return {**self.batch_tensors(rollout.batch), "ref_logprobs": rollout.ref_logprobs,
-                "labels": p.repeat_interleave(2)}  # stored per row so minibatches keep pairs whole
+        return {
+            **self.batch_tensors(rollout.batch),
+            "ref_logprobs": rollout.ref_logprobs,
+            "labels": p.repeat_interleave(2),
+        }  # stored per row so minibatches keep pairs whole
 
     def loss(self, mb):
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (2P, T)
-        first, second = pair_logratios(logprobs, mb["ref_logprobs"], mb["response_mask"],
-                                       average=self.cfg.loss_type == "ipo")
+        first, second = pair_logratios(
+            logprobs, mb["ref_logprobs"], mb["response_mask"], average=self.cfg.loss_type == "ipo"
+        )
         labels = mb["labels"][0::2] if self.cfg.loss_type == "sigmoid" else None
         if labels is None:  # IPO takes hard preferences: orient each pair winner-first
             win = mb["labels"][0::2] >= 0.5

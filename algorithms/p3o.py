@@ -39,7 +39,9 @@ class P3OConfig(AlgorithmConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.responses_per_prompt == 2, "responses_per_prompt", "2 (a pair per prompt)", self.responses_per_prompt)
+        check(
+            self.responses_per_prompt == 2, "responses_per_prompt", "2 (a pair per prompt)", self.responses_per_prompt
+        )
         one_of(self, "clip", ("joint", "separate"))
         one_of(self, "q_logratio", ("current", "rollout"))
         positive(self, "clip_eps", "reward_clip")
@@ -83,12 +85,28 @@ class P3O(Algorithm):
         if self.cfg.reward_scaling:
             self.moments.update(rewards)
             rewards = (rewards / self.moments.std).clamp(-self.cfg.reward_clip, self.cfg.reward_clip)
-        return {**self.batch_tensors(rollout.batch), "old_logprobs": rollout.logprobs,
-                "ref_logprobs": rollout.ref_logprobs, "rewards": rewards}
+        return {
+            **self.batch_tensors(rollout.batch),
+            "old_logprobs": rollout.logprobs,
+            "ref_logprobs": rollout.ref_logprobs,
+            "rewards": rewards,
+        }
 
     def loss(self, mb):
         mask = mb["response_mask"]
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (2P, T)
-        seq = lambda x: (x * mask).sum(1).view(-1, 2)  # (2P, T) -> (P, 2) sequence log-probs
-        return p3o_loss(seq(logprobs), seq(mb["old_logprobs"]), seq(mb["ref_logprobs"]), mb["rewards"].view(-1, 2),
-                        self.cfg.beta, self.cfg.clip, self.cfg.clip_eps, self.cfg.importance_clip, self.cfg.q_logratio)
+
+        def seq(x):
+            return (x * mask).sum(1).view(-1, 2)  # (2P, T) -> (P, 2) sequence log-probs
+
+        return p3o_loss(
+            seq(logprobs),
+            seq(mb["old_logprobs"]),
+            seq(mb["ref_logprobs"]),
+            mb["rewards"].view(-1, 2),
+            self.cfg.beta,
+            self.cfg.clip,
+            self.cfg.clip_eps,
+            self.cfg.importance_clip,
+            self.cfg.q_logratio,
+        )

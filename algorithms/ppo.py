@@ -1,6 +1,7 @@
 """``ppo``: RLHF-PPO with the InstructGPT pretraining mix (PPO-ptx).
 
-Objective (InstructGPT eq. 2): ``E_{y~pi}[r(x,y) - beta log(pi(y|x)/pi_ref(y|x))] + ptx_coef E_{x~D_pretrain}[log pi(x)]``.
+Objective (InstructGPT eq. 2):
+``E_{y~pi}[r(x,y) - beta log(pi(y|x)/pi_ref(y|x))] + ptx_coef E_{x~D_pretrain}[log pi(x)]``.
 
 Implemented as the strongest public reproductions run it (Huang et al. 2024, REFERENCE sec. 3):
 per-token reward ``-beta * kl_t`` plus the harness's sequence reward at the last token (a missing-EOS
@@ -19,8 +20,17 @@ from rlhf_bench.benchmarks.config import AlgorithmConfig, check, non_negative, o
 from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, PPO_K3_REWARD_ILL_POSED, Objective
 
 from .base import Algorithm
-from .losses import (AdaptiveKLController, FixedKLController, gae, kl_penalty, masked_mean, masked_whiten,
-                     ppo_policy_loss, ppo_token_rewards, ppo_value_loss)
+from .losses import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    ppo_policy_loss,
+    ppo_token_rewards,
+    ppo_value_loss,
+)
 from .registry import register_algorithm
 
 
@@ -56,8 +66,12 @@ class PPOConfig(AlgorithmConfig):
 
     def check_task(self, task) -> None:
         """PPO-ptx needs the task's pretraining text (``task=hf``: task.ptx_data or task.sft_data)."""
-        check(self.ptx_coef == 0 or getattr(task, "has_pretraining_text", True), "task.ptx_data",
-              "set (or task.sft_data) when algorithm.ptx_coef > 0: the pretraining mix needs text", None)
+        check(
+            self.ptx_coef == 0 or getattr(task, "has_pretraining_text", True),
+            "task.ptx_data",
+            "set (or task.sft_data) when algorithm.ptx_coef > 0: the pretraining mix needs text",
+            None,
+        )
 
 
 @register_algorithm("ppo", config=PPOConfig)
@@ -67,8 +81,11 @@ class PPO(Algorithm):
 
     def __init__(self, cfg: PPOConfig, ctx) -> None:
         super().__init__(cfg, ctx)
-        self.kl_ctl = (AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl
-                       else FixedKLController(cfg.beta))
+        self.kl_ctl = (
+            AdaptiveKLController(cfg.beta, cfg.kl_target, cfg.kl_horizon)
+            if cfg.adaptive_kl
+            else FixedKLController(cfg.beta)
+        )
         self._n_samples = 0
 
     @torch.no_grad()
@@ -85,19 +102,30 @@ class PPO(Algorithm):
         if cfg.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         self._n_samples = len(batch)
-        self._stats = {"ppo/score": scores.mean().item(), "ppo/kl_penalty": (kl.sum(1)).mean().item(),
-                       "ppo/returns": masked_mean(returns, mask).item()}
-        return {**self.batch_tensors(batch), "old_logprobs": rollout.logprobs, "ref_logprobs": rollout.ref_logprobs,
-                "advantages": advantages, "returns": returns, "old_values": values}
+        self._stats = {
+            "ppo/score": scores.mean().item(),
+            "ppo/kl_penalty": (kl.sum(1)).mean().item(),
+            "ppo/returns": masked_mean(returns, mask).item(),
+        }
+        return {
+            **self.batch_tensors(batch),
+            "old_logprobs": rollout.logprobs,
+            "ref_logprobs": rollout.ref_logprobs,
+            "advantages": advantages,
+            "returns": returns,
+            "old_values": values,
+        }
 
     def loss(self, mb):
         cfg = self.cfg
         batch = self.sequence_batch(mb)
         logprobs = self.ctx.logprobs(self.ctx.policy, batch)  # (B, T)
-        pg_loss, metrics = ppo_policy_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"],
-                                           cfg.clip_eps)
-        vf_loss, vf_metrics = ppo_value_loss(self.ctx.values(batch), mb["old_values"], mb["returns"],
-                                             mb["response_mask"], cfg.value_clip)
+        pg_loss, metrics = ppo_policy_loss(
+            logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"], cfg.clip_eps
+        )
+        vf_loss, vf_metrics = ppo_value_loss(
+            self.ctx.values(batch), mb["old_values"], mb["returns"], mb["response_mask"], cfg.value_clip
+        )
         loss = pg_loss + cfg.vf_coef * vf_loss
         metrics.update(vf_metrics)
         if cfg.ptx_coef > 0:

@@ -20,8 +20,9 @@ GRPO_SCALES = ("group", "none", "batch")
 
 
 # ------------------------------------------------------------------------------------ helpers
-def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = "sequence_mean",
-              max_length: int | None = None) -> torch.Tensor:
+def aggregate(
+    per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = "sequence_mean", max_length: int | None = None
+) -> torch.Tensor:
     """Reduce a per-token loss (B, T) to a scalar (GRPO's variants; REFERENCE sec. 5b, sec. 7's length bias).
 
     - ``sequence_mean`` (Shao et al. 2024, eq. 3): ``1/B sum_i 1/|y_i| sum_t x_it``;
@@ -41,8 +42,13 @@ def aggregate(per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = 
     raise ValueError(f"unknown loss aggregation '{mode}'; known: {', '.join(AGGREGATIONS)}")
 
 
-def clipped_surrogate(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                      response_mask: torch.Tensor, clip_eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def clipped_surrogate(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    clip_eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token PPO surrogate (Schulman et al. 2017, eq. 7) ``max(-A rho_t, -A clip(rho_t, 1 -+ eps))``,
     ``rho_t = pi / pi_old``, with a sequence advantage (B,) broadcast over its tokens or a per-token one
     (B, T). Returns (per-token loss (B, T), ratio (B, T), clipped (B, T) bool), padding zeroed."""
@@ -69,11 +75,13 @@ def leave_one_out(x: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------- RLOO
-def rloo_advantages(rewards: torch.Tensor, kl: torch.Tensor, beta: float, group_size: int,
-                    whiten: bool = False) -> torch.Tensor:
+def rloo_advantages(
+    rewards: torch.Tensor, kl: torch.Tensor, beta: float, group_size: int, whiten: bool = False
+) -> torch.Tensor:
     """RLOO (Ahmadian et al. 2024, eq. 5 with KL in the reward): ``R_i = r_i - beta * kl_i`` and
     ``A_i = R_i - 1/(k-1) sum_{j != i} R_j``. ``rewards`` (B,) the harness's sequence rewards,
-    ``kl`` (B,) sequence KL of the sampling policy (``losses.sequence_logratio`` of ``old_logprobs``). Returns (B,), summing to 0
+    ``kl`` (B,) sequence KL of the sampling policy (``losses.sequence_logratio`` of ``old_logprobs``).
+    Returns (B,), summing to 0
     per group. Computed as ``loo(r) - beta loo(kl)`` (the same by linearity), so that a per-prompt
     reward shift cancels exactly in floating point. ``whiten``: ``(A - mean A) / (std A + 1e-4)`` over
     the batch, torch's unbiased std (trl's ``RLOOTrainer`` with ``normalize_advantages``)."""
@@ -81,8 +89,14 @@ def rloo_advantages(rewards: torch.Tensor, kl: torch.Tensor, beta: float, group_
     return (advantages - advantages.mean()) / (advantages.std() + 1e-4) if whiten else advantages
 
 
-def rloo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, response_mask: torch.Tensor,
-              loss: str = "clipped", clip_eps: float = 0.2) -> tuple[torch.Tensor, Metrics]:
+def rloo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    loss: str = "clipped",
+    clip_eps: float = 0.2,
+) -> tuple[torch.Tensor, Metrics]:
     """RLOO's policy loss with sequence advantages ``A_i`` (B,):
 
     - ``reinforce`` (Ahmadian et al. 2024): ``L = -1/B sum_i A_i log pi(y_i|x)``, the sequence
@@ -101,16 +115,20 @@ def rloo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: to
     else:
         raise ValueError(f"unknown RLOO loss '{loss}'; known: clipped, reinforce")
     with torch.no_grad():
-        metrics = {"loss/policy": value.detach(), "policy/ratio": masked_mean(ratio.detach(), mask),
-                   "rloo/advantage_abs": advantages.detach().abs().mean()}
+        metrics = {
+            "loss/policy": value.detach(),
+            "policy/ratio": masked_mean(ratio.detach(), mask),
+            "rloo/advantage_abs": advantages.detach().abs().mean(),
+        }
         if loss == "clipped":
             metrics["policy/clipfrac"] = masked_mean(clipped.to(mask.dtype), mask)
     return value, metrics
 
 
 # --------------------------------------------------------------------------------------- GRPO
-def grpo_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group",
-                    eps: float = 1e-4) -> torch.Tensor:
+def grpo_advantages(
+    rewards: torch.Tensor, group_size: int, scale_rewards: str = "group", eps: float = 1e-4
+) -> torch.Tensor:
     """GRPO's outcome advantages (Shao et al. 2024, sec. 4.1.2), as trl's ``GRPOTrainer`` computes them:
     ``A_i = (r_i - mean_group r) / (std + eps)`` with torch's default (unbiased) std and ``eps = 1e-4``.
 
@@ -136,9 +154,17 @@ def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1.0
 
 
-def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-              advantages: torch.Tensor, response_mask: torch.Tensor, beta: float, clip_eps: float = 0.2,
-              loss_aggregation: str = "sequence_mean", max_length: int | None = None) -> tuple[torch.Tensor, Metrics]:
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    response_mask: torch.Tensor,
+    beta: float,
+    clip_eps: float = 0.2,
+    loss_aggregation: str = "sequence_mean",
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, Metrics]:
     """GRPO objective (Shao et al. 2024, eq. 3), negated:
 
     ``L = agg_it[ max(-A_i rho_it, -A_i clip(rho_it, 1 -+ eps)) + beta * k3_it ]``, ``rho_it = pi / pi_old``,
@@ -153,10 +179,14 @@ def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: 
     kl_loss = aggregate(k3, mask, loss_aggregation, max_length)
     loss = pg_loss + beta * kl_loss
     with torch.no_grad():
-        metrics = {"loss/policy": pg_loss.detach(), "loss/kl": beta * kl_loss.detach(),
-                   "grpo/k3": masked_mean(k3.detach(), mask), "policy/ratio": masked_mean(ratio.detach(), mask),
-                   "policy/clipfrac": masked_mean(clipped.to(mask.dtype), mask),
-                   "grpo/advantage_abs": advantages.detach().abs().mean()}
+        metrics = {
+            "loss/policy": pg_loss.detach(),
+            "loss/kl": beta * kl_loss.detach(),
+            "grpo/k3": masked_mean(k3.detach(), mask),
+            "policy/ratio": masked_mean(ratio.detach(), mask),
+            "policy/clipfrac": masked_mean(clipped.to(mask.dtype), mask),
+            "grpo/advantage_abs": advantages.detach().abs().mean(),
+        }
     return loss, metrics
 
 
@@ -168,8 +198,13 @@ def returns_to_go(rewards: torch.Tensor, response_mask: torch.Tensor, gamma: flo
     return gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[0]  # (B, T)
 
 
-def reinforce_pp_advantages(scores: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                            response_mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, ...]:
+def reinforce_pp_advantages(
+    scores: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    beta: float,
+) -> tuple[torch.Tensor, ...]:
     """REINFORCE++ (Hu et al. 2025): per-token reward ``-beta k1_t`` (``k1 = log pi_old - log pi_ref``)
     plus the sequence score at the last real token (:func:`ppo_token_rewards`), returns-to-go with
     ``gamma = 1``, advantages = returns whitened over every response token of the batch (no value

@@ -46,11 +46,14 @@ class ReinforcePP(Algorithm):
     def prepare(self, rollout) -> dict[str, torch.Tensor]:
         mask = rollout.response_mask.to(rollout.logprobs.dtype)  # (B, T)
         scores = rollout.rewards  # the harness's reward (its missing-EOS rule included), never altered here
-        advantages, returns, _ = reinforce_pp_advantages(scores, rollout.logprobs, rollout.ref_logprobs, mask,
-                                                               self.cfg.beta)  # (B, T) each
-        self._stats = {"reinforce_pp/score": scores.mean().item(),
-                       "reinforce_pp/kl_seq": sequence_logratio(rollout.logprobs, rollout.ref_logprobs, mask).mean().item(),
-                       "reinforce_pp/returns": masked_mean(returns, mask).item()}
+        advantages, returns, _ = reinforce_pp_advantages(
+            scores, rollout.logprobs, rollout.ref_logprobs, mask, self.cfg.beta
+        )  # (B, T) each
+        self._stats = {
+            "reinforce_pp/score": scores.mean().item(),
+            "reinforce_pp/kl_seq": sequence_logratio(rollout.logprobs, rollout.ref_logprobs, mask).mean().item(),
+            "reinforce_pp/returns": masked_mean(returns, mask).item(),
+        }
         return {**self.batch_tensors(rollout.batch), "old_logprobs": rollout.logprobs, "advantages": advantages}
 
     def loss(self, mb):

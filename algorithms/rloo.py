@@ -12,7 +12,8 @@ response's tokens (as OpenRLHF clips it; trl clips the sequence ratio), since th
 ``epochs`` passes over each batch; or ``reinforce``, the paper's ``-1/k sum_i A_i log pi(y_i|x)``,
 which has no importance ratio and is an unbiased policy gradient only on-policy, so it requires
 ``epochs = 1`` (with ``minibatches > 1`` the later minibatches are slightly off-policy too). Both sum
-over each response's tokens: at ``pi = pi_old`` they give the same gradient. The update ignores any per-prompt reward shift. See
+over each response's tokens: at ``pi = pi_old`` they give the same gradient. The update ignores any
+per-prompt reward shift. See
 ``rlhf_bench.algorithms.reinforce_losses.rloo_advantages`` and ``rloo_loss``.
 """
 
@@ -43,12 +44,20 @@ class RLOOConfig(AlgorithmConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(self.responses_per_prompt >= 2, "responses_per_prompt", ">= 2 (a leave-one-out baseline)",
-              self.responses_per_prompt)
+        check(
+            self.responses_per_prompt >= 2,
+            "responses_per_prompt",
+            ">= 2 (a leave-one-out baseline)",
+            self.responses_per_prompt,
+        )
         one_of(self, "loss", ("clipped", "reinforce"))
         positive(self, "clip_eps")
-        check(self.loss != "reinforce" or self.epochs == 1, "epochs",
-              "1 with loss=reinforce (no importance ratio: a second pass would be off-policy)", self.epochs)
+        check(
+            self.loss != "reinforce" or self.epochs == 1,
+            "epochs",
+            "1 with loss=reinforce (no importance ratio: a second pass would be off-policy)",
+            self.epochs,
+        )
 
 
 @register_algorithm("rloo", config=RLOOConfig)
@@ -64,14 +73,18 @@ class RLOO(Algorithm):
         rewards = rollout.rewards  # the harness's reward (its missing-EOS rule included), never altered here
         kl = sequence_logratio(rollout.logprobs, rollout.ref_logprobs, mask)  # (B,)
         advantages = rloo_advantages(rewards, kl, cfg.beta, k, cfg.whiten_advantages)  # (B,)
-        self._stats = {"rloo/score": rewards.mean().item(), "rloo/kl_seq": kl.mean().item(),
-                       "rloo/reward_kl_penalised": (rewards - cfg.beta * kl).mean().item()}
+        self._stats = {
+            "rloo/score": rewards.mean().item(),
+            "rloo/kl_seq": kl.mean().item(),
+            "rloo/reward_kl_penalised": (rewards - cfg.beta * kl).mean().item(),
+        }
         return {**self.batch_tensors(rollout.batch), "old_logprobs": rollout.logprobs, "advantages": advantages}
 
     def loss(self, mb):
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (B, T)
-        return rloo_loss(logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"], self.cfg.loss,
-                         self.cfg.clip_eps)
+        return rloo_loss(
+            logprobs, mb["old_logprobs"], mb["advantages"], mb["response_mask"], self.cfg.loss, self.cfg.clip_eps
+        )
 
     def after_update(self, metrics):
         return dict(getattr(self, "_stats", {}))

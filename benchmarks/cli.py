@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence
 import hydra
 from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from . import tasks  # noqa: F401  (every built-in task and its schema, registered before the schemas are stored)
@@ -107,14 +107,26 @@ def hydra_main(cfg: DictConfig) -> float | None:
     if summary.get("status") == "failed":
         if multirun:  # the sweep goes on; the report lists the run and the command exits 1 at the end
             return None
-        print(f"rlhf-bench: run failed: {summary['reason']} ({run_dir}; re-run to resume from step "
-              f"{summary.get('last_checkpoint') or 0})", file=sys.stderr)
+        print(
+            f"rlhf-bench: run failed: {summary['reason']} ({run_dir}; re-run to resume from step "
+            f"{summary.get('last_checkpoint') or 0})",
+            file=sys.stderr,
+        )
         raise SystemExit(1)
     final = summary["final"]
     beta = "" if summary.get("beta_independent") else f" beta={summary['beta']:g}"
     gold = "n/a (no gold judge)" if final["reward_gold"] is None else f"{final['reward_gold']:.4f}"
-    log.info("%s%s seed=%s: KL %.4f, gold reward %s, proxy reward %.4f (%.1f s) -> %s", summary["algorithm"], beta,
-             summary["seed"], final["kl"], gold, final["reward_proxy"], summary["wall_time_seconds"], run_dir)
+    log.info(
+        "%s%s seed=%s: KL %.4f, gold reward %s, proxy reward %.4f (%.1f s) -> %s",
+        summary["algorithm"],
+        beta,
+        summary["seed"],
+        final["kl"],
+        gold,
+        final["reward_proxy"],
+        summary["wall_time_seconds"],
+        run_dir,
+    )
     return final["reward_gold"]
 
 
@@ -179,8 +191,9 @@ def exit_if_runs_failed() -> None:
     sweep = LAST_MULTIRUN.get("sweep_dir")
     errors = [p.read_text().strip() for p in sorted((Path(sweep) / JOB_ERRORS).glob("*.txt"))] if sweep else []
     if failed or errors:
-        parts = ([f"{len(failed)} run(s) failed: " + "; ".join(failed)] if failed else []) + \
-                ([f"{len(errors)} job(s) could not run: " + "; ".join(errors)] if errors else [])
+        parts = ([f"{len(failed)} run(s) failed: " + "; ".join(failed)] if failed else []) + (
+            [f"{len(errors)} job(s) could not run: " + "; ".join(errors)] if errors else []
+        )
         where = f" (report: {LAST_MULTIRUN['report']})" if LAST_MULTIRUN.get("report") else ""
         print(f"rlhf-bench: {'; '.join(parts)}{where}", file=sys.stderr)
         raise SystemExit(1)

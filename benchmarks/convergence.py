@@ -1,4 +1,5 @@
-"""``python -m rlhf_bench.benchmarks.convergence``: the command of :mod:`rlhf_bench.benchmarks.studies.convergence`, kept where the README calls it."""
+"""``python -m rlhf_bench.benchmarks.convergence``, where the README calls it:
+the command of :mod:`.studies.convergence`."""
 
 from .studies.convergence import main
 

@@ -1,4 +1,4 @@
-"""``python -m rlhf_bench.benchmarks.coverage``: the command of :mod:`rlhf_bench.benchmarks.studies.coverage`, kept where the README calls it."""
+"""``python -m rlhf_bench.benchmarks.coverage``, where the README calls it: the command of :mod:`.studies.coverage`."""
 
 from .studies.coverage import main
 

@@ -1,4 +1,5 @@
-"""``python -m rlhf_bench.benchmarks.overoptimisation``: the command of :mod:`rlhf_bench.benchmarks.studies.overoptimisation`, kept where the README calls it."""
+"""``python -m rlhf_bench.benchmarks.overoptimisation``, where the README calls it:
+the command of :mod:`.studies.overoptimisation`."""
 
 from .studies.overoptimisation import main
 

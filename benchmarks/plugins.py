@@ -90,9 +90,11 @@ def load_algorithms() -> None:
             log.error("could not load algorithm plugin '%s' (%s): %s", ep.name, ep.value, e)
     if not builtin:
         _loaded = False
-        raise RuntimeError(f"no built-in algorithm is declared under the entry points '{ENTRY_POINT_GROUP}': the "
-                           "installed metadata of rlhf-bench is stale or missing; reinstall it (pip install -e ., after removing "
-                           "any rlhf_bench.egg-info left in the checkout by an older install)")
+        raise RuntimeError(
+            f"no built-in algorithm is declared under the entry points '{ENTRY_POINT_GROUP}': the "
+            "installed metadata of rlhf-bench is stale or missing; reinstall it (pip install -e ., after removing "
+            "any rlhf_bench.egg-info left in the checkout by an older install)"
+        )
 
 
 def available_algorithms() -> list[str]:

@@ -1,4 +1,4 @@
-"""``python -m rlhf_bench.benchmarks.quotes``: the command of :mod:`rlhf_bench.benchmarks.report.quotes`, kept where the README calls it."""
+"""``python -m rlhf_bench.benchmarks.quotes``, where the README calls it: the command of :mod:`.report.quotes`."""
 
 from .report.quotes import main
 

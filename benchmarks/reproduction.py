@@ -1,4 +1,5 @@
-"""``python -m rlhf_bench.benchmarks.reproduction``: the command of :mod:`rlhf_bench.benchmarks.studies.reproduction`, kept where the README calls it."""
+"""``python -m rlhf_bench.benchmarks.reproduction``, where the README calls it:
+the command of :mod:`.studies.reproduction`."""
 
 from .studies.reproduction import main
 

@@ -1,4 +1,4 @@
-"""``python -m rlhf_bench.benchmarks.speed``: the command of :mod:`rlhf_bench.benchmarks.studies.speed`, kept where the README calls it."""
+"""``python -m rlhf_bench.benchmarks.speed``, where the README calls it: the command of :mod:`.studies.speed`."""
 
 from .studies.speed import main
 

@@ -1,4 +1,4 @@
-"""``python -m rlhf_bench.benchmarks.tuning``: the command of :mod:`rlhf_bench.benchmarks.studies.tuning`, kept where the README calls it."""
+"""``python -m rlhf_bench.benchmarks.tuning``, where the README calls it: the command of :mod:`.studies.tuning`."""
 
 from .studies.tuning import main
 

@@ -135,15 +135,17 @@ def write_manifest(directory: Path, extra: Optional[Mapping[str, Any]] = None) -
     everything else is in place: its presence marks the entry complete."""
     directory = Path(directory)
     files = sorted(p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST)
-    listing = [{"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)}
-               for p in files]
+    listing = [
+        {"path": p.relative_to(directory).as_posix(), "size": p.stat().st_size, "sha256": file_sha256(p)} for p in files
+    ]
     path = directory / MANIFEST
     atomic_write_text(path, json.dumps({**dict(extra or {}), "files": listing}, indent=1))
     return path
 
 
-def check_manifest(directory: Path, expected: Optional[Mapping[str, Any]] = None,
-                   required: Iterable[str] = ()) -> Optional[str]:
+def check_manifest(
+    directory: Path, expected: Optional[Mapping[str, Any]] = None, required: Iterable[str] = ()
+) -> Optional[str]:
     """What is wrong with the entry ``directory`` (a short phrase), or None when it is intact.
 
     Intact: ``manifest.json`` is present and parses, holds the ``expected`` values (e.g. stage and
@@ -210,8 +212,14 @@ def package_versions() -> dict[str, str]:
 
 
 #: Environment variables that change which kernels (hence which round-off) torch and MKL use.
-NUMERICS_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "MKL_ENABLE_INSTRUCTIONS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                "CUBLAS_WORKSPACE_CONFIG")
+NUMERICS_ENV = (
+    "ATEN_CPU_CAPABILITY",
+    "MKL_CBWR",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "CUBLAS_WORKSPACE_CONFIG",
+)
 
 
 def numerics() -> dict[str, Any]:
@@ -233,11 +241,16 @@ def numerics() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(), "blas": build.get("blas_info", "unknown"),
-            "lapack": build.get("lapack_info", "unknown"), "threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "cpu": cpu,
-            "cuda": torch.version.cuda if torch.cuda.is_available() else None,
-            "env": {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ}}
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "blas": build.get("blas_info", "unknown"),
+        "lapack": build.get("lapack_info", "unknown"),
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "cpu": cpu,
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "env": {k: os.environ[k] for k in NUMERICS_ENV if k in os.environ},
+    }
 
 
 def git_revision(path: Path | None = None) -> str:
@@ -247,8 +260,13 @@ def git_revision(path: Path | None = None) -> str:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=path,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=path,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -26,8 +26,9 @@ DEVICE = torch.device("cpu")
 
 def sentiment_task(max_new_tokens: int = 12):
     """A small sentiment world: variable-length prompts (3..9 tokens with <bos>) and responses."""
-    return build_task(SentimentTaskConfig(n_reviews=300, n_eval_prompts=20, max_new_tokens=max_new_tokens,
-                                          min_prefix=2, max_prefix=8))
+    return build_task(
+        SentimentTaskConfig(n_reviews=300, n_eval_prompts=20, max_new_tokens=max_new_tokens, min_prefix=2, max_prefix=8)
+    )
 
 
 def bandit_task():
@@ -59,8 +60,18 @@ def perturb_(model: torch.nn.Module, scale: float = 0.05, seed: int = 123) -> to
     return model
 
 
-def make_context(task, base_lm, *, reward_model=None, value_model=None, pairs=None, temperature: float = 1.0,
-                 seed: int = 0, keep_dropout: bool = False, logit_mask: Optional[torch.Tensor] = None) -> Context:
+def make_context(
+    task,
+    base_lm,
+    *,
+    reward_model=None,
+    value_model=None,
+    pairs=None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    keep_dropout: bool = False,
+    logit_mask: Optional[torch.Tensor] = None,
+) -> Context:
     """Wire a Context as ``rlhf_bench.benchmarks.training.runs.run`` does: ``ref = freeze(disable_dropout(sft))``,
     ``policy = disable_dropout(sft)`` (a separate copy), ``value_model = disable_dropout(rm)``.
 
@@ -78,13 +89,24 @@ def make_context(task, base_lm, *, reward_model=None, value_model=None, pairs=No
     if value_model is not None:
         value_model = disable_dropout(value_model)
     policy.train()
-    return Context(task=task, policy=policy, ref_model=ref, reward_model=rm, engine=engine, device=DEVICE,
-                   generator=make_generator(seed), reward_kind="gold", artifacts=None, value_model=value_model,
-                   pairs=pairs)
+    return Context(
+        task=task,
+        policy=policy,
+        ref_model=ref,
+        reward_model=rm,
+        engine=engine,
+        device=DEVICE,
+        generator=make_generator(seed),
+        reward_kind="gold",
+        artifacts=None,
+        value_model=value_model,
+        pairs=pairs,
+    )
 
 
-def random_pairs(task, n: int, seed: int = 0, min_len: int = 1, max_len: Optional[int] = None,
-                 words: Optional[list[int]] = None):
+def random_pairs(
+    task, n: int, seed: int = 0, min_len: int = 1, max_len: Optional[int] = None, words: Optional[list[int]] = None
+):
     """``n`` offline pairs (prompt, chosen, rejected) over the task's training prompts: responses
     are random word sequences of random lengths, each ending with <eos>; chosen and rejected of a
     pair have different lengths."""
@@ -100,7 +122,10 @@ def random_pairs(task, n: int, seed: int = 0, min_len: int = 1, max_len: Optiona
         lr = lc
         while lr == lc:
             lr = int(torch.randint(min_len, max_len + 1, (1,), generator=g))
-        resp = lambda k: [words[int(j)] for j in torch.randint(len(words), (k,), generator=g)] + [task.eos_id]
+
+        def resp(k):
+            return [words[int(j)] for j in torch.randint(len(words), (k,), generator=g)] + [task.eos_id]
+
         pairs.append((list(p), resp(lc), resp(lr)))
     return pairs
 
@@ -108,5 +133,9 @@ def random_pairs(task, n: int, seed: int = 0, min_len: int = 1, max_len: Optiona
 def preference_batch(ctx: Context, idx) -> PreferenceBatch:
     """The offline batch the harness hands to ``prepare`` for pair indices ``idx``."""
     idx = [int(i) for i in idx]
-    return PreferenceBatch(torch.tensor(idx), [ctx.pairs[i][0] for i in idx], [ctx.pairs[i][1] for i in idx],
-                           [ctx.pairs[i][2] for i in idx])
+    return PreferenceBatch(
+        torch.tensor(idx),
+        [ctx.pairs[i][0] for i in idx],
+        [ctx.pairs[i][1] for i in idx],
+        [ctx.pairs[i][2] for i in idx],
+    )

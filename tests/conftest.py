@@ -169,21 +169,27 @@ class Bundle:
 
     def engine_at(self, temperature: float, reward_kind: str = "learned") -> RolloutEngine:
         """Another RolloutEngine over the same frozen models with a different temperature/reward."""
-        return RolloutEngine(self.task, self.engine.ref_model, self.engine.reward_model, reward_kind=reward_kind,
-                             temperature=temperature, device=DEVICE)
+        return RolloutEngine(
+            self.task,
+            self.engine.ref_model,
+            self.engine.reward_model,
+            reward_kind=reward_kind,
+            temperature=temperature,
+            device=DEVICE,
+        )
 
 
 def build_bundle(overrides: list[str], cache: Path) -> Bundle:
     cfg = compose_config(*overrides, cache_dir=cache)
     groups = validate(cfg)
     task = build_task(groups["task"])
-    stages = SharedStages(task, groups["task"], groups["model"], groups["reward_model"], cache, DEVICE,
-                          progress=False)
+    stages = SharedStages(task, groups["task"], groups["model"], groups["reward_model"], cache, DEVICE, progress=False)
     art = stages.prepare()
     ref = freeze(disable_dropout(stages.load_sft(art)))
     rm = freeze(stages.load_reward_model(art))
-    engine = RolloutEngine(task, ref, rm, reward_kind=groups["reward_model"].kind,
-                           temperature=groups["task"].temperature, device=DEVICE)
+    engine = RolloutEngine(
+        task, ref, rm, reward_kind=groups["reward_model"].kind, temperature=groups["task"].temperature, device=DEVICE
+    )
     return Bundle(cfg, groups, list(overrides), task, stages, art, engine, dict(art.reused))
 
 

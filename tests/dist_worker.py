@@ -55,20 +55,32 @@ def offline_shares(trainer: Trainer, out: str) -> None:
     mine = [trainer.source.next(trainer.policy)[0].index.tolist() for _ in range(3)]
     shares = dist.gather(mine)
     if dist.is_main:
-        alone = OfflineSource(trainer.ctx.pairs, trainer.tcfg.prompts_per_step,
-                              make_generator(derive_seed(trainer.cfg.seed, "train")))
+        alone = OfflineSource(
+            trainer.ctx.pairs, trainer.tcfg.prompts_per_step, make_generator(derive_seed(trainer.cfg.seed, "train"))
+        )
         expected = [alone.next(None)[0].index.tolist() for _ in range(3)]
         got = [sum((s[step] for s in shares), []) for step in range(3)]
-        Path(out).write_text(json.dumps({"processes": dist.world, "expected": expected, "got": got,
-                                         "share_sizes": [len(s[0]) for s in shares]}))
+        Path(out).write_text(
+            json.dumps(
+                {"processes": dist.world, "expected": expected, "got": got, "share_sizes": [len(s[0]) for s in shares]}
+            )
+        )
     dist.barrier()
     trainer.close()
 
 
 def main(out: str, cache: str, algorithm: str) -> None:
-    cfg = compose_config("task=bandit", "task.n_sft_demos=1000", "task.sft.epochs=1", "task.preferences.n_prompts=100",
-                         "reward_model.epochs=1", "progress=false", f"algorithm={algorithm}", "task.prompts_per_step=8",
-                         cache_dir=cache)
+    cfg = compose_config(
+        "task=bandit",
+        "task.n_sft_demos=1000",
+        "task.sft.epochs=1",
+        "task.preferences.n_prompts=100",
+        "reward_model.epochs=1",
+        "progress=false",
+        f"algorithm={algorithm}",
+        "task.prompts_per_step=8",
+        cache_dir=cache,
+    )
     dist = Distributed("cpu")
     run_dir = Path(cache).parent / f"worker{dist.rank}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -80,13 +92,21 @@ def main(out: str, cache: str, algorithm: str) -> None:
     rollout = trainer.engine.rollout(trainer.policy, prompts, n, torch.Generator().manual_seed(7))  # same everywhere
     data = algo.prepare(rollout)
     rows = len(prompts) * n // dist.world  # whole groups: each process's share of the prompts
-    share = {k: v[dist.rank * rows: (dist.rank + 1) * rows] for k, v in data.items()}
+    share = {k: v[dist.rank * rows : (dist.rank + 1) * rows] for k, v in data.items()}
     averaged = loss_gradient(trainer, share, average=True)
     if dist.is_main:
         whole = loss_gradient(trainer, data, average=False)
-        Path(out).write_text(json.dumps({"max_abs_diff": (averaged - whole).abs().max().item(),
-                                         "max_abs_grad": whole.abs().max().item(), "processes": dist.world,
-                                         "rows": len(data["response_mask"]), "share_rows": rows}))
+        Path(out).write_text(
+            json.dumps(
+                {
+                    "max_abs_diff": (averaged - whole).abs().max().item(),
+                    "max_abs_grad": whole.abs().max().item(),
+                    "processes": dist.world,
+                    "rows": len(data["response_mask"]),
+                    "share_rows": rows,
+                }
+            )
+        )
     dist.barrier()
     trainer.close()
 

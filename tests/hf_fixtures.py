@@ -29,11 +29,25 @@ import torch
 PathLike = Union[str, Path]
 EOS = "<|endoftext|>"
 #: A ChatML-like template for the tokenizer variant with a chat template.
-CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
-SUBJECTS = ["The film", "This movie", "The acting", "The plot", "The ending", "The soundtrack", "The script",
-            "The cast", "The director's work", "The story", "The pacing", "Every scene"]
+SUBJECTS = [
+    "The film",
+    "This movie",
+    "The acting",
+    "The plot",
+    "The ending",
+    "The soundtrack",
+    "The script",
+    "The cast",
+    "The director's work",
+    "The story",
+    "The pacing",
+    "Every scene",
+]
 POSITIVE = ["wonderful", "brilliant", "moving", "delightful", "superb", "charming", "great", "beautiful"]
 NEGATIVE = ["dull", "terrible", "boring", "awful", "clumsy", "tedious", "bad", "painful"]
 VERBS = ["was", "felt", "seemed", "is"]
@@ -62,11 +76,16 @@ def make_tokenizer(directory: PathLike, chat_template: Union[bool, str] = False,
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator([text for text, _ in review_corpus()], trainer=trainer)
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                                      model_max_length=128)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, model_max_length=128
+    )
     if chat_template:
         wrapped.chat_template = CHAT_TEMPLATE if chat_template is True else chat_template
     wrapped.save_pretrained(str(directory))
@@ -96,8 +115,9 @@ def make_large_tokenizer(directory: PathLike, size: int = 50257):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens([EOS])
-    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                                      model_max_length=128)
+    wrapped = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, model_max_length=128
+    )
     wrapped.save_pretrained(str(directory))
     return wrapped
 
@@ -112,12 +132,27 @@ def _gpt2_config(tokenizer, n_layer: int, n_embd: int, n_head: int, n_positions:
     from transformers import GPT2Config
 
     eos = tokenizer.eos_token_id
-    return GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_layer=n_layer, n_embd=n_embd,
-                      n_head=n_head, bos_token_id=eos, eos_token_id=eos, **extra)
+    return GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        n_head=n_head,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        **extra,
+    )
 
 
-def make_gpt2(directory: PathLike, tokenizer_dir: PathLike, n_layer: int = 2, n_embd: int = 32, n_head: int = 2,
-              n_positions: int = 128, seed: int = 0):
+def make_gpt2(
+    directory: PathLike,
+    tokenizer_dir: PathLike,
+    n_layer: int = 2,
+    n_embd: int = 32,
+    n_head: int = 2,
+    n_positions: int = 128,
+    seed: int = 0,
+):
     """A random ``GPT2LMHeadModel`` over the tokenizer of ``tokenizer_dir``, saved with its tokenizer."""
     from transformers import GPT2LMHeadModel
 
@@ -129,8 +164,9 @@ def make_gpt2(directory: PathLike, tokenizer_dir: PathLike, n_layer: int = 2, n_
     return model
 
 
-def make_judge(directory: PathLike, tokenizer_dir: PathLike, steps: int = 60, n_layer: int = 1, n_embd: int = 32,
-               seed: int = 0):
+def make_judge(
+    directory: PathLike, tokenizer_dir: PathLike, steps: int = 60, n_layer: int = 1, n_embd: int = 32, seed: int = 0
+):
     """A ``GPT2ForSequenceClassification`` sentiment judge (label 1 = positive, ``pad_token_id`` =
     eos), trained for ``steps`` steps of batch 32 on :func:`review_corpus`; saved with its tokenizer."""
     from transformers import GPT2ForSequenceClassification
@@ -178,20 +214,32 @@ def format_rows(n: int = 12) -> dict[str, list[dict[str, Any]]]:
             "prompt_completion": {"prompt": s, "completion": f" was {good}."},
             "preference": {"prompt": s, "chosen": f" was {good}.", "rejected": f" was {bad}."},
             "preference_implicit": {"chosen": f"{s} was {good}.", "rejected": f"{s} was {bad}."},
-            "ranking": {"prompt": s, "responses": [f" was {bad}.", f" was {good}!", f" was {fine}.", " was ok."],
-                        "ranking": [1, 3, (i % 2) * 2, 2 - (i % 2) * 2]},
+            "ranking": {
+                "prompt": s,
+                "responses": [f" was {bad}.", f" was {good}!", f" was {fine}.", " was ok."],
+                "ranking": [1, 3, (i % 2) * 2, 2 - (i % 2) * 2],
+            },
             "conv_prompt_only": {"prompt": _user(ask)},
             "conv_prompt_completion": {"prompt": _user(ask), "completion": _assistant(f"It was {good}.")},
-            "conv_preference": {"prompt": _user(ask), "chosen": _assistant(f"It was {good}."),
-                                "rejected": _assistant(f"It was {bad}.")},
-            "conv_preference_implicit": {"chosen": _user(ask) + _assistant(f"It was {good}."),
-                                         "rejected": _user(ask) + _assistant(f"It was {bad}.")},
-            "conv_ranking": {"prompt": _user(ask), "responses": [_assistant(f"It was {bad}."),
-                                                                 _assistant(f"It was {good}."),
-                                                                 _assistant("It was ok.")],
-                             "ranking": [1, 2, 0]},
-            "text": {"text": f"{s} was {good if i % 2 else bad} and the rest of it was {fine} too, "
-                             f"as I told my friends after the show.", "label": i % 2},
+            "conv_preference": {
+                "prompt": _user(ask),
+                "chosen": _assistant(f"It was {good}."),
+                "rejected": _assistant(f"It was {bad}."),
+            },
+            "conv_preference_implicit": {
+                "chosen": _user(ask) + _assistant(f"It was {good}."),
+                "rejected": _user(ask) + _assistant(f"It was {bad}."),
+            },
+            "conv_ranking": {
+                "prompt": _user(ask),
+                "responses": [_assistant(f"It was {bad}."), _assistant(f"It was {good}."), _assistant("It was ok.")],
+                "ranking": [1, 2, 0],
+            },
+            "text": {
+                "text": f"{s} was {good if i % 2 else bad} and the rest of it was {fine} too, "
+                f"as I told my friends after the show.",
+                "label": i % 2,
+            },
         }
         for name, row in standard.items():
             rows.setdefault(name, []).append(row)
@@ -230,8 +278,9 @@ def make_datasets(directory: PathLike, n: int = 12) -> dict[str, Path]:
     paths["preference_disk"] = root / "preference_disk"
     datasets.Dataset.from_list(prefs).save_to_disk(str(paths["preference_disk"]))
     paths["splits_disk"] = root / "splits_disk"
-    datasets.DatasetDict({"train": datasets.Dataset.from_list(prefs),
-                          "test": datasets.Dataset.from_list(prefs[:4])}).save_to_disk(str(paths["splits_disk"]))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(prefs), "test": datasets.Dataset.from_list(prefs[:4])}
+    ).save_to_disk(str(paths["splits_disk"]))
     paths["splits_dir"] = root / "splits_dir"
     paths["splits_dir"].mkdir(exist_ok=True)
     write_jsonl(paths["splits_dir"] / "train.jsonl", prefs)
@@ -243,6 +292,7 @@ def make_datasets(directory: PathLike, n: int = 12) -> dict[str, Path]:
 def word_judge(prompts: list[str], responses: list[str]) -> list[float]:
     """A gold judge for ``task.judge.fn=hf_fixtures:word_judge``: the number of positive words in
     a response minus the number of negative ones (the prompt is ignored)."""
+
     def score(text: str) -> float:
         words = [w.strip(".,!").lower() for w in text.split()]
         return float(sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words))

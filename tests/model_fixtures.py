@@ -14,8 +14,19 @@ V = 50257  # GPT-2's vocabulary
 def tiny_gpt2(seed: int = 0, vocab: int = V, dtype=torch.float64, n_embd: int = 32) -> GPT2LMHeadModel:
     """A random 2-layer GPT-2 without dropout, in ``dtype``, in eval mode."""
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=vocab, n_layer=2, n_embd=n_embd, n_head=2, n_positions=64, resid_pdrop=0.0,
-                     embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    cfg = GPT2Config(
+        vocab_size=vocab,
+        n_layer=2,
+        n_embd=n_embd,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     return GPT2LMHeadModel(cfg).to(dtype).eval()
 
 
@@ -41,7 +52,7 @@ def full_logprobs(model, batch: SequenceBatch, temperature=1.0, logit_mask=None)
     """Reference: one forward with the full (B, Tr, V) logits, divided by T, masked, log-softmax."""
     ids, am = batch.input_ids, batch.attention_mask
     Tq, Tr = batch.query.shape[1], batch.response.shape[1]
-    logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids(am)).logits[:, Tq - 1: Tq + Tr - 1]
+    logits = model(input_ids=ids, attention_mask=am, position_ids=position_ids(am)).logits[:, Tq - 1 : Tq + Tr - 1]
     logits = logits / temperature
     if logit_mask is not None:
         logits = logits.masked_fill(~logit_mask[:Tr], NEG)
@@ -60,8 +71,20 @@ def value_and_grads(model, fn) -> tuple[torch.Tensor, list[torch.Tensor]]:
 def tiny_scorer(seed: int = 0, dtype=torch.float64) -> GPT2ForSequenceClassification:
     """A random 2-layer GPT-2 with a scalar head (a reward or value model), ``reward_bias`` 0.3."""
     torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=V, n_layer=2, n_embd=32, n_head=2, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0,
-                     attn_pdrop=0.0, num_labels=1, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    cfg = GPT2Config(
+        vocab_size=V,
+        n_layer=2,
+        n_embd=32,
+        n_head=2,
+        n_positions=64,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        num_labels=1,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
     model = GPT2ForSequenceClassification(cfg).to(dtype).eval()
     model.config.reward_bias = 0.3
     return model

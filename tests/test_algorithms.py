@@ -15,9 +15,17 @@ import math
 
 import pytest
 import torch
+from algo_fixtures import (
+    bandit_task,
+    make_context,
+    perturb_,
+    preference_batch,
+    random_pairs,
+    sentiment_task,
+    tiny_lm,
+    tiny_rm,
+)
 
-from algo_fixtures import (bandit_task, make_context, perturb_, preference_batch, random_pairs, sentiment_task, tiny_lm,
-                           tiny_rm)
 from rlhf_bench.algorithms.dpo import DPO, DPOConfig
 from rlhf_bench.algorithms.losses import pairwise_policy_gradient_surrogate
 from rlhf_bench.algorithms.online_dpo import OnlineDPO, OnlineDPOConfig
@@ -132,8 +140,9 @@ def test_ipo_average_ignores_padding_and_prompt_padding(sent):
 
     # 1) garbage in the padded positions of the reference log-probs
     garbage = dict(data)
-    garbage["ref_logprobs"] = torch.where(data["response_mask"].bool(), data["ref_logprobs"],
-                                          torch.full_like(data["ref_logprobs"], 5.0))
+    garbage["ref_logprobs"] = torch.where(
+        data["response_mask"].bool(), data["ref_logprobs"], torch.full_like(data["ref_logprobs"], 5.0)
+    )
     assert algo.loss(garbage)[0].item() == pytest.approx(loss0, rel=1e-6)
 
     # 2) the same pairs with 3 more columns of prompt (left) padding and less response padding
@@ -141,8 +150,9 @@ def test_ipo_average_ignores_padding_and_prompt_padding(sent):
     responses = [y for _, c, r in pairs for y in (c, r)]
     b = SequenceBatch.from_lists(prompts, responses, task.pad_id, 10)
     pad = torch.full((len(prompts), 3), task.pad_id, dtype=torch.long)
-    b = SequenceBatch(torch.cat([pad, b.query], 1), torch.cat([torch.zeros_like(pad), b.query_mask], 1), b.response,
-                      b.response_mask)
+    b = SequenceBatch(
+        torch.cat([pad, b.query], 1), torch.cat([torch.zeros_like(pad), b.query_mask], 1), b.response, b.response_mask
+    )
     assert b.response.shape[1] != data["response"].shape[1] and b.query.shape[1] == data["query"].shape[1] + 3
     with torch.no_grad():
         ref = ctx.logprobs(ctx.ref_model, b)
@@ -173,7 +183,7 @@ def test_dpo_ref_logprobs_precomputed_equal_on_the_fly_bitwise(world, sent, band
     # pairs), and one batch whose prompts happen to be all short (the harness can draw it too):
     # its prompts are left-padded to a narrower width than in the cache's 256-pair chunks
     order = torch.randperm(len(pairs), generator=make_generator(0)).tolist()
-    batches = [order[16 * k: 16 * (k + 1)] for k in range(3)]
+    batches = [order[16 * k : 16 * (k + 1)] for k in range(3)]
     shortest = min(len(p) for p, _, _ in pairs)
     batches.append([i for i, (p, _, _) in enumerate(pairs) if len(p) <= shortest + 1][:16])
     for idx in batches:
@@ -183,7 +193,8 @@ def test_dpo_ref_logprobs_precomputed_equal_on_the_fly_bitwise(world, sent, band
         diff = (a["ref_logprobs"] - b["ref_logprobs"]).abs().max().item()
         assert torch.equal(a["ref_logprobs"], b["ref_logprobs"]), (
             f"{world}: cached and on-the-fly reference log-probs differ (max abs diff {diff:.3e}); prompt "
-            f"padding width {a['query'].shape[1]} in this batch vs {max(len(p) for p, _, _ in pairs)} in the cache")
+            f"padding width {a['query'].shape[1]} in this batch vs {max(len(p) for p, _, _ in pairs)} in the cache"
+        )
 
 
 def test_dpo_reference_logprobs_never_come_from_the_policy(sent):
@@ -311,9 +322,9 @@ def test_p3o_plugin_gradient_is_pairwise_policy_gradient_at_pi_old(clip, sent):
     g_plugin = grads_of(loss, params)
     mask = mb["response_mask"].float()
     lp = ctx.logprobs(ctx.policy, algo.sequence_batch(mb))
-    surrogate = pairwise_policy_gradient_surrogate(seq_sum(lp, mask).view(-1, 2),
-                                                   seq_sum(mb["ref_logprobs"], mask).view(-1, 2),
-                                                   mb["rewards"].view(-1, 2), 0.2)
+    surrogate = pairwise_policy_gradient_surrogate(
+        seq_sum(lp, mask).view(-1, 2), seq_sum(mb["ref_logprobs"], mask).view(-1, 2), mb["rewards"].view(-1, 2), 0.2
+    )
     g_ppg = grads_of(surrogate, params)
     assert max(g.abs().max().item() for g in g_ppg if g is not None) > 1e-4
     assert_grads_close(g_plugin, g_ppg, rtol=1e-4, atol=1e-7)
@@ -377,7 +388,7 @@ def _online_dpo(task, pair_labels, rewards):
     ctx = make_context(task, tiny_lm(task))  # policy == reference: Delta = 0
     algo = OnlineDPO(OnlineDPOConfig(pair_labels=pair_labels, beta=0.5), ctx)
     algo.setup()
-    rollout = ctx.engine.rollout(ctx.policy, task.train_prompts[:len(rewards) // 2], 2, ctx.generator)
+    rollout = ctx.engine.rollout(ctx.policy, task.train_prompts[: len(rewards) // 2], 2, ctx.generator)
     rollout = dataclasses.replace(rollout, rewards=rewards)
     return ctx, algo, algo.prepare(rollout)
 

@@ -30,11 +30,22 @@ BUILDERS = {"sft": "_train_sft", "preferences": "_build_preferences", "reward_mo
 
 def tiny_stages(cache: str | Path) -> SharedStages:
     """The shared stages of a tiny bandit (1-layer model, 256 demonstrations, 40 ranked lists)."""
-    task_cfg = BanditTaskConfig(n_eval_prompts=32, n_sft_demos=256, sft=SFTConfig(epochs=1, batch_size=64),
-                                preferences=PreferenceConfig(n_prompts=40))
+    task_cfg = BanditTaskConfig(
+        n_eval_prompts=32,
+        n_sft_demos=256,
+        sft=SFTConfig(epochs=1, batch_size=64),
+        preferences=PreferenceConfig(n_prompts=40),
+    )
     model_cfg = ModelConfig(n_layer=1, n_embd=32, n_head=2)
-    return SharedStages(build_task(task_cfg), task_cfg, model_cfg, RewardModelConfig(epochs=1), cache,
-                        torch.device("cpu"), progress=False)
+    return SharedStages(
+        build_task(task_cfg),
+        task_cfg,
+        model_cfg,
+        RewardModelConfig(epochs=1),
+        cache,
+        torch.device("cpu"),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +67,7 @@ def counting(stages: SharedStages, monkeypatch) -> Counter:
     """Wrap the stage builders of ``stages`` to count how often each runs."""
     runs: Counter = Counter()
     for stage, name in BUILDERS.items():
+
         def wrapped(*a, _orig=getattr(stages, name), _stage=stage, **k):
             runs[_stage] += 1
             return _orig(*a, **k)
@@ -93,8 +105,11 @@ def test_intact_entries_are_reused_and_carry_a_manifest(cache, monkeypatch):
         manifest = json.loads((path / MANIFEST).read_text())
         assert manifest["stage"] == stage and manifest["key"] == path.name
         listed = {f["path"]: f["size"] for f in manifest["files"]}
-        on_disk = {p.relative_to(path).as_posix(): p.stat().st_size for p in path.rglob("*")
-                   if p.is_file() and p.name != MANIFEST}
+        on_disk = {
+            p.relative_to(path).as_posix(): p.stat().st_size
+            for p in path.rglob("*")
+            if p.is_file() and p.name != MANIFEST
+        }
         assert listed == on_disk and set(STAGE_FILES[stage]) <= set(listed)
 
 
@@ -120,12 +135,15 @@ def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("stage, name, damage", [
-    ("sft", "model.safetensors", _flip),  # same size, other bytes: only the sha256 tells
-    ("preferences", "train/data-00000-of-00001.arrow", _flip),
-    ("reward_model", "model.safetensors", _truncate),
-    ("sft", "metrics.json", _truncate),
-])
+@pytest.mark.parametrize(
+    "stage, name, damage",
+    [
+        ("sft", "model.safetensors", _flip),  # same size, other bytes: only the sha256 tells
+        ("preferences", "train/data-00000-of-00001.arrow", _flip),
+        ("reward_model", "model.safetensors", _truncate),
+        ("sft", "metrics.json", _truncate),
+    ],
+)
 def test_damaged_file_is_detected_and_rebuilt(cache, monkeypatch, caplog, stage, name, damage):
     stages = tiny_stages(cache)
     path = entry(stages, stage) / name
@@ -203,17 +221,23 @@ def _rewrite_manifest(d: Path, edit) -> None:
     (d / MANIFEST).write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda d: (d / MANIFEST).unlink(), "manifest.json missing"),
-    (lambda d: (d / MANIFEST).write_text('{"files": ['), "manifest.json unreadable"),
-    (lambda d: (d / MANIFEST).write_text('{"stage": "s"}'), "manifest.json unreadable"),
-    (lambda d: (d / "sub" / "b.bin").unlink(), "sub/b.bin missing"),
-    (lambda d: (d / "a.txt").write_text("alphabet"), "a.txt has 8 bytes, manifest.json says 5"),
-    (lambda d: (d / "a.txt").write_text("ALPHA"), "a.txt does not match its sha256"),
-    (lambda d: _rewrite_manifest(d, lambda m: m.update(key="s-2")), "manifest.json has key='s-2', expected 's-1'"),
-    (lambda d: _rewrite_manifest(d, lambda m: m["files"].pop(0)), "a.txt not listed in manifest.json"),
-    (lambda d: _rewrite_manifest(d, lambda m: m["files"][1].update(path="../entry/sub/b.bin")), "outside the entry"),
-])
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda d: (d / MANIFEST).unlink(), "manifest.json missing"),
+        (lambda d: (d / MANIFEST).write_text('{"files": ['), "manifest.json unreadable"),
+        (lambda d: (d / MANIFEST).write_text('{"stage": "s"}'), "manifest.json unreadable"),
+        (lambda d: (d / "sub" / "b.bin").unlink(), "sub/b.bin missing"),
+        (lambda d: (d / "a.txt").write_text("alphabet"), "a.txt has 8 bytes, manifest.json says 5"),
+        (lambda d: (d / "a.txt").write_text("ALPHA"), "a.txt does not match its sha256"),
+        (lambda d: _rewrite_manifest(d, lambda m: m.update(key="s-2")), "manifest.json has key='s-2', expected 's-1'"),
+        (lambda d: _rewrite_manifest(d, lambda m: m["files"].pop(0)), "a.txt not listed in manifest.json"),
+        (
+            lambda d: _rewrite_manifest(d, lambda m: m["files"][1].update(path="../entry/sub/b.bin")),
+            "outside the entry",
+        ),
+    ],
+)
 def test_check_manifest_names_the_problem(tmp_path, damage, problem):
     d = _entry_dir(tmp_path)
     assert check_manifest(d, {"stage": "s", "key": "s-1"}, required=["a.txt"]) is None
@@ -276,8 +300,9 @@ def test_parallel_prepare_builds_each_stage_once(tmp_path):
     exactly one of them and read by the other three; no temporary directory is left."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(N_WORKERS), ctx.Queue()
-    procs = [ctx.Process(target=_prepare_worker, args=(str(tmp_path / "cache"), barrier, queue))
-             for _ in range(N_WORKERS)]
+    procs = [
+        ctx.Process(target=_prepare_worker, args=(str(tmp_path / "cache"), barrier, queue)) for _ in range(N_WORKERS)
+    ]
     for p in procs:
         p.start()
     results = _collect(procs, queue, N_WORKERS)

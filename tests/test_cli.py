@@ -17,8 +17,15 @@ from rlhf_bench.algorithms import Algorithm, AlgorithmConfig, register_algorithm
 
 REPO = Path(__file__).resolve().parents[1]
 #: Small shared stages for the CLI runs (n_eval_prompts left at its default of 200).
-SMALL = ["task=bandit", "task.n_sft_demos=1000", "task.sft.epochs=1", "task.preferences.n_prompts=100",
-         "reward_model.epochs=1", "progress=false", "threads=1"]
+SMALL = [
+    "task=bandit",
+    "task.n_sft_demos=1000",
+    "task.sft.epochs=1",
+    "task.preferences.n_prompts=100",
+    "reward_model.epochs=1",
+    "progress=false",
+    "threads=1",
+]
 
 
 def rlhf_bench(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -78,7 +85,10 @@ def test_cli_run_files_and_cache_reuse(tmp_path):
     assert second.returncode == 0, out2[-4000:]
     assert "reused from cache" in out2
     assert json.loads((run2 / "summary.json").read_text())["shared"]["reused"] == {
-        "sft": True, "preferences": True, "reward_model": True}
+        "sft": True,
+        "preferences": True,
+        "reward_model": True,
+    }
     assert (run2 / "eval.jsonl").read_text() == (run1 / "eval.jsonl").read_text()
 
 
@@ -112,8 +122,9 @@ def test_cli_bad_value_one_line_and_nothing_written(overrides, message, tmp_path
 
 
 def test_cli_unknown_option_lists_choices(tmp_path):
-    res = rlhf_bench("algorithm=nope", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
-                     timeout=120)
+    res = rlhf_bench(
+        "algorithm=nope", f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}", timeout=120
+    )
     assert res.returncode != 0
     assert "algorithm/nope" in res.stderr and "best_of_n" in res.stderr, res.stderr[-2000:]
     assert not (tmp_path / "cache").exists()
@@ -152,9 +163,22 @@ def test_toy_plugin_runs_through_the_cli(tmp_path, monkeypatch, bandit):
     from rlhf_bench.benchmarks import cli
 
     run_dir = tmp_path / "toy_run"
-    monkeypatch.setattr(sys, "argv", ["rlhf-bench", *bandit.overrides, "progress=false", "threads=1", "algorithm=toy",
-                                      "task.steps=3", "task.eval_every=3", "task.prompts_per_step=8",
-                                      f"cache_dir={bandit.cfg.cache_dir}", f"hydra.run.dir={run_dir}"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "rlhf-bench",
+            *bandit.overrides,
+            "progress=false",
+            "threads=1",
+            "algorithm=toy",
+            "task.steps=3",
+            "task.eval_every=3",
+            "task.prompts_per_step=8",
+            f"cache_dir={bandit.cfg.cache_dir}",
+            f"hydra.run.dir={run_dir}",
+        ],
+    )
     try:
         cli.main()
     except SystemExit as e:  # Hydra exits on errors; a clean run returns

@@ -19,9 +19,15 @@ CONF = REPO_ROOT / "conf"
 GROUPS = ("task", "model", "reward_model", "algorithm", "logger")
 #: Options that need a value the YAML leaves mandatory (``???``) to be complete.
 #: (A well-formed hub id passes validation without being downloaded.)
-REQUIRED_EXTRA = {("model", "pretrained"): ["model.pretrained=gpt2"],
-                  ("task", "hf"): ["model=pretrained", "model.pretrained=gpt2", "task.preference_data=Anthropic/hh-rlhf",
-                                   "task.sft_data=trl-lib/tldr"]}
+REQUIRED_EXTRA = {
+    ("model", "pretrained"): ["model.pretrained=gpt2"],
+    ("task", "hf"): [
+        "model=pretrained",
+        "model.pretrained=gpt2",
+        "task.preference_data=Anthropic/hh-rlhf",
+        "task.sft_data=trl-lib/tldr",
+    ],
+}
 
 
 def _options(group: str) -> list[str]:
@@ -69,27 +75,30 @@ def test_mandatory_value_left_unset_fails(compose):
         validate(compose("model=pretrained"))
 
 
-@pytest.mark.parametrize("override,fragments", [
-    ("algorithm.beta=-1", ["algorithm.beta", "> 0", "-1"]),
-    ("algorithm.beta=0", ["algorithm.beta", "> 0"]),
-    ("algorithm.lr=0", ["algorithm.lr", "> 0"]),
-    ("task.preferences.k=1", ["task.preferences.k", ">= 2"]),
-    ("task.sft.epochs=0", ["task.sft.epochs", "> 0"]),
-    ("task.preferences.heldout_fraction=1.5", ["task.preferences.heldout_fraction", "(0, 1)"]),
-    ("task.n_eval_prompts=-5", ["task.n_eval_prompts", "> 0", "-5"]),
-    ("task.steps=0", ["task.steps", "> 0"]),
-    ("task.temperature=0", ["task.temperature", "> 0"]),
-    ("task.max_new_tokens=4", ["task.max_new_tokens", "response_len + 1"]),
-    ("task.n_eval_prompts=5000", ["n_eval_prompts"]),
-    ("model.n_layer=0", ["model.n_layer", "> 0"]),
-    ("model.n_embd=65", ["model.n_embd", "multiple of n_head"]),
-    ("model.dropout=1.0", ["model.dropout", "[0, 1)"]),
-    ("reward_model.kind=oracle", ["reward_model.kind", "learned", "gold"]),
-    ("reward_model.epochs=-1", ["reward_model.epochs", "> 0"]),
-    ("logger.mode=sometimes", ["logger.mode", "offline"]),
-    ("threads=-1", ["threads", ">= 0"]),
-    ("device=tpu", ["device", "cuda"]),
-])
+@pytest.mark.parametrize(
+    "override,fragments",
+    [
+        ("algorithm.beta=-1", ["algorithm.beta", "> 0", "-1"]),
+        ("algorithm.beta=0", ["algorithm.beta", "> 0"]),
+        ("algorithm.lr=0", ["algorithm.lr", "> 0"]),
+        ("task.preferences.k=1", ["task.preferences.k", ">= 2"]),
+        ("task.sft.epochs=0", ["task.sft.epochs", "> 0"]),
+        ("task.preferences.heldout_fraction=1.5", ["task.preferences.heldout_fraction", "(0, 1)"]),
+        ("task.n_eval_prompts=-5", ["task.n_eval_prompts", "> 0", "-5"]),
+        ("task.steps=0", ["task.steps", "> 0"]),
+        ("task.temperature=0", ["task.temperature", "> 0"]),
+        ("task.max_new_tokens=4", ["task.max_new_tokens", "response_len + 1"]),
+        ("task.n_eval_prompts=5000", ["n_eval_prompts"]),
+        ("model.n_layer=0", ["model.n_layer", "> 0"]),
+        ("model.n_embd=65", ["model.n_embd", "multiple of n_head"]),
+        ("model.dropout=1.0", ["model.dropout", "[0, 1)"]),
+        ("reward_model.kind=oracle", ["reward_model.kind", "learned", "gold"]),
+        ("reward_model.epochs=-1", ["reward_model.epochs", "> 0"]),
+        ("logger.mode=sometimes", ["logger.mode", "offline"]),
+        ("threads=-1", ["threads", ">= 0"]),
+        ("device=tpu", ["device", "cuda"]),
+    ],
+)
 def test_bad_values_name_the_field(override, fragments, compose):
     cfg = compose("task=bandit", "algorithm=best_of_n", override)
     with pytest.raises(ConfigError) as err:
@@ -187,8 +196,12 @@ def test_committed_results_are_the_same_runs_as_todays_config(run, compose):
     and a setting that does change the run is still told apart."""
     summary = json.loads((REPO_ROOT / "results" / "bandit" / run / "summary.json").read_text())
     a = summary["config"]["algorithm"]
-    overrides = ["benchmark=bandit", f"algorithm={a['label']}", f"seed={summary['seed']}",
-                 f"task.seed={summary['world']}"]
+    overrides = [
+        "benchmark=bandit",
+        f"algorithm={a['label']}",
+        f"seed={summary['seed']}",
+        f"task.seed={summary['world']}",
+    ]
     if not summary["beta_independent"]:
         overrides.append(f"algorithm.beta={a['beta']}")
     today = OmegaConf.to_container(compose(*overrides), resolve=True)
@@ -220,9 +233,10 @@ def test_the_world_names_the_run_and_joins_the_benchmark_sweep(monkeypatch):
     monkeypatch.setenv(SWEEP_OVERRIDES_ENV, sweep_overrides(["benchmark=bandit", "task.seed=range(50,53)", "seed=1"]))
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF)):
-        for job, name in ((["algorithm=ppo", "algorithm.beta=0.3", "task.seed=51", "seed=1"], "ppo_beta0.3_world51_seed1"),
-                          (["algorithm=sft", "task.seed=50", "seed=0"], "sft_world50_seed0")):
-            cfg = hydra_compose(config_name="config", return_hydra_config=True,
-                                overrides=["benchmark=bandit", *job])
+        for job, name in (
+            (["algorithm=ppo", "algorithm.beta=0.3", "task.seed=51", "seed=1"], "ppo_beta0.3_world51_seed1"),
+            (["algorithm=sft", "task.seed=50", "seed=0"], "sft_world50_seed0"),
+        ):
+            cfg = hydra_compose(config_name="config", return_hydra_config=True, overrides=["benchmark=bandit", *job])
             assert cfg.hydra.sweep.dir == "multirun/bandit" and cfg.hydra.sweep.subdir == name
     GlobalHydra.instance().clear()

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from rlhf_bench.benchmarks.rollout.decode import cache_kwarg, forward_cached
 from rlhf_bench.benchmarks.rollout import sample_responses
+from rlhf_bench.benchmarks.rollout.decode import cache_kwarg, forward_cached
 from rlhf_bench.benchmarks.utils import make_generator
 
 LONG = 80  # as tests/test_sampling.py: the sentiment rows end before this (generator seed 7)
@@ -19,10 +19,18 @@ LONG = 80  # as tests/test_sampling.py: the sentiment rows end before this (gene
 
 def _sample(bundle, seed: int, compiled: bool, first: int = 0):
     task = bundle.task
-    prompts = [p for p in task.eval_prompts[first: first + 8] for _ in range(2)]
-    return sample_responses(bundle.ref, prompts, eos_id=task.eos_id, pad_id=task.pad_id, max_new_tokens=LONG,
-                            temperature=0.7, logit_mask=task.logit_mask(LONG), generator=make_generator(seed),
-                            compiled=compiled)
+    prompts = [p for p in task.eval_prompts[first : first + 8] for _ in range(2)]
+    return sample_responses(
+        bundle.ref,
+        prompts,
+        eos_id=task.eos_id,
+        pad_id=task.pad_id,
+        max_new_tokens=LONG,
+        temperature=0.7,
+        logit_mask=task.logit_mask(LONG),
+        generator=make_generator(seed),
+        compiled=compiled,
+    )
 
 
 def test_the_compiled_decode_step_samples_the_tokens_of_the_eager_loop(sentiment):
@@ -45,8 +53,7 @@ def test_the_compiled_decode_step_samples_the_tokens_of_the_eager_loop(sentiment
 
 def test_the_cache_goes_under_the_name_the_forward_takes():
     class Old(torch.nn.Module):  # a model from before transformers renamed the argument
-        def forward(self, input_ids=None, past_key_values=None, attention_mask=None, position_ids=None,
-                    use_cache=None):
+        def forward(self, input_ids=None, past_key_values=None, attention_mask=None, position_ids=None, use_cache=None):
             return type("Out", (), {"past_key_values": ("old", past_key_values), "logits": None})()
 
     class New(torch.nn.Module):  # and after: the output's field renamed too

@@ -15,16 +15,36 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 #: Small bandit shared stages.
-SMALL = ["task=bandit", "task.n_sft_demos=1000", "task.sft.epochs=1", "task.preferences.n_prompts=100",
-         "reward_model.epochs=1", "progress=false"]
+SMALL = [
+    "task=bandit",
+    "task.n_sft_demos=1000",
+    "task.sft.epochs=1",
+    "task.preferences.n_prompts=100",
+    "reward_model.epochs=1",
+    "progress=false",
+]
 
 
 def launch(*args: str, processes: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:
     """``accelerate launch --multi_gpu --num_processes N ARGS`` (torchrun underneath; without CUDA
     the run talks through gloo), with one thread per process."""
     exe = Path(sys.executable).with_name("accelerate")
-    cmd = [str(exe), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", "1", *args]
+    cmd = [
+        str(exe),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(processes),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--num_cpu_threads_per_process",
+        "1",
+        *args,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
@@ -74,8 +94,13 @@ def test_a_two_process_run_is_one_run_with_one_writer(tmp_path):
     assert len(read_jsonl(run_dir / "samples.jsonl")) == 200
     cli_log = (run_dir / "cli.log").read_text()
     assert cli_log.count("step 4/4: KL") == 1 and cli_log.count("[shared] sft:") == 1  # one process wrote it
-    one = subprocess.run([str(Path(sys.executable).with_name("rlhf-bench")), *args, f"hydra.run.dir={single}"],
-                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    one = subprocess.run(
+        [str(Path(sys.executable).with_name("rlhf-bench")), *args, f"hydra.run.dir={single}"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     alone = json.loads((single / "summary.json").read_text())
     assert alone["distributed"] == {"num_processes": 1, "type": "NO"}
@@ -85,20 +110,42 @@ def test_a_two_process_run_is_one_run_with_one_writer(tmp_path):
 
 
 def test_prompts_that_do_not_split_over_the_processes_are_refused(tmp_path):
-    r = launch("-m", "rlhf_bench.benchmarks.cli", *SMALL, "algorithm=ppo", "task.prompts_per_step=7",
-               f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}")
+    r = launch(
+        "-m",
+        "rlhf_bench.benchmarks.cli",
+        *SMALL,
+        "algorithm=ppo",
+        "task.prompts_per_step=7",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
     assert r.returncode != 0
-    assert ("rlhf-bench: invalid configuration: task.prompts_per_step must be divisible by the 2 processes of this run"
-            in r.stderr)
+    assert (
+        "rlhf-bench: invalid configuration: task.prompts_per_step must be divisible by the 2 processes of this run"
+        in r.stderr
+    )
     assert not (tmp_path / "cache" / "bandit").exists()  # refused before any compute
 
 
 def test_a_submitit_local_sweep_builds_the_shared_stages_once_and_reports(tmp_path):
     sweep = tmp_path / "sweep"
     exe = Path(sys.executable).with_name("rlhf-bench")
-    r = subprocess.run([str(exe), "-m", "hydra/launcher=submitit_local", *SMALL, "algorithm=sft,best_of_n",
-                        f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}"], capture_output=True, text=True,
-                       cwd=REPO, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            str(exe),
+            "-m",
+            "hydra/launcher=submitit_local",
+            *SMALL,
+            "algorithm=sft,best_of_n",
+            f"cache_dir={tmp_path / 'cache'}",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert sorted(s["algorithm"] for s in summaries) == ["best_of_n", "sft"]
@@ -109,10 +156,10 @@ def test_a_submitit_local_sweep_builds_the_shared_stages_once_and_reports(tmp_pa
 
 
 def test_the_slurm_launcher_preset_composes():
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from conftest import CONF_DIR, compose_config
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     compose_config()  # registers the schemas and the plugins
     GlobalHydra.instance().clear()
@@ -120,8 +167,12 @@ def test_the_slurm_launcher_preset_composes():
         cfg = hydra_compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
-    assert (launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node, launcher.array_parallelism) == \
-        (240, 1, 1, 32)
+    assert (launcher.timeout_min, launcher.gpus_per_node, launcher.tasks_per_node, launcher.array_parallelism) == (
+        240,
+        1,
+        1,
+        32,
+    )
 
 
 @pytest.mark.slow
@@ -130,9 +181,19 @@ def test_two_processes_still_reach_the_optimum_with_the_gold_reward(tmp_path, al
     """The bandit with its tuned settings and the gold reward, as in the convergence grid
     (tests/test_convergence.py), split over two processes: frontier efficiency >= 0.9."""
     run_dir = tmp_path / "run"
-    r = launch("-m", "rlhf_bench.benchmarks.cli", "task=bandit", "reward_model=gold", "tuned=bandit",
-               f"algorithm={algorithm}", "algorithm.beta=0.6", "progress=false", f"cache_dir={tmp_path / 'cache'}",
-               f"hydra.run.dir={run_dir}", timeout=1500)
+    r = launch(
+        "-m",
+        "rlhf_bench.benchmarks.cli",
+        "task=bandit",
+        "reward_model=gold",
+        "tuned=bandit",
+        f"algorithm={algorithm}",
+        "algorithm.beta=0.6",
+        "progress=false",
+        f"cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={run_dir}",
+        timeout=1500,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["distributed"]["num_processes"] == 2

@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from rlhf_bench.benchmarks.runtime.checkpoint import Checkpoints, JsonlFile
 from rlhf_bench.benchmarks.config import ConfigError, validate
+from rlhf_bench.benchmarks.runtime.checkpoint import Checkpoints, JsonlFile
 from rlhf_bench.benchmarks.runtime.faults import first_nonfinite
 from rlhf_bench.benchmarks.training.runs import run
 
@@ -37,18 +37,25 @@ def clean_runs(bandit, tmp_path_factory):
     root = tmp_path_factory.mktemp("clean")
     out = {}
     for algo, *_ in FAULTS:
-        cfg = compose_config(*bandit.overrides, f"algorithm={algo}", "checkpoint.every=2",
-                             cache_dir=bandit.cfg.cache_dir)
+        cfg = compose_config(
+            *bandit.overrides, f"algorithm={algo}", "checkpoint.every=2", cache_dir=bandit.cfg.cache_dir
+        )
         run(cfg, root / algo)
         out[algo] = root / algo
     return out
 
 
 @pytest.mark.parametrize("algo,quantity,value,named", FAULTS, ids=[f[1] for f in FAULTS])
-def test_injected_fault_stops_the_run_at_its_step(algo, quantity, value, named, bandit, run_config, clean_runs,
-                                                  tmp_path, caplog):
-    overrides = [f"algorithm={algo}", "checkpoint.every=2", "fault.step=3", f"fault.quantity={quantity}",
-                 f"fault.value={value}"]
+def test_injected_fault_stops_the_run_at_its_step(
+    algo, quantity, value, named, bandit, run_config, clean_runs, tmp_path, caplog
+):
+    overrides = [
+        f"algorithm={algo}",
+        "checkpoint.every=2",
+        "fault.step=3",
+        f"fault.quantity={quantity}",
+        f"fault.value={value}",
+    ]
     summary = run(run_config(bandit, *overrides), tmp_path)
     assert summary["status"] == "failed" and summary["failed_step"] == 3
     assert summary["reason"] == f"non-finite {named} ({value}) at step 3 (algorithm {algo})"
@@ -92,8 +99,10 @@ def test_run_directory_of_another_configuration_is_an_error(bandit, run_config, 
     summary = run(run_config(bandit, "algorithm=dpo", "fault.step=1", "fault.quantity=loss"), tmp_path / "failed")
     assert summary["status"] == "failed"
     with pytest.raises(ConfigError, match=r"another configuration \(algorithm.lr: "):
-        run(run_config(bandit, "algorithm=dpo", "fault.step=1", "fault.quantity=loss", "algorithm.lr=0.5"),
-            tmp_path / "failed")
+        run(
+            run_config(bandit, "algorithm=dpo", "fault.step=1", "fault.quantity=loss", "algorithm.lr=0.5"),
+            tmp_path / "failed",
+        )
 
 
 def test_jsonl_file_is_cut_back_to_the_checkpoint(tmp_path):

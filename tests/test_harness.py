@@ -21,15 +21,31 @@ from hydra.core.config_store import ConfigStore
 from rlhf_bench.algorithms.base import Algorithm
 from rlhf_bench.algorithms.baselines import BestOfNPolicy
 from rlhf_bench.algorithms.registry import available_algorithms, register_algorithm
-from rlhf_bench.benchmarks.training import runs
 from rlhf_bench.benchmarks.config import AlgorithmConfig, ModelConfig
-from rlhf_bench.benchmarks.evaluation import (LMPolicy, kl_and_reward, optimal_frontier, optimal_point, optimal_reward_at_kl,
-                                   tilted)
-from rlhf_bench.benchmarks.models import (SequenceBatch, build_policy, build_reward_model, disable_dropout, hidden_scores,
-                               last_token_index, position_ids, response_logits, reward_scores, score_batch,
-                               token_logprobs)
 from rlhf_bench.benchmarks.data import expand_pairs
+from rlhf_bench.benchmarks.evaluation import (
+    LMPolicy,
+    kl_and_reward,
+    optimal_frontier,
+    optimal_point,
+    optimal_reward_at_kl,
+    tilted,
+)
+from rlhf_bench.benchmarks.models import (
+    SequenceBatch,
+    build_policy,
+    build_reward_model,
+    disable_dropout,
+    hidden_scores,
+    last_token_index,
+    position_ids,
+    response_logits,
+    reward_scores,
+    score_batch,
+    token_logprobs,
+)
 from rlhf_bench.benchmarks.stages import STAGE_FILES, SharedStages, plackett_luce_ranking, ranking_loss
+from rlhf_bench.benchmarks.training import runs
 from rlhf_bench.benchmarks.utils import check_manifest, make_generator
 
 
@@ -40,7 +56,7 @@ def manual_logprobs(model, prompt, response, temperature=1.0, logit_mask=None) -
     ids = torch.tensor([list(prompt) + list(response)])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].double()
-    logits = logits[len(prompt) - 1: len(prompt) + len(response) - 1] / temperature  # (Tr, V)
+    logits = logits[len(prompt) - 1 : len(prompt) + len(response) - 1] / temperature  # (Tr, V)
     if logit_mask is not None:
         logits = logits.masked_fill(~logit_mask[: len(response)], float("-inf"))
     return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response).unsqueeze(-1)).squeeze(-1)
@@ -89,7 +105,7 @@ def test_left_padding_does_not_change_logprobs(sentiment):
     with torch.no_grad():
         logits = model(input_ids=padded.input_ids, attention_mask=padded.attention_mask).logits.float()
     Tq = padded.query.shape[1]
-    naive = torch.log_softmax(logits[0, Tq - 1: -1], -1).gather(-1, padded.response[0].unsqueeze(-1)).squeeze(-1)
+    naive = torch.log_softmax(logits[0, Tq - 1 : -1], -1).gather(-1, padded.response[0].unsqueeze(-1)).squeeze(-1)
     naive = naive * padded.response_mask[0]
     assert (naive - lp_alone).abs().max() > 1e-3
 
@@ -140,7 +156,9 @@ def test_rollout_logprobs_match_sampling_temperature(sentiment):
         torch.testing.assert_close(ro.logprobs[i, :n], exp_pol, atol=1e-5, rtol=0)
         torch.testing.assert_close(ro.ref_logprobs[i, :n], exp_ref, atol=1e-5, rtol=0)
         assert torch.all(ro.logprobs[i, n:] == 0) and torch.all(ro.ref_logprobs[i, n:] == 0)
-        far_from_t1 = max(far_from_t1, (ro.logprobs[i, :n] - manual_logprobs(policy, p, r, 1.0, mask).float()).abs().max().item())
+        far_from_t1 = max(
+            far_from_t1, (ro.logprobs[i, :n] - manual_logprobs(policy, p, r, 1.0, mask).float()).abs().max().item()
+        )
     assert far_from_t1 > 1e-2
     assert (ro.logprobs - ro.ref_logprobs).abs().max() > 1e-3  # pi_old comes from the policy, not the reference
 
@@ -197,7 +215,7 @@ def _reward_probe(task):
     two ending in EOS, one cut at ``max_new_tokens`` without EOS."""
     eos, words = task.eos_id, [int(w) for w in task.word_ids]
     prompts = [task.eval_prompts[0][:3], max(task.eval_prompts, key=len), task.eval_prompts[2][:4]]
-    responses = [words[:5] + [eos], words[10:12] + [eos], words[20:20 + task.max_new_tokens]]
+    responses = [words[:5] + [eos], words[10:12] + [eos], words[20 : 20 + task.max_new_tokens]]
     return prompts, responses
 
 
@@ -229,8 +247,14 @@ def test_pad_equal_eos_trap_is_real(sentiment, fresh_copy):
     batch = SequenceBatch.from_lists(prompts, responses, pad_id=task.eos_id)
     with torch.no_grad():
         ours = reward_scores(rm, batch.input_ids, batch.attention_mask)
-        hf = rm(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position_ids(batch.attention_mask)).logits.squeeze(-1) - rm.config.reward_bias
+        hf = (
+            rm(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask),
+            ).logits.squeeze(-1)
+            - rm.config.reward_bias
+        )
     assert (hf[:2] - ours[:2]).abs().min() > 1e-4
     assert hf[2].item() == pytest.approx(ours[2].item(), abs=1e-5)  # no EOS: both read the last word
 
@@ -278,8 +302,10 @@ def test_disable_dropout_makes_train_mode_deterministic(bandit):
     policy = build_policy(task, ModelConfig(dropout=0.1))
     rm = build_reward_model(task, ModelConfig(dropout=0.1))
     batch = SequenceBatch.from_lists(task.eval_prompts[:8], task.all_responses()[:8], task.pad_id)
-    for model, fn in ((policy, lambda m: token_logprobs(m, batch)),
-                      (rm, lambda m: reward_scores(m, batch.input_ids, batch.attention_mask))):
+    for model, fn in (
+        (policy, lambda m: token_logprobs(m, batch)),
+        (rm, lambda m: reward_scores(m, batch.input_ids, batch.attention_mask)),
+    ):
         model.train()
         with torch.no_grad():
             assert (fn(model) - fn(model)).abs().max() > 1e-4  # the trap is real with dropout on
@@ -373,8 +399,11 @@ def test_same_seed_same_eval_best_of_n(bandit, run_config, tmp_path):
 def _trained_algorithms() -> list[str]:
     """The toy, plus the first real trained plugin that exists (with its YAML) when there is one."""
     conf = Path(__file__).resolve().parents[1] / "conf" / "algorithm"
-    real = [a for a in ("ppo", "p3o_v2", "p3o", "online_dpo", "dpo")
-            if a in available_algorithms() and (conf / f"{a}.yaml").exists()]
+    real = [
+        a
+        for a in ("ppo", "p3o_v2", "p3o", "online_dpo", "dpo")
+        if a in available_algorithms() and (conf / f"{a}.yaml").exists()
+    ]
     return ["seed_toy"] + real[:1]
 
 
@@ -383,8 +412,9 @@ def test_same_seed_same_training(algo, bandit, run_config, tmp_path):
     """A trained algorithm: the same seed reproduces eval.jsonl and train.jsonl exactly (global
     RNGs disturbed in between); another seed gives the same step-0 evaluation (same SFT base,
     same eval stream) but a different trained policy."""
-    cfg = run_config(bandit, f"algorithm={algo}", "task.steps=2", "task.eval_every=2", "task.prompts_per_step=8",
-                     "seed=5")
+    cfg = run_config(
+        bandit, f"algorithm={algo}", "task.steps=2", "task.eval_every=2", "task.prompts_per_step=8", "seed=5"
+    )
     cfg_c = copy.deepcopy(cfg)  # one composition for all three runs: conf/ edits mid-test cannot interfere
     cfg_c.seed = 6
     _perturb_global_rngs(3)
@@ -406,7 +436,7 @@ def test_bandit_enumerated_probabilities_sum_to_one(bandit, bandit_evaluator):
     the SFT model and a random one, at T = 1 and T = 0.7."""
     table = bandit_evaluator.table
     task = bandit.task
-    assert table.ref_logp.shape == (len(task.eval_prompts), task.A ** task.L)
+    assert table.ref_logp.shape == (len(task.eval_prompts), task.A**task.L)
     for engine in (bandit.engine, bandit.engine_at(0.7)):
         for model in (bandit.ref, random_policy(task, 1)):
             mass = table.logprobs(engine, model).double().exp().sum(-1)
@@ -472,15 +502,18 @@ def test_prefix_tree_matches_full_forward_passes(bandit, bandit_evaluator):
     ids, temperature and mask all matter) and the reward model's score read at the last token."""
     table, task = bandit_evaluator.table, bandit.task
     prompts = task.eval_prompts[:5]
-    flat = SequenceBatch.from_lists([p for p in prompts for _ in table.responses], table.responses * len(prompts),
-                                    task.pad_id)
+    flat = SequenceBatch.from_lists(
+        [p for p in prompts for _ in table.responses], table.responses * len(prompts), task.pad_id
+    )
     engine = bandit.engine_at(0.7)
     model = random_policy(task, 3)
     tree = table._prefix_tree.logprobs(model, prompts, engine)  # (5, N)
     full = token_logprobs(model, flat, 0.7, engine.logit_mask).sum(1).view(len(prompts), -1)
     torch.testing.assert_close(tree, full, atol=2e-5, rtol=0)
     proxy = score_batch(bandit.reward_model, flat).view(len(prompts), -1)
-    torch.testing.assert_close(table._prefix_tree.rewards(bandit.reward_model, prompts, engine), proxy, atol=2e-5, rtol=0)
+    torch.testing.assert_close(
+        table._prefix_tree.rewards(bandit.reward_model, prompts, engine), proxy, atol=2e-5, rtol=0
+    )
     torch.testing.assert_close(table.proxy[:5], proxy, atol=2e-5, rtol=0)
 
 
@@ -560,8 +593,12 @@ def test_no_policy_lies_above_the_frontier(bandit_evaluator):
         beta = float(np.exp(torch.empty(1).uniform_(math.log(0.05), math.log(5.0), generator=g)))
         noise = torch.randn(ref.shape, generator=g, dtype=torch.float64) * (0.1 + i / 30)
         per_prompt_beta = beta * torch.exp(torch.randn(ref.shape[0], 1, generator=g, dtype=torch.float64))
-        candidates = [ref + noise, ref + gold / beta + noise, ref + gold / per_prompt_beta,
-                      ref + 0.5 * (gold + proxy) / beta]
+        candidates = [
+            ref + noise,
+            ref + gold / beta + noise,
+            ref + gold / per_prompt_beta,
+            ref + 0.5 * (gold + proxy) / beta,
+        ]
         for logits in candidates:
             logp = torch.log_softmax(logits, -1)
             kl, r = kl_and_reward(logp, ref, gold)
@@ -578,8 +615,9 @@ def test_best_of_n_kl_bound(n, bandit, bandit_evaluator):
     ref = torch.log_softmax(table.ref_logp.double(), -1)
     for kind in ("learned", "gold"):
         logp = BestOfNPolicy(bandit.ref, n).enumerated_logprobs(bandit.engine_at(1.0, kind), table).double()
-        torch.testing.assert_close(logp.exp().sum(-1), torch.ones(len(table.prompts), dtype=torch.float64),
-                                   atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            logp.exp().sum(-1), torch.ones(len(table.prompts), dtype=torch.float64), atol=1e-5, rtol=0
+        )
         kl, _ = kl_and_reward(logp, ref, table.gold.double())
         bound = math.log(n) - (n - 1) / n
         assert kl <= bound + 1e-6, (kind, kl, bound)
@@ -625,18 +663,27 @@ def test_ranking_loss_k2_equals_trl_reward_trainer(bandit, tmp_path):
     rm = build_reward_model(task, ModelConfig())
     responses = task.all_responses()
     pairs = [(task.train_prompts[i], responses[7 * i + 3], responses[11 * i + 5][: 2 + i % 3]) for i in range(8)]
-    ds = datasets.Dataset.from_dict({"chosen_ids": [p + c for p, c, _ in pairs],
-                                     "rejected_ids": [p + r for p, _, r in pairs]})
-    args = RewardConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, center_rewards_coefficient=None,
-                        per_device_train_batch_size=len(pairs), save_strategy="no", logging_strategy="no")
+    ds = datasets.Dataset.from_dict(
+        {"chosen_ids": [p + c for p, c, _ in pairs], "rejected_ids": [p + r for p, _, r in pairs]}
+    )
+    args = RewardConfig(
+        output_dir=str(tmp_path / "trl"),
+        report_to=[],
+        use_cpu=True,
+        center_rewards_coefficient=None,
+        per_device_train_batch_size=len(pairs),
+        save_strategy="no",
+        logging_strategy="no",
+    )
     tr = RewardTrainer(model=rm, args=args, train_dataset=ds, processing_class=copy.deepcopy(task.tokenizer))
     inputs = tr.data_collator([ds[i] for i in range(len(ds))])
     assert "margin" not in inputs
     rm.eval()
     with torch.no_grad():
         trl_loss = tr.compute_loss(rm, dict(inputs)).item()
-        batch = SequenceBatch.from_lists([p for p, _, _ in pairs for _ in (0, 1)],
-                                         [x for _, c, r in pairs for x in (c, r)], task.pad_id)
+        batch = SequenceBatch.from_lists(
+            [p for p, _, _ in pairs for _ in (0, 1)], [x for _, c, r in pairs for x in (c, r)], task.pad_id
+        )
         rewards = reward_scores(rm, batch.input_ids, batch.attention_mask).view(-1, 2)
     ours, metrics = ranking_loss(rewards, torch.tensor([[0, 1]] * len(pairs)))
     assert ours.item() == pytest.approx(trl_loss, abs=1e-6)
@@ -656,7 +703,8 @@ def test_ranking_loss_k4_equals_pair_loop():
     for b in range(B):
         pairs = list(itertools.combinations(ranking[b].tolist(), 2))  # (better, worse)
         assert len(pairs) == math.comb(K, 2) == 6
-        total += sum(-math.log(1 / (1 + math.exp(-(rewards[b, w] - rewards[b, l]).item()))) for w, l in pairs) / len(pairs)
+        nll = [-math.log(1 / (1 + math.exp(-(rewards[b, w] - rewards[b, worse]).item()))) for w, worse in pairs]
+        total += sum(nll) / len(pairs)
     assert loss.item() == pytest.approx(total / B, abs=1e-10)
     # gradient: the best response is pushed up, the worst down
     r = rewards.clone().requires_grad_(True)
@@ -698,12 +746,23 @@ def test_preference_data_columns_and_pairs(bandit):
 
 
 def test_expand_pairs_chosen_ranked_above_rejected():
-    ds = datasets.Dataset.from_dict({"prompt": ["p", "q"], "responses": [["a", "b", "c", "d"], ["w", "x", "y"]],
-                                     "ranking": [[2, 0, 3, 1], [1, 2, 0]]})
+    ds = datasets.Dataset.from_dict(
+        {
+            "prompt": ["p", "q"],
+            "responses": [["a", "b", "c", "d"], ["w", "x", "y"]],
+            "ranking": [[2, 0, 3, 1], [1, 2, 0]],
+        }
+    )
     pairs = expand_pairs(ds)
     got = list(zip(pairs["prompt"], pairs["chosen"], pairs["rejected"]))
-    assert set(got[:6]) == {("p", "c", "a"), ("p", "c", "d"), ("p", "c", "b"), ("p", "a", "d"), ("p", "a", "b"),
-                            ("p", "d", "b")}
+    assert set(got[:6]) == {
+        ("p", "c", "a"),
+        ("p", "c", "d"),
+        ("p", "c", "b"),
+        ("p", "a", "d"),
+        ("p", "a", "b"),
+        ("p", "d", "b"),
+    }
     assert set(got[6:]) == {("q", "x", "y"), ("q", "x", "w"), ("q", "y", "w")} and len(got) == 9
 
 
@@ -715,8 +774,9 @@ def test_shared_stages_reuse_cache(bandit, monkeypatch):
     with a manifest that checks out. Asserted on what was reused, never on wall time."""
     assert bandit.first_prepare_reused == {"sft": False, "preferences": False, "reward_model": False}
     g = bandit.groups
-    stages = SharedStages(bandit.task, g["task"], g["model"], g["reward_model"], bandit.cfg.cache_dir,
-                          torch.device("cpu"), progress=False)
+    stages = SharedStages(
+        bandit.task, g["task"], g["model"], g["reward_model"], bandit.cfg.cache_dir, torch.device("cpu"), progress=False
+    )
     for builder in ("_train_sft", "_build_preferences", "_train_reward_model", "_fit"):
         monkeypatch.setattr(stages, builder, lambda *a, _name=builder, **k: pytest.fail(f"{_name} ran again"))
     art = stages.prepare()

@@ -11,22 +11,42 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from hf_fixtures import (
+    CHAT_TEMPLATE,
+    EOS,
+    FLAT_FORMATS,
+    NEGATIVE,
+    POSITIVE,
+    SUBJECTS,
+    format_rows,
+    make_datasets,
+    make_gpt2,
+    make_judge,
+    make_tokenizer,
+    review_corpus,
+    write_jsonl,
+)
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl.data_utils import apply_chat_template, maybe_extract_prompt
 
+from rlhf_bench.benchmarks.data import STR, DataError, Format, screen_dataset
 from rlhf_bench.benchmarks.data import formats as hf_data
-from rlhf_bench.benchmarks.data import DataError, Format, STR, screen_dataset
 from rlhf_bench.benchmarks.data.formats import load_data, load_rows, prefix_prompts, to_pairs
 
-from hf_fixtures import (CHAT_TEMPLATE, EOS, FLAT_FORMATS, NEGATIVE, POSITIVE, SUBJECTS, format_rows, make_datasets,
-                         make_gpt2, make_judge, make_tokenizer, review_corpus, write_jsonl)
-
 N = 12  # rows per fixture file
-KIND = {"prompt_only": "prompts", "prompt_completion": "completions", "preference": "preferences",
-        "preference_implicit": "preferences", "ranking": "preferences", "text": "text"}
+KIND = {
+    "prompt_only": "prompts",
+    "prompt_completion": "completions",
+    "preference": "preferences",
+    "preference_implicit": "preferences",
+    "ranking": "preferences",
+    "text": "text",
+}
 PREF = "expected the preference format: prompt (str), chosen (str), rejected (str)"
-RANKING = "expected the ranking format (K responses, ranking best first): prompt (str), responses (list of str), " \
-          "ranking (list of int)"
+RANKING = (
+    "expected the ranking format (K responses, ranking best first): prompt (str), responses (list of str), "
+    "ranking (list of int)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,14 +93,18 @@ def words(i: int) -> tuple[str, str, str]:
 def expected_standard(fmt: str, i: int) -> dict:
     """Row i of a standard fixture file in its internal form, written out by hand."""
     s, good, bad = words(i)
-    return {"prompt_only": {"prompt": s},
-            "prompt_completion": {"prompt": s, "completion": f" was {good}."},
-            "preference": {"prompt": s, "responses": [f" was {good}.", f" was {bad}."], "ranking": [0, 1]},
-            "preference_implicit": {"prompt": f"{s} was", "responses": [f" {good}.", f" {bad}."], "ranking": [0, 1]},
-            "ranking": {"prompt": s,
-                        "responses": [f" was {bad}.", f" was {good}!", f" was {NEGATIVE[(i + 1) % 8]}.", " was ok."],
-                        "ranking": [1, 3, 0, 2] if i % 2 == 0 else [1, 3, 2, 0]},
-            "text": {"text": format_rows(N)["text"][i]["text"]}}[fmt]
+    return {
+        "prompt_only": {"prompt": s},
+        "prompt_completion": {"prompt": s, "completion": f" was {good}."},
+        "preference": {"prompt": s, "responses": [f" was {good}.", f" was {bad}."], "ranking": [0, 1]},
+        "preference_implicit": {"prompt": f"{s} was", "responses": [f" {good}.", f" {bad}."], "ranking": [0, 1]},
+        "ranking": {
+            "prompt": s,
+            "responses": [f" was {bad}.", f" was {good}!", f" was {NEGATIVE[(i + 1) % 8]}.", " was ok."],
+            "ranking": [1, 3, 0, 2] if i % 2 == 0 else [1, 3, 2, 0],
+        },
+        "text": {"text": format_rows(N)["text"][i]["text"]},
+    }[fmt]
 
 
 # ================================================================== formats x file types
@@ -116,8 +140,11 @@ def expected_conv(fmt: str, i: int, prompt: str, reply) -> dict:
     if kind == "prompt_completion":
         return {"prompt": prompt(ask), "completion": reply(f"It was {good}.")}
     if kind == "ranking":
-        return {"prompt": prompt(ask), "responses": [reply(f"It was {w}.") for w in (bad, good, "ok")],
-                "ranking": [1, 2, 0]}
+        return {
+            "prompt": prompt(ask),
+            "responses": [reply(f"It was {w}.") for w in (bad, good, "ok")],
+            "ranking": [1, 2, 0],
+        }
     return {"prompt": prompt(ask), "responses": [reply(f"It was {good}."), reply(f"It was {bad}.")], "ranking": [0, 1]}
 
 
@@ -128,8 +155,11 @@ def test_conversations_are_rendered_with_the_chat_template(files, load, chat_tok
     assert data.conversational and data.format == fmt.replace("conv_", "")
     for i in (0, 3):
         assert data.rows[i] == expected_conv(
-            fmt, i, lambda ask: f"<|im_start|>user\n{ask}<|im_end|>\n<|im_start|>assistant\n",
-            lambda text: f"{text}<|im_end|>\n")
+            fmt,
+            i,
+            lambda ask: f"<|im_start|>user\n{ask}<|im_end|>\n<|im_start|>assistant\n",
+            lambda text: f"{text}<|im_end|>\n",
+        )
 
 
 @pytest.mark.parametrize("fmt", CONV)
@@ -142,11 +172,14 @@ def test_conversations_without_a_chat_template_use_the_plain_fallback(files, loa
 
 
 def test_a_prompt_ending_with_the_assistant_is_continued(tmp_path, load, tok, chat_tok):
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": [{"role": "user", "content": "Review it."},
-                                                          {"role": "assistant", "content": "It was"}]}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": [{"role": "user", "content": "Review it."}, {"role": "assistant", "content": "It was"}]}],
+    )
     assert load(path, "prompts", tok).rows["prompt"] == ["User: Review it.\n\nAssistant: It was"]
-    assert load(path, "prompts", chat_tok).rows["prompt"] == \
-        ["<|im_start|>user\nReview it.<|im_end|>\n<|im_start|>assistant\nIt was"]
+    assert load(path, "prompts", chat_tok).rows["prompt"] == [
+        "<|im_start|>user\nReview it.<|im_end|>\n<|im_start|>assistant\nIt was"
+    ]
 
 
 @pytest.mark.parametrize("fmt", ["preference_implicit", "conv_preference_implicit"])
@@ -157,8 +190,11 @@ def test_implicit_prompt_extraction_matches_trl(files, load, chat_tok, fmt):
         assert want["prompt"]  # trl found a prompt
         if fmt.startswith("conv_"):
             want = apply_chat_template(want, chat_tok)
-        assert data.rows[i] == {"prompt": want["prompt"], "responses": [want["chosen"], want["rejected"]],
-                                "ranking": [0, 1]}
+        assert data.rows[i] == {
+            "prompt": want["prompt"],
+            "responses": [want["chosen"], want["rejected"]],
+            "ranking": [0, 1],
+        }
 
 
 # ============================================================================ K-wise rankings
@@ -166,14 +202,14 @@ def test_k_wise_rankings_expand_to_every_pair_best_first(files, load):
     prefs = load(files["ranking.parquet"], "preferences").rows
     pairs = to_pairs(prefs)
     assert len(pairs) == N * 6  # C(4, 2) per prompt
-    assert pairs[:6] == {"prompt": [SUBJECTS[0]] * 6,
-                         "chosen": [" was wonderful!", " was wonderful!", " was wonderful!", " was ok.", " was ok.",
-                                    " was dull."],
-                         "rejected": [" was ok.", " was dull.", " was terrible.", " was dull.", " was terrible.",
-                                      " was terrible."]}
+    assert pairs[:6] == {
+        "prompt": [SUBJECTS[0]] * 6,
+        "chosen": [" was wonderful!", " was wonderful!", " was wonderful!", " was ok.", " was ok.", " was dull."],
+        "rejected": [" was ok.", " was dull.", " was terrible.", " was dull.", " was terrible.", " was terrible."],
+    }
     for i, row in enumerate(prefs):
         order = [row["responses"][j] for j in row["ranking"]]
-        got = {(c, r) for c, r in zip(pairs["chosen"][6 * i: 6 * i + 6], pairs["rejected"][6 * i: 6 * i + 6])}
+        got = {(c, r) for c, r in zip(pairs["chosen"][6 * i : 6 * i + 6], pairs["rejected"][6 * i : 6 * i + 6])}
         assert got == set(combinations(order, 2))  # chosen ranked above rejected, every pair once
 
 
@@ -191,12 +227,17 @@ def test_split_syntax(files, load, cache):
     assert load(f"{split_disk}[test[1:3]]", "prompts").rows["prompt"] == SUBJECTS[1:3]
     assert load(f"{files['preference.jsonl']}[train[:3]]", "prompts").rows["prompt"] == SUBJECTS[:3]
     for spec in (split_dir, split_disk):
-        assert error(load_rows, spec, cache_dir=cache) == \
-            f"{spec}: has splits train, test; choose one ({spec}[split] or split=...)"
-        assert error(load_rows, f"{spec}[valid]", cache_dir=cache) == \
-            f"{spec}: no split 'valid'; its splits: train, test"
-    assert error(load_rows, files["preference.jsonl"], split="test", cache_dir=cache) == \
-        f"{files['preference.jsonl']}: no split 'test'; its splits: train"
+        assert (
+            error(load_rows, spec, cache_dir=cache)
+            == f"{spec}: has splits train, test; choose one ({spec}[split] or split=...)"
+        )
+        assert (
+            error(load_rows, f"{spec}[valid]", cache_dir=cache) == f"{spec}: no split 'valid'; its splits: train, test"
+        )
+    assert (
+        error(load_rows, files["preference.jsonl"], split="test", cache_dir=cache)
+        == f"{files['preference.jsonl']}: no split 'test'; its splits: train"
+    )
     assert "split 'test' in the name but split='train'" in error(load_rows, f"{split_dir}[test]", split="train")
     assert "has no splits" in error(load_rows, f"{files['preference_disk']}[train]")
 
@@ -204,13 +245,16 @@ def test_split_syntax(files, load, cache):
 def test_missing_and_unreadable_sources_fail_in_one_line(tmp_path, files, cache):
     assert error(load_rows, tmp_path / "absent.jsonl") == f"{tmp_path / 'absent.jsonl'}: no such file or directory"
     assert error(load_rows, "nobody/no-such-dataset[train]", cache_dir=cache).startswith(
-        "nobody/no-such-dataset: cannot be loaded (")  # offline here: the hub cannot be reached
+        "nobody/no-such-dataset: cannot be loaded ("
+    )  # offline here: the hub cannot be reached
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     assert error(load_rows, tmp_path / "bad.parquet", cache_dir=cache).startswith(
-        f"{tmp_path / 'bad.parquet'}: cannot be loaded (")
+        f"{tmp_path / 'bad.parquet'}: cannot be loaded ("
+    )
     (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\n{"prompt": \n')
     assert error(load_rows, tmp_path / "bad.jsonl", cache_dir=cache).startswith(
-        f"{tmp_path / 'bad.jsonl'} line 2: not valid JSON")
+        f"{tmp_path / 'bad.jsonl'} line 2: not valid JSON"
+    )
     (tmp_path / "rows.txt").write_text("a\n")
     assert "not a data file; expected a .jsonl, .json, .csv or .parquet file" in error(load_rows, tmp_path / "rows.txt")
 
@@ -219,8 +263,10 @@ def test_json_rows_are_read_as_written(tmp_path, files, load, cache):
     rows = [good_pref(i) for i in range(4)]
     rows[2]["prompt"] = 7
     path = write_jsonl(tmp_path / "mixed.jsonl", rows)
-    assert error(load_rows, path, cache_dir=cache) == \
-        f"{path} row 3: field 'prompt' is int (7), but row 1 holds str; every row of a column must hold one type"
+    assert (
+        error(load_rows, path, cache_dir=cache)
+        == f"{path} row 3: field 'prompt' is int (7), but row 1 holds str; every row of a column must hold one type"
+    )
     path = tmp_path / "prefs.json"
     path.write_text(json.dumps([good_pref(0), good_pref(1), {**good_pref(2), "chosen": " bad2"}], indent=1))
     assert error(load, path, "preferences") == f"{path} row 3: fields 'chosen' and 'rejected' are equal; {PREF}"
@@ -232,10 +278,16 @@ def test_column_map_renames_columns_first(tmp_path, load, cache):
     path = write_jsonl(tmp_path / "qa.jsonl", rows)
     data = load(path, "preferences", column_map={"prompt": "question", "chosen": "good", "rejected": "bad"})
     assert data.rows[2] == {"prompt": "q2", "responses": [" yes2", " no2"], "ranking": [0, 1]}
-    assert load_rows(path, column_map={"answer": "good"}, cache_dir=cache).column_names == \
-        ["question", "answer", "bad", "prompt"]
-    assert error(load, path, "preferences", column_map={"chosen": "best"}) == \
-        f"{path}: column_map maps 'chosen' to 'best', which is not a column (columns: question, good, bad, prompt)"
+    assert load_rows(path, column_map={"answer": "good"}, cache_dir=cache).column_names == [
+        "question",
+        "answer",
+        "bad",
+        "prompt",
+    ]
+    assert (
+        error(load, path, "preferences", column_map={"chosen": "best"})
+        == f"{path}: column_map maps 'chosen' to 'best', which is not a column (columns: question, good, bad, prompt)"
+    )
 
 
 # ================================================================================== bad rows
@@ -250,21 +302,35 @@ def good_rank(i: int) -> dict:
 MESSAGES = "chosen (list of message {role: str, content: str})"
 
 
-@pytest.mark.parametrize("make, bad, message", [
-    (good_pref, {"rejected": None}, f"row 3: field 'rejected' is null (None), expected str; {PREF}"),
-    (good_pref, {"prompt": 7}, f"row 3: field 'prompt' is int (7), expected str; {PREF}"),
-    (good_pref, {"prompt": " \n"}, f"row 3: field 'prompt' is empty; {PREF}"),
-    (good_pref, {"chosen": " bad2"}, f"row 3: fields 'chosen' and 'rejected' are equal; {PREF}"),
-    (good_rank, {"ranking": [0, 0, 1, 2]}, "row 3: field 'ranking' is [0, 0, 1, 2], expected a permutation of 0..3 "
-                                           f"(the indices of the 4 responses, best first); {RANKING}"),
-    (good_rank, {"ranking": [0, 1, 2]}, "row 3: field 'ranking' is [0, 1, 2], expected a permutation of 0..3"),
-    (good_rank, {"responses": [" a"], "ranking": [0]}, "row 3: field 'responses' has 1 responses, expected at least 2"),
-    (good_rank, {"responses": [" a", " b"], "ranking": [1, 0]},
-     "row 3: field 'responses' has 2 responses, but earlier rows have 4; every row must have the same number"),
-    # datasets would read these rows as other types: "0" as 0 (mixed types), every ranking as floats
-    (good_rank, {"ranking": ["0", 1, 2, 3]}, "row 3: field 'ranking' has str ('0') at [0], expected list of int"),
-    (good_rank, {"ranking": [0, 1, 2, 3.5]}, "row 3: field 'ranking' has float (3.5) at [3], expected list of int"),
-])
+@pytest.mark.parametrize(
+    "make, bad, message",
+    [
+        (good_pref, {"rejected": None}, f"row 3: field 'rejected' is null (None), expected str; {PREF}"),
+        (good_pref, {"prompt": 7}, f"row 3: field 'prompt' is int (7), expected str; {PREF}"),
+        (good_pref, {"prompt": " \n"}, f"row 3: field 'prompt' is empty; {PREF}"),
+        (good_pref, {"chosen": " bad2"}, f"row 3: fields 'chosen' and 'rejected' are equal; {PREF}"),
+        (
+            good_rank,
+            {"ranking": [0, 0, 1, 2]},
+            "row 3: field 'ranking' is [0, 0, 1, 2], expected a permutation of 0..3 "
+            f"(the indices of the 4 responses, best first); {RANKING}",
+        ),
+        (good_rank, {"ranking": [0, 1, 2]}, "row 3: field 'ranking' is [0, 1, 2], expected a permutation of 0..3"),
+        (
+            good_rank,
+            {"responses": [" a"], "ranking": [0]},
+            "row 3: field 'responses' has 1 responses, expected at least 2",
+        ),
+        (
+            good_rank,
+            {"responses": [" a", " b"], "ranking": [1, 0]},
+            "row 3: field 'responses' has 2 responses, but earlier rows have 4; every row must have the same number",
+        ),
+        # datasets would read these rows as other types: "0" as 0 (mixed types), every ranking as floats
+        (good_rank, {"ranking": ["0", 1, 2, 3]}, "row 3: field 'ranking' has str ('0') at [0], expected list of int"),
+        (good_rank, {"ranking": [0, 1, 2, 3.5]}, "row 3: field 'ranking' has float (3.5) at [3], expected list of int"),
+    ],
+)
 def test_a_bad_row_names_the_file_the_row_and_the_format(tmp_path, load, make, bad, message):
     rows = [make(i) for i in range(5)]
     rows[2] = {k: v for k, v in {**rows[2], **bad}.items() if v is not None}
@@ -277,8 +343,10 @@ def test_a_missing_column_fails_at_row_1(tmp_path, load):
     datasets.Dataset.from_list([good_pref(i) for i in range(3)]).remove_columns("rejected").to_parquet(str(path))
     assert error(load, path, "preferences") == f"{path} row 1: field 'rejected' is missing; {PREF}"
     path = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p"}])
-    assert error(load, path, "completions") == f"{path} row 1: field 'completion' is missing; expected the " \
-                                               f"prompt-completion format: prompt (str), completion (str)"
+    assert (
+        error(load, path, "completions") == f"{path} row 1: field 'completion' is missing; expected the "
+        f"prompt-completion format: prompt (str), completion (str)"
+    )
 
 
 def test_bad_implicit_and_conversational_rows(tmp_path, load, tok):
@@ -287,20 +355,29 @@ def test_bad_implicit_and_conversational_rows(tmp_path, load, tok):
     path = write_jsonl(tmp_path / "implicit.jsonl", implicit)
     assert error(load, path, "preferences") == (
         f"{path} row 2: fields 'chosen' and 'rejected' share no prompt (they differ from the start); expected the "
-        f"preference format with implicit prompt: chosen (str), rejected (str)")
-    conv = [{"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": "y"}],
-             "rejected": [{"role": "assistant", "content": "n"}]} for i in range(3)]
+        f"preference format with implicit prompt: chosen (str), rejected (str)"
+    )
+    conv = [
+        {
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "chosen": [{"role": "assistant", "content": "y"}],
+            "rejected": [{"role": "assistant", "content": "n"}],
+        }
+        for i in range(3)
+    ]
     conv[2]["chosen"] = [{"role": "assistant"}]
     path = write_jsonl(tmp_path / "conv.jsonl", conv)
     assert error(load, path, "preferences", tok).startswith(
         f"{path} row 3: field 'chosen' has object ({{'role': 'assistant', 'content': None}}) at [0], expected list "
         f"of message {{role: str, content: str}}; "
-        f"expected the conversational preference format: prompt (list of message {{role: str, content: str}}), ")
+        f"expected the conversational preference format: prompt (list of message {{role: str, content: str}}), "
+    )
     conv[2] = {**conv[0], "prompt": [{"role": "system", "content": "Be brief."}]}
     path = write_jsonl(tmp_path / "conv.jsonl", conv)
     assert error(load, path, "preferences", tok).startswith(
         f"{path} row 3: cannot be rendered with the chat template "
-        f"(ValueError: Invalid role in the last message: system)")
+        f"(ValueError: Invalid role in the last message: system)"
+    )
 
 
 def test_skip_mode_drops_bad_rows_and_counts_them_per_reason(tmp_path, load):
@@ -314,13 +391,26 @@ def test_skip_mode_drops_bad_rows_and_counts_them_per_reason(tmp_path, load):
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     data = load(path, "preferences", on_bad_row="skip")
     assert data.rows["prompt"] == ["p0", "p2", "123"]
-    assert data.skipped == {"chosen equals rejected": 2, "empty prompt": 1, "field 'prompt' of the wrong type": 1,
-                            "field 'rejected' missing": 1}  # the file mixes types: its own rows are checked
-    assert data.summary() == {"source": str(path), "format": "preference", "conversational": False, "rows_read": 8,
-                              "rows_used": 3, "rows_skipped": 5, "skipped": data.skipped}
+    assert data.skipped == {
+        "chosen equals rejected": 2,
+        "empty prompt": 1,
+        "field 'prompt' of the wrong type": 1,
+        "field 'rejected' missing": 1,
+    }  # the file mixes types: its own rows are checked
+    assert data.summary() == {
+        "source": str(path),
+        "format": "preference",
+        "conversational": False,
+        "rows_read": 8,
+        "rows_used": 3,
+        "rows_skipped": 5,
+        "skipped": data.skipped,
+    }
     path = write_jsonl(tmp_path / "all_bad.jsonl", [rows[1], rows[5]])
-    assert error(load, path, "preferences", on_bad_row="skip") == \
-        f"{path}: 0 rows (2 skipped: 1 chosen equals rejected, 1 empty prompt), expected at least 1; {PREF}"
+    assert (
+        error(load, path, "preferences", on_bad_row="skip")
+        == f"{path}: 0 rows (2 skipped: 1 chosen equals rejected, 1 empty prompt), expected at least 1; {PREF}"
+    )
 
 
 def test_screen_dataset_keeps_good_rows_without_converting(tmp_path):
@@ -344,9 +434,11 @@ def test_prefix_prompts_are_deterministic_and_2_to_8_tokens(files, load, tok):
         assert ids == tok(text, add_special_tokens=False)["input_ids"][: len(ids)]
         assert prompt == tok.decode(ids) and text.startswith(prompt) and prompt
     short = datasets.Dataset.from_list([{"text": "The film was dull."}, {"text": "x"}])
-    assert error(prefix_prompts, short, tok, min_tokens=2, source="short.jsonl") == \
-        "short.jsonl row 2: field 'text' has 1 tokens, expected at least 2 to cut a prefix from; " \
+    assert (
+        error(prefix_prompts, short, tok, min_tokens=2, source="short.jsonl")
+        == "short.jsonl row 2: field 'text' has 1 tokens, expected at least 2 to cut a prefix from; "
         "expected the text format: text (str)"
+    )
 
 
 # ================================================================================== fixtures
@@ -358,8 +450,10 @@ def test_fixture_tokenizer_is_gpt2_style(tmp_path, tok, chat_tok):
         assert t.pad_token is None and t.pad_token_id is None
         assert t.bos_token == t.eos_token == t.unk_token == EOS
         assert t.bos_token_id == t.eos_token_id == t.unk_token_id == t.convert_tokens_to_ids(EOS)
-        assert t("The film was great.", add_special_tokens=True)["input_ids"] == \
-            t("The film was great.", add_special_tokens=False)["input_ids"]  # GPT-2 adds no bos/eos
+        assert (
+            t("The film was great.", add_special_tokens=True)["input_ids"]
+            == t("The film was great.", add_special_tokens=False)["input_ids"]
+        )  # GPT-2 adds no bos/eos
     assert tok.chat_template is None and reloaded.chat_template is None and chat_tok.chat_template == CHAT_TEMPLATE
 
 
@@ -380,8 +474,9 @@ def test_fixture_models_load_with_the_vocabulary(tmp_path, tok):
     width = max(map(len, ids))
     batch = torch.tensor([x + [eos] * (width - len(x)) for x in ids])
     with torch.no_grad():
-        logits = judge(input_ids=batch, attention_mask=(torch.arange(width) < torch.tensor(
-            [[len(x)] for x in ids])).long()).logits
+        logits = judge(
+            input_ids=batch, attention_mask=(torch.arange(width) < torch.tensor([[len(x)] for x in ids])).long()
+        ).logits
     score = logits[:, 1] - logits[:, 0]
     labels = torch.tensor([label for _, label in corpus])
     assert ((score > 0).long() == labels).float().mean() > 0.9  # the judge's score follows the sentiment

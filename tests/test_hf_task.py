@@ -11,19 +11,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import hf_fixtures as fx
 import pytest
 import torch
 
-import hf_fixtures as fx
 from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 ALGORITHM_CONFIGS = sorted(p.stem for p in (REPO / "conf" / "algorithm").glob("*.yaml"))
 #: A few steps of everything: 4 held-out prompts of the fixture's 12, 4 prompts a step.
-SMALL = ["task=hf", "model=pretrained", "task.steps=3", "task.eval_every=3", "task.n_eval_prompts=4",
-         "task.prompts_per_step=4", "task.sft.lr=1e-3", "task.sft.epochs=2", "reward_model.epochs=2",
-         "reward_model.lr=1e-3", "progress=false", "threads=1", "checkpoint.every=2"]
+SMALL = [
+    "task=hf",
+    "model=pretrained",
+    "task.steps=3",
+    "task.eval_every=3",
+    "task.n_eval_prompts=4",
+    "task.prompts_per_step=4",
+    "task.sft.lr=1e-3",
+    "task.sft.epochs=2",
+    "reward_model.epochs=2",
+    "reward_model.lr=1e-3",
+    "progress=false",
+    "threads=1",
+    "checkpoint.every=2",
+]
 
 
 def command(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -31,8 +43,12 @@ def command(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedPr
     exe = Path(sys.executable).with_name(name)
     module = {"rlhf-bench": "rlhf_bench.benchmarks.cli", "rlhf-bench-report": "rlhf_bench.benchmarks.report"}[name]
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", module]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
 
 
@@ -63,10 +79,18 @@ def test_every_algorithm_runs_through_the_command_then_the_report(hub, tmp_path,
     shipped = {n for n in available_algorithms() if get_algorithm(n).cls.__module__.startswith("rlhf_bench.")}
     assert shipped <= configured, "every registered algorithm runs here"  # (other tests register toy ones)
     sweep = tmp_path / "sweep"
-    r = command("rlhf-bench", "-m", *SMALL, f"model.pretrained={hub['root'] / 'gpt2'}",
-                f"task.preference_data={hub['preference.jsonl']}", "task.judge.fn=hf_fixtures:word_judge",
-                f"task.sft_data={hub['prompt_completion.jsonl']}", "algorithm=" + ",".join(ALGORITHM_CONFIGS),
-                f"hydra.sweep.dir={sweep}", f"cache_dir={tmp_path / 'cache'}")
+    r = command(
+        "rlhf-bench",
+        "-m",
+        *SMALL,
+        f"model.pretrained={hub['root'] / 'gpt2'}",
+        f"task.preference_data={hub['preference.jsonl']}",
+        "task.judge.fn=hf_fixtures:word_judge",
+        f"task.sft_data={hub['prompt_completion.jsonl']}",
+        "algorithm=" + ",".join(ALGORITHM_CONFIGS),
+        f"hydra.sweep.dir={sweep}",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     runs = runs_of(sweep)
     labels = {json.loads((d / "summary.json").read_text())["config"]["algorithm"]["label"] for d in runs.values()}
@@ -105,9 +129,18 @@ def test_a_50k_token_bpe_vocabulary_runs(hub, tmp_path, algorithm):
 
     assert AutoConfig.from_pretrained(hub["root"] / "gpt2-50k").vocab_size == 50257
     run_dir = tmp_path / "run"
-    r = command("rlhf-bench", *SMALL, "task.steps=2", "task.eval_every=2", f"model.pretrained={hub['root'] / 'gpt2-50k'}",
-                f"task.preference_data={hub['preference.parquet']}", "task.judge.fn=hf_fixtures:word_judge",
-                f"algorithm={algorithm}", f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}")
+    r = command(
+        "rlhf-bench",
+        *SMALL,
+        "task.steps=2",
+        "task.eval_every=2",
+        f"model.pretrained={hub['root'] / 'gpt2-50k'}",
+        f"task.preference_data={hub['preference.parquet']}",
+        "task.judge.fn=hf_fixtures:word_judge",
+        f"algorithm={algorithm}",
+        f"hydra.run.dir={run_dir}",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["final"]["kl"] >= 0.0
@@ -118,9 +151,16 @@ def test_without_a_judge_gold_is_null_and_the_proxy_is_optimised(hub, tmp_path):
     """Conversational implicit-prompt preferences, no judge: gold values are null everywhere, never
     made up, and the report says so (its wording is tested in test_report_nogold.py)."""
     sweep = tmp_path / "sweep"
-    r = command("rlhf-bench", "-m", *SMALL, f"model.pretrained={hub['root'] / 'gpt2'}",
-                f"task.preference_data={hub['conv_preference_implicit.jsonl']}", "algorithm=sft,dpo",
-                f"hydra.sweep.dir={sweep}", f"cache_dir={tmp_path / 'cache'}")
+    r = command(
+        "rlhf-bench",
+        "-m",
+        *SMALL,
+        f"model.pretrained={hub['root'] / 'gpt2'}",
+        f"task.preference_data={hub['conv_preference_implicit.jsonl']}",
+        "algorithm=sft,dpo",
+        f"hydra.sweep.dir={sweep}",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     for d in runs_of(sweep).values():
         summary = json.loads((d / "summary.json").read_text())
@@ -131,10 +171,17 @@ def test_without_a_judge_gold_is_null_and_the_proxy_is_optimised(hub, tmp_path):
         assert all(s["prompt"].startswith("User: ") and s["prompt"].endswith("Assistant:") for s in samples)
         assert summary["shared"]["metrics"]["reward_model"]["rm/heldout_accuracy_gold"] is None
     assert "gold" in (sweep / "report.md").read_text().lower()
-    bad = command("rlhf-bench", *SMALL, f"model.pretrained={hub['root'] / 'gpt2'}", "reward_model=gold",
-                  f"task.preference_data={hub['preference.jsonl']}", f"cache_dir={tmp_path / 'cache'}")
+    bad = command(
+        "rlhf-bench",
+        *SMALL,
+        f"model.pretrained={hub['root'] / 'gpt2'}",
+        "reward_model=gold",
+        f"task.preference_data={hub['preference.jsonl']}",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith(
-        "rlhf-bench: invalid configuration: reward_model must be learned with task=hf and no judge")
+        "rlhf-bench: invalid configuration: reward_model must be learned with task=hf and no judge"
+    )
 
 
 def test_lora_trains_adapters_only_and_the_reference_is_the_base(hub, tmp_path, compose):
@@ -144,13 +191,20 @@ def test_lora_trains_adapters_only_and_the_reference_is_the_base(hub, tmp_path, 
     from transformers import AutoModelForCausalLM
 
     from rlhf_bench.benchmarks.config import validate
-    from rlhf_bench.benchmarks.models.lora import AdaptersOff
     from rlhf_bench.benchmarks.models.logprobs import token_logprobs
+    from rlhf_bench.benchmarks.models.lora import AdaptersOff
     from rlhf_bench.benchmarks.training.trainer import Trainer
 
-    cfg = compose(*SMALL, f"model.pretrained={hub['root'] / 'gpt2'}", "model.lora.r=4", "algorithm=ppo",
-                  "algorithm.lr=1e-2", f"task.preference_data={hub['preference.jsonl']}",
-                  "task.judge.fn=hf_fixtures:word_judge", f"cache_dir={tmp_path / 'cache'}")
+    cfg = compose(
+        *SMALL,
+        f"model.pretrained={hub['root'] / 'gpt2'}",
+        "model.lora.r=4",
+        "algorithm=ppo",
+        "algorithm.lr=1e-2",
+        f"task.preference_data={hub['preference.jsonl']}",
+        "task.judge.fn=hf_fixtures:word_judge",
+        f"cache_dir={tmp_path / 'cache'}",
+    )
     (tmp_path / "run").mkdir()
     trainer = Trainer(cfg, validate(cfg), tmp_path / "run", {})
     policy, ref, rm, value = trainer.policy, trainer.engine.ref_model, trainer.engine.reward_model, trainer.value_model
@@ -165,7 +219,9 @@ def test_lora_trains_adapters_only_and_the_reference_is_the_base(hub, tmp_path, 
     trainer.begin()
     for step in (1, 2):
         trainer.train_step(step)
-    batch = trainer.evaluator.engine.rollout(policy, trainer.task.eval_prompts, 1, torch.Generator().manual_seed(0)).batch
+    batch = trainer.evaluator.engine.rollout(
+        policy, trainer.task.eval_prompts, 1, torch.Generator().manual_seed(0)
+    ).batch
     base = AutoModelForCausalLM.from_pretrained(hub["root"] / "gpt2").eval()
     with torch.no_grad():
         expected = token_logprobs(base, batch)
@@ -178,12 +234,23 @@ def test_bad_data_is_named_before_training_and_skipped_rows_are_counted(hub, tmp
     rows = [json.loads(line) for line in hub["preference.jsonl"].read_text().splitlines()]
     rows[6]["rejected"] = rows[6]["chosen"]
     bad = fx.write_jsonl(tmp_path / "bad.jsonl", rows)
-    args = [*SMALL, f"model.pretrained={hub['root'] / 'gpt2'}", f"task.preference_data={bad}",
-            "task.judge.fn=hf_fixtures:word_judge", "algorithm=dpo", f"cache_dir={tmp_path / 'cache'}"]
+    args = [
+        *SMALL,
+        f"model.pretrained={hub['root'] / 'gpt2'}",
+        f"task.preference_data={bad}",
+        "task.judge.fn=hf_fixtures:word_judge",
+        "algorithm=dpo",
+        f"cache_dir={tmp_path / 'cache'}",
+    ]
     r = command("rlhf-bench", *args, f"hydra.run.dir={tmp_path / 'run'}")
     last = r.stderr.strip().splitlines()[-1]
-    assert r.returncode != 0 and last.startswith("rlhf-bench: invalid data: task.preference_data") and \
-        f"{bad}" in last and "row 7" in last and "preference format" in last, last
+    assert (
+        r.returncode != 0
+        and last.startswith("rlhf-bench: invalid data: task.preference_data")
+        and f"{bad}" in last
+        and "row 7" in last
+        and "preference format" in last
+    ), last
     assert "Traceback" not in r.stderr and not (tmp_path / "cache" / "hf").exists()  # nothing was built
     ok = command("rlhf-bench", *args, "task.on_bad_row=skip", f"hydra.run.dir={tmp_path / 'run2'}")
     assert ok.returncode == 0, ok.stderr[-3000:]
@@ -200,9 +267,17 @@ def test_a_lora_run_checkpoints_the_adapters_only_and_resumes_to_the_same_policy
     from rlhf_bench.benchmarks.config import validate
     from rlhf_bench.benchmarks.training.trainer import Trainer
 
-    args = [*SMALL, f"model.pretrained={hub['root'] / 'gpt2'}", "model.lora.r=4", "algorithm=ppo",
-            f"task.preference_data={hub['preference.jsonl']}", "task.judge.fn=hf_fixtures:word_judge",
-            f"cache_dir={tmp_path / 'cache'}", "task.steps=4", "checkpoint.every=2"]
+    args = [
+        *SMALL,
+        f"model.pretrained={hub['root'] / 'gpt2'}",
+        "model.lora.r=4",
+        "algorithm=ppo",
+        f"task.preference_data={hub['preference.jsonl']}",
+        "task.judge.fn=hf_fixtures:word_judge",
+        f"cache_dir={tmp_path / 'cache'}",
+        "task.steps=4",
+        "checkpoint.every=2",
+    ]
     cfg = compose(*args)
 
     def trainer(name: str) -> Trainer:

@@ -10,17 +10,27 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_fixtures import (
+    EOS,
+    NEGATIVE,
+    POSITIVE,
+    SUBJECTS,
+    format_rows,
+    make_datasets,
+    make_gpt2,
+    make_tokenizer,
+    word_judge,
+    write_jsonl,
+)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from hf_fixtures import EOS, NEGATIVE, POSITIVE, SUBJECTS, format_rows, make_datasets, make_gpt2, make_tokenizer, \
-    word_judge, write_jsonl
-from rlhf_bench.benchmarks.models.batches import SequenceBatch
 from rlhf_bench.benchmarks.config import ConfigError, LoraSettings, ModelConfig
-from rlhf_bench.benchmarks.tasks.hf.config import HFTaskConfig, JudgeConfig
 from rlhf_bench.benchmarks.data import DataError
-from rlhf_bench.benchmarks.models.lora import AdaptersOff, apply_lora
+from rlhf_bench.benchmarks.models.batches import SequenceBatch
 from rlhf_bench.benchmarks.models.logprobs import backbone, token_logprobs
+from rlhf_bench.benchmarks.models.lora import AdaptersOff, apply_lora
 from rlhf_bench.benchmarks.tasks.hf import HFTask
+from rlhf_bench.benchmarks.tasks.hf.config import HFTaskConfig, JudgeConfig
 
 N = 12  # rows per fixture file; the 12 SUBJECTS, one per row
 HELD = "prompt held out for evaluation"
@@ -43,8 +53,12 @@ def tok(env):
 @pytest.fixture(scope="module")
 def make(env):
     def build(**cfg) -> HFTask:
-        return HFTask(HFTaskConfig(**cfg), model=ModelConfig(name="pretrained", pretrained=str(env["gpt2"])),
-                      device="cpu", cache_dir=str(env["cache"]))
+        return HFTask(
+            HFTaskConfig(**cfg),
+            model=ModelConfig(name="pretrained", pretrained=str(env["gpt2"])),
+            device="cpu",
+            cache_dir=str(env["cache"]),
+        )
 
     return build
 
@@ -91,8 +105,12 @@ def test_a_prompt_keeps_its_last_tokens(make, env, tok):
 
 @pytest.mark.parametrize("max_prompt, max_new, limit", [(500, 28, 100), (256, 32, 96), (50, 28, 50), (10, 127, 1)])
 def test_the_prompt_limit_leaves_room_for_the_response(make, env, max_prompt, max_new, limit):
-    task = make(preference_data=str(env["preference.jsonl"]), n_eval_prompts=2, max_prompt_tokens=max_prompt,
-                max_new_tokens=max_new)
+    task = make(
+        preference_data=str(env["preference.jsonl"]),
+        n_eval_prompts=2,
+        max_prompt_tokens=max_prompt,
+        max_new_tokens=max_new,
+    )
     assert task.max_prompt_tokens == limit  # min(max_prompt_tokens, 128 positions - max_new_tokens)
 
 
@@ -175,8 +193,9 @@ def test_prompts_cut_from_text_respect_the_prompt_limit(make, env):
 @pytest.fixture(scope="module")
 def held_task(make, env) -> HFTask:
     """Prompts from preference_data (12 subjects), 3 held out; SFT data with the same 12 prompts."""
-    return make(preference_data=str(env["preference.jsonl"]), sft_data=str(env["prompt_completion.jsonl"]),
-                n_eval_prompts=3)
+    return make(
+        preference_data=str(env["preference.jsonl"]), sft_data=str(env["prompt_completion.jsonl"]), n_eval_prompts=3
+    )
 
 
 def test_held_out_prompts_never_train(held_task):
@@ -202,8 +221,10 @@ def test_held_out_prompts_never_train(held_task):
 
 def test_summary_rows_used_excludes_held_out_rows(held_task):
     summary = held_task.summary()
-    for name, used in (("preference_data", len(held_task.preference_data())),
-                       ("sft_data", len(held_task.demonstrations()))):
+    for name, used in (
+        ("preference_data", len(held_task.preference_data())),
+        ("sft_data", len(held_task.demonstrations())),
+    ):
         assert used == N - 3
         assert summary[name]["rows_used"] == N - 3
         assert summary[name]["rows_read"] == summary[name]["rows_used"] + summary[name]["rows_skipped"]
@@ -219,8 +240,9 @@ def test_held_out_rows_are_dropped_with_separate_eval_prompts(make, env, tmp_pat
 
 # ================================================================================ data options
 def test_a_column_map_renames_the_text_column(make, env, tmp_path):
-    reviews = write_jsonl(tmp_path / "reviews.jsonl", [{"review": r["text"], "stars": r["label"]}
-                                                       for r in format_rows(N)["text"]])
+    reviews = write_jsonl(
+        tmp_path / "reviews.jsonl", [{"review": r["text"], "stars": r["label"]} for r in format_rows(N)["text"]]
+    )
     mapped = make(prompts=str(reviews), columns={"prompts": {"text": "review"}}, n_eval_prompts=3)
     plain = make(prompts=str(env["text.jsonl"]), n_eval_prompts=3)
     assert (mapped.train_prompts, mapped.eval_prompts) == (plain.train_prompts, plain.eval_prompts)
@@ -230,8 +252,12 @@ def test_a_column_map_renames_the_text_column(make, env, tmp_path):
 
 
 def test_max_rows_limits_the_rows_read(make, env):
-    task = make(prompts=str(env["prompt_only.jsonl"]), preference_data=str(env["preference.jsonl"]), max_rows=5,
-                n_eval_prompts=2)
+    task = make(
+        prompts=str(env["prompt_only.jsonl"]),
+        preference_data=str(env["preference.jsonl"]),
+        max_rows=5,
+        n_eval_prompts=2,
+    )
     assert sorted(texts(task, task.train_prompts + task.eval_prompts)) == sorted(SUBJECTS[:5])
     prefs = task.preference_data()
     assert set(prefs["prompt"]) == set(SUBJECTS[:5]) - set(texts(task, task.eval_prompts))
@@ -266,8 +292,7 @@ def test_a_bad_row_stops_the_task_by_default(make, tmp_path):
 
 
 def test_the_pretraining_corpus_is_whole_texts_with_eos(make, env, tok):
-    task = make(sft_data=str(env["prompt_completion.jsonl"]), n_eval_prompts=2, max_prompt_tokens=3,
-                max_new_tokens=2)
+    task = make(sft_data=str(env["prompt_completion.jsonl"]), n_eval_prompts=2, max_prompt_tokens=3, max_new_tokens=2)
     eos = tok.convert_tokens_to_ids(EOS)
     rows = format_rows(N)["prompt_completion"]
     assert task.pretraining_corpus() == [ids(tok, r["prompt"] + r["completion"])[:4] + [eos] for r in rows]
@@ -282,8 +307,9 @@ def test_gold_reward_without_a_judge_is_nan(make, env, tok):
 
 
 def test_gold_reward_with_a_function_judge(make, env, tok):
-    task = make(preference_data=str(env["preference.jsonl"]), n_eval_prompts=2,
-                judge=JudgeConfig(fn="hf_fixtures:word_judge"))
+    task = make(
+        preference_data=str(env["preference.jsonl"]), n_eval_prompts=2, judge=JudgeConfig(fn="hf_fixtures:word_judge")
+    )
     assert task.has_gold is True
     prompts = [task.encode_prompt(p) for p in ("The film", "The plot", "Every scene")]
     responses = [task.encode_response(r) for r in (" was great and wonderful.", " was dull!", " was ok, honestly.")]
@@ -300,8 +326,10 @@ def lora(env):
     through the view matters too), every lora_B set to 0.5: far from the base."""
     with warnings.catch_warnings():  # peft: lm_head is tied to the embeddings, and is a Linear (not Conv1D)
         warnings.simplefilter("ignore", UserWarning)
-        model = apply_lora(AutoModelForCausalLM.from_pretrained(str(env["gpt2"])),
-                           LoraSettings(r=4, target_modules=["c_attn", "lm_head"])).eval()
+        model = apply_lora(
+            AutoModelForCausalLM.from_pretrained(str(env["gpt2"])),
+            LoraSettings(r=4, target_modules=["c_attn", "lm_head"]),
+        ).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
@@ -334,8 +362,9 @@ def test_body_and_head_through_the_view_run_without_adapters(lora, tok):
     batch = SequenceBatch.from_lists(prompts, responses, tok.eos_token_id)
     with torch.no_grad():
         hidden = backbone(view)(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-        assert (hidden - base.transformer(input_ids=batch.input_ids,
-                                          attention_mask=batch.attention_mask).last_hidden_state).abs().max() < 1e-5
+        assert (
+            hidden - base.transformer(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
+        ).abs().max() < 1e-5
         h = torch.randn(3, base.config.n_embd)
         assert (view.get_output_embeddings()(h) - base.get_output_embeddings()(h)).abs().max() < 1e-6
         assert (model.get_output_embeddings()(h) - base.get_output_embeddings()(h)).abs().max() > 1e-2
@@ -359,17 +388,25 @@ def test_task_seed_draws_every_shared_stage_of_real_data(env, tmp_path):
     evals = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": f"an unrelated prompt number {i}"} for i in range(3)])
 
     def stages(seed: int, cache: str):
-        cfg = HFTaskConfig(prompts=str(env["prompt_only.jsonl"]), sft_data=str(env["prompt_completion.jsonl"]),
-                           preference_data=str(env["preference.jsonl"]), eval_prompts=str(evals), n_eval_prompts=3,
-                           seed=seed)
+        cfg = HFTaskConfig(
+            prompts=str(env["prompt_only.jsonl"]),
+            sft_data=str(env["prompt_completion.jsonl"]),
+            preference_data=str(env["preference.jsonl"]),
+            eval_prompts=str(evals),
+            n_eval_prompts=3,
+            seed=seed,
+        )
         cfg.sft.epochs, cfg.preferences.heldout_fraction = 1, 0.25
         model = ModelConfig(name="pretrained", pretrained=str(env["gpt2"]))
         task = HFTask(cfg, model=model, device="cpu", cache_dir=str(tmp_path / cache))
-        s = SharedStages(task, cfg, model, RewardModelConfig(epochs=1), tmp_path / cache, torch.device("cpu"),
-                         progress=False)
+        s = SharedStages(
+            task, cfg, model, RewardModelConfig(epochs=1), tmp_path / cache, torch.device("cpu"), progress=False
+        )
         art = s.prepare()
-        weights = {name: {k: v.clone() for k, v in m.state_dict().items()}
-                   for name, m in (("sft", s.load_sft(art)), ("rm", s.load_reward_model(art)))}
+        weights = {
+            name: {k: v.clone() for k, v in m.state_dict().items()}
+            for name, m in (("sft", s.load_sft(art)), ("rm", s.load_reward_model(art)))
+        }
         return task, art, weights
 
     (t0, a0, w0), (_, _, w0b), (t1, a1, w1) = stages(0, "c0"), stages(0, "c0b"), stages(1, "c1")

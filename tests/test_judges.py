@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from hf_fixtures import make_datasets, make_judge, make_tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
-from hf_fixtures import make_datasets, make_judge, make_tokenizer
 from rlhf_bench.benchmarks.config import ConfigError, validate
 from rlhf_bench.benchmarks.tasks.hf.config import JudgeConfig
 from rlhf_bench.benchmarks.tasks.hf.judges import FunctionJudge, JudgeError, ModelJudge, build_judge, max_positions
@@ -34,9 +34,19 @@ def dirs(tmp_path_factory) -> dict[str, Path]:
     make_judge(judge_dir, tok_dir, steps=3)
     torch.manual_seed(1)
     eos = tok.eos_token_id
-    scalar = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=64, n_layer=1, n_embd=16,
-                                                      n_head=2, num_labels=1, pad_token_id=eos, bos_token_id=eos,
-                                                      eos_token_id=eos))
+    scalar = GPT2ForSequenceClassification(
+        GPT2Config(
+            vocab_size=len(tok),
+            n_positions=64,
+            n_layer=1,
+            n_embd=16,
+            n_head=2,
+            num_labels=1,
+            pad_token_id=eos,
+            bos_token_id=eos,
+            eos_token_id=eos,
+        )
+    )
     scalar.save_pretrained(str(scalar_dir))
     tok.save_pretrained(str(scalar_dir))
     return {"tok": tok_dir, "judge": judge_dir, "scalar": scalar_dir, "root": root}
@@ -75,8 +85,9 @@ def test_label_by_name_or_index_gives_the_class_logit(dirs):
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
     assert torch.equal(by_index(PROMPTS, RESPONSES), got)
     zero = judge(dirs["judge"], label="LABEL_0")(PROMPTS, RESPONSES)  # the other column is another score
-    assert torch.allclose(zero, direct_logits(dirs["judge"], [p + r for p, r in zip(PROMPTS, RESPONSES)])[:, 0],
-                          atol=1e-5, rtol=0)
+    assert torch.allclose(
+        zero, direct_logits(dirs["judge"], [p + r for p, r in zip(PROMPTS, RESPONSES)])[:, 0], atol=1e-5, rtol=0
+    )
     assert (zero - got).abs().max() > 1e-4
 
 
@@ -91,8 +102,9 @@ def test_input_response_reads_the_response_alone(dirs):
     alone = judge(dirs["judge"], label="1", input="response")(PROMPTS, RESPONSES)
     both = judge(dirs["judge"], label="1", input="prompt_response")(PROMPTS, RESPONSES)
     assert torch.allclose(alone, direct_logits(dirs["judge"], RESPONSES)[:, 1], atol=1e-5, rtol=0)
-    assert torch.allclose(both, direct_logits(dirs["judge"], [p + r for p, r in zip(PROMPTS, RESPONSES)])[:, 1],
-                          atol=1e-5, rtol=0)
+    assert torch.allclose(
+        both, direct_logits(dirs["judge"], [p + r for p, r in zip(PROMPTS, RESPONSES)])[:, 1], atol=1e-5, rtol=0
+    )
     assert (alone - both).abs().max() > 1e-4
 
 
@@ -173,14 +185,17 @@ def fns(monkeypatch):
     return mod
 
 
-@pytest.mark.parametrize("fn, expected", [
-    ("too_few", "must return one float per response: 3 responses, 2 scores"),
-    ("too_many", "must return one float per response: 3 responses, 6 scores"),
-    ("nan", "returned a non-finite score (nan) for response 2 of 3"),
-    ("inf", "returned a non-finite score (inf) for response 1 of 3"),
-    ("words", "must return one float per response, got list"),
-    ("none", "must return one float per response, got NoneType"),
-])
+@pytest.mark.parametrize(
+    "fn, expected",
+    [
+        ("too_few", "must return one float per response: 3 responses, 2 scores"),
+        ("too_many", "must return one float per response: 3 responses, 6 scores"),
+        ("nan", "returned a non-finite score (nan) for response 2 of 3"),
+        ("inf", "returned a non-finite score (inf) for response 1 of 3"),
+        ("words", "must return one float per response, got list"),
+        ("none", "must return one float per response, got NoneType"),
+    ],
+)
 def test_a_bad_function_fails_in_one_line_naming_the_field(fns, fn, expected):
     j = FunctionJudge(f"judge_fns:{fn}")
     msg = one_line_error(j, ["p"] * 3, ["a", "b", "c"], match=expected)
@@ -198,14 +213,17 @@ def test_an_unimportable_function_fails_naming_the_path(path, why):
 
 
 def test_a_non_function_is_refused(fns):
-    assert one_line_error(FunctionJudge, "judge_fns:not_callable") == \
-        "task.judge.fn must name a function, 'judge_fns:not_callable' is a int"
+    assert (
+        one_line_error(FunctionJudge, "judge_fns:not_callable")
+        == "task.judge.fn must name a function, 'judge_fns:not_callable' is a int"
+    )
 
 
 # ================================================================================== config
 def test_judge_config_checks():
-    assert one_line_error(JudgeConfig, "some/model", None, "logit", "prompt_response", "hf_fixtures:word_judge") \
-        .startswith("judge.fn must be null when judge.model is set")
+    assert one_line_error(
+        JudgeConfig, "some/model", None, "logit", "prompt_response", "hf_fixtures:word_judge"
+    ).startswith("judge.fn must be null when judge.model is set")
     for bad in ("not a path", "module_only", ":fn", "a.:f", "a:b.c"):
         with pytest.raises(ConfigError, match=r"^judge\.fn must be 'module:function'"):
             JudgeConfig(fn=bad)
@@ -226,17 +244,29 @@ def test_validate_needs_a_judge_where_gold_is_used(compose, dirs, data, tmp_path
     ok = validate(compose(*base, f"task.preference_data={data['preference.jsonl']}", cache_dir=tmp_path))
     assert ok["task"].has_judge is False
     with pytest.raises(ConfigError) as e:
-        validate(compose(*base, f"task.preference_data={data['preference.jsonl']}", "reward_model=gold",
-                         cache_dir=tmp_path))
-    assert str(e.value).startswith("reward_model must be learned with task=hf and no judge") and \
-        str(e.value).endswith("got 'gold'")
+        validate(
+            compose(*base, f"task.preference_data={data['preference.jsonl']}", "reward_model=gold", cache_dir=tmp_path)
+        )
+    assert str(e.value).startswith("reward_model must be learned with task=hf and no judge") and str(e.value).endswith(
+        "got 'gold'"
+    )
     with pytest.raises(ConfigError) as e:
         validate(compose(*base, f"task.prompts={data['prompt_only.jsonl']}", cache_dir=tmp_path))
     assert str(e.value).startswith("task.preference_data must be set when the task has no judge")
     # with a judge, both are fine
-    groups = validate(compose(*base, f"task.prompts={data['prompt_only.jsonl']}", "reward_model=gold",
-                              "task.judge.fn=hf_fixtures:word_judge", cache_dir=tmp_path))
+    groups = validate(
+        compose(
+            *base,
+            f"task.prompts={data['prompt_only.jsonl']}",
+            "reward_model=gold",
+            "task.judge.fn=hf_fixtures:word_judge",
+            cache_dir=tmp_path,
+        )
+    )
     assert groups["task"].has_judge and groups["task"].judge.fn == "hf_fixtures:word_judge"
     with pytest.raises(ConfigError, match=r"^task\.judge\.fn must be 'module:function'"):
-        validate(compose(*base, f"task.prompts={data['prompt_only.jsonl']}", "task.judge.fn='not a path'",
-                         cache_dir=tmp_path))
+        validate(
+            compose(
+                *base, f"task.prompts={data['prompt_only.jsonl']}", "task.judge.fn='not a path'", cache_dir=tmp_path
+            )
+        )

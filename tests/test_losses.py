@@ -12,9 +12,20 @@ import math
 import pytest
 import torch
 
-from rlhf_bench.algorithms.losses import (AdaptiveKLController, dpo_loss, gae, kl_penalty, masked_mean, masked_whiten, p3o_loss,
-                               pairwise_policy_gradient_surrogate, ppo_policy_loss, ppo_token_rewards, ppo_value_loss,
-                               sequence_logratio)
+from rlhf_bench.algorithms.losses import (
+    AdaptiveKLController,
+    dpo_loss,
+    gae,
+    kl_penalty,
+    masked_mean,
+    masked_whiten,
+    p3o_loss,
+    pairwise_policy_gradient_surrogate,
+    ppo_policy_loss,
+    ppo_token_rewards,
+    ppo_value_loss,
+    sequence_logratio,
+)
 
 torch.set_num_threads(1)
 D = torch.float64
@@ -169,8 +180,9 @@ def test_ppo_value_loss_formula_and_clipping():
     expected = 0.5 * (0.64 + 0.81 + 2.25) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-14)
     (g,) = torch.autograd.grad(loss, v)
-    torch.testing.assert_close(g, torch.tensor([[0.0, 0.5 * 2 * (0.1 - 1) / 3, 0.5 * 2 * 1.5 / 3, 0.0]], dtype=D),
-                               rtol=1e-14, atol=1e-16)
+    torch.testing.assert_close(
+        g, torch.tensor([[0.0, 0.5 * 2 * (0.1 - 1) / 3, 0.5 * 2 * 1.5 / 3, 0.0]], dtype=D), rtol=1e-14, atol=1e-16
+    )
     assert metrics["value/clipfrac"].item() == pytest.approx(1 / 3)
 
 
@@ -359,8 +371,9 @@ def direct_p3o(lp, old, ref, rewards, beta, clip, eps, C, q_logratio):
         per_pair = torch.maximum(-q * w * delta, -q * w * torch.clamp(delta, delta_old - eps, delta_old + eps))
     else:
         c1, c2 = torch.clamp(rho1, 1 / C, C).detach(), torch.clamp(rho2, 1 / C, C).detach()
-        per_pair = (torch.maximum(-q * c2 * rho1, -q * c2 * torch.clamp(rho1, 1 - eps, 1 + eps))
-                    + torch.maximum(q * c1 * rho2, q * c1 * torch.clamp(rho2, 1 - eps, 1 + eps)))
+        per_pair = torch.maximum(-q * c2 * rho1, -q * c2 * torch.clamp(rho1, 1 - eps, 1 + eps)) + torch.maximum(
+            q * c1 * rho2, q * c1 * torch.clamp(rho2, 1 - eps, 1 + eps)
+        )
     return 0.5 * per_pair.mean()
 
 
@@ -417,8 +430,9 @@ def test_p3o_joint_clipping_blocks_the_pushed_direction_only():
     (g,) = torch.autograd.grad(loss, lp)
     cur = lp.detach() - ref
     q = (rewards[:, 0] - rewards[:, 1]) - beta * (cur[:, 0] - cur[:, 1])
-    torch.testing.assert_close(g[0], torch.stack([-0.5 * q[0] * math.exp(0.19) / 2, 0.5 * q[0] * math.exp(0.19) / 2]),
-                               rtol=1e-13, atol=0)
+    torch.testing.assert_close(
+        g[0], torch.stack([-0.5 * q[0] * math.exp(0.19) / 2, 0.5 * q[0] * math.exp(0.19) / 2]), rtol=1e-13, atol=0
+    )
 
 
 def test_p3o_separate_clipping_blocks_each_ratio_in_its_pushed_direction():
@@ -505,8 +519,9 @@ def test_gradcheck_ppo_policy_loss():
     mask = mask_of([5, 3, 4], T)
     old = -rand(B, T, seed=70).abs()
     # log-ratios well inside (0.9, 1.1) or well outside the [0.8, 1.2] clip range, never on a kink
-    dl = torch.tensor([[0.05, -0.07, 0.6, -0.6, 0.02], [0.04, -0.5, 0.5, 9.0, 9.0], [-0.03, 0.08, 0.4, -0.45, 9.0]],
-                      dtype=D)
+    dl = torch.tensor(
+        [[0.05, -0.07, 0.6, -0.6, 0.02], [0.04, -0.5, 0.5, 9.0, 9.0], [-0.03, 0.08, 0.4, -0.45, 9.0]], dtype=D
+    )
     adv = rand(B, T, seed=71)
     gradcheck(lambda lp: ppo_policy_loss(lp, old, adv, mask, 0.2)[0], old + dl)
 

@@ -9,12 +9,22 @@ import types
 
 import pytest
 import torch
-
 from model_fixtures import V, allowing, full_logprobs, mixed_batch, tiny_gpt2, value_and_grads
+
 from rlhf_bench.benchmarks.config import ConfigError, ModelConfig, validate
+from rlhf_bench.benchmarks.models import (
+    SequenceBatch,
+    build_policy,
+    checkpointing_enabled,
+    configure_memory,
+    dtype_kwargs,
+    lm_loss,
+    position_ids,
+    token_kl,
+    token_logprobs,
+    torch_dtype,
+)
 from rlhf_bench.benchmarks.models.logprobs import NEG, row_logprobs
-from rlhf_bench.benchmarks.models import (SequenceBatch, build_policy, checkpointing_enabled, configure_memory,
-                                          dtype_kwargs, lm_loss, position_ids, token_kl, token_logprobs, torch_dtype)
 
 
 # ============================================================================ chunked log-probs
@@ -104,14 +114,15 @@ def test_chunked_kl_equals_the_full_distribution_kl_in_float64():
         ids, am = batch.input_ids, batch.attention_mask
         Tq, Tr = batch.query.shape[1], batch.response.shape[1]
         with torch.no_grad():
-            logits = m(input_ids=ids, attention_mask=am, position_ids=position_ids(am)).logits[:, Tq - 1: Tq + Tr - 1]
+            logits = m(input_ids=ids, attention_mask=am, position_ids=position_ids(am)).logits[:, Tq - 1 : Tq + Tr - 1]
         return torch.log_softmax((logits / 0.7).masked_fill(~mask[:Tr], NEG), -1)
 
     lp, lq = full(policy), full(ref)
     m = batch.response_mask
     torch.testing.assert_close(kl, (lp.exp() * (lp - lq)).sum(-1) * m, atol=1e-12, rtol=0)
-    torch.testing.assert_close(k1, (lp - lq).gather(-1, batch.response.unsqueeze(-1)).squeeze(-1) * m,
-                               atol=1e-12, rtol=0)
+    torch.testing.assert_close(
+        k1, (lp - lq).gather(-1, batch.response.unsqueeze(-1)).squeeze(-1) * m, atol=1e-12, rtol=0
+    )
     assert (kl[m == 1] > 1e-3).all()
 
 
@@ -140,8 +151,12 @@ def test_real_vocabulary_without_a_mask_normalises_over_the_whole_vocabulary():
 def test_probabilities_over_the_whole_real_vocabulary_sum_to_one():
     """sum over all 50,257 tokens of exp(log-prob) at one position is 1 (20 s on one CPU thread)."""
     model = tiny_gpt2(n_embd=4, dtype=torch.float32)
-    every = SequenceBatch(torch.full((V, 2), 7), torch.ones(V, 2, dtype=torch.long), torch.arange(V).unsqueeze(1),
-                          torch.ones(V, 1, dtype=torch.long))
+    every = SequenceBatch(
+        torch.full((V, 2), 7),
+        torch.ones(V, 2, dtype=torch.long),
+        torch.arange(V).unsqueeze(1),
+        torch.ones(V, 1, dtype=torch.long),
+    )
     with torch.no_grad():
         lp = token_logprobs(model, every)
     assert abs(lp.double().exp().sum().item() - 1.0) < 2e-6  # float32 rounding: ~4e-7; one token: ~2e-5
@@ -153,9 +168,11 @@ def test_a_mask_sized_to_another_vocabulary_fails_in_one_line_naming_both_sizes(
     and a mask that is not boolean."""
     model, batch = tiny_gpt2(dtype=torch.float32), mixed_batch()
     Tr = batch.response.shape[1]
-    for bad, words in ((torch.ones(Tr, 24, dtype=torch.bool), ["24", "50257"]),
-                       (torch.ones(2, V, dtype=torch.bool), ["2 response positions", str(Tr)]),
-                       (torch.ones(Tr, V, dtype=torch.long), ["bool"])):
+    for bad, words in (
+        (torch.ones(Tr, 24, dtype=torch.bool), ["24", "50257"]),
+        (torch.ones(2, V, dtype=torch.bool), ["2 response positions", str(Tr)]),
+        (torch.ones(Tr, V, dtype=torch.long), ["bool"]),
+    ):
         for fn in (token_logprobs, lambda m, b, t, k: token_kl(m, m, b, t, k)):
             with pytest.raises(ValueError) as e:
                 fn(model, batch, 1.0, bad)
@@ -208,14 +225,17 @@ def test_gradient_checkpointing_recomputes_and_gives_the_same_loss_and_gradients
 
 
 # ================================================================================== config checks
-@pytest.mark.parametrize("override,words", [
-    ("model.dtype=float16", ["model.dtype", "float32", "bfloat16", "float16"]),
-    ("model.logprob_chunk_tokens=-1", ["model.logprob_chunk_tokens", ">= 0"]),
-    ("model.lora.r=-1", ["model.lora.r", ">= 0"]),
-    ("model.lora.alpha=0", ["model.lora.alpha", "> 0"]),
-    ("model.lora.dropout=1.0", ["model.lora.dropout", "[0, 1)"]),
-    ("model.lora.target_modules=[]", ["model.lora.target_modules", "null"]),
-])
+@pytest.mark.parametrize(
+    "override,words",
+    [
+        ("model.dtype=float16", ["model.dtype", "float32", "bfloat16", "float16"]),
+        ("model.logprob_chunk_tokens=-1", ["model.logprob_chunk_tokens", ">= 0"]),
+        ("model.lora.r=-1", ["model.lora.r", ">= 0"]),
+        ("model.lora.alpha=0", ["model.lora.alpha", "> 0"]),
+        ("model.lora.dropout=1.0", ["model.lora.dropout", "[0, 1)"]),
+        ("model.lora.target_modules=[]", ["model.lora.target_modules", "null"]),
+    ],
+)
 def test_a_bad_model_value_fails_in_one_line_naming_the_field(compose, override, words):
     with pytest.raises(ConfigError) as e:
         validate(compose(override))
@@ -227,7 +247,17 @@ def test_model_memory_settings_default_to_the_old_behaviour(compose):
     model = validate(compose())["model"]
     defaults = (model.dtype, model.gradient_checkpointing, model.logprob_chunk_tokens, model.lora.r)
     assert defaults == ("float32", False, 0, 0)
-    model = validate(compose("model.lora.r=8", "model.lora.target_modules=[c_attn,c_fc]", "model.dtype=bfloat16",
-                             "model.gradient_checkpointing=true"))["model"]
-    assert (model.lora.r, model.lora.target_modules, model.dtype, model.gradient_checkpointing) == \
-        (8, ["c_attn", "c_fc"], "bfloat16", True)
+    model = validate(
+        compose(
+            "model.lora.r=8",
+            "model.lora.target_modules=[c_attn,c_fc]",
+            "model.dtype=bfloat16",
+            "model.gradient_checkpointing=true",
+        )
+    )["model"]
+    assert (model.lora.r, model.lora.target_modules, model.dtype, model.gradient_checkpointing) == (
+        8,
+        ["c_attn", "c_fc"],
+        "bfloat16",
+        True,
+    )

@@ -8,14 +8,25 @@ import copy
 
 import pytest
 import torch
+from model_fixtures import mixed_batch, tiny_gpt2, tiny_scorer, value_and_grads
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-from model_fixtures import mixed_batch, tiny_gpt2, tiny_scorer, value_and_grads
 from rlhf_bench.benchmarks.config import LoraSettings, ModelConfig
-from rlhf_bench.benchmarks.models.lora import (AdaptersOff, adapters_disabled, apply_lora, merge_adapters,
-                                               trainable_parameters)
-from rlhf_bench.benchmarks.models import (configure_memory, reward_scores, token_kl, token_logprobs, token_values,
-                                          vocab_size)
+from rlhf_bench.benchmarks.models import (
+    configure_memory,
+    reward_scores,
+    token_kl,
+    token_logprobs,
+    token_values,
+    vocab_size,
+)
+from rlhf_bench.benchmarks.models.lora import (
+    AdaptersOff,
+    adapters_disabled,
+    apply_lora,
+    merge_adapters,
+    trainable_parameters,
+)
 
 R4 = LoraSettings(r=4)
 
@@ -137,8 +148,9 @@ def test_the_value_model_gets_its_own_adapters_and_head(tmp_path):
             assert torch.equal(token_values(value, batch), token_values(rm_copy, batch))
     assert (after - before).abs().max() > 1e-3
     value.save_pretrained(tmp_path / "adapters")
-    merged = AutoModelForSequenceClassification.from_pretrained(merge_adapters(tmp_path / "rm", tmp_path / "adapters",
-                                                                               tmp_path / "merged")).eval()
+    merged = AutoModelForSequenceClassification.from_pretrained(
+        merge_adapters(tmp_path / "rm", tmp_path / "adapters", tmp_path / "merged")
+    ).eval()
     with torch.no_grad():
         torch.testing.assert_close(token_values(merged, batch), after, atol=1e-10, rtol=0)
     assert merged.config.reward_bias == 0.3

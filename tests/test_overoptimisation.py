@@ -1,6 +1,7 @@
-"""Reward-model over-optimisation (Gao et al. 2022): the fits of benchmarks/studies/gao_fits.py, the curves and the fits
-over worlds of benchmarks/studies/gao_worlds.py (gains over each world's own SFT base; t-intervals over worlds, one world
-as before), the analysis of benchmarks/studies/overoptimisation.py on synthetic sweeps, conf/benchmark/overoptimisation.yaml
+"""Reward-model over-optimisation (Gao et al. 2022): the fits of benchmarks/studies/gao_fits.py, the curves and
+the fits over worlds of benchmarks/studies/gao_worlds.py (gains over each world's own SFT base; t-intervals over
+worlds, one world as before), the analysis of benchmarks/studies/overoptimisation.py on synthetic sweeps,
+conf/benchmark/overoptimisation.yaml
 composing and validating (both of its documented commands), and a tiny end-to-end sweep through the real CLI (slow).
 
 Fast except the last test: no model is trained; sweeps are synthetic run directories in tmp_path, named and
@@ -21,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import COMMON_OVERRIDES, CONF_DIR
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -30,13 +32,12 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 from scipy import stats
 
-from conftest import COMMON_OVERRIDES, CONF_DIR
 from rlhf_bench.algorithms.registry import get_algorithm, load_algorithms
+from rlhf_bench.benchmarks.config import SWEEP_OVERRIDES_ENV, register_configs, validate
+from rlhf_bench.benchmarks.report.loading import ReportWarning
 from rlhf_bench.benchmarks.studies import gao_fits as gf
 from rlhf_bench.benchmarks.studies import gao_worlds as gw
 from rlhf_bench.benchmarks.studies import overoptimisation as oo
-from rlhf_bench.benchmarks.config import SWEEP_OVERRIDES_ENV, register_configs, validate
-from rlhf_bench.benchmarks.report.loading import ReportWarning
 
 D = np.linspace(0.0, 3.0, 61)
 
@@ -50,8 +51,9 @@ def truth(form: str, alpha: float, beta: float, d) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------- fits
-@pytest.mark.parametrize("form,alpha,beta", [("bon", 1.2, 0.4), ("bon", 0.5, -0.1), ("rl", 0.9, 0.5),
-                                             ("rl", 0.3, -0.2), ("rl", -0.4, 0.8)])
+@pytest.mark.parametrize(
+    "form,alpha,beta", [("bon", 1.2, 0.4), ("bon", 0.5, -0.1), ("rl", 0.9, 0.5), ("rl", 0.3, -0.2), ("rl", -0.4, 0.8)]
+)
 def test_fit_recovers_noiseless_coefficients(form, alpha, beta):
     fit = gf.fit_form(form, D, truth(form, alpha, beta, D))
     assert fit.alpha == pytest.approx(alpha, abs=1e-10) and fit.beta == pytest.approx(beta, abs=1e-10)
@@ -79,8 +81,9 @@ def test_design_is_finite_at_zero_and_drops_non_finite_points():
         gf.fit_form("linear", D, D)
 
 
-@pytest.mark.parametrize("form,alpha,beta", [("bon", 1.2, 0.4), ("bon", 0.3, 0.05), ("rl", 0.9, 0.5),
-                                             ("rl", 0.4, 0.35), ("rl", 1.5, 0.6)])
+@pytest.mark.parametrize(
+    "form,alpha,beta", [("bon", 1.2, 0.4), ("bon", 0.3, 0.05), ("rl", 0.9, 0.5), ("rl", 0.4, 0.35), ("rl", 1.5, 0.6)]
+)
 def test_peak_formulas_match_the_numeric_argmax_of_the_fitted_curve(form, alpha, beta):
     fit = gf.fit_form(form, D, truth(form, alpha, beta, D))
     grid = np.linspace(0.0, 3.0 * max(fit.d_peak, 1.0), 400001)
@@ -88,7 +91,7 @@ def test_peak_formulas_match_the_numeric_argmax_of_the_fitted_curve(form, alpha,
     i = int(np.argmax(values))
     assert fit.d_peak == pytest.approx(grid[i], abs=2 * (grid[1] - grid[0]))
     assert fit.gain_peak == pytest.approx(values[i], rel=1e-9, abs=1e-12)
-    assert fit.kl_peak == pytest.approx(fit.d_peak ** 2)
+    assert fit.kl_peak == pytest.approx(fit.d_peak**2)
     # the closed forms
     expected = alpha / (2 * beta) if form == "bon" else math.exp(alpha / beta - 1)
     assert fit.d_peak == pytest.approx(expected, rel=1e-8)
@@ -102,8 +105,9 @@ def test_no_peak_without_positive_beta():
 
 
 # ------------------------------------------------------------------------------------- bootstrap
-def _runs(form: str, alpha: float, beta: float, m: int, rng, sd_run: float = 0.04, sd_point: float = 0.03,
-          d_max: float = 2.5) -> list[tuple]:
+def _runs(
+    form: str, alpha: float, beta: float, m: int, rng, sd_run: float = 0.04, sd_point: float = 0.03, d_max: float = 2.5
+) -> list[tuple]:
     """m runs (seeds) of one curve: each run's coefficients drawn around the truth, its points noisy."""
     out = []
     for _ in range(m):
@@ -181,18 +185,37 @@ SFT_GOLD, SFT_PROXY = 0.5, -0.05
 RL_TRUTH = {"ppo": (0.7027, 0.5), "dpo": (0.6, 0.45)}  # RL form; ppo peaks at d = 1.5
 
 
-def _write_run(sweep: Path, name: str, algorithm: str, seed: int, rows: list[dict], beta: float = 0.01,
-               n: int | None = None, world: int = 0) -> Path:
+def _write_run(
+    sweep: Path,
+    name: str,
+    algorithm: str,
+    seed: int,
+    rows: list[dict],
+    beta: float = 0.01,
+    n: int | None = None,
+    world: int = 0,
+) -> Path:
     d = sweep / name
     d.mkdir(parents=True)
     (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     indep = algorithm in ("sft", "best_of_n")
     algo = {"name": algorithm, "label": algorithm, "beta": beta, **({"n": n} if n is not None else {})}
     task = {"name": "bandit", "seed": world, "steps": 40, "eval_every": 2, "preferences": {"n_prompts": 100, "k": 4}}
-    summary = {"status": "finished", "algorithm": algorithm, "beta": beta, "world": world, "seed": seed,
-               "task": "bandit", "reward_model": "learned", "steps": 0 if indep else rows[-1]["step"],
-               "beta_independent": indep, "final": rows[-1], "git_revision": "abc123", "versions": {"torch": "2.4.0"},
-               "config": {"algorithm": algo, "seed": seed, "task": task}}
+    summary = {
+        "status": "finished",
+        "algorithm": algorithm,
+        "beta": beta,
+        "world": world,
+        "seed": seed,
+        "task": "bandit",
+        "reward_model": "learned",
+        "steps": 0 if indep else rows[-1]["step"],
+        "beta_independent": indep,
+        "final": rows[-1],
+        "git_revision": "abc123",
+        "versions": {"torch": "2.4.0"},
+        "config": {"algorithm": algo, "seed": seed, "task": task},
+    }
     (d / "summary.json").write_text(json.dumps(summary))
     return d
 
@@ -204,8 +227,15 @@ def _bon_kl(n: int) -> float:
     return math.log(n) - (n - 1) / n  # best-of-n's KL bound (Beirami et al.)
 
 
-def make_sweep(sweep: Path, seeds=(0, 1, 2), bon_seeds=(0,), step0_gold: float | None = None, worlds=(0,),
-               sft_gold: dict | None = None, alpha_shift: dict | None = None) -> Path:
+def make_sweep(
+    sweep: Path,
+    seeds=(0, 1, 2),
+    bon_seeds=(0,),
+    step0_gold: float | None = None,
+    worlds=(0,),
+    sft_gold: dict | None = None,
+    alpha_shift: dict | None = None,
+) -> Path:
     """A synthetic sweep, per world ``w``: an sft run per seed (gold ``sft_gold[w]``, default SFT_GOLD), ppo and
     dpo learning curves per seed (RL form, RL_TRUTH's alpha + ``alpha_shift[w]``, starting from the world's SFT,
     or from ``step0_gold``), and a best-of-n curve per bon seed (bon form, alpha 1.2 + ``alpha_shift[w]``, exact)."""
@@ -214,8 +244,14 @@ def make_sweep(sweep: Path, seeds=(0, 1, 2), bon_seeds=(0,), step0_gold: float |
         sft = SFT_GOLD if sft_gold is None else sft_gold[w]
         shift = 0.0 if alpha_shift is None else alpha_shift[w]
         for seed in seeds:
-            _write_run(sweep, f"sft_world{w}_seed{seed}", "sft", seed,
-                       [{"step": 0, "kl": 0.0, "reward_gold": sft, "reward_proxy": SFT_PROXY}], world=w)
+            _write_run(
+                sweep,
+                f"sft_world{w}_seed{seed}",
+                "sft",
+                seed,
+                [{"step": 0, "kl": 0.0, "reward_gold": sft, "reward_proxy": SFT_PROXY}],
+                world=w,
+            )
             for algo, (a, b) in RL_TRUTH.items():
                 a, b = a + shift + rng.normal(0, 0.02), b + rng.normal(0, 0.01)
                 rows = []
@@ -223,17 +259,27 @@ def make_sweep(sweep: Path, seeds=(0, 1, 2), bon_seeds=(0,), step0_gold: float |
                     kl = 6.0 * (1 - math.exp(-step / 8)) * (1 + 0.03 * seed)
                     d = math.sqrt(kl)
                     start = sft if step0_gold is None else step0_gold
-                    rows.append({"step": step, "kl": kl,
-                                 "reward_gold": start + float(truth("rl", a, b, [d])[0]) + rng.normal(0, 0.01),
-                                 "reward_proxy": SFT_PROXY + 0.3 * d})
+                    rows.append(
+                        {
+                            "step": step,
+                            "kl": kl,
+                            "reward_gold": start + float(truth("rl", a, b, [d])[0]) + rng.normal(0, 0.01),
+                            "reward_proxy": SFT_PROXY + 0.3 * d,
+                        }
+                    )
                 _write_run(sweep, f"{algo}_beta0.01_world{w}_seed{seed}", algo, seed, rows, world=w)
         for seed in bon_seeds:
             for n in BON_NS:
                 d = math.sqrt(_bon_kl(n))
-                row = {"step": 0, "kl": _bon_kl(n), "reward_gold": sft + float(truth("bon", 1.2 + shift, 0.4, [d])[0]),
-                       "reward_proxy": SFT_PROXY + 0.25 * d}
-                _write_run(sweep, f"best_of_n_world{w}_seed{seed}_algorithm.n={n}", "best_of_n", seed, [row], n=n,
-                           world=w)
+                row = {
+                    "step": 0,
+                    "kl": _bon_kl(n),
+                    "reward_gold": sft + float(truth("bon", 1.2 + shift, 0.4, [d])[0]),
+                    "reward_proxy": SFT_PROXY + 0.25 * d,
+                }
+                _write_run(
+                    sweep, f"best_of_n_world{w}_seed{seed}_algorithm.n={n}", "best_of_n", seed, [row], n=n, world=w
+                )
     return sweep
 
 
@@ -248,8 +294,9 @@ def test_build_writes_csv_markdown_and_figure(tmp_path):
     assert [p.name for p in paths] == ["overoptimisation.csv", "overoptimisation.md", "overoptimisation.png"]
     rows = _read_csv(paths[0])
     assert list(rows[0]) == oo.CSV_COLUMNS
-    assert [(r["algorithm"], r["reward"]) for r in rows] == [(a, k) for a in ("best_of_n", "dpo", "ppo")
-                                                             for k in ("gold", "proxy")]
+    assert [(r["algorithm"], r["reward"]) for r in rows] == [
+        (a, k) for a in ("best_of_n", "dpo", "ppo") for k in ("gold", "proxy")
+    ]
     assert {(r["worlds"], r["world"]) for r in rows} == {("1", "pooled")}  # one world: no per-world rows
     by = {(r["algorithm"], r["reward"]): r for r in rows}
     bon, ppo = by[("best_of_n", "gold")], by[("ppo", "gold")]
@@ -313,8 +360,14 @@ def test_gains_are_taken_over_the_sft_base_of_the_runs_own_world(tmp_path):
     sweep, sft = tmp_path / "sweep", {0: 0.2, 1: 0.8}
     ns, steps = (1, 4, 16, 64), (2, 4, 6)
     for w, g0 in sft.items():
-        _write_run(sweep, f"sft_world{w}_seed0", "sft", 0,
-                   [{"step": 0, "kl": 0.0, "reward_gold": g0, "reward_proxy": SFT_PROXY}], world=w)
+        _write_run(
+            sweep,
+            f"sft_world{w}_seed0",
+            "sft",
+            0,
+            [{"step": 0, "kl": 0.0, "reward_gold": g0, "reward_proxy": SFT_PROXY}],
+            world=w,
+        )
         for n in ns:
             d = math.sqrt(_bon_kl(n))
             row = {"step": 0, "kl": _bon_kl(n), "reward_gold": g0 + 0.5 * d, "reward_proxy": SFT_PROXY + 0.25 * d}
@@ -334,8 +387,9 @@ def test_gains_are_taken_over_the_sft_base_of_the_runs_own_world(tmp_path):
     assert any("world 2" in n for n in notes)
 
 
-def _world_curve(form: str, truths: dict, seeds: int = 2, sd: float = 0.03, rng_seed: int = 4,
-                 d_max: dict | None = None) -> gf.Curve:
+def _world_curve(
+    form: str, truths: dict, seeds: int = 2, sd: float = 0.03, rng_seed: int = 4, d_max: dict | None = None
+) -> gf.Curve:
     """A curve of ``seeds`` runs in each world ``w`` of ``truths`` (w -> (alpha, beta)), on a grid of d up to
     ``d_max[w]`` (default 2.5 in every world)."""
     rng = np.random.default_rng(rng_seed)
@@ -344,8 +398,9 @@ def _world_curve(form: str, truths: dict, seeds: int = 2, sd: float = 0.03, rng_
         d = np.linspace(0.05, 2.5 if d_max is None else d_max[w], 30)
         for s in range(seeds):
             gold = truth(form, a, b, d) + rng.normal(0, sd, d.size)
-            c.runs.append(gf.RunCurve(s, list(range(d.size)), list(d * d), {"gold": list(gold), "proxy": list(0.3 * d)},
-                                      world=w))
+            c.runs.append(
+                gf.RunCurve(s, list(range(d.size)), list(d * d), {"gold": list(gold), "proxy": list(0.3 * d)}, world=w)
+            )
     return c
 
 
@@ -365,8 +420,14 @@ def test_fit_over_worlds_pools_the_per_world_fits_with_a_t_interval():
     truths = {0: (0.75, 0.5), 1: (0.95, 0.5), 2: (0.6, 0.45)}
     c = _world_curve("rl", truths, d_max={0: 2.2, 1: 2.8, 2: 2.5})
     cf = gw.fit_curve(c, "gold", n_boot=500)
-    per = {w: gf.fit_form("rl", np.concatenate([rc.d for rc in c.runs if rc.world == w]),
-                          np.concatenate([rc.gain["gold"] for rc in c.runs if rc.world == w])) for w in truths}
+    per = {
+        w: gf.fit_form(
+            "rl",
+            np.concatenate([rc.d for rc in c.runs if rc.world == w]),
+            np.concatenate([rc.gain["gold"] for rc in c.runs if rc.world == w]),
+        )
+        for w in truths
+    }
     alphas, betas = [per[w].alpha for w in truths], [per[w].beta for w in truths]
     assert np.ptp(alphas) > 0.2  # the worlds differ
     b = cf.boot
@@ -381,8 +442,8 @@ def test_fit_over_worlds_pools_the_per_world_fits_with_a_t_interval():
     assert b.kl_peak_ci == pytest.approx(tuple(np.exp(_t_interval(log_peaks))), rel=1e-9)
     assert [pw.world for pw in cf.per_world] == [0, 1, 2]
     assert [pw.boot.fit.alpha for pw in cf.per_world] == pytest.approx(alphas, rel=1e-12)
-    assert all(0 < per[w].kl_peak <= b.d_max ** 2 for w in truths) and b.peak_share == 1.0
-    assert b.kl_peak_ci[1] > b.d_max ** 2 and cf.verdict == gf.CANNOT_TELL
+    assert all(0 < per[w].kl_peak <= b.d_max**2 for w in truths) and b.peak_share == 1.0
+    assert b.kl_peak_ci[1] > b.d_max**2 and cf.verdict == gf.CANNOT_TELL
     assert gf.fit_curve(c, "gold", n_boot=500).verdict == gf.IN_RANGE  # worlds taken as seeds: overconfident
 
 
@@ -417,13 +478,19 @@ def test_one_world_keeps_the_bootstrap_over_its_seeds(tmp_path):
 
 
 def test_csv_and_markdown_have_the_pooled_and_the_per_world_rows(tmp_path):
-    sweep = make_sweep(tmp_path / "sweep", worlds=(0, 1, 2), seeds=(0, 1), sft_gold={0: 0.3, 1: 0.5, 2: 0.7},
-                       alpha_shift={0: -0.1, 1: 0.0, 2: 0.15})
+    sweep = make_sweep(
+        tmp_path / "sweep",
+        worlds=(0, 1, 2),
+        seeds=(0, 1),
+        sft_gold={0: 0.3, 1: 0.5, 2: 0.7},
+        alpha_shift={0: -0.1, 1: 0.0, 2: 0.15},
+    )
     paths = oo.build(sweep, n_boot=300)
     rows = _read_csv(paths[0])
     assert list(rows[0]) == oo.CSV_COLUMNS and oo.CSV_COLUMNS[-2:] == ["worlds", "world"]
     assert [(r["algorithm"], r["reward"], r["world"]) for r in rows] == [
-        (a, k, w) for a in ("best_of_n", "dpo", "ppo") for k in ("gold", "proxy") for w in ("pooled", "0", "1", "2")]
+        (a, k, w) for a in ("best_of_n", "dpo", "ppo") for k in ("gold", "proxy") for w in ("pooled", "0", "1", "2")
+    ]
     by = {(r["algorithm"], r["reward"], r["world"]): r for r in rows}
     ppo = by[("ppo", "gold", "pooled")]
     assert ppo["worlds"] == "3" and ppo["n_runs"] == "6" and ppo["n_points"] == str(6 * 21)
@@ -457,10 +524,15 @@ def compose(tmp_path_factory):
     cache = tmp_path_factory.mktemp("oo_cache")
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+
         def _compose(*overrides: str, hydra: bool = False, common: bool = True):
             base = [*COMMON_OVERRIDES, f"cache_dir={cache}"] if common else []
-            return hydra_compose(config_name="config", return_hydra_config=hydra,
-                                 overrides=[*base, "benchmark=overoptimisation", *overrides])
+            return hydra_compose(
+                config_name="config",
+                return_hydra_config=hydra,
+                overrides=[*base, "benchmark=overoptimisation", *overrides],
+            )
+
         yield _compose
     GlobalHydra.instance().clear()
 
@@ -541,9 +613,18 @@ def test_tiny_sweep_end_to_end_writes_the_three_files(tmp_path):
     sweep and the best-of-n sweep land in one directory and the callback leaves the fits there, pooled
     over the worlds and per world."""
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    small = ["task.n_eval_prompts=40", "task.n_sft_demos=1000", "task.sft.epochs=1", "reward_model.epochs=1",
-             "task.steps=4", "task.eval_every=1", "task.seed=0,1", f"cache_dir={cache}", f"hydra.sweep.dir={sweep}",
-             "progress=false"]
+    small = [
+        "task.n_eval_prompts=40",
+        "task.n_sft_demos=1000",
+        "task.sft.epochs=1",
+        "reward_model.epochs=1",
+        "task.steps=4",
+        "task.eval_every=1",
+        "task.seed=0,1",
+        f"cache_dir={cache}",
+        f"hydra.sweep.dir={sweep}",
+        "progress=false",
+    ]
     cli = [sys.executable, "-m", "rlhf_bench.benchmarks.cli", "benchmark=overoptimisation"]
     for extra in (["algorithm=sft,ppo,dpo", "seed=0,1"], ["algorithm=best_of_n", "algorithm.n=1,4,16,64", "seed=0"]):
         proc = subprocess.run(cli + extra + small, capture_output=True, text=True, timeout=900, cwd=tmp_path)
@@ -551,7 +632,8 @@ def test_tiny_sweep_end_to_end_writes_the_three_files(tmp_path):
     assert f"overoptimisation: {sweep / 'overoptimisation.md'}" in proc.stdout
     rows = _read_csv(sweep / "overoptimisation.csv")
     assert {(r["algorithm"], r["reward"], r["world"]) for r in rows} == {
-        (a, k, w) for a in ("best_of_n", "dpo", "ppo") for k in ("gold", "proxy") for w in ("pooled", "0", "1")}
+        (a, k, w) for a in ("best_of_n", "dpo", "ppo") for k in ("gold", "proxy") for w in ("pooled", "0", "1")
+    }
     by = {(r["algorithm"], r["reward"], r["world"]): r for r in rows}
     ppo = by[("ppo", "gold", "pooled")]
     assert ppo["worlds"] == "2" and ppo["n_runs"] == "4" and ppo["n_points"] == "20"

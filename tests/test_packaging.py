@@ -23,15 +23,32 @@ def _pip(*args: str, cwd: Path) -> None:
 
 def test_wheel_has_one_top_level_import_name(tmp_path):
     src = tmp_path / "src"  # a copy: building in place would leave build/ in the repository
-    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "dist", "results", "multirun",
-                                                             "outputs", "*.egg-info", "__pycache__", ".rlhf-bench-cache"))
+    shutil.copytree(
+        REPO,
+        src,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "dist",
+            "results",
+            "multirun",
+            "outputs",
+            "*.egg-info",
+            "__pycache__",
+            ".rlhf-bench-cache",
+        ),
+    )
     _pip("wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(tmp_path), str(src), cwd=tmp_path)
     (wheel,) = tmp_path.glob("rlhf_bench-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"rlhf_bench"}, top
-    folders = [p.parent.relative_to(REPO).as_posix() for top in ("algorithms", "benchmarks", "conf")
-               for p in (REPO / top).rglob("__init__.py")]
+    folders = [
+        p.parent.relative_to(REPO).as_posix()
+        for top in ("algorithms", "benchmarks", "conf")
+        for p in (REPO / top).rglob("__init__.py")
+    ]
     assert len(folders) > 10 and "benchmarks/tasks/hf" in folders
     for folder in folders:  # every package, or a forgotten one would be missing from the wheel silently
         assert f"rlhf_bench/{folder}/__init__.py" in names, folder
@@ -49,14 +66,19 @@ def test_the_builtin_algorithms_are_entry_points_like_any_plugin():
 
     from rlhf_bench.algorithms import registry
 
-    declared = {ep.value for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP)
-                if ep.value.startswith("rlhf_bench.")}
-    registering = {f"rlhf_bench.algorithms.{p.stem}" for p in (REPO / "algorithms").glob("*.py")
-                   if re.search(r"^@register_algorithm\(", p.read_text(), flags=re.M)}
+    declared = {
+        ep.value for ep in metadata.entry_points(group=registry.ENTRY_POINT_GROUP) if ep.value.startswith("rlhf_bench.")
+    }
+    registering = {
+        f"rlhf_bench.algorithms.{p.stem}"
+        for p in (REPO / "algorithms").glob("*.py")
+        if re.search(r"^@register_algorithm\(", p.read_text(), flags=re.M)
+    }
     assert declared == registering
     assert not hasattr(registry, "BUILTIN_MODULES")
-    builtins = {n for n in registry.available_algorithms()
-                if registry.get_algorithm(n).cls.__module__.startswith("rlhf_bench.")}
+    builtins = {
+        n for n in registry.available_algorithms() if registry.get_algorithm(n).cls.__module__.startswith("rlhf_bench.")
+    }
     assert {registry.get_algorithm(n).cls.__module__ for n in builtins} == declared
 
 
@@ -79,17 +101,32 @@ def test_readme_plugin_example_installs_and_runs_from_its_own_package(tmp_path, 
     (pkg / "pyproject.toml").write_text(
         '[build-system]\nrequires = ["setuptools>=68"]\nbuild-backend = "setuptools.build_meta"\n\n'
         '[project]\nname = "my-package"\nversion = "0.1.0"\n\n[tool.setuptools]\npackages = ["my_package"]\n\n'
-        + _readme_block("toml", '[project.entry-points."rlhf_bench.algorithms"]'))
+        + _readme_block("toml", '[project.entry-points."rlhf_bench.algorithms"]')
+    )
     site = tmp_path / "site"
     _pip("install", "--no-deps", "--no-build-isolation", "--quiet", "--target", str(site), str(pkg), cwd=tmp_path)
 
     run_dir = tmp_path / "run"
     exe = Path(sys.executable).with_name("rlhf-bench")
     env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(exe), *bandit.overrides, "algorithm=my_algo", "algorithm.beta=0.3", "task.steps=3",
-                           "task.eval_every=3", f"cache_dir={bandit.cfg.cache_dir}", "progress=false",
-                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, env=env, cwd=tmp_path,
-                          timeout=300)
+    proc = subprocess.run(
+        [
+            str(exe),
+            *bandit.overrides,
+            "algorithm=my_algo",
+            "algorithm.beta=0.3",
+            "task.steps=3",
+            "task.eval_every=3",
+            f"cache_dir={bandit.cfg.cache_dir}",
+            "progress=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["algorithm_name"] == "my_algo" and summary["beta"] == 0.3

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from rlhf_bench.benchmarks.runtime.phases import PHASES, STEP_PHASES, PhaseTimer
 from rlhf_bench.benchmarks.report.sections import phase_table
+from rlhf_bench.benchmarks.runtime.phases import PHASES, STEP_PHASES, PhaseTimer
 from rlhf_bench.benchmarks.training.runs import run
 
 
@@ -50,8 +50,9 @@ def test_a_run_records_each_steps_phases_and_their_totals(bandit, run_config, tm
     totals = summary["phase_seconds"]
     assert set(totals) == set(PHASES)
     assert totals["update"] == pytest.approx(sum(r["time/update_seconds"] for r in steps))
-    assert totals["evaluation"] == pytest.approx(sum(r["time/eval_seconds"] for r in rows if "time/eval_seconds" in r),
-                                                 rel=0.05, abs=0.05)
+    assert totals["evaluation"] == pytest.approx(
+        sum(r["time/eval_seconds"] for r in rows if "time/eval_seconds" in r), rel=0.05, abs=0.05
+    )
     assert "peak_gpu_memory_bytes" not in summary  # CPU
 
 
@@ -62,7 +63,9 @@ def test_the_report_tables_the_phases_only_for_runs_that_have_them():
 
     old = [R("ppo", {})]  # a run from before phases were timed: no table
     assert phase_table(old) == []
-    new = [R("ppo", {"phase_seconds": dict.fromkeys(PHASES, 1.0)}),
-           R("ppo", {"phase_seconds": dict.fromkeys(PHASES, 3.0), "peak_gpu_memory_bytes": 2**30})]
+    new = [
+        R("ppo", {"phase_seconds": dict.fromkeys(PHASES, 1.0)}),
+        R("ppo", {"phase_seconds": dict.fromkeys(PHASES, 3.0), "peak_gpu_memory_bytes": 2**30}),
+    ]
     table = phase_table(old + new)
     assert table[-1] == "| bandit | ppo | 2 | " + " | ".join(["2.0"] * len(PHASES)) + " | 1,024 |"

@@ -25,10 +25,10 @@ import torch
 
 from rlhf_bench.algorithms.baselines import BestOfNPolicy
 from rlhf_bench.benchmarks import report as rep
-from rlhf_bench.benchmarks.training import runs
+from rlhf_bench.benchmarks.data import expand_pairs
 from rlhf_bench.benchmarks.evaluation import Evaluator, LMPolicy, ResponseTable
 from rlhf_bench.benchmarks.evaluation.ranking import HeldoutPairs, ranking_accuracies, ranking_accuracy
-from rlhf_bench.benchmarks.data import expand_pairs
+from rlhf_bench.benchmarks.training import runs
 
 COLUMNS = ("ranking_accuracy", "ranking_accuracy_gold")
 
@@ -105,8 +105,13 @@ def test_ties_count_half():
     assert ranking_accuracy(torch.tensor([-1.0, float("nan")])) == 0.0  # NaN is not a correct ranking
     assert ranking_accuracy(torch.zeros(0)) is None
     # items 0..2, pairs (0,1) (0,2) (1,2): log-ratios 1, 1, 0 -> tie, win, win
-    out = ranking_accuracies(torch.tensor([1.0, 1.0, 0.0]), torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2]),
-                             torch.tensor([3.0, 3.0, 2.0]), torch.tensor([2.0, 1.0, 1.0]))
+    out = ranking_accuracies(
+        torch.tensor([1.0, 1.0, 0.0]),
+        torch.tensor([0, 0, 1]),
+        torch.tensor([1, 2, 2]),
+        torch.tensor([3.0, 3.0, 2.0]),
+        torch.tensor([2.0, 1.0, 1.0]),
+    )
     assert out == {"ranking_accuracy": 2.5 / 3, "ranking_accuracy_gold": 2.5 / 3}
 
 
@@ -173,14 +178,15 @@ def test_matches_a_direct_transcription_of_the_definition(seed):
             for j in range(i + 1, len(rs)):
                 if g[i] is None or g[j] is None or g[i] == g[j]:
                     continue
-                w, l = (i, j) if g[i] > g[j] else (j, i)
-                gold_scores.append(score((p, rs[w]), (p, rs[l])))
+                w, lo = (i, j) if g[i] > g[j] else (j, i)
+                gold_scores.append(score((p, rs[w]), (p, rs[lo])))
 
     held = HeldoutPairs.from_lists(_TextTask(), ds)
     assert len(held) == len(pairs)
     assert [held.responses[i] for i in held.chosen] == [_TextTask.encode_response(c) for c in pairs["chosen"]]
-    items = [(" ".join(map(str, held.prompts[q])), " ".join(map(str, r)))
-             for q, r in zip(held.item_prompt, held.responses)]
+    items = [
+        (" ".join(map(str, held.prompts[q])), " ".join(map(str, r))) for q, r in zip(held.item_prompt, held.responses)
+    ]
     assert len(set(items)) == len(items)  # each distinct (prompt, response) once
     held.ref_logp = torch.tensor([ref[it] for it in items])
     out = held.accuracies(torch.tensor([logp[it] for it in items]))
@@ -193,8 +199,12 @@ def test_matches_a_direct_transcription_of_the_definition(seed):
 @pytest.fixture(scope="module")
 def heldout_evaluator(bandit):
     """Evaluator of the small bandit with the shared held-out preference pairs (no cache)."""
-    return Evaluator(bandit.engine, bandit.task.eval_prompts[:16], seed=bandit.groups["task"].eval_seed,
-                     heldout=bandit.artifacts.preferences("heldout"))
+    return Evaluator(
+        bandit.engine,
+        bandit.task.eval_prompts[:16],
+        seed=bandit.groups["task"].eval_seed,
+        heldout=bandit.artifacts.preferences("heldout"),
+    )
 
 
 def test_reference_policy_scores_exactly_half(bandit, heldout_evaluator):
@@ -278,8 +288,9 @@ def test_the_cached_reference_row_carries_the_columns(bandit, tmp_path):
 def _strip_columns(run_dir: Path, seed: int) -> None:
     """Make ``run_dir`` look like one written before the columns existed (and give it another seed)."""
     rows = _read_jsonl(run_dir / "eval.jsonl")
-    (run_dir / "eval.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k not in COLUMNS}) + "\n"
-                                                for r in rows))
+    (run_dir / "eval.jsonl").write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k not in COLUMNS}) + "\n" for r in rows)
+    )
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["final"] = {k: v for k, v in summary["final"].items() if k not in COLUMNS}
     summary["seed"] = seed
@@ -288,8 +299,11 @@ def _strip_columns(run_dir: Path, seed: int) -> None:
 
 def test_bandit_runs_write_the_columns_and_the_report_carries_them(bandit, run_config, tmp_path):
     sweep = tmp_path / "sweep"
-    for name, overrides in (("dpo", ["algorithm=dpo", "task.steps=4", "task.eval_every=2"]),
-                            ("sft", ["algorithm=sft"]), ("best_of_n", ["algorithm=best_of_n", "algorithm.n=4"])):
+    for name, overrides in (
+        ("dpo", ["algorithm=dpo", "task.steps=4", "task.eval_every=2"]),
+        ("sft", ["algorithm=sft"]),
+        ("best_of_n", ["algorithm=best_of_n", "algorithm.n=4"]),
+    ):
         runs.run(run_config(bandit, *overrides), sweep / name)
     dpo = _read_jsonl(sweep / "dpo" / "eval.jsonl")
     assert [r["step"] for r in dpo] == [0, 2, 4]

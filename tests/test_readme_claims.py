@@ -33,10 +33,12 @@ def test_every_comparison_the_readme_states_agrees_with_the_committed_csv():
 def results(tmp_path):
     d = tmp_path / "results" / "demo"
     d.mkdir(parents=True)
-    rows = [["task", "reward_model", "beta", "a", "b", "world", "gap", "ci_low", "ci_high", "verdict"],
-            ["bandit", "learned", "all", "ppo", "grpo", "pooled", "-0.0491", "-0.0642", "-0.0271", "worse"],
-            ["bandit", "learned", "all", "ppo", "grpo", "0", "-0.0400", "", "", "cannot tell"],
-            ["bandit", "learned", "0.1", "ppo", "grpo", "pooled", "0.149", "0.1", "0.2", "better"]]
+    rows = [
+        ["task", "reward_model", "beta", "a", "b", "world", "gap", "ci_low", "ci_high", "verdict"],
+        ["bandit", "learned", "all", "ppo", "grpo", "pooled", "-0.0491", "-0.0642", "-0.0271", "worse"],
+        ["bandit", "learned", "all", "ppo", "grpo", "0", "-0.0400", "", "", "cannot tell"],
+        ["bandit", "learned", "0.1", "ppo", "grpo", "pooled", "0.149", "0.1", "0.2", "better"],
+    ]
     with open(d / "comparisons.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     (d / "verdicts.md").write_text("<!-- generated -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n")
@@ -44,9 +46,11 @@ def results(tmp_path):
 
 
 def test_the_checker_catches_a_stated_direction_against_the_csv(results):
-    ok = ("<!-- comparisons: results/demo -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse; "
-          "grpo − ppo (bandit, all β): +0.049 [+0.027, +0.064] better; ppo − grpo (bandit, β = 0.1): "
-          "+0.149 [+0.100, +0.200] better")
+    ok = (
+        "<!-- comparisons: results/demo -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse; "
+        "grpo − ppo (bandit, all β): +0.049 [+0.027, +0.064] better; ppo − grpo (bandit, β = 0.1): "
+        "+0.149 [+0.100, +0.200] better"
+    )
     assert statement_errors(ok, results) == []
     wrong = ok.replace("-0.049 [-0.064, -0.027] worse", "+0.049 [+0.027, +0.064] better", 1)
     assert len(statement_errors(wrong, results)) == 1
@@ -59,16 +63,19 @@ def test_a_statement_that_two_reward_models_match_is_refused(results):
     which names the task only, cannot say which it reads."""
     path = results / "results" / "demo" / "comparisons.csv"
     with open(path, "a", newline="") as f:
-        csv.writer(f).writerow(["bandit", "gold", "all", "ppo", "grpo", "pooled", "0.0100", "0.0050", "0.0150",
-                                "better"])
+        csv.writer(f).writerow(
+            ["bandit", "gold", "all", "ppo", "grpo", "pooled", "0.0100", "0.0050", "0.0150", "better"]
+        )
     said = "<!-- comparisons: results/demo -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse"
     (error,) = statement_errors(said, results)
     assert "2 pooled rows" in error and "gold, learned" in error
 
 
 def test_the_checker_catches_a_stale_quote(results):
-    fresh = "<!-- BEGIN results/demo/verdicts.md -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n" \
-            "<!-- END results/demo/verdicts.md -->"
+    fresh = (
+        "<!-- BEGIN results/demo/verdicts.md -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n"
+        "<!-- END results/demo/verdicts.md -->"
+    )
     assert block_errors(fresh, results) == [] and statement_errors(fresh, results) == []
     stale = fresh.replace("-0.049 [-0.064, -0.027] worse", "-0.049 [-0.064, -0.027] better")
     assert len(block_errors(stale, results)) == 1 and len(statement_errors(stale, results)) == 1
@@ -84,7 +91,9 @@ def test_an_empty_or_unterminated_quote_is_caught(results):
     empty = "<!-- BEGIN results/demo/verdicts.md -->\n<!-- END results/demo/verdicts.md -->"
     assert len(block_errors(empty, results)) == 1  # differs from the file
     assert block_errors(refresh(empty, results), results) == []
-    unterminated = "<!-- BEGIN results/demo/verdicts.md -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n"
+    unterminated = (
+        "<!-- BEGIN results/demo/verdicts.md -->\nppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse\n"
+    )
     assert "END missing" in block_errors(unterminated, results)[0]
 
 

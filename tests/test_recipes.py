@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import COMMON_OVERRIDES, CONF_DIR
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -16,14 +17,12 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 
-from conftest import COMMON_OVERRIDES, CONF_DIR
 from rlhf_bench.algorithms.registry import load_algorithms
 from rlhf_bench.benchmarks.config import register_configs, validate
 from rlhf_bench.benchmarks.tasks.hf.config import HFTaskConfig
 
 RECIPES = ("imdb", "tldr", "hh")
-SWEPT_ALGORITHMS = {"sft", "best_of_n", "ppo", "dpo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "grpo",
-                    "reinforce_pp"}
+SWEPT_ALGORITHMS = {"sft", "best_of_n", "ppo", "dpo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "grpo", "reinforce_pp"}
 
 #: What each recipe must compose to (see the comments in its YAML for the sources of every id).
 EXPECTED = {
@@ -93,9 +92,14 @@ def compose(tmp_path_factory):
     cache = tmp_path_factory.mktemp("recipes_cache")
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+
         def _compose(recipe: str, *overrides: str, hydra: bool = False):
-            return hydra_compose(config_name="config", return_hydra_config=hydra,
-                                 overrides=[*COMMON_OVERRIDES, f"cache_dir={cache}", f"benchmark={recipe}", *overrides])
+            return hydra_compose(
+                config_name="config",
+                return_hydra_config=hydra,
+                overrides=[*COMMON_OVERRIDES, f"cache_dir={cache}", f"benchmark={recipe}", *overrides],
+            )
+
         yield _compose
     GlobalHydra.instance().clear()
 
@@ -124,8 +128,14 @@ def test_recipe_composes_to_the_documented_experiment(recipe, compose):
     assert cfg.tuned.tuning.command is None  # says honestly that the tuning command did not write it
     # every hub id the recipe sets has the URL that confirmed it in the comments of its file
     text = (CONF_DIR / "benchmark" / f"{recipe}.yaml").read_text()
-    ids = [cfg.model.pretrained, cfg.reward_model.pretrained, cfg.task.judge.model,
-           cfg.task.prompts, cfg.task.eval_prompts, cfg.task.preference_data]
+    ids = [
+        cfg.model.pretrained,
+        cfg.reward_model.pretrained,
+        cfg.task.judge.model,
+        cfg.task.prompts,
+        cfg.task.eval_prompts,
+        cfg.task.preference_data,
+    ]
     for hub_id in filter(None, ids):
         bare = str(hub_id).split("[", 1)[0]
         assert f"huggingface.co/{bare}" in text or f"huggingface.co/datasets/{bare}" in text, bare

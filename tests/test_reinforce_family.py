@@ -13,13 +13,20 @@ import math
 
 import pytest
 import torch
-
 from algo_fixtures import make_context, perturb_, sentiment_task, tiny_lm
+
 from rlhf_bench.algorithms.grpo import GRPO, GRPOConfig
 from rlhf_bench.algorithms.losses import ppo_policy_loss
 from rlhf_bench.algorithms.registry import get_algorithm
-from rlhf_bench.algorithms.reinforce_losses import (aggregate, grpo_advantages, grpo_loss, reinforce_pp_advantages,
-                                                    returns_to_go, rloo_advantages, rloo_loss)
+from rlhf_bench.algorithms.reinforce_losses import (
+    aggregate,
+    grpo_advantages,
+    grpo_loss,
+    reinforce_pp_advantages,
+    returns_to_go,
+    rloo_advantages,
+    rloo_loss,
+)
 from rlhf_bench.algorithms.reinforce_pp import ReinforcePP, ReinforcePPConfig
 from rlhf_bench.algorithms.rloo import RLOO, RLOOConfig
 from rlhf_bench.benchmarks.config import ConfigError
@@ -44,8 +51,15 @@ def gradcheck(fn, *inputs):
 
 
 # log-ratios well inside (0.9, 1.1) or far outside the [0.8, 1.2] clip, never on a kink
-DL = torch.tensor([[0.05, -0.07, 0.6, -0.6, 0.02], [0.04, -0.5, 0.5, 9.0, 9.0], [-0.03, 0.08, 0.4, -0.45, 9.0],
-                   [0.01, 0.3, -0.02, 0.0, 0.0]], dtype=D)
+DL = torch.tensor(
+    [
+        [0.05, -0.07, 0.6, -0.6, 0.02],
+        [0.04, -0.5, 0.5, 9.0, 9.0],
+        [-0.03, 0.08, 0.4, -0.45, 9.0],
+        [0.01, 0.3, -0.02, 0.0, 0.0],
+    ],
+    dtype=D,
+)
 MASK = mask_of([5, 3, 4, 2], 5)
 
 
@@ -80,8 +94,9 @@ def test_rloo_advantages_of_a_hand_written_group():
     a2 = rloo_advantages(r[:4], kl[:4], beta, 2)  # k = 2: A_1 = -A_2 = R_1 - R_2
     torch.testing.assert_close(a2, torch.tensor([R[0] - R[1], R[1] - R[0], R[2] - R[3], R[3] - R[2]], dtype=D))
     m, s = sum(expected) / 6, math.sqrt(sum((e - sum(expected) / 6) ** 2 for e in expected) / 5)  # unbiased std
-    torch.testing.assert_close(rloo_advantages(r, kl, beta, 3, whiten=True),
-                               torch.tensor([(e - m) / (s + 1e-4) for e in expected], dtype=D))
+    torch.testing.assert_close(
+        rloo_advantages(r, kl, beta, 3, whiten=True), torch.tensor([(e - m) / (s + 1e-4) for e in expected], dtype=D)
+    )
 
 
 def test_grpo_advantages_closed_forms():
@@ -98,8 +113,9 @@ def test_grpo_advantages_closed_forms():
     torch.testing.assert_close(grpo_advantages(x, 4), torch.tensor([(v - m) / (s + 1e-4) for v in g + g], dtype=D))
     torch.testing.assert_close(grpo_advantages(x, 4, "none"), torch.tensor([v - m for v in g + g], dtype=D))
     sb = math.sqrt(sum((v - m) ** 2 for v in g + g) / 7)  # batch std of all 8 rewards
-    torch.testing.assert_close(grpo_advantages(x, 4, "batch"),
-                               torch.tensor([(v - m) / (sb + 1e-4) for v in g + g], dtype=D))
+    torch.testing.assert_close(
+        grpo_advantages(x, 4, "batch"), torch.tensor([(v - m) / (sb + 1e-4) for v in g + g], dtype=D)
+    )
 
 
 def test_grpo_advantages_invariant_to_positive_affine_maps():
@@ -126,9 +142,11 @@ def test_aggregations_on_two_sequences_of_different_lengths():
     k3 = [[math.exp(v) - v - 1 for v in row] for row in dd]
     ref = lp + torch.tensor([[0.1, -0.2, 0.3, 8.0], [0.5, 8.0, 8.0, 8.0]], dtype=D)
     beta, adv = 0.3, torch.tensor([2.0, -1.0], dtype=D)
-    want = {"sequence_mean": ((-2 + beta * sum(k3[0]) / 3) + (1 + beta * k3[1][0])) / 2,
-            "token_mean": (-2 * 3 + 1 + beta * (sum(k3[0]) + k3[1][0])) / 4,
-            "dr_grpo": ((-6 + beta * sum(k3[0])) / 4 + (1 + beta * k3[1][0]) / 4) / 2}
+    want = {
+        "sequence_mean": ((-2 + beta * sum(k3[0]) / 3) + (1 + beta * k3[1][0])) / 2,
+        "token_mean": (-2 * 3 + 1 + beta * (sum(k3[0]) + k3[1][0])) / 4,
+        "dr_grpo": ((-6 + beta * sum(k3[0])) / 4 + (1 + beta * k3[1][0]) / 4) / 2,
+    }
     for agg, value in want.items():
         assert grpo_loss(lp, lp, ref, adv, m, beta, 0.2, agg, 4)[0].item() == pytest.approx(value, rel=1e-14), agg
     with pytest.raises(ValueError, match="max_length"):
@@ -169,8 +187,13 @@ def test_k3_in_the_loss_has_the_gradient_of_forward_kl():
     theta, logq = rand(6, seed=18).requires_grad_(), torch.log_softmax(rand(6, seed=19), 0)
     logp = lambda: torch.log_softmax(theta, 0)  # noqa: E731  (a fresh graph per gradient)
     p, lp, one = logp().exp().detach(), logp(), torch.ones(1, 1, dtype=D)
-    expected_loss = sum(p[y] * grpo_loss(lp[y].view(1, 1), lp[y].detach().view(1, 1), logq[y].view(1, 1),
-                                         torch.zeros(1, dtype=D), one, 1.0)[0] for y in range(6))
+    expected_loss = sum(
+        p[y]
+        * grpo_loss(lp[y].view(1, 1), lp[y].detach().view(1, 1), logq[y].view(1, 1), torch.zeros(1, dtype=D), one, 1.0)[
+            0
+        ]
+        for y in range(6)
+    )
     (g,) = torch.autograd.grad(expected_loss, theta)
     torch.testing.assert_close(g, p - logq.exp(), rtol=1e-12, atol=1e-14)
     (g_fwd,) = torch.autograd.grad(-(logq.exp() * logp()).sum(), theta)  # KL(pi_ref || pi) up to a constant
@@ -192,8 +215,10 @@ def test_reinforce_pp_returns_and_batch_whitening():
     flat = [g for b, n in enumerate(lengths) for g in G[b][:n]]
     mean = sum(flat) / len(flat)
     var = sum((g - mean) ** 2 for g in flat) / len(flat)  # over every response token of the batch
-    want = torch.tensor([[(G[b][t] - mean) / math.sqrt(var + 1e-8) if t < n else 0.0 for t in range(T)]
-                         for b, n in enumerate(lengths)], dtype=D)
+    want = torch.tensor(
+        [[(G[b][t] - mean) / math.sqrt(var + 1e-8) if t < n else 0.0 for t in range(T)] for b, n in enumerate(lengths)],
+        dtype=D,
+    )
     torch.testing.assert_close(adv, want, rtol=1e-12, atol=1e-14)
     assert (adv * m).sum().item() == pytest.approx(0.0, abs=1e-12)
     assert (adv**2 * m).sum().item() / m.sum().item() == pytest.approx(1.0, rel=1e-6)
@@ -206,11 +231,15 @@ def sent():
     return sentiment_task(max_new_tokens=10)
 
 
-PLUGINS = {"rloo": (RLOO, RLOOConfig, {}), "rloo_reinforce": (RLOO, RLOOConfig, {"loss": "reinforce", "epochs": 1}),
-           "rloo_whiten": (RLOO, RLOOConfig, {"whiten_advantages": True}),
-           "grpo": (GRPO, GRPOConfig, {}), "grpo_token_mean": (GRPO, GRPOConfig, {"loss_aggregation": "token_mean"}),
-           "grpo_kl_in_reward": (GRPO, GRPOConfig, {"kl_in": "reward"}),
-           "reinforce_pp": (ReinforcePP, ReinforcePPConfig, {})}
+PLUGINS = {
+    "rloo": (RLOO, RLOOConfig, {}),
+    "rloo_reinforce": (RLOO, RLOOConfig, {"loss": "reinforce", "epochs": 1}),
+    "rloo_whiten": (RLOO, RLOOConfig, {"whiten_advantages": True}),
+    "grpo": (GRPO, GRPOConfig, {}),
+    "grpo_token_mean": (GRPO, GRPOConfig, {"loss_aggregation": "token_mean"}),
+    "grpo_kl_in_reward": (GRPO, GRPOConfig, {"kl_in": "reward"}),
+    "reinforce_pp": (ReinforcePP, ReinforcePPConfig, {}),
+}
 
 
 def plugin(name, task, *, perturb=True, dropout=0.0, keep_dropout=False, k=2, n_prompts=8, rewards=None, **kw):
@@ -232,12 +261,14 @@ def plugin(name, task, *, perturb=True, dropout=0.0, keep_dropout=False, k=2, n_
 def test_plugins_are_registered_and_configs_checked():
     for name, cls in (("rloo", RLOO), ("grpo", GRPO), ("reinforce_pp", ReinforcePP)):
         assert get_algorithm(name).cls is cls and cls.data == "online" and not cls.uses_value_model
-    for bad, field in ((lambda: RLOOConfig(loss="reinforce"), "epochs must be 1"),
-                       (lambda: RLOOConfig(responses_per_prompt=1), "responses_per_prompt"),
-                       (lambda: GRPOConfig(scale_rewards="std"), "scale_rewards"),
-                       (lambda: GRPOConfig(kl_in="x"), "kl_in"),
-                       (lambda: GRPOConfig(loss_aggregation="sum"), "loss_aggregation"),
-                       (lambda: GRPOConfig(beta=0.0), "beta must be > 0")):
+    for bad, field in (
+        (lambda: RLOOConfig(loss="reinforce"), "epochs must be 1"),
+        (lambda: RLOOConfig(responses_per_prompt=1), "responses_per_prompt"),
+        (lambda: GRPOConfig(scale_rewards="std"), "scale_rewards"),
+        (lambda: GRPOConfig(kl_in="x"), "kl_in"),
+        (lambda: GRPOConfig(loss_aggregation="sum"), "loss_aggregation"),
+        (lambda: GRPOConfig(beta=0.0), "beta must be > 0"),
+    ):
         with pytest.raises(ConfigError, match=field):
             bad()
 

@@ -43,8 +43,18 @@ def _opt_proxy(kl: float) -> float:
     return 1.6 * math.sqrt(kl)
 
 
-def make_run(sweep: Path, name: str, algorithm: str, beta: float, seed: int, task: str = "bandit",
-             reward_model: str = "learned", prompts=None, noise: float = 0.0, summary: bool = True) -> Path:
+def make_run(
+    sweep: Path,
+    name: str,
+    algorithm: str,
+    beta: float,
+    seed: int,
+    task: str = "bandit",
+    reward_model: str = "learned",
+    prompts=None,
+    noise: float = 0.0,
+    summary: bool = True,
+) -> Path:
     """One fake run directory with summary.json, eval.jsonl, samples.jsonl and optimal_frontier.csv."""
     d = sweep / name
     d.mkdir(parents=True)
@@ -62,8 +72,15 @@ def make_run(sweep: Path, name: str, algorithm: str, beta: float, seed: int, tas
             kl, gold, proxy = 0.64, 0.7 * _opt_gold(0.64), 0.85 * _opt_proxy(0.64)
         else:
             kl, gold, proxy = 0.0, 0.0, 0.0
-        row = {"step": step, "kl": kl + 1e-9 * seed, "kl_k1": kl * 1.01, "reward_gold": gold + 0.013 * seed,
-               "reward_proxy": proxy + 0.011 * seed, "length": 4.0, "eos_rate": 1.0}
+        row = {
+            "step": step,
+            "kl": kl + 1e-9 * seed,
+            "kl_k1": kl * 1.01,
+            "reward_gold": gold + 0.013 * seed,
+            "reward_proxy": proxy + 0.011 * seed,
+            "length": 4.0,
+            "eos_rate": 1.0,
+        }
         if task == "bandit":
             row["efficiency"] = None if step == 0 or not trained else q
             row["prob_mass"] = 1.0
@@ -89,11 +106,25 @@ def make_run(sweep: Path, name: str, algorithm: str, beta: float, seed: int, tas
                 for b in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0):
                     w.writerow([name_, b, _opt_kl(b), fn(_opt_kl(b))])
     if summary:
-        s = {"algorithm": algorithm, "algorithm_name": algorithm, "beta": beta, "seed": seed, "task": task,
-             "reward_model": reward_model, "steps": steps, "final": final, "wall_time_seconds": 10.0 + seed + 5 * q,
-             "train_seconds": 8.0 + seed, "config": {"task": {"name": task, "steps": STEPS}, "seed": seed,
-                                                      "algorithm": {"name": algorithm, "label": algorithm, "beta": beta}},
-             "versions": {"torch": "2.4.0", "python": "3.11"}, "git_revision": "abc123"}
+        s = {
+            "algorithm": algorithm,
+            "algorithm_name": algorithm,
+            "beta": beta,
+            "seed": seed,
+            "task": task,
+            "reward_model": reward_model,
+            "steps": steps,
+            "final": final,
+            "wall_time_seconds": 10.0 + seed + 5 * q,
+            "train_seconds": 8.0 + seed,
+            "config": {
+                "task": {"name": task, "steps": STEPS},
+                "seed": seed,
+                "algorithm": {"name": algorithm, "label": algorithm, "beta": beta},
+            },
+            "versions": {"torch": "2.4.0", "python": "3.11"},
+            "git_revision": "abc123",
+        }
         if task == "bandit" and trained:
             s["optimal_at_beta"] = {"kl": _opt_kl(beta), "reward_value": _opt_proxy(_opt_kl(beta)), "reward": "proxy"}
         (d / "summary.json").write_text(json.dumps(s, indent=2))
@@ -101,8 +132,15 @@ def make_run(sweep: Path, name: str, algorithm: str, beta: float, seed: int, tas
     return d
 
 
-def make_sweep(sweep: Path, algorithms=("sft", "best_of_n", "ppo", "dpo"), betas=(0.1, 0.5), seeds=(0, 1),
-               task: str = "bandit", noise: float = 0.0, start: int = 0) -> list[Path]:
+def make_sweep(
+    sweep: Path,
+    algorithms=("sft", "best_of_n", "ppo", "dpo"),
+    betas=(0.1, 0.5),
+    seeds=(0, 1),
+    task: str = "bandit",
+    noise: float = 0.0,
+    start: int = 0,
+) -> list[Path]:
     """A Hydra-like multirun dir: ``<num>_<algo>_beta<b>_seed<s>`` for the full grid (sft and
     best_of_n included at every beta, as a real sweep runs them)."""
     out, num = [], start
@@ -148,11 +186,11 @@ def test_win_rate_ties_count_half_and_ci_by_hand():
     rate, lo, hi, n = win_rate(a, b)
     assert n == 6 and rate == pytest.approx(3.5 / 6)
     p = 3.5 / 6
-    s2 = sum((o - p) ** 2 for o in (1, .5, 0, 1, .5, .5)) / 5  # sample variance of the outcomes
+    s2 = sum((o - p) ** 2 for o in (1, 0.5, 0, 1, 0.5, 0.5)) / 5  # sample variance of the outcomes
     n_eff = min(6, p * (1 - p) / (s2 / 6))  # design-effect effective sample size
     z = 1.959963985
     center = (p + z * z / (2 * n_eff)) / (1 + z * z / n_eff)
-    half = z / (1 + z * z / n_eff) * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff ** 2))
+    half = z / (1 + z * z / n_eff) * math.sqrt(p * (1 - p) / n_eff + z * z / (4 * n_eff**2))
     assert (lo, hi) == pytest.approx((center - half, center + half))
     # always better: 1.0 with an interval of non-zero width (Wilson), inside [0, 1]
     rate, lo, hi, n = win_rate([2.0] * 20, [1.0] * 20)
@@ -228,8 +266,18 @@ def test_report_on_synthetic_sweep(sweep):
 
     # winrates.csv: every ordered pair, both judges, at each beta; beta-independent pairs once
     wr = read_csv(sweep / "winrates.csv")
-    assert list(wr[0])[:10] == ["a", "b", "judge", "beta", "win_rate", "ci_low", "ci_high", "n",
-                                "mean_length_a", "mean_length_b"]
+    assert list(wr[0])[:10] == [
+        "a",
+        "b",
+        "judge",
+        "beta",
+        "win_rate",
+        "ci_low",
+        "ci_high",
+        "n",
+        "mean_length_a",
+        "mean_length_b",
+    ]
     keys = {(r["a"], r["b"], r["judge"], r["beta"]) for r in wr}
     assert len(keys) == len(wr)
     algos = ["sft", "best_of_n", "ppo", "dpo"]
@@ -245,7 +293,7 @@ def test_report_on_synthetic_sweep(sweep):
     r = by[("ppo", "sft", "gold", "0.1")]  # ppo's samples beat SFT's on every prompt
     assert float(r["win_rate"]) == 1.0 and int(r["n"]) == 2 * N_PROMPTS
     # no spread: the effective sample size is the number of prompts (12), not of comparisons (24)
-    assert float(r["ci_low"]) == pytest.approx(N_PROMPTS / (N_PROMPTS + 1.959963985 ** 2))
+    assert float(r["ci_low"]) == pytest.approx(N_PROMPTS / (N_PROMPTS + 1.959963985**2))
     assert float(r["ci_high"]) == 1.0
     assert float(by[("sft", "ppo", "gold", "0.1")]["win_rate"]) == 0.0
     assert float(by[("best_of_n", "sft", "proxy", "")]["win_rate"]) == 1.0
@@ -296,8 +344,10 @@ def test_mismatched_prompts_fail_clearly(tmp_path):
     make_run(d, "2_dpo", "dpo", 0.1, 1, prompts=prompts[:4])
     make_run(d, "3_sft", "sft", 0.1, 1)
     (d / "1_ppo" / "summary.json").unlink()
-    with pytest.raises(rep.PromptMismatchError, match=r"12 samples in .* but 4 in"), \
-            pytest.warns(rep.ReportWarning, match="1_ppo: no summary.json"):
+    with (
+        pytest.raises(rep.PromptMismatchError, match=r"12 samples in .* but 4 in"),
+        pytest.warns(rep.ReportWarning, match="1_ppo: no summary.json"),
+    ):
         rep.build_report([d])
 
 

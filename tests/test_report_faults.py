@@ -67,8 +67,9 @@ def test_failed_run_is_left_out_of_every_table_and_listed_with_its_reason(sweep_
     md = path.read_text()
     assert "Built from 6 runs" in md and "1 left out" in md
     assert left_out_table(md) == [["`ppo_beta0.5_seed0`", "failed", REASON]]
-    assert [(lo.run_dir, lo.name, lo.status, lo.reason, lo.label, lo.beta, lo.seed) for lo in left_out] == \
-        [(failed, failed.name, "failed", REASON, "ppo", 0.5, 0)]
+    assert [(lo.run_dir, lo.name, lo.status, lo.reason, lo.label, lo.beta, lo.seed) for lo in left_out] == [
+        (failed, failed.name, "failed", REASON, "ppo", 0.5, 0)
+    ]
     assert warned == [f"{failed}: {REASON}; failed run, left out of the report"]  # one line, once
     assert "## Warnings" not in md  # listed in its own table, not again among the warnings
     assert rep.left_out_runs([sweep]) == left_out
@@ -111,10 +112,14 @@ def test_unfinished_run_is_listed_as_unfinished(sweep_with_failure):
         ["`dpo_beta0.5_seed0`", "unfinished", f"{running}; checkpoints/ present: a re-run resumes"],
         ["`nested/sft_seed5`", "unfinished", running],
         ["`p3o_v2_beta0.5_seed0`", "unfinished", running],
-        ["`ppo_beta0.5_seed0`", "failed", REASON]]
-    assert [(lo.run_dir, lo.status) for lo in rep.left_out_runs([sweep])] == \
-        [(unfinished, "unfinished"), (started, "unfinished"), (pending, "unfinished"),
-         (sweep / "ppo_beta0.5_seed0", "failed")]
+        ["`ppo_beta0.5_seed0`", "failed", REASON],
+    ]
+    assert [(lo.run_dir, lo.status) for lo in rep.left_out_runs([sweep])] == [
+        (unfinished, "unfinished"),
+        (started, "unfinished"),
+        (pending, "unfinished"),
+        (sweep / "ppo_beta0.5_seed0", "failed"),
+    ]
     assert f"{pending}: {running}; unfinished run, left out of the report" in warned
 
 
@@ -139,8 +144,9 @@ def corrupt(path: Path, how: str, line_no: int) -> None:
 
 
 @pytest.mark.parametrize("name,how,line_no,says", CORRUPTIONS, ids=[f"{c[0]}-{c[1]}" for c in CORRUPTIONS])
-def test_unreadable_jsonl_line_is_named_by_file_and_line_and_the_run_left_out(sweep_with_failure, name, how,
-                                                                               line_no, says):
+def test_unreadable_jsonl_line_is_named_by_file_and_line_and_the_run_left_out(
+    sweep_with_failure, name, how, line_no, says
+):
     sweep, _ = sweep_with_failure
     broken = sweep / "2_ppo_beta0.1_seed0"
     assert broken.is_dir()
@@ -148,8 +154,9 @@ def test_unreadable_jsonl_line_is_named_by_file_and_line_and_the_run_left_out(sw
     path, left_out, warned = build(sweep)
     message = f"{broken / name} line {line_no}: {says}"
     assert f"{message}; unreadable run, left out of the report" in warned
-    assert [(lo.run_dir, lo.status, lo.reason) for lo in left_out if lo.status == "unreadable"] == \
-        [(broken, "unreadable", message)]
+    assert [(lo.run_dir, lo.status, lo.reason) for lo in left_out if lo.status == "unreadable"] == [
+        (broken, "unreadable", message)
+    ]
     # the rest of the report is built: ppo seed 1 at beta 0.1, without ppo seed 0
     frontier = read_csv(sweep / "frontier.csv")
     assert {r["seed"] for r in frontier if r["algorithm"] == "ppo"} == {"1"}
@@ -161,13 +168,15 @@ def test_unreadable_summary_is_named_by_file_and_line(sweep_with_failure):
     sweep, _ = sweep_with_failure
     truncated, odd = sweep / "2_ppo_beta0.1_seed0", sweep / "3_ppo_beta0.1_seed1"
     text = (truncated / "summary.json").read_text()
-    (truncated / "summary.json").write_text(text[:len(text) // 2])  # cut mid-file
+    (truncated / "summary.json").write_text(text[: len(text) // 2])  # cut mid-file
     summary = json.loads((odd / "summary.json").read_text())
     (odd / "summary.json").write_text(json.dumps({**summary, "status": "running"}))
     reasons = {lo.run_dir: lo.reason for lo in rep.left_out_runs([sweep]) if lo.status == "unreadable"}
-    cut_line = text[:len(text) // 2].count("\n") + 1
-    assert reasons == {truncated: f"{truncated / 'summary.json'} line {cut_line}: not valid JSON (truncated?)",
-                       odd: f"{odd / 'summary.json'}: status 'running'; expected 'finished' or 'failed'"}
+    cut_line = text[: len(text) // 2].count("\n") + 1
+    assert reasons == {
+        truncated: f"{truncated / 'summary.json'} line {cut_line}: not valid JSON (truncated?)",
+        odd: f"{odd / 'summary.json'}: status 'running'; expected 'finished' or 'failed'",
+    }
     _, left_out, _ = build(sweep)
     assert {lo.run_dir for lo in left_out if lo.status == "unreadable"} == {truncated, odd}
 
@@ -192,9 +201,11 @@ def test_no_usable_run_lists_what_was_left_out(tmp_path, capsys):
         with pytest.raises(rep.NoRunsError) as e:
             rep.build_report([sweep])
     assert [lo.status for lo in e.value.left_out] == ["unfinished", "failed"]
-    assert str(e.value) == (f"no run directory with a finished run (summary.json) found under {sweep}; 2 left out: "
-                            "dpo_beta0.1_seed0 (unfinished: no summary.json: interrupted or still running); "
-                            f"ppo_beta0.1_seed0 (failed: {REASON})")
+    assert str(e.value) == (
+        f"no run directory with a finished run (summary.json) found under {sweep}; 2 left out: "
+        "dpo_beta0.1_seed0 (unfinished: no summary.json: interrupted or still running); "
+        f"ppo_beta0.1_seed0 (failed: {REASON})"
+    )
     with pytest.raises(SystemExit) as exit_:
         rep.main([str(sweep)])
     assert exit_.value.code == 2
@@ -211,7 +222,8 @@ def test_report_command_prints_one_line_per_run_left_out_and_exits_0(sweep_with_
     assert err.splitlines() == [
         f"rlhf-bench-report: WARNING: {unfinished}: no summary.json: interrupted or still running; "
         "unfinished run, left out of the report",
-        f"rlhf-bench-report: WARNING: {failed}: {REASON}; failed run, left out of the report"]
+        f"rlhf-bench-report: WARNING: {failed}: {REASON}; failed run, left out of the report",
+    ]
 
 
 def test_report_with_one_algorithm_left_draws_no_empty_matrix(tmp_path):

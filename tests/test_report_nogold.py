@@ -19,8 +19,10 @@ from test_report import make_sweep, read_csv
 
 from rlhf_bench.benchmarks import report as rep
 
-SENTENCE = ("its gold columns are absent because the task has no gold judge (set `task.judge.model` or "
-            "`task.judge.fn` to get them)")
+SENTENCE = (
+    "its gold columns are absent because the task has no gold judge (set `task.judge.model` or "
+    "`task.judge.fn` to get them)"
+)
 ALGOS = ("sft", "best_of_n", "ppo", "dpo", "p3o_v2")
 CSVS = ("frontier.csv", "winrates.csv", "comparisons.csv")
 
@@ -147,8 +149,11 @@ def test_mixed_sweep_keeps_the_gold_group_unchanged(tmp_path, figures):
         assert rows_mixed == rows_alone, name
     hf_rows = [r for r in read_csv(tmp_path / "mixed" / "frontier.csv") if r["task"] == "hf"]
     assert hf_rows and all(r["reward_gold"] == "" for r in hf_rows)
-    assert {(r["task"], r["judge"]) for r in read_csv(tmp_path / "mixed" / "winrates.csv")} == \
-        {("bandit", "gold"), ("bandit", "proxy"), ("hf", "proxy")}
+    assert {(r["task"], r["judge"]) for r in read_csv(tmp_path / "mixed" / "winrates.csv")} == {
+        ("bandit", "gold"),
+        ("bandit", "proxy"),
+        ("hf", "proxy"),
+    }
     # the claims are checked on the gold group only
     claims = section(mixed, "## The papers' claims")
     assert "| bandit |" in claims and "| hf |" not in claims and "not checked on `hf`" in claims
@@ -174,8 +179,9 @@ def test_group_with_and_without_gold_is_reported_on_the_proxy(tmp_path):
     assert {r["judge"] for r in read_csv(d / "winrates.csv")} == {"proxy"}
 
 
-@pytest.mark.parametrize("flag, value, gold", [(None, 0.5, True), (True, 0.5, True), (False, 0.0, False),
-                                               (None, None, False)])
+@pytest.mark.parametrize(
+    "flag, value, gold", [(None, 0.5, True), (True, 0.5, True), (False, 0.0, False), (None, None, False)]
+)
 def test_a_run_has_gold_by_its_flag_and_its_values(tmp_path, flag, value, gold):
     """``"gold_reward": false`` wins over any value written in the gold fields (a 0.0 placeholder is not a
     gold reward), and a run whose gold values are all null has none either; older runs lack the flag."""

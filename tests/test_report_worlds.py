@@ -13,11 +13,11 @@ import statistics
 
 import pytest
 from scipy import stats
+from test_report_worlds_plots import make_world_sweep
 
 from rlhf_bench.benchmarks import report as rep
-from rlhf_bench.benchmarks.report.worlds import beta_section, one_world_lines
 from rlhf_bench.benchmarks.report.verdicts import Gap, WorldGap
-from test_report_worlds_plots import make_world_sweep
+from rlhf_bench.benchmarks.report.worlds import beta_section, one_world_lines
 
 
 def _csv(path):
@@ -84,8 +84,9 @@ def test_the_spread_reads_each_worlds_sft_reward_off_its_trained_runs_not_best_o
     from rlhf_bench.benchmarks.report.worlds import world_metrics
 
     def run(world, steps, kl, gold):
-        return SimpleNamespace(world=world, steps=steps, summary={},
-                               eval_rows=[{"step": 0, "kl": kl, "reward_gold": gold}])
+        return SimpleNamespace(
+            world=world, steps=steps, summary={}, eval_rows=[{"step": 0, "kl": kl, "reward_gold": gold}]
+        )
 
     # best-of-n first, as its directory sorts first: its only evaluation is its own policy's, not the SFT base
     runs = [run(0, 0, 0.6, 9.0), run(0, 60, 0.0, 0.25), run(1, 0, 0.6, 9.0), run(1, 0, 0.0, 0.5)]
@@ -104,16 +105,34 @@ def test_one_world_says_no_verdict_at_the_top(tmp_path):
 
 
 def _gap(beta, gap, low, high):
-    return Gap("bandit", "learned", beta, "ppo", "grpo", gap, low, high, 1.0, 3, 3,
-               worlds=(WorldGap(0, gap, low, high, 1.0, 3, 3, 0.0),))
+    return Gap(
+        "bandit",
+        "learned",
+        beta,
+        "ppo",
+        "grpo",
+        gap,
+        low,
+        high,
+        1.0,
+        3,
+        3,
+        worlds=(WorldGap(0, gap, low, high, 1.0, 3, 3, 0.0),),
+    )
 
 
 def test_beta_section_cites_a_comparison_whose_all_beta_sign_every_beta_opposes():
-    gaps = [_gap(0.1, 0.149, 0.1, 0.2), _gap(0.3, 0.039, 0.0, 0.07), _gap(1.0, 0.010, -0.01, 0.03),
-            _gap(None, -0.049, -0.064, -0.027)]
+    gaps = [
+        _gap(0.1, 0.149, 0.1, 0.2),
+        _gap(0.3, 0.039, 0.0, 0.07),
+        _gap(1.0, 0.010, -0.01, 0.03),
+        _gap(None, -0.049, -0.064, -0.027),
+    ]
     text = "\n".join(beta_section(gaps))
-    assert ("Here: ppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse, while at each β taken alone "
-            "ppo − grpo (bandit, β = 0.1): +0.149 [+0.100, +0.200] better") in text
+    assert (
+        "Here: ppo − grpo (bandit, all β): -0.049 [-0.064, -0.027] worse, while at each β taken alone "
+        "ppo − grpo (bandit, β = 0.1): +0.149 [+0.100, +0.200] better"
+    ) in text
     agree = [_gap(0.1, -0.1, -0.2, -0.05), _gap(None, -0.049, -0.064, -0.027)]
     assert "no comparison's all-β estimate has the opposite sign" in "\n".join(beta_section(agree))
 
@@ -130,8 +149,12 @@ def test_reproduction_counts_flips(tmp_path):
     flipped = {"better": "worse", "worse": "better"}[target["verdict"]]
     for r in rows:  # the same comparison, reversed in the second sweep
         if r is target:
-            r.update(gap=str(-float(r["gap"])), ci_low=str(-float(r["ci_high"])), ci_high=str(-float(r["ci_low"])),
-                     verdict=flipped)
+            r.update(
+                gap=str(-float(r["gap"])),
+                ci_low=str(-float(r["ci_high"])),
+                ci_high=str(-float(r["ci_low"])),
+                verdict=flipped,
+            )
     with open(two / "comparisons.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -139,8 +162,9 @@ def test_reproduction_counts_flips(tmp_path):
     md = reproduction.write([one, two], tmp_path / "out").read_text()
     out = _csv(tmp_path / "out" / "reproduction.csv")
     assert len(out) == sum(r["world"] == "pooled" for r in rows)
-    assert [(r["a"], r["b"], r["beta"]) for r in out if r["flip"] == "True"] == [(target["a"], target["b"],
-                                                                                   target["beta"])]
+    assert [(r["a"], r["b"], r["beta"]) for r in out if r["flip"] == "True"] == [
+        (target["a"], target["b"], target["beta"])
+    ]
     assert "**Flips between better and worse: 1.**" in md
     assert f"Runs whose final evaluation is bitwise equal in both: {len(load_runs_of(one))} of" in md
     same = [r for r in out if r["flip"] == "False"]

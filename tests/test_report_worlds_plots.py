@@ -19,8 +19,8 @@ import pytest
 from rlhf_bench.benchmarks.report.loading import load_runs
 from rlhf_bench.benchmarks.report.plots import frontier_figure, plot_frontier
 from rlhf_bench.benchmarks.report.plots_worlds import plot_worlds, worlds_figure
-from rlhf_bench.benchmarks.report.worlds import claim_comparisons
 from rlhf_bench.benchmarks.report.verdicts import pairwise_gaps
+from rlhf_bench.benchmarks.report.worlds import claim_comparisons
 
 QUALITY = {"dpo": 0.6, "ppo": 0.75, "p3o_v2": 0.9}  # share of the optimal gain each reaches
 OFFSET = {0: 0.0, 1: 3.0, 2: -2.0}  # each world's SFT gold reward: not comparable between worlds
@@ -51,8 +51,9 @@ def _write_run(d: Path, algorithm: str, beta: float, world: int, seed: int) -> N
         kl = _opt_kl(beta) * (0.95 + 0.02 * seed) * (step / STEPS) ** 0.7 if trained else 0.0
         gold = _gold_gain(algorithm, world, kl) + (0.01 * seed if step else 0.0) if trained else 0.0
         proxy = 1.6 * QUALITY.get(algorithm, 0.0) * math.sqrt(kl)
-        rows.append({"step": step, "kl": kl, "reward_gold": OFFSET[world] + gold,
-                     "reward_proxy": PROXY_OFFSET[world] + proxy})
+        rows.append(
+            {"step": step, "kl": kl, "reward_gold": OFFSET[world] + gold, "reward_proxy": PROXY_OFFSET[world] + proxy}
+        )
     (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     with open(d / "optimal_frontier.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -60,15 +61,32 @@ def _write_run(d: Path, algorithm: str, beta: float, world: int, seed: int) -> N
         for b in OPT_BETAS:
             w.writerow(["gold", b, _opt_kl(b), OFFSET[world] + _scale(world) * math.sqrt(_opt_kl(b))])
             w.writerow(["proxy", b, _opt_kl(b), PROXY_OFFSET[world] + 1.6 * math.sqrt(_opt_kl(b))])
-    summary = {"algorithm": algorithm, "beta": beta, "seed": seed, "world": world, "task": "bandit",
-               "reward_model": "learned", "steps": STEPS if trained else 0, "final": rows[-1],
-               "config": {"task": {"name": "bandit", "seed": world}, "seed": seed,
-                          "algorithm": {"name": algorithm, "label": algorithm, "beta": beta}},
-               "shared": {"metrics": {"reward_model": {"rm/heldout_accuracy_gold": 0.7 + 0.05 * world,
-                                                       "rm/heldout_accuracy_labels": 0.8}}}}
+    summary = {
+        "algorithm": algorithm,
+        "beta": beta,
+        "seed": seed,
+        "world": world,
+        "task": "bandit",
+        "reward_model": "learned",
+        "steps": STEPS if trained else 0,
+        "final": rows[-1],
+        "config": {
+            "task": {"name": "bandit", "seed": world},
+            "seed": seed,
+            "algorithm": {"name": algorithm, "label": algorithm, "beta": beta},
+        },
+        "shared": {
+            "metrics": {
+                "reward_model": {"rm/heldout_accuracy_gold": 0.7 + 0.05 * world, "rm/heldout_accuracy_labels": 0.8}
+            }
+        },
+    }
     if trained:
-        summary["optimal_at_beta"] = {"kl": _opt_kl(beta), "reward": "proxy",
-                                      "reward_value": PROXY_OFFSET[world] + 1.6 * math.sqrt(_opt_kl(beta))}
+        summary["optimal_at_beta"] = {
+            "kl": _opt_kl(beta),
+            "reward": "proxy",
+            "reward_value": PROXY_OFFSET[world] + 1.6 * math.sqrt(_opt_kl(beta)),
+        }
     (d / "summary.json").write_text(json.dumps(summary))
 
 
@@ -94,8 +112,9 @@ def _eval_points(ax, algorithm: str) -> np.ndarray:
 
 def _gains(runs, world_offset: dict, algorithm: str) -> np.ndarray:
     """Every evaluation's gold reward of an algorithm's runs minus ``world_offset[world]``, sorted."""
-    return np.sort([e["reward_gold"] - world_offset[r.world] for r in runs if r.algorithm == algorithm
-                    for e in r.eval_rows])
+    return np.sort(
+        [e["reward_gold"] - world_offset[r.world] for r in runs if r.algorithm == algorithm for e in r.eval_rows]
+    )
 
 
 # ------------------------------------------------------------------------------------ frontier.png
@@ -132,13 +151,27 @@ def test_several_worlds_frontier_plots_gains_over_each_worlds_sft(tmp_path):
         # or one offset for all worlds, these would not match
         assert np.sort(_eval_points(gold, alg)[:, 1]) == pytest.approx(_gains(runs, OFFSET, alg))
         assert np.sort(_eval_points(proxy, alg)[:, 1]) == pytest.approx(
-            np.sort([e["reward_proxy"] - PROXY_OFFSET[r.world] for r in runs if r.algorithm == alg
-                     for e in r.eval_rows]))
+            np.sort(
+                [e["reward_proxy"] - PROXY_OFFSET[r.world] for r in runs if r.algorithm == alg for e in r.eval_rows]
+            )
+        )
         # final point per beta: the mean over worlds of each world's mean gain over its seeds
         finals = sorted(ln.get_ydata()[0] for ln in _lines(gold, f"final:{alg}"))
-        expected = sorted(np.mean([np.mean([r.final["reward_gold"] - OFFSET[w] for r in runs
-                                            if (r.algorithm, r.beta, r.world) == (alg, b, w)]) for w in OFFSET])
-                          for b in BETAS)
+        expected = sorted(
+            np.mean(
+                [
+                    np.mean(
+                        [
+                            r.final["reward_gold"] - OFFSET[w]
+                            for r in runs
+                            if (r.algorithm, r.beta, r.world) == (alg, b, w)
+                        ]
+                    )
+                    for w in OFFSET
+                ]
+            )
+            for b in BETAS
+        )
         assert finals == pytest.approx(expected)
     # one exact optimal frontier per world, each a gain over that world's SFT (0 at KL 0)
     for ax, scale in ((gold, _scale), (proxy, lambda w: 1.6)):
@@ -151,7 +184,8 @@ def test_several_worlds_frontier_plots_gains_over_each_worlds_sft(tmp_path):
     targets = _lines(proxy, "target")
     assert len(targets) == len(OFFSET) * len(BETAS)
     assert sorted(t.get_ydata()[0] for t in targets) == pytest.approx(
-        sorted(1.6 * math.sqrt(_opt_kl(b)) for b in BETAS for _ in OFFSET))
+        sorted(1.6 * math.sqrt(_opt_kl(b)) for b in BETAS for _ in OFFSET)
+    )
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "exact optimal frontier (one per world)" in labels
     assert any("over 3 worlds" in t for t in labels)
@@ -166,8 +200,9 @@ def test_best_of_n_does_not_move_a_worlds_sft_reward(tmp_path):
         d = sweep / f"best_of_n_w{w}_s0"
         _write_run(d, "sft", 0.1, w, 0)
         summary = json.loads((d / "summary.json").read_text())
-        summary["algorithm"] = summary["config"]["algorithm"]["name"] = summary["config"]["algorithm"]["label"] = \
+        summary["algorithm"] = summary["config"]["algorithm"]["name"] = summary["config"]["algorithm"]["label"] = (
             "best_of_n"
+        )
         summary["final"] = row = {"step": 0, "kl": 0.6, "reward_gold": OFFSET[w] + 0.9, "reward_proxy": 5.0}
         (d / "summary.json").write_text(json.dumps(summary))
         (d / "eval.jsonl").write_text(json.dumps(row) + "\n")
@@ -206,8 +241,12 @@ def test_plot_worlds_forest_per_comparison(tmp_path):
         (pooled,) = _lines(ax, "pooled")
         assert pooled.get_xdata()[0] == pytest.approx(g.gap)
         labels = [t.get_text() for t in ax.get_yticklabels()]
-        assert labels == ["world 0 (RM acc 0.70)", "world 1 (RM acc 0.75)", "world 2 (RM acc 0.80)",
-                          "pooled (3 worlds)"]
+        assert labels == [
+            "world 0 (RM acc 0.70)",
+            "world 1 (RM acc 0.75)",
+            "world 2 (RM acc 0.80)",
+            "pooled (3 worlds)",
+        ]
     # the per-world gaps differ (p3o_v2's quality falls with the world): the plot shows a real spread
     assert len({round(x.gap, 6) for x in comps[0].worlds}) == len(OFFSET)
     path = tmp_path / "worlds.png"

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import BANDIT_OVERRIDES
 
 CLI = [sys.executable, "-m", "rlhf_bench.benchmarks.cli"]
@@ -73,8 +72,11 @@ def _kill_at(proc: subprocess.Popen, train_jsonl: Path | str, step: int, timeout
 
 def _metrics(summary: dict) -> dict:
     """The metrics of summary.json: the final evaluation and the budget, without wall times."""
-    return {"final": summary["final"], "optimal_at_beta": summary.get("optimal_at_beta"),
-            "budget": {k: v for k, v in summary["budget"].items() if k != "train_seconds"}}
+    return {
+        "final": summary["final"],
+        "optimal_at_beta": summary.get("optimal_at_beta"),
+        "budget": {k: v for k, v in summary["budget"].items() if k != "train_seconds"},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,9 @@ def killed_and_resumed(bandit, cache_dir, tmp_path_factory):
         checkpoints = sorted(p.name for p in (killed / "checkpoints").glob("step_*.pt"))
         _finish(a)
         log = _finish(_start(_args(cache_dir, f"algorithm={algo}", *extra, f"hydra.run.dir={killed}"), root))
-        out[algo] = dict(clean=clean, killed=killed, kill_step=kill_step, rows_at_kill=rows_at_kill,
-                         checkpoints=checkpoints, log=log)
+        out[algo] = dict(
+            clean=clean, killed=killed, kill_step=kill_step, rows_at_kill=rows_at_kill, checkpoints=checkpoints, log=log
+        )
     return out
 
 
@@ -142,8 +145,10 @@ def test_killed_sweep_rerun_trains_only_the_killed_job(bandit, cache_dir, tmp_pa
     _kill_at(_start(args, tmp_path), f"{sweep}/{SWEEP_ALGORITHMS[-1]}_beta0.1_world0_seed0*/train.jsonl", 5)
     last = _one(sweep, SWEEP_ALGORITHMS[-1])  # killed during the last job: the others are done
     finished = {a: _one(sweep, a) for a in SWEEP_ALGORITHMS[:-1]}
-    before = {a: {f: (d / f).stat().st_mtime_ns for f in ("summary.json", "eval.jsonl", "train.jsonl")}
-              for a, d in finished.items()}
+    before = {
+        a: {f: (d / f).stat().st_mtime_ns for f in ("summary.json", "eval.jsonl", "train.jsonl")}
+        for a, d in finished.items()
+    }
     assert not (last / "summary.json").exists() and list((last / "checkpoints").glob("step_*.pt"))
     rerun_started = time.time_ns()
     log = _finish(_start(args, tmp_path))
@@ -166,8 +171,15 @@ def test_a_failing_job_never_sinks_the_sweep(bandit, cache_dir, tmp_path):
     """Two parallel jobs (joblib), one with a NaN injected in its reward at step 3: the other
     finishes, the report is built from it and lists the failed one, the command exits 1."""
     sweep = tmp_path / "sweep"
-    args = _sweep(cache_dir, sweep, "algorithm=online_dpo", "fault.quantity=reward", "fault.step=0,3",
-                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    args = _sweep(
+        cache_dir,
+        sweep,
+        "algorithm=online_dpo",
+        "fault.quantity=reward",
+        "fault.step=0,3",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    )
     proc = subprocess.run(CLI + args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-3000:]
     reason = "non-finite reward (nan) at step 3 (algorithm online_dpo)"
@@ -195,6 +207,8 @@ def test_a_sweep_job_whose_directory_holds_another_configuration_is_named(bandit
     proc = subprocess.run(CLI + args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("rlhf-bench: 1 job(s) could not run: run directory ") and \
-        "holds a run of another configuration (task.eval_seed: 99 there, " in last, last
+    assert (
+        last.startswith("rlhf-bench: 1 job(s) could not run: run directory ")
+        and "holds a run of another configuration (task.eval_seed: 99 there, " in last
+    ), last
     assert summary_path.stat().st_mtime_ns == before

@@ -9,11 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlhf_bench.benchmarks.training.budget import TokenCounter
 from rlhf_bench.benchmarks.models import NEG, SequenceBatch, pad_left, position_ids
 from rlhf_bench.benchmarks.rollout import draw_tokens, sample_responses
+from rlhf_bench.benchmarks.training.budget import TokenCounter
 from rlhf_bench.benchmarks.utils import concrete_device, make_generator, same_device
-
 
 TEMP = 0.7
 LONG = 80  # new tokens allowed: the small sentiment model ends these 16 rows before (generator seed 7)
@@ -57,8 +56,9 @@ def _multinomial_loop(model, prompts, *, eos_id, pad_id, max_new_tokens, tempera
     past, next_pos, logits, attn = out.past_key_values, pos[:, -1] + 1, out.logits[:, -1].float(), qmask
     tokens, masks, done = [], [], torch.zeros(len(prompts), dtype=torch.bool)
     for t in range(max_new_tokens):
-        logits = (logits / temperature).masked_fill(~logit_mask[t], NEG) if logit_mask is not None else \
-            logits / temperature
+        logits = (
+            (logits / temperature).masked_fill(~logit_mask[t], NEG) if logit_mask is not None else logits / temperature
+        )
         tok = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).squeeze(1)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         masks.append((~done).long())
@@ -67,8 +67,13 @@ def _multinomial_loop(model, prompts, *, eos_id, pad_id, max_new_tokens, tempera
         if bool(done.all()) or t == max_new_tokens - 1:
             break
         attn = torch.cat([attn, torch.ones(len(prompts), 1, dtype=attn.dtype)], dim=1)
-        out = model(input_ids=tok.unsqueeze(1), attention_mask=attn, position_ids=next_pos.unsqueeze(1),
-                    past_key_values=past, use_cache=True)
+        out = model(
+            input_ids=tok.unsqueeze(1),
+            attention_mask=attn,
+            position_ids=next_pos.unsqueeze(1),
+            past_key_values=past,
+            use_cache=True,
+        )
         past, next_pos, logits = out.past_key_values, next_pos + 1, out.logits[:, -1].float()
     return SequenceBatch(query, qmask, torch.stack(tokens, 1), torch.stack(masks, 1))
 
@@ -76,8 +81,17 @@ def _multinomial_loop(model, prompts, *, eos_id, pad_id, max_new_tokens, tempera
 def _sample(bundle, generator, temperature=TEMP, **kw):
     task = bundle.task
     prompts = [p for p in task.eval_prompts[:8] for _ in range(2)]
-    return sample_responses(bundle.ref, prompts, eos_id=task.eos_id, pad_id=task.pad_id, max_new_tokens=LONG,
-                            temperature=temperature, logit_mask=task.logit_mask(LONG), generator=generator, **kw)
+    return sample_responses(
+        bundle.ref,
+        prompts,
+        eos_id=task.eos_id,
+        pad_id=task.pad_id,
+        max_new_tokens=LONG,
+        temperature=temperature,
+        logit_mask=task.logit_mask(LONG),
+        generator=generator,
+        **kw,
+    )
 
 
 @pytest.mark.parametrize("temperature", [TEMP, 1.0])  # 1.0: the sampler skips the division by it
@@ -86,8 +100,16 @@ def test_sampling_draws_the_tokens_of_the_multinomial_loop(sentiment, temperatur
     prompts = [p for p in task.eval_prompts[:8] for _ in range(2)]
     g_old, g_new = make_generator(7), make_generator(7)
     with torch.no_grad():
-        old = _multinomial_loop(sentiment.ref, prompts, eos_id=task.eos_id, pad_id=task.pad_id, max_new_tokens=LONG,
-                                temperature=temperature, logit_mask=task.logit_mask(LONG), generator=g_old)
+        old = _multinomial_loop(
+            sentiment.ref,
+            prompts,
+            eos_id=task.eos_id,
+            pad_id=task.pad_id,
+            max_new_tokens=LONG,
+            temperature=temperature,
+            logit_mask=task.logit_mask(LONG),
+            generator=g_old,
+        )
     new = _sample(sentiment, g_new, temperature=temperature)
     if temperature == TEMP:
         assert old.response.shape[1] < LONG  # every row ended early: the stopping rule is exercised

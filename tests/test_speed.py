@@ -22,18 +22,49 @@ def tiny(tmp_path_factory):
 def test_the_speed_command_writes_its_table(tiny, monkeypatch):
     monkeypatch.chdir(tiny)
     out = tiny / "out"
-    speed.main([str(tiny / "gpt2"), "--prompts", "4", "--new-tokens", "5", "--prompt-tokens", "4", "--repeats", "2",
-                "--steps", "3", "--algorithms", "grpo,rloo,dpo,ppo", "--device", "cpu", "--out", str(out)])
+    speed.main(
+        [
+            str(tiny / "gpt2"),
+            "--prompts",
+            "4",
+            "--new-tokens",
+            "5",
+            "--prompt-tokens",
+            "4",
+            "--repeats",
+            "2",
+            "--steps",
+            "3",
+            "--algorithms",
+            "grpo,rloo,dpo,ppo",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     rows = list(csv.DictReader(open(out / "speed.csv")))
     sampling = [r for r in rows if r["measurement"] == "sampling"]
-    assert sorted(r["who"] for r in sampling) == ["generate", "generate", "rlhf-bench", "rlhf-bench",
-                                                  "rlhf-bench compiled", "rlhf-bench compiled"]
+    assert sorted(r["who"] for r in sampling) == [
+        "generate",
+        "generate",
+        "rlhf-bench",
+        "rlhf-bench",
+        "rlhf-bench compiled",
+        "rlhf-bench compiled",
+    ]
     assert all(float(r["tokens_per_second"]) > 0 for r in sampling)
     assert [r["who"] for r in rows if r["measurement"] == "compilation"] == ["rlhf-bench compiled"]
     steps = {(r["measurement"], r["who"].split(",")[0]) for r in rows if r["measurement"].startswith("step ")}
-    assert steps == {("step grpo", "rlhf-bench"), ("step grpo", "trl GRPOTrainer"), ("step rloo", "rlhf-bench"),
-                     ("step rloo", "trl RLOOTrainer"), ("step dpo", "rlhf-bench"), ("step dpo", "trl DPOTrainer"),
-                     ("step ppo", "rlhf-bench")}
+    assert steps == {
+        ("step grpo", "rlhf-bench"),
+        ("step grpo", "trl GRPOTrainer"),
+        ("step rloo", "rlhf-bench"),
+        ("step rloo", "trl RLOOTrainer"),
+        ("step dpo", "rlhf-bench"),
+        ("step dpo", "trl DPOTrainer"),
+        ("step ppo", "rlhf-bench"),
+    }
     assert sum(r["measurement"] == "step ppo" for r in rows) == 2  # 3 steps, the first left out
     md = (out / "speed.md").read_text()
     assert "| sampling (tokens/s) |" in md and "| step ppo (s) |" in md and "none in trl" in md
@@ -43,9 +74,31 @@ def test_the_speed_command_writes_its_table(tiny, monkeypatch):
 
 def test_a_random_model_of_given_sizes_is_built_and_timed(tmp_path):
     out = tmp_path / "out"
-    speed.main(["random", "--vocab", "300", "--layers", "1", "--dims", "16", "--heads", "2", "--prompts", "2",
-                "--new-tokens", "3", "--repeats", "1", "--no-steps", "--no-compiled", "--device", "cpu",
-                "--out", str(out)])
+    speed.main(
+        [
+            "random",
+            "--vocab",
+            "300",
+            "--layers",
+            "1",
+            "--dims",
+            "16",
+            "--heads",
+            "2",
+            "--prompts",
+            "2",
+            "--new-tokens",
+            "3",
+            "--repeats",
+            "1",
+            "--no-steps",
+            "--no-compiled",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
+    )
     from transformers import AutoConfig, AutoTokenizer
 
     built = out / "work" / "model"

@@ -40,8 +40,17 @@ def _read_csv(path: Path) -> list[dict]:
 def smoke(tmp_path_factory):
     root = tmp_path_factory.mktemp("smoke")
     sweep, cache = root / "sweep", root / "cache"
-    proc = _cli(["benchmark=smoke", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"cache_dir={cache}",
-                 f"hydra.sweep.dir={sweep}", "progress=false"], cwd=root)
+    proc = _cli(
+        [
+            "benchmark=smoke",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            f"cache_dir={cache}",
+            f"hydra.sweep.dir={sweep}",
+            "progress=false",
+        ],
+        cwd=root,
+    )
     return sweep, cache, proc
 
 
@@ -52,9 +61,13 @@ def test_smoke_sweep_writes_the_report(smoke):
     assert f"report: {sweep / 'report.md'}" in proc.stdout
     runs = _runs(sweep)
     # sft, dpo, p3o_v2 x beta {0.1, 1.0}: six jobs, five runs (sft does not depend on beta)
-    assert sorted(r.name for r in runs) == ["dpo_beta0.1_world0_seed0", "dpo_beta1_world0_seed0",
-                                            "p3o_v2_beta0.1_world0_seed0", "p3o_v2_beta1_world0_seed0",
-                                            "sft_world0_seed0"]
+    assert sorted(r.name for r in runs) == [
+        "dpo_beta0.1_world0_seed0",
+        "dpo_beta1_world0_seed0",
+        "p3o_v2_beta0.1_world0_seed0",
+        "p3o_v2_beta1_world0_seed0",
+        "sft_world0_seed0",
+    ]
     log = proc.stdout + proc.stderr
     assert log.count("already finished for this configuration, skipped") == 1, log[-3000:]  # sft at beta 1.0
     assert json.loads((sweep / "sft_world0_seed0" / "summary.json").read_text())["beta_independent"] is True
@@ -75,8 +88,13 @@ def test_frontier_csv_matches_every_eval_row(smoke):
         for line in open(run / "eval.jsonl"):
             e = json.loads(line)
             key = (s["algorithm"], "" if beta == "" else f"{beta:g}", str(s["seed"]), str(e["step"]))
-            match = [r for k, r in index.items() if k[0] == key[0] and k[2:] == key[2:]
-                     and (k[1] == key[1] or (key[1] and k[1] and float(k[1]) == float(key[1])))]
+            match = [
+                r
+                for k, r in index.items()
+                if k[0] == key[0]
+                and k[2:] == key[2:]
+                and (k[1] == key[1] or (key[1] and k[1] and float(k[1]) == float(key[1])))
+            ]
             assert len(match) == 1, key
             for col in ("kl", "reward_gold", "reward_proxy"):
                 assert float(match[0][col]) == pytest.approx(e[col], rel=1e-12, abs=1e-15), (key, col)
@@ -127,7 +145,10 @@ def test_report_cli_regenerates_and_merges(smoke, tmp_path):
         shutil.copytree(run, (a if i % 2 == 0 else b) / run.name)
     merged = tmp_path / "merged"
     assert report_main([str(a), str(b), "--out", str(merged)]) == 0
-    key = lambda r: (r["algorithm"], r["beta"], r["seed"], r["step"])
+
+    def key(r):
+        return (r["algorithm"], r["beta"], r["seed"], r["step"])
+
     original = sorted(_read_csv(sweep / "frontier.csv"), key=key)
     assert sorted(_read_csv(merged / "frontier.csv"), key=key) == original
     only_a = _read_csv(_report(a, tmp_path / "only_a") / "frontier.csv")
@@ -149,8 +170,22 @@ def test_report_cli_fails_clearly_without_runs(tmp_path, capsys):
 def test_wandb_offline_files_for_every_run_of_a_multirun(smoke, tmp_path):
     _, cache, _ = smoke
     sweep = tmp_path / "wandb_sweep"
-    _cli(["-m", "task=bandit", "algorithm=dpo", "algorithm.beta=0.1,1.0", "task.steps=2", "task.eval_every=1",
-          *SMOKE_TASK, "logger=wandb", f"cache_dir={cache}", f"hydra.sweep.dir={sweep}", "progress=false"], cwd=tmp_path)
+    _cli(
+        [
+            "-m",
+            "task=bandit",
+            "algorithm=dpo",
+            "algorithm.beta=0.1,1.0",
+            "task.steps=2",
+            "task.eval_every=1",
+            *SMOKE_TASK,
+            "logger=wandb",
+            f"cache_dir={cache}",
+            f"hydra.sweep.dir={sweep}",
+            "progress=false",
+        ],
+        cwd=tmp_path,
+    )
     runs = _runs(sweep)
     assert len(runs) == 2
     for run in runs:

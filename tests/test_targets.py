@@ -14,9 +14,19 @@ import pytest
 import torch
 
 from rlhf_bench.benchmarks.evaluation import tilted
-from rlhf_bench.benchmarks.evaluation.targets import (D, GroupAdvantage, conditionals, distances, drift, grpo_k3_target,
-                                           k1_reward_target, ppo_k3_reward_limit, reverse_kl_optimum,
-                                           semi_gradient_flow, sequences)
+from rlhf_bench.benchmarks.evaluation.targets import (
+    D,
+    GroupAdvantage,
+    conditionals,
+    distances,
+    drift,
+    grpo_k3_target,
+    k1_reward_target,
+    ppo_k3_reward_limit,
+    reverse_kl_optimum,
+    semi_gradient_flow,
+    sequences,
+)
 
 torch.set_num_threads(1)
 
@@ -44,8 +54,14 @@ def grpo_loss_gradient(logp, ref_logp, r, beta, A, L, G, scale="group", eps=1e-4
     digits = torch.tensor([[(n // A ** (L - 1 - t)) % A for t in range(L)] for n in range(N)])  # (N, L)
 
     def token_logp(levels):  # (P, N, L + 1)
-        cols = [levels[t].log_softmax(-1)[:, digits[:, :t] @ (A ** torch.arange(t - 1, -1, -1)) if t else
-                                        torch.zeros(N, dtype=torch.long), digits[:, t]] for t in range(L)]
+        cols = [
+            levels[t].log_softmax(-1)[
+                :,
+                digits[:, :t] @ (A ** torch.arange(t - 1, -1, -1)) if t else torch.zeros(N, dtype=torch.long),
+                digits[:, t],
+            ]
+            for t in range(L)
+        ]
         return torch.stack(cols + [torch.zeros_like(cols[0])], -1)
 
     tok, ref_tok = token_logp(z), token_logp(ref_c)  # (P, N, L + 1)
@@ -75,8 +91,9 @@ def test_solvers_recover_the_tilted_optimum_with_k1_rewards():
         target = tilted(ref, r, beta)
         fixed = k1_reward_target(ref, r, beta, A=3, L=2)
         assert fixed.converged and (fixed.logp - target).abs().max() < 1e-12
-        conds, res = semi_gradient_flow(ref, r, beta, A=3, L=2, kind="k1_reward", steps=100, lr=0.5 / beta,
-                                        weighted=False, natural=True)
+        conds, res = semi_gradient_flow(
+            ref, r, beta, A=3, L=2, kind="k1_reward", steps=100, lr=0.5 / beta, weighted=False, natural=True
+        )
         assert (sequences(conds) - target).abs().max() < 1e-8 and res < 1e-9
         assert (reverse_kl_optimum(ref, r, beta) - target).abs().max() == 0
 
@@ -85,8 +102,9 @@ def test_grpo_target_is_the_attractor_of_its_gradient_flow():
     ref, r = tables(seed=1)
     target = grpo_k3_target(ref, r, 0.5, A=3, L=2)
     assert target.converged and target.residual < 1e-10
-    conds, res = semi_gradient_flow(ref, r, 0.5, A=3, L=2, kind="k3_loss", steps=3000, lr=4.0, adv=GroupAdvantage(r),
-                                    weighted=False)
+    conds, res = semi_gradient_flow(
+        ref, r, 0.5, A=3, L=2, kind="k3_loss", steps=3000, lr=4.0, adv=GroupAdvantage(r), weighted=False
+    )
     assert (sequences(conds).exp() - target.logp.exp()).abs().max() < 1e-8 and res < 1e-9
 
 

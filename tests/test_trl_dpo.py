@@ -27,8 +27,8 @@ import math
 
 import pytest
 import torch
-
 from algo_fixtures import make_context, preference_batch, random_pairs, sentiment_task, tiny_lm
+
 from rlhf_bench.algorithms.dpo import DPO, DPOConfig
 from rlhf_bench.benchmarks.training.context import split_groups
 
@@ -50,9 +50,11 @@ def setup(tmp_path_factory):
     tiny_lm(task, seed=3, dropout=0.1).save_pretrained(init)  # dropout in the config: both sides disable it
     task.tokenizer.save_pretrained(init)
     pairs = random_pairs(task, STEPS * BATCH, seed=11, max_len=9)
-    rows = {"prompt": [task.decode(p) for p, _, _ in pairs],
-            "chosen": [" " + task.decode(c) for _, c, _ in pairs],
-            "rejected": [" " + task.decode(r) for _, _, r in pairs]}
+    rows = {
+        "prompt": [task.decode(p) for p, _, _ in pairs],
+        "chosen": [" " + task.decode(c) for _, c, _ in pairs],
+        "rejected": [" " + task.decode(r) for _, _, r in pairs],
+    }
 
     class RecordingDPOTrainer(DPOTrainer):
         recorded: list[float] = []
@@ -64,15 +66,43 @@ def setup(tmp_path_factory):
             return out
 
     args = TrlDPOConfig(
-        output_dir=str(tmp / "trl"), per_device_train_batch_size=BATCH, max_steps=STEPS, learning_rate=LR,
-        weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=CLIP, optim="adamw_torch",
-        adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, beta=BETA, loss_type=["sigmoid"], max_length=None,
-        precompute_ref_log_probs=False, disable_dropout=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        use_cpu=True, train_sampling_strategy="sequential", dataloader_drop_last=False, dataloader_num_workers=0,
-        logging_steps=1, save_strategy="no", report_to=[], seed=0, disable_tqdm=True)
+        output_dir=str(tmp / "trl"),
+        per_device_train_batch_size=BATCH,
+        max_steps=STEPS,
+        learning_rate=LR,
+        weight_decay=0.0,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        max_grad_norm=CLIP,
+        optim="adamw_torch",
+        adam_beta1=0.9,
+        adam_beta2=0.999,
+        adam_epsilon=1e-8,
+        beta=BETA,
+        loss_type=["sigmoid"],
+        max_length=None,
+        precompute_ref_log_probs=False,
+        disable_dropout=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        use_cpu=True,
+        train_sampling_strategy="sequential",
+        dataloader_drop_last=False,
+        dataloader_num_workers=0,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        seed=0,
+        disable_tqdm=True,
+    )
     trainer = RecordingDPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(init), ref_model=AutoModelForCausalLM.from_pretrained(init),
-        args=args, train_dataset=datasets.Dataset.from_dict(rows), processing_class=AutoTokenizer.from_pretrained(init))
+        model=AutoModelForCausalLM.from_pretrained(init),
+        ref_model=AutoModelForCausalLM.from_pretrained(init),
+        args=args,
+        train_dataset=datasets.Dataset.from_dict(rows),
+        processing_class=AutoTokenizer.from_pretrained(init),
+    )
     trainer.recorded = []
     return task, init, pairs, trainer
 
@@ -123,8 +153,7 @@ def test_dpo_plugin_matches_trl_dpo_trainer_losses(setup):
     # ---- ours: the dpo plugin through the harness pieces, pairs in the same order
     full = torch.ones(task.max_new_tokens, task.vocab_size, dtype=torch.bool)
     ctx = _our_context(task, init, pairs, full)
-    algo = DPO(DPOConfig(beta=BETA, lr=LR, loss_type="sigmoid", precompute_ref_logprobs=True),
-               ctx)
+    algo = DPO(DPOConfig(beta=BETA, lr=LR, loss_type="sigmoid", precompute_ref_logprobs=True), ctx)
     algo.setup()
     params = list(ctx.policy.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)

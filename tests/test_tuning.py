@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import compose_config
+
 from rlhf_bench.benchmarks.studies import tuning
 
 

@@ -18,9 +18,20 @@ SFT = 0.5
 
 def fake_run(algorithm, beta, seed, kl, gold, curve=None, steps=60, world=0):
     rows = curve or [{"step": 0, "kl": 0.0, "reward_gold": SFT}, {"step": steps, "kl": kl, "reward_gold": gold}]
-    return SimpleNamespace(algorithm=algorithm, beta=beta, seed=seed, world=world, steps=steps, beta_independent=False,
-                           task="bandit", reward_model="learned", final=rows[-1], eval_rows=rows,
-                           path=Path(f"{algorithm}_beta{beta}_world{world}_seed{seed}"), summary={})
+    return SimpleNamespace(
+        algorithm=algorithm,
+        beta=beta,
+        seed=seed,
+        world=world,
+        steps=steps,
+        beta_independent=False,
+        task="bandit",
+        reward_model="learned",
+        final=rows[-1],
+        eval_rows=rows,
+        path=Path(f"{algorithm}_beta{beta}_world{world}_seed{seed}"),
+        summary={},
+    )
 
 
 def test_pareto_points_and_mean_gain_closed_form():
@@ -99,7 +110,17 @@ def test_claims_follow_the_all_beta_verdicts():
     rows = claim_rows(pairwise_gaps(runs))
     online = [r for r in rows if r["claim"].startswith("Online")]
     assert [r["verdict"] for r in online] == ["supports"] and online[0]["worlds"] == {w: "supports" for w in range(3)}
-    flipped = [fake_run("online_dpo" if r.algorithm == "dpo" else "dpo", r.beta, r.seed, r.final["kl"],
-                        r.final["reward_gold"], world=r.world) for r in runs]
-    assert [r["verdict"] for r in claim_rows(pairwise_gaps(flipped)) if r["claim"].startswith("Online")] == \
-        ["contradicts"]
+    flipped = [
+        fake_run(
+            "online_dpo" if r.algorithm == "dpo" else "dpo",
+            r.beta,
+            r.seed,
+            r.final["kl"],
+            r.final["reward_gold"],
+            world=r.world,
+        )
+        for r in runs
+    ]
+    assert [r["verdict"] for r in claim_rows(pairwise_gaps(flipped)) if r["claim"].startswith("Online")] == [
+        "contradicts"
+    ]

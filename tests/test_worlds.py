@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from rlhf_bench.benchmarks.report.pooling import correlation, pooled, two_level_mean_ci, variance_components
+from rlhf_bench.benchmarks.report.verdicts import claim_rows, find_gap, pairwise_gaps, world_origins
 from rlhf_bench.benchmarks.studies import coverage
 from rlhf_bench.benchmarks.studies.coverage import REGIMES, SIZES, SimRun, TwoLevelModel
-from rlhf_bench.benchmarks.report.verdicts import claim_rows, find_gap, pairwise_gaps, world_origins
-from rlhf_bench.benchmarks.report.pooling import correlation, pooled, two_level_mean_ci, variance_components
 
 
 # ------------------------------------------------------------------------------- the formulas
@@ -41,8 +41,9 @@ def test_correlation_is_pearson_with_a_fisher_z_interval():
     r, lo, hi, n = correlation(x, y)
     ref = stats.pearsonr(x, y).statistic
     half = stats.norm.ppf(0.975) / math.sqrt(n - 3)
-    assert (r, lo, hi, n) == pytest.approx((ref, math.tanh(math.atanh(ref) - half), math.tanh(math.atanh(ref) + half),
-                                            5))
+    assert (r, lo, hi, n) == pytest.approx(
+        (ref, math.tanh(math.atanh(ref) - half), math.tanh(math.atanh(ref) + half), 5)
+    )
     r3 = correlation(x[:3], y[:3])
     assert math.isfinite(r3[0]) and math.isnan(r3[1])  # 3 worlds: r, no interval
 
@@ -56,16 +57,25 @@ def test_two_level_mean_is_over_worlds_and_falls_back_to_seeds():
 
 
 # ------------------------------------------------------------------- comparisons within worlds
-def _runs(gaps_by_world: dict[int, float], sft: dict[int, float], seeds: int = 3, noise: float = 0.0,
-          rng=None) -> list[SimRun]:
+def _runs(
+    gaps_by_world: dict[int, float], sft: dict[int, float], seeds: int = 3, noise: float = 0.0, rng=None
+) -> list[SimRun]:
     """a and b at one beta in each world: b reaches sft + 1 at KL 1, a that plus the world's gap."""
     out = []
     for w, gap in gaps_by_world.items():
         for algo, shift in (("a", gap), ("b", 0.0)):
             for s in range(seeds):
                 e = noise * rng.standard_normal() if rng is not None else 0.0
-                out.append(SimRun(algo, 0.3, w, s, {"kl": 1.0, "reward_gold": sft[w] + 1.0 + shift + e},
-                                  [{"step": 0, "kl": 0.0, "reward_gold": sft[w]}]))
+                out.append(
+                    SimRun(
+                        algo,
+                        0.3,
+                        w,
+                        s,
+                        {"kl": 1.0, "reward_gold": sft[w] + 1.0 + shift + e},
+                        [{"step": 0, "kl": 0.0, "reward_gold": sft[w]}],
+                    )
+                )
     return out
 
 
@@ -94,9 +104,19 @@ def test_the_sft_point_is_the_trained_runs_step_0_not_best_of_n():
     SFT point that every front starts from."""
     runs = _runs({0: 0.4, 1: 0.5, 2: 0.6}, {0: 0.0, 1: 1.0, 2: 2.0})
     plain = find_gap(pairwise_gaps(runs), "a", "b")
-    bon = [SimRun("best_of_n", math.nan, w, 0, {"kl": 0.6, "reward_gold": 9.0}, [{"step": 0, "kl": 0.6,
-                                                                                   "reward_gold": 9.0}],
-                  steps=0, beta_independent=True) for w in range(3)]
+    bon = [
+        SimRun(
+            "best_of_n",
+            math.nan,
+            w,
+            0,
+            {"kl": 0.6, "reward_gold": 9.0},
+            [{"step": 0, "kl": 0.6, "reward_gold": 9.0}],
+            steps=0,
+            beta_independent=True,
+        )
+        for w in range(3)
+    ]
     with_bon = find_gap(pairwise_gaps(runs + bon), "a", "b")
     assert [x.gap for x in with_bon.worlds] == pytest.approx([x.gap for x in plain.worlds], abs=1e-12)
 
@@ -105,10 +125,15 @@ def test_a_world_where_one_algorithm_never_gains_stays_in_the_pool():
     """In world 2, a ends below its SFT reward at every seed: its front is the SFT point alone. That world's
     gap is defined (a is worth the SFT reward over b's range), so the pooled interval is over 3 worlds, not 2,
     and the failure counts against a."""
-    runs = [r for r in _runs({0: 0.4, 1: 0.5, 2: 0.0}, {0: 0.0, 1: 1.0, 2: 2.0})
-            if not (r.world == 2 and r.algorithm == "a")]
-    runs += [SimRun("a", 0.3, 2, s, {"kl": 1.0, "reward_gold": 2.0 - 0.3},
-                    [{"step": 0, "kl": 0.0, "reward_gold": 2.0}]) for s in range(3)]
+    runs = [
+        r
+        for r in _runs({0: 0.4, 1: 0.5, 2: 0.0}, {0: 0.0, 1: 1.0, 2: 2.0})
+        if not (r.world == 2 and r.algorithm == "a")
+    ]
+    runs += [
+        SimRun("a", 0.3, 2, s, {"kl": 1.0, "reward_gold": 2.0 - 0.3}, [{"step": 0, "kl": 0.0, "reward_gold": 2.0}])
+        for s in range(3)
+    ]
     g = find_gap(pairwise_gaps(runs), "a", "b")
     assert [x.gap for x in g.worlds] == pytest.approx([0.2, 0.25, -0.5])  # world 2: 0 against b's mean x/1 on [0, 1]
     assert g.n_worlds == 3 and g.kl_range == pytest.approx(1.0)
@@ -117,10 +142,26 @@ def test_a_world_where_one_algorithm_never_gains_stays_in_the_pool():
 
 
 def test_a_world_without_trained_runs_takes_its_sft_point_from_the_runs_at_kl_0():
-    sft = SimRun("sft", math.nan, 0, 0, {"kl": 0.0, "reward_gold": 0.3},
-                 [{"step": 0, "kl": 0.0, "reward_gold": 0.3}], steps=0, beta_independent=True)
-    bon = SimRun("best_of_n", math.nan, 0, 0, {"kl": 0.6, "reward_gold": 9.0},
-                 [{"step": 0, "kl": 0.6, "reward_gold": 9.0}], steps=0, beta_independent=True)
+    sft = SimRun(
+        "sft",
+        math.nan,
+        0,
+        0,
+        {"kl": 0.0, "reward_gold": 0.3},
+        [{"step": 0, "kl": 0.0, "reward_gold": 0.3}],
+        steps=0,
+        beta_independent=True,
+    )
+    bon = SimRun(
+        "best_of_n",
+        math.nan,
+        0,
+        0,
+        {"kl": 0.6, "reward_gold": 9.0},
+        [{"step": 0, "kl": 0.6, "reward_gold": 9.0}],
+        steps=0,
+        beta_independent=True,
+    )
     assert world_origins([sft, bon], "reward_gold") == {0: (0.0, 0.3)}
     assert world_origins([bon], "reward_gold") == {}
 
@@ -138,8 +179,12 @@ def test_claims_carry_each_worlds_reading_and_the_pooled_verdict():
     from the interval over worlds, the world columns from each world's seeds."""
     rng = np.random.default_rng(1)
     runs = _runs({0: 0.3, 1: -0.1, 2: -0.05}, {0: 0.0, 1: 0.0, 2: 0.0}, noise=0.005, rng=rng)
-    runs = [SimRun({"a": "online_dpo", "b": "dpo"}[r.algorithm], r.beta, r.world, r.seed, r.final, r.eval_rows,
-                   task="bandit") for r in runs]
+    runs = [
+        SimRun(
+            {"a": "online_dpo", "b": "dpo"}[r.algorithm], r.beta, r.world, r.seed, r.final, r.eval_rows, task="bandit"
+        )
+        for r in runs
+    ]
     (row,) = [r for r in claim_rows(pairwise_gaps(runs)) if r["claim"].startswith("Online")]
     assert row["worlds"] == {0: "supports", 1: "contradicts", 2: "contradicts"}
     assert row["verdict"] == "cannot tell"

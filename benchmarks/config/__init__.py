@@ -156,14 +156,26 @@ class BanditTaskConfig(TaskConfig):
         positive(self, "n_contexts", "n_noise_tokens", "prompt_noise_len", "n_sft_demos", "behaviour_sharpness")
         check(self.n_actions >= 2, "n_actions", ">= 2", self.n_actions)
         check(1 <= self.response_len <= 8, "response_len", "in [1, 8]", self.response_len)
-        check(self.n_actions**self.response_len <= 4096, "n_actions**response_len",
-              "<= 4096 (the response space is enumerated)", self.n_actions**self.response_len)
+        check(
+            self.n_actions**self.response_len <= 4096,
+            "n_actions**response_len",
+            "<= 4096 (the response space is enumerated)",
+            self.n_actions**self.response_len,
+        )
         non_negative(self, "interaction_scale")
         n_prompts = self.n_contexts * self.n_noise_tokens**self.prompt_noise_len
-        check(n_prompts > self.n_eval_prompts, "n_contexts * n_noise_tokens**prompt_noise_len",
-              f"> n_eval_prompts ({self.n_eval_prompts}) so that training prompts remain", n_prompts)
-        check(self.max_new_tokens == self.response_len + 1, "max_new_tokens", f"response_len + 1 = {self.response_len + 1}",
-              self.max_new_tokens)
+        check(
+            n_prompts > self.n_eval_prompts,
+            "n_contexts * n_noise_tokens**prompt_noise_len",
+            f"> n_eval_prompts ({self.n_eval_prompts}) so that training prompts remain",
+            n_prompts,
+        )
+        check(
+            self.max_new_tokens == self.response_len + 1,
+            "max_new_tokens",
+            f"response_len + 1 = {self.response_len + 1}",
+            self.max_new_tokens,
+        )
 
 
 @dataclass
@@ -187,8 +199,12 @@ class SentimentTaskConfig(TaskConfig):
         positive(self, "n_reviews", "min_prefix", "min_review_len", "classifier_sharpness")
         non_negative(self, "mood_strength")
         check(self.min_prefix <= self.max_prefix, "max_prefix", f">= min_prefix ({self.min_prefix})", self.max_prefix)
-        check(self.max_prefix < self.min_review_len, "min_review_len", f"> max_prefix ({self.max_prefix})",
-              self.min_review_len)
+        check(
+            self.max_prefix < self.min_review_len,
+            "min_review_len",
+            f"> max_prefix ({self.max_prefix})",
+            self.min_review_len,
+        )
         check(self.min_review_len <= self.max_review_len, "max_review_len", ">= min_review_len", self.max_review_len)
 
 
@@ -210,9 +226,12 @@ class LoraSettings:
             check(self.r >= 0, "r", ">= 0 (0: no LoRA)", self.r)
             positive(self, "alpha")
             check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
-            check(self.target_modules is None or (len(self.target_modules) > 0 and all(self.target_modules)),
-                  "target_modules", "null (peft's default for the architecture) or a list of module names",
-                  self.target_modules)
+            check(
+                self.target_modules is None or (len(self.target_modules) > 0 and all(self.target_modules)),
+                "target_modules",
+                "null (peft's default for the architecture) or a list of module names",
+                self.target_modules,
+            )
 
 
 @dataclass
@@ -227,8 +246,11 @@ class ModelConfig:
 
     #: Fields that change speed or memory use, not what is computed (results equal to float rounding):
     #: neither a run's identity nor a shared stage's key holds them.
-    PERFORMANCE_ONLY: ClassVar[tuple[str, ...]] = ("gradient_checkpointing", "logprob_chunk_tokens",
-                                                   "compile_generation")
+    PERFORMANCE_ONLY: ClassVar[tuple[str, ...]] = (
+        "gradient_checkpointing",
+        "logprob_chunk_tokens",
+        "compile_generation",
+    )
 
     name: str = "tiny"
     architecture: str = "gpt2"
@@ -250,14 +272,22 @@ class ModelConfig:
         one_of(self, "architecture", ("gpt2",))
         # conf/model/pretrained.yaml's `pretrained: ???` cannot override this schema's default
         # (OmegaConf merges never let ??? replace a value), so the requirement is checked here.
-        check(bool(self.pretrained) or self.name != "pretrained", "pretrained",
-              "set to a local path or a hub name with model=pretrained", self.pretrained)
+        check(
+            bool(self.pretrained) or self.name != "pretrained",
+            "pretrained",
+            "set to a local path or a hub name with model=pretrained",
+            self.pretrained,
+        )
         positive(self, "n_layer", "n_embd", "n_head", "n_positions")
         check(self.n_embd % self.n_head == 0, "n_embd", f"a multiple of n_head ({self.n_head})", self.n_embd)
         check(0.0 <= self.dropout < 1.0, "dropout", "in [0, 1)", self.dropout)
         one_of(self, "dtype", ("float32", "bfloat16"))
-        check(self.logprob_chunk_tokens >= 0, "logprob_chunk_tokens", ">= 0 (0: as many as 128 MiB of logits hold)",
-              self.logprob_chunk_tokens)
+        check(
+            self.logprob_chunk_tokens >= 0,
+            "logprob_chunk_tokens",
+            ">= 0 (0: as many as 128 MiB of logits hold)",
+            self.logprob_chunk_tokens,
+        )
 
 
 @dataclass
@@ -438,8 +468,11 @@ def run_name(*, _root_: DictConfig) -> str:
     from ..plugins import get_algorithm
 
     algo = _root_.algorithm
-    parts = [run_label(str(algo.label), algo.beta, _root_.task.seed, _root_.seed,
-                       get_algorithm(algo.name).cls.beta_independent)]
+    parts = [
+        run_label(
+            str(algo.label), algo.beta, _root_.task.seed, _root_.seed, get_algorithm(algo.name).cls.beta_independent
+        )
+    ]
     overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
     tail = overrides_tail(overrides, _IDENTITY_KEYS_IN_NAME, 48)
     return "_".join(parts + ([tail] if tail else []))
@@ -532,8 +565,12 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
         out[group] = _instantiate(group, cfg[group])
     if "algorithm" not in cfg or cfg.algorithm is None:
         raise ConfigError("config group 'algorithm' is missing")
-    check(cfg.algorithm.name in available_algorithms(), "algorithm.name",
-          f"a registered algorithm, one of {available_algorithms()}", cfg.algorithm.name)
+    check(
+        cfg.algorithm.name in available_algorithms(),
+        "algorithm.name",
+        f"a registered algorithm, one of {available_algorithms()}",
+        cfg.algorithm.name,
+    )
     spec = get_algorithm(cfg.algorithm.name)
     algo = _instantiate("algorithm", cfg.algorithm)
     if not isinstance(algo, spec.config_class):
@@ -543,8 +580,13 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     out["checkpoint"] = _instantiate("checkpoint", cfg.checkpoint)
     out["fault"] = _instantiate("fault", cfg.fault)
     if out["fault"].step and out["fault"].quantity == "reward":
-        check(spec.cls.data == "online", "fault.quantity", f"one of ['logprobs', 'loss', 'grad_norm'] for "
-              f"{cfg.algorithm.name}, which has no rollouts to reward (data={spec.cls.data})", "reward")
+        check(
+            spec.cls.data == "online",
+            "fault.quantity",
+            f"one of ['logprobs', 'loss', 'grad_norm'] for "
+            f"{cfg.algorithm.name}, which has no rollouts to reward (data={spec.cls.data})",
+            "reward",
+        )
     check_device(cfg.device)
     check_pretrained("model.pretrained", out["model"].pretrained)
     check_pretrained("reward_model.pretrained", out["reward_model"].pretrained)
@@ -586,8 +628,13 @@ def check_pretrained(name: str, value: Optional[str]) -> None:
         valid_id = not looks_like_path
     except HFValidationError:
         valid_id = False
-    check(valid_id, name, "an existing local directory or a hub model id such as 'gpt2' or "
-          "'EleutherAI/pythia-160m' (no such directory here)", value)
+    check(
+        valid_id,
+        name,
+        "an existing local directory or a hub model id such as 'gpt2' or "
+        "'EleutherAI/pythia-160m' (no such directory here)",
+        value,
+    )
 
 
 def check_writable_dir(name: str, value: str) -> None:
@@ -602,8 +649,9 @@ def check_writable_dir(name: str, value: str) -> None:
         with tempfile.TemporaryFile(dir=probe):
             pass
     except OSError as e:
-        raise ConfigError(f"{name} must be a writable directory, got {str(value)!r} "
-                          f"({probe} cannot be written: {e.strerror or e})") from None
+        raise ConfigError(
+            f"{name} must be a writable directory, got {str(value)!r} ({probe} cannot be written: {e.strerror or e})"
+        ) from None
 
 
 def as_dict(obj: Any) -> Any:

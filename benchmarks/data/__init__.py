@@ -69,8 +69,9 @@ class Message:
 
     @staticmethod
     def accepts(value: Any) -> bool:
-        return (isinstance(value, Mapping) and isinstance(value.get("role"), str)
-                and isinstance(value.get("content"), str))
+        return (
+            isinstance(value, Mapping) and isinstance(value.get("role"), str) and isinstance(value.get("content"), str)
+        )
 
 
 class Format(dict):
@@ -187,16 +188,27 @@ def row_problem(row: Any, columns: Mapping[str, Column], row_check: Optional[Row
     return Problem(problem) if problem else None
 
 
-def check_row(row: Any, source: Any, number: int, columns: Mapping[str, Column],
-              row_check: Optional[RowCheck] = None, unit: str = "row") -> None:
+def check_row(
+    row: Any,
+    source: Any,
+    number: int,
+    columns: Mapping[str, Column],
+    row_check: Optional[RowCheck] = None,
+    unit: str = "row",
+) -> None:
     """Raise :class:`DataError` unless ``row`` passes :func:`row_problem`. ``number`` is 1-based."""
     problem = row_problem(row, columns, row_check)
     if problem:
         raise fail(source, f"{unit} {number}", problem, columns)
 
 
-def check_rows(rows: Iterable[Any], source: Any, columns: Mapping[str, Column],
-               row_check: Optional[RowCheck] = None, min_rows: int = 0) -> int:
+def check_rows(
+    rows: Iterable[Any],
+    source: Any,
+    columns: Mapping[str, Column],
+    row_check: Optional[RowCheck] = None,
+    min_rows: int = 0,
+) -> int:
     """Check every row (:func:`check_row`), numbered from 1; returns how many there were. Fewer
     than ``min_rows`` rows is an error too."""
     n = 0
@@ -207,8 +219,13 @@ def check_rows(rows: Iterable[Any], source: Any, columns: Mapping[str, Column],
     return n
 
 
-def check_dataset(ds: datasets.Dataset, source: Any, columns: Mapping[str, Column],
-                  row_check: Optional[RowCheck] = None, min_rows: int = 1) -> datasets.Dataset:
+def check_dataset(
+    ds: datasets.Dataset,
+    source: Any,
+    columns: Mapping[str, Column],
+    row_check: Optional[RowCheck] = None,
+    min_rows: int = 1,
+) -> datasets.Dataset:
     """Check a ``datasets.Dataset`` and return it. A column absent from its features fails at
     once (as missing from row 1); then every row is checked (our datasets are small)."""
     missing = [name for name in columns if name not in ds.column_names]
@@ -218,10 +235,15 @@ def check_dataset(ds: datasets.Dataset, source: Any, columns: Mapping[str, Colum
     return ds
 
 
-def screen_dataset(ds: Union[datasets.Dataset, list], source: Any, columns: Mapping[str, Column],
-                   row_check: Optional[RowCheck] = None, on_bad_row: str = "error", min_rows: int = 1,
-                   convert: Optional[Callable[[Mapping[str, Any]], Any]] = None
-                   ) -> tuple[datasets.Dataset, dict[str, int]]:
+def screen_dataset(
+    ds: Union[datasets.Dataset, list],
+    source: Any,
+    columns: Mapping[str, Column],
+    row_check: Optional[RowCheck] = None,
+    on_bad_row: str = "error",
+    min_rows: int = 1,
+    convert: Optional[Callable[[Mapping[str, Any]], Any]] = None,
+) -> tuple[datasets.Dataset, dict[str, int]]:
     """Check every row of ``ds`` (a ``Dataset``, or a list of rows) and return ``(rows kept,
     {reason: rows skipped})``.
 
@@ -274,17 +296,22 @@ def feature_fits(feature: Any, col: Column) -> bool:
     if not isinstance(feature, datasets.Value):
         return False
     dtype = feature.dtype
-    return {str: dtype in ("string", "large_string"), bool: dtype == "bool", int: dtype.startswith(("int", "uint")),
-            float: dtype.startswith(("int", "uint", "float")),
-            Score: dtype == "null" or dtype.startswith(("int", "uint", "float"))}[col.type]
+    return {
+        str: dtype in ("string", "large_string"),
+        bool: dtype == "bool",
+        int: dtype.startswith(("int", "uint")),
+        float: dtype.startswith(("int", "uint", "float")),
+        Score: dtype == "null" or dtype.startswith(("int", "uint", "float")),
+    }[col.type]
 
 
 def _reasons(skipped: Mapping[str, int]) -> str:
     return ", ".join(f"{n} {reason}" for reason, n in skipped.items())
 
 
-def load_dataset_dir(path: Path, columns: Mapping[str, Column], row_check: Optional[RowCheck] = None,
-                     min_rows: int = 1) -> datasets.Dataset:
+def load_dataset_dir(
+    path: Path, columns: Mapping[str, Column], row_check: Optional[RowCheck] = None, min_rows: int = 1
+) -> datasets.Dataset:
     """``datasets.load_from_disk(path)``, checked by :func:`check_dataset` (source: ``path``)."""
     try:
         ds = datasets.load_from_disk(str(path))
@@ -296,8 +323,9 @@ def load_dataset_dir(path: Path, columns: Mapping[str, Column], row_check: Optio
     return check_dataset(ds, path, columns, row_check, min_rows)
 
 
-def read_jsonl(path: Path, columns: Optional[Mapping[str, Column]] = None, row_check: Optional[RowCheck] = None,
-               min_rows: int = 0) -> list[dict]:
+def read_jsonl(
+    path: Path, columns: Optional[Mapping[str, Column]] = None, row_check: Optional[RowCheck] = None, min_rows: int = 0
+) -> list[dict]:
     """The rows of a JSONL file (one JSON object per line), each checked against ``columns``. A
     line that is not valid JSON fails as ``<path> line <n>: not valid JSON (...)``."""
     columns = columns or {}
@@ -353,12 +381,16 @@ def preference_check() -> RowCheck:
         if problem:
             return problem
         if len(row["gold"]) != k:
-            return Problem(f"field 'gold' has {len(row['gold'])} values, expected one per response ({k})",
-                           "one gold value per response expected")
+            return Problem(
+                f"field 'gold' has {len(row['gold'])} values, expected one per response ({k})",
+                "one gold value per response expected",
+            )
         first[:] = first or [k]
         if k != first[0]:
-            return Problem(f"{k} responses, but row 1 has {first[0]}; every row must have the same number",
-                           "a different number of responses")
+            return Problem(
+                f"{k} responses, but row 1 has {first[0]}; every row must have the same number",
+                "a different number of responses",
+            )
         return None
 
     return check
@@ -370,8 +402,11 @@ def ranking_problem(row: Mapping[str, Any]) -> Optional[Problem]:
     if k < 2:
         return Problem(f"field 'responses' has {k} responses, expected at least 2", "fewer than 2 responses")
     if sorted(row["ranking"]) != list(range(k)):
-        return Problem(f"field 'ranking' is {_short(row['ranking'])}, expected a permutation of 0..{k - 1} "
-                       f"(the indices of the {k} responses, best first)", "ranking not a permutation")
+        return Problem(
+            f"field 'ranking' is {_short(row['ranking'])}, expected a permutation of 0..{k - 1} "
+            f"(the indices of the {k} responses, best first)",
+            "ranking not a permutation",
+        )
     return None
 
 

@@ -40,24 +40,55 @@ from typing import Any, Callable, Mapping, Optional, Union
 import datasets
 import numpy as np
 
-from . import (INT, MESSAGES, STR, DataError, Format, Problem, RowCheck, column_names, expand_pairs, fail,
-               feature_fits, list_of, ranking_problem, screen_dataset)
+from . import (
+    INT,
+    MESSAGES,
+    STR,
+    DataError,
+    Format,
+    Problem,
+    RowCheck,
+    column_names,
+    expand_pairs,
+    fail,
+    feature_fits,
+    list_of,
+    ranking_problem,
+    screen_dataset,
+)
 from .sources import Rows, load_rows, one_line, open_source
 
-__all__ = ["load_rows", "load_data", "prepare", "detect_format", "format_columns", "to_internal", "to_pairs",
-           "prefix_prompts", "Prepared", "FORMS", "PAIR_FORM", "PLAIN_CHAT_TEMPLATE", "DataError"]
+__all__ = [
+    "load_rows",
+    "load_data",
+    "prepare",
+    "detect_format",
+    "format_columns",
+    "to_internal",
+    "to_pairs",
+    "prefix_prompts",
+    "Prepared",
+    "FORMS",
+    "PAIR_FORM",
+    "PLAIN_CHAT_TEMPLATE",
+    "DataError",
+]
 
 KINDS = ("prompts", "completions", "preferences", "text")
 #: The chat template used for conversations when the tokenizer has none.
-PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
-                       "{{ m['role'] | capitalize }}: {{ m['content'] }}{% endfor %}"
-                       "{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}")
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
+    "{{ m['role'] | capitalize }}: {{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}"
+)
 
 #: The internal forms (what :class:`Prepared` rows hold), by kind; and the pairs of :func:`to_pairs`.
-FORMS = {"prompts": Format("prompt form", {"prompt": STR}),
-         "completions": Format("prompt-completion form", {"prompt": STR, "completion": STR}),
-         "preferences": Format("preference form", {"prompt": STR, "responses": list_of(STR), "ranking": list_of(INT)}),
-         "text": Format("text form", {"text": STR})}
+FORMS = {
+    "prompts": Format("prompt form", {"prompt": STR}),
+    "completions": Format("prompt-completion form", {"prompt": STR, "completion": STR}),
+    "preferences": Format("preference form", {"prompt": STR, "responses": list_of(STR), "ranking": list_of(INT)}),
+    "text": Format("text form", {"text": STR}),
+}
 PAIR_FORM = Format("pair form", {"prompt": STR, "chosen": STR, "rejected": STR})
 
 #: The formats each kind accepts: (format, its columns, its name in messages). Text fields hold a
@@ -65,9 +96,11 @@ PAIR_FORM = Format("pair form", {"prompt": STR, "chosen": STR, "rejected": STR})
 FORMATS = {
     "prompts": [("prompt_only", ("prompt",), "prompt-only format")],
     "completions": [("prompt_completion", ("prompt", "completion"), "prompt-completion format")],
-    "preferences": [("ranking", ("prompt", "responses", "ranking"), "ranking format (K responses, ranking best first)"),
-                    ("preference", ("prompt", "chosen", "rejected"), "preference format"),
-                    ("preference_implicit", ("chosen", "rejected"), "preference format with implicit prompt")],
+    "preferences": [
+        ("ranking", ("prompt", "responses", "ranking"), "ranking format (K responses, ranking best first)"),
+        ("preference", ("prompt", "chosen", "rejected"), "preference format"),
+        ("preference_implicit", ("chosen", "rejected"), "preference format with implicit prompt"),
+    ],
     "text": [("text", ("text",), "text format")],
 }
 
@@ -87,9 +120,15 @@ class Prepared:
 
     def summary(self) -> dict[str, Any]:
         """What a run summary records about its data."""
-        return {"source": self.source, "format": self.format, "conversational": self.conversational,
-                "rows_read": self.read, "rows_used": len(self.rows), "rows_skipped": sum(self.skipped.values()),
-                "skipped": dict(self.skipped)}
+        return {
+            "source": self.source,
+            "format": self.format,
+            "conversational": self.conversational,
+            "rows_read": self.read,
+            "rows_used": len(self.rows),
+            "rows_skipped": sum(self.skipped.values()),
+            "skipped": dict(self.skipped),
+        }
 
 
 # ------------------------------------------------------------------------------------ formats
@@ -100,7 +139,7 @@ def _conversational(ds: Rows, column: str) -> bool:
 
     if column not in column_names(ds):
         return False
-    for row in (ds.select_columns([column]) if isinstance(ds, datasets.Dataset) else ds):
+    for row in ds.select_columns([column]) if isinstance(ds, datasets.Dataset) else ds:
         value = row.get(column) if isinstance(row, Mapping) else None
         if column == "responses" and isinstance(value, list) and value:
             value = value[0]
@@ -134,7 +173,7 @@ def detect_format(ds: Rows, kind: str) -> tuple[str, bool]:
 
 def format_columns(fmt: str, conversational: bool) -> Format:
     """The columns of ``fmt`` with their types: text fields ``str``, or messages when conversational."""
-    (names, label), = [(c, lab) for formats in FORMATS.values() for f, c, lab in formats if f == fmt]
+    ((names, label),) = [(c, lab) for formats in FORMATS.values() for f, c, lab in formats if f == fmt]
     text = MESSAGES if conversational else STR
     types = {"responses": list_of(text), "ranking": list_of(INT), "text": STR}
     return Format(("conversational " if conversational else "") + label, {n: types.get(n, text) for n in names})
@@ -166,8 +205,11 @@ def row_check(fmt: str) -> RowCheck:
             k = len(row["responses"])
             first_k[:] = first_k or ([] if problem else [k])
             if not problem and k != first_k[0]:
-                problem = Problem(f"field 'responses' has {k} responses, but earlier rows have {first_k[0]}; "
-                                  f"every row must have the same number", "a different number of responses")
+                problem = Problem(
+                    f"field 'responses' has {k} responses, but earlier rows have {first_k[0]}; "
+                    f"every row must have the same number",
+                    "a different number of responses",
+                )
             return problem
         return None
 
@@ -179,24 +221,42 @@ def _implicit_problem(row: Mapping[str, Any]) -> Optional[Problem]:
     from trl.data_utils import extract_prompt
 
     out = extract_prompt({"chosen": row["chosen"], "rejected": row["rejected"]})
-    if (not out["prompt"] or _empty(out["prompt"]) or out["prompt"] + out["chosen"] != row["chosen"]
-            or out["prompt"] + out["rejected"] != row["rejected"]):
-        return Problem("fields 'chosen' and 'rejected' share no prompt (they differ from the start)",
-                       "no common prompt in chosen and rejected")
+    if (
+        not out["prompt"]
+        or _empty(out["prompt"])
+        or out["prompt"] + out["chosen"] != row["chosen"]
+        or out["prompt"] + out["rejected"] != row["rejected"]
+    ):
+        return Problem(
+            "fields 'chosen' and 'rejected' share no prompt (they differ from the start)",
+            "no common prompt in chosen and rejected",
+        )
     return None
 
 
 # --------------------------------------------------------------------------------- conversion
-def load_data(spec: Union[str, Path], kind: str, tokenizer=None, split: Optional[str] = None,
-              column_map: Optional[Mapping[str, str]] = None, on_bad_row: str = "error",
-              cache_dir: Optional[Union[str, Path]] = None) -> Prepared:
+def load_data(
+    spec: Union[str, Path],
+    kind: str,
+    tokenizer=None,
+    split: Optional[str] = None,
+    column_map: Optional[Mapping[str, str]] = None,
+    on_bad_row: str = "error",
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> Prepared:
     """:func:`load_rows`, then :func:`prepare`: the rows of ``kind`` in their internal form."""
     loaded = open_source(spec, split, column_map, cache_dir)
     return prepare(loaded.rows, kind, tokenizer, loaded.source, on_bad_row, loaded.records)
 
 
-def prepare(ds: Optional[datasets.Dataset], kind: str, tokenizer=None, source: str = "data",
-            on_bad_row: str = "error", records: Optional[Callable[[], list]] = None) -> Prepared:
+def prepare(
+    ds: Optional[datasets.Dataset],
+    kind: str,
+    tokenizer=None,
+    source: str = "data",
+    on_bad_row: str = "error",
+    records: Optional[Callable[[], list]] = None,
+) -> Prepared:
     """Detect the format of ``ds`` (:func:`detect_format`), check every row (bad rows fail in one
     line naming ``source``, the row and the format, or with ``on_bad_row="skip"`` are counted)
     and convert the rest into the internal form of ``kind`` (:data:`FORMS`). Conversations need
@@ -205,12 +265,14 @@ def prepare(ds: Optional[datasets.Dataset], kind: str, tokenizer=None, source: s
     rows = ds if ds is not None else records()
     fmt, conv = detect_format(rows, kind)
     columns = format_columns(fmt, conv)
-    if records is not None and ds is not None and not all(
-            feature_fits(ds.features[n], col) for n, col in columns.items() if n in ds.features):
+    if (
+        records is not None
+        and ds is not None
+        and not all(feature_fits(ds.features[n], col) for n, col in columns.items() if n in ds.features)
+    ):
         rows = records()
     if conv and tokenizer is None:
-        raise DataError(f"{source}: conversational data needs a tokenizer to render it; expected the "
-                        f"{columns.label}")
+        raise DataError(f"{source}: conversational data needs a tokenizer to render it; expected the {columns.label}")
     template = {} if getattr(tokenizer, "chat_template", None) else {"chat_template": PLAIN_CHAT_TEMPLATE}
 
     def convert(row: Mapping[str, Any]):
@@ -234,8 +296,11 @@ def to_internal(row: Mapping[str, Any], fmt: str, tokenizer=None, **template_kwa
         row, fmt = extract_prompt({"chosen": row["chosen"], "rejected": row["rejected"]}), "preference"
     if fmt == "ranking":
         return _ranking_row(row, tokenizer, template_kwargs)
-    names = {"prompt_only": ("prompt",), "prompt_completion": ("prompt", "completion"),
-             "preference": ("prompt", "chosen", "rejected")}[fmt]
+    names = {
+        "prompt_only": ("prompt",),
+        "prompt_completion": ("prompt", "completion"),
+        "preference": ("prompt", "chosen", "rejected"),
+    }[fmt]
     out = {n: row[n] for n in names}
     if tokenizer is not None:
         out = apply_chat_template(out, tokenizer, **template_kwargs)
@@ -253,10 +318,11 @@ def _ranking_row(row: Mapping[str, Any], tokenizer, template_kwargs: dict) -> di
 
     prompt, responses = row["prompt"], list(row["responses"])
     if tokenizer is not None:
-        outs = [apply_chat_template({"prompt": prompt, "completion": r}, tokenizer, **template_kwargs)
-                for r in responses]
+        outs = [
+            apply_chat_template({"prompt": prompt, "completion": r}, tokenizer, **template_kwargs) for r in responses
+        ]
         prompt = commonprefix([o["prompt"] for o in outs])
-        responses = [(o["prompt"] + o["completion"])[len(prompt):] for o in outs]
+        responses = [(o["prompt"] + o["completion"])[len(prompt) :] for o in outs]
     return {"prompt": prompt, "responses": responses, "ranking": [int(i) for i in row["ranking"]]}
 
 
@@ -267,8 +333,15 @@ def to_pairs(preferences: datasets.Dataset) -> datasets.Dataset:
     return expand_pairs(preferences)
 
 
-def prefix_prompts(ds: datasets.Dataset, tokenizer, column: str = "text", min_tokens: int = 2,
-                   max_tokens: int = 8, seed: int = 0, source: str = "text") -> datasets.Dataset:
+def prefix_prompts(
+    ds: datasets.Dataset,
+    tokenizer,
+    column: str = "text",
+    min_tokens: int = 2,
+    max_tokens: int = 8,
+    seed: int = 0,
+    source: str = "text",
+) -> datasets.Dataset:
     """Prompts cut from a text column (the DPO paper's controlled sentiment: IMDb reviews cut to a
     random 2-8-token prefix). Row i keeps its first ``n_i`` tokens, ``n_i`` uniform in
     ``[min_tokens, max_tokens]`` drawn for all rows at once from ``seed`` (the same data and seed
@@ -282,7 +355,11 @@ def prefix_prompts(ds: datasets.Dataset, tokenizer, column: str = "text", min_to
     ids = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
     short = next((i for i, t in enumerate(ids) if len(t) < min_tokens), None)
     if short is not None:
-        raise fail(source, f"row {short + 1}", f"field {column!r} has {len(ids[short])} tokens, expected at least "
-                   f"{min_tokens} to cut a prefix from", Format("text format", {column: STR}))
+        raise fail(
+            source,
+            f"row {short + 1}",
+            f"field {column!r} has {len(ids[short])} tokens, expected at least {min_tokens} to cut a prefix from",
+            Format("text format", {column: STR}),
+        )
     cut = [t[: int(n)] for t, n in zip(ids, lengths)]
     return datasets.Dataset.from_dict({"prompt": tokenizer.batch_decode(cut), "prompt_ids": cut})

@@ -43,8 +43,12 @@ class Loaded:
     error: str = ""  # why ``rows`` is None
 
 
-def load_rows(spec: Union[str, Path], split: Optional[str] = None, column_map: Optional[Mapping[str, str]] = None,
-              cache_dir: Optional[Union[str, Path]] = None) -> datasets.Dataset:
+def load_rows(
+    spec: Union[str, Path],
+    split: Optional[str] = None,
+    column_map: Optional[Mapping[str, str]] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> datasets.Dataset:
     """One split of ``spec`` as a ``datasets.Dataset``, its columns renamed by ``column_map``
     ({new name: column in the data}) first. ``cache_dir``: ``datasets``' cache (its default if None)."""
     loaded = open_source(spec, split, column_map, cache_dir)
@@ -53,8 +57,12 @@ def load_rows(spec: Union[str, Path], split: Optional[str] = None, column_map: O
     return loaded.rows
 
 
-def open_source(spec: Union[str, Path], split: Optional[str] = None, column_map: Optional[Mapping[str, str]] = None,
-                cache_dir: Optional[Union[str, Path]] = None) -> Loaded:
+def open_source(
+    spec: Union[str, Path],
+    split: Optional[str] = None,
+    column_map: Optional[Mapping[str, str]] = None,
+    cache_dir: Optional[Union[str, Path]] = None,
+) -> Loaded:
     """:func:`load_rows`, keeping what :mod:`.hf_data` needs to check the rows as written."""
     target, split = parse_spec(str(spec), split)
     path = Path(target).expanduser()
@@ -62,8 +70,10 @@ def open_source(spec: Union[str, Path], split: Optional[str] = None, column_map:
         return _load_json(path, split, column_map, cache_dir)
     if path.is_file():
         if path.suffix not in FILE_LOADERS:
-            raise DataError(f"{path}: not a data file; expected a .jsonl, .json, .csv or .parquet file, "
-                            f"a save_to_disk directory or a hub dataset id")
+            raise DataError(
+                f"{path}: not a data file; expected a .jsonl, .json, .csv or .parquet file, "
+                f"a save_to_disk directory or a hub dataset id"
+            )
         ds, source = _load_builder(FILE_LOADERS[path.suffix], split, cache_dir, {"data_files": str(path)}, str(path))
     elif path.is_dir() and any((path / m).exists() for m in SAVED_MARKERS):
         ds, source = _load_saved(path, split)
@@ -83,7 +93,7 @@ def parse_spec(spec: str, split: Optional[str]) -> tuple[str, Optional[str]]:
         for i in range(len(spec) - 1, -1, -1):
             depth += {"]": 1, "[": -1}.get(spec[i], 0)
             if depth == 0:
-                target, inner = spec[:i], spec[i + 1:-1]
+                target, inner = spec[:i], spec[i + 1 : -1]
                 break
     if inner is not None and split is not None and inner != split:
         raise DataError(f"{spec}: split {inner!r} in the name but split={split!r}; give one")
@@ -123,11 +133,12 @@ def _slice(rows: Rows, chosen: str, source: str) -> Rows:
         raise DataError(f"{source}: bad split {chosen!r} ({one_line(e)})") from None
     if isinstance(rows, datasets.Dataset):
         return rows.select(range(cut.from_, cut.to))
-    return rows[cut.from_:cut.to]
+    return rows[cut.from_ : cut.to]
 
 
-def _load_builder(name: str, split: Optional[str], cache_dir, kwargs: dict,
-                  source: Optional[str] = None) -> tuple[datasets.Dataset, str]:
+def _load_builder(
+    name: str, split: Optional[str], cache_dir, kwargs: dict, source: Optional[str] = None
+) -> tuple[datasets.Dataset, str]:
     """``datasets.load_dataset(name, split=...)``, the split checked first against the builder's.
     Named ``source`` (a file: its path, and the split if one was given) or ``name[split]``."""
     cache = {"cache_dir": str(cache_dir)} if cache_dir else {}
@@ -184,8 +195,9 @@ def _load_json(path: Path, split: Optional[str], column_map, cache_dir) -> Loade
 
     try:
         with _quiet_json_loader():
-            ds, _ = _load_builder("json", split, cache_dir, {"data_files": str(path), "on_mixed_types": None},
-                                  str(path))
+            ds, _ = _load_builder(
+                "json", split, cache_dir, {"data_files": str(path), "on_mixed_types": None}, str(path)
+            )
     except DataError as e:  # not JSON (records() names the line), or types mixed in a column
         if split is not None and split.split("[", 1)[0] != "train":
             raise
@@ -200,8 +212,9 @@ def _rename(rows: Rows, column_map: Optional[Mapping[str, str]], source: str) ->
     names = column_names(rows)
     for new, old in column_map.items():
         if old not in names:
-            raise DataError(f"{source}: column_map maps {new!r} to {old!r}, which is not a column "
-                            f"(columns: {', '.join(names)})")
+            raise DataError(
+                f"{source}: column_map maps {new!r} to {old!r}, which is not a column (columns: {', '.join(names)})"
+            )
     renamed = {old: new for new, old in column_map.items() if old != new}
     clashes = [c for c in renamed.values() if c in names and c not in renamed]
     if isinstance(rows, datasets.Dataset):
@@ -224,7 +237,8 @@ def _mixed_types(records: list[dict], source: str, error: str) -> DataError:
                 continue
             kind = first.setdefault(key, (n, _json_type(value)))
             if _json_type(value) != kind[1]:
-                return DataError(f"{source} row {n}: field {key!r} is {_kind(value)} ({_short(value)}), but row "
-                                 f"{kind[0]} holds {kind[1]}; every row of a column must hold one type")
-    return DataError(f"{error.split(' (', 1)[0]}: its rows hold values of different types "
-                     f"({error.split(' (', 1)[-1]}")
+                return DataError(
+                    f"{source} row {n}: field {key!r} is {_kind(value)} ({_short(value)}), but row "
+                    f"{kind[0]} holds {kind[1]}; every row of a column must hold one type"
+                )
+    return DataError(f"{error.split(' (', 1)[0]}: its rows hold values of different types ({error.split(' (', 1)[-1]}")

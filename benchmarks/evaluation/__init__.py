@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from filelock import FileLock
 
-from ..rollout.decode import forward_cached
 from ..models import NEG, SequenceBatch, pad_left, position_ids, scalar_head, token_kl
-from .ranking import COLUMNS as RANKING_COLUMNS, HeldoutPairs
 from ..rollout import RolloutEngine
+from ..rollout.decode import forward_cached
 from ..utils import atomic_write_text, config_hash, make_generator, to_jsonable
+from .ranking import COLUMNS as RANKING_COLUMNS
+from .ranking import HeldoutPairs
 
 
 # ----------------------------------------------------------------------------- exact frontier
@@ -57,12 +58,16 @@ def beta_grid(n: int = 60, lo: float = 1e-2, hi: float = 1e2) -> list[float]:
     return [float(b) for b in np.geomspace(hi, lo, n)]
 
 
-def optimal_frontier(ref_logp: torch.Tensor, rewards: torch.Tensor, betas: Optional[list[float]] = None) -> list[tuple[float, float, float]]:
+def optimal_frontier(
+    ref_logp: torch.Tensor, rewards: torch.Tensor, betas: Optional[list[float]] = None
+) -> list[tuple[float, float, float]]:
     """[(beta, KL, reward)] of pi*_beta, from large beta (KL ~ 0) to small beta."""
     return [(b, *optimal_point(ref_logp, rewards, b)) for b in (betas or beta_grid())]
 
 
-def optimal_reward_at_kl(ref_logp: torch.Tensor, rewards: torch.Tensor, kl: float, iters: int = 60) -> tuple[float, float]:
+def optimal_reward_at_kl(
+    ref_logp: torch.Tensor, rewards: torch.Tensor, kl: float, iters: int = 60
+) -> tuple[float, float]:
     """(beta, reward) of the optimal policy whose KL equals ``kl`` (bisection on log beta; the
     KL of pi*_beta decreases monotonically in beta)."""
     max_kl, max_r = kl_and_reward(torch.log_softmax(rewards / 1e-4 + ref_logp, -1), ref_logp, rewards)
@@ -77,8 +82,9 @@ def optimal_reward_at_kl(ref_logp: torch.Tensor, rewards: torch.Tensor, kl: floa
     return beta, optimal_point(ref_logp, rewards, beta)[1]
 
 
-def frontier_efficiency(kl: float, reward: float, reward_sft: float, ref_logp, rewards, min_kl: float = 1e-4,
-                        min_gain: float = 1e-6) -> Optional[float]:
+def frontier_efficiency(
+    kl: float, reward: float, reward_sft: float, ref_logp, rewards, min_kl: float = 1e-4, min_gain: float = 1e-6
+) -> Optional[float]:
     """(reward - reward_sft) / (optimal reward at the same KL - reward_sft); None at KL ~ 0."""
     if kl < min_kl:
         return None
@@ -127,8 +133,9 @@ class LMPolicy:
         kls, k1s = [], []
         for i in range(0, len(batch), 256):
             b = batch.select(torch.arange(i, min(i + 256, len(batch))))
-            per_token, k1 = token_kl(self.model, engine.ref_model, b, engine.temperature, engine.logit_mask,
-                                     engine.chunk_tokens)  # (B, T) each, zero on padding
+            per_token, k1 = token_kl(
+                self.model, engine.ref_model, b, engine.temperature, engine.logit_mask, engine.chunk_tokens
+            )  # (B, T) each, zero on padding
             kls.append(per_token.clamp(min=0.0).sum(1))
             k1s.append(k1.sum(1))
         return torch.cat(kls), torch.cat(k1s)
@@ -217,7 +224,7 @@ class PrefixTree:
 
     def _chunks(self, prompts: list[list[int]], levels: int) -> list[list[list[int]]]:
         n = max(1, self.max_rows // max(len(p) for p in self.parent[:levels]))
-        return [prompts[i: i + n] for i in range(0, len(prompts), n)]
+        return [prompts[i : i + n] for i in range(0, len(prompts), n)]
 
     def _walk(self, forward, prompts: list[list[int]], engine: RolloutEngine, levels: int):
         """Yield ``(t, out)`` for ``t < levels``: ``forward``'s output after the prompt and every
@@ -284,8 +291,9 @@ class Evaluator:
     for the ranking-accuracy columns (None: they are null); encoded and scored by the reference once here.
     """
 
-    def __init__(self, engine: RolloutEngine, prompts: list[list[int]], seed: int, cache_dir: Optional[Path] = None,
-                 heldout=None):
+    def __init__(
+        self, engine: RolloutEngine, prompts: list[list[int]], seed: int, cache_dir: Optional[Path] = None, heldout=None
+    ):
         self.engine, self.prompts, self.seed, self.cache_dir = engine, [list(p) for p in prompts], seed, cache_dir
         self.table = ResponseTable.build(engine, self.prompts, cache_dir) if engine.task.enumerable else None
         if self.table is not None:
@@ -318,9 +326,16 @@ class Evaluator:
         if self.cache_dir is None:
             return self.evaluate(policy, step, reference=True)
         # version 2: rows carry the ranking-accuracy columns (of this held-out set)
-        key = config_hash({"prompts": self.prompts, "seed": self.seed, "temperature": self.engine.temperature,
-                           "reward": self.engine.reward_kind, "version": 2,
-                           "heldout": None if self.heldout is None else self.heldout.key})
+        key = config_hash(
+            {
+                "prompts": self.prompts,
+                "seed": self.seed,
+                "temperature": self.engine.temperature,
+                "reward": self.engine.reward_kind,
+                "version": 2,
+                "heldout": None if self.heldout is None else self.heldout.key,
+            }
+        )
         path = Path(self.cache_dir) / f"eval_reference-{key}.json"
         with FileLock(str(path) + ".lock"):
             if not path.exists():
@@ -352,8 +367,13 @@ class Evaluator:
         eos = (batch.response == eng.task.eos_id) & mask.bool()
         length = (mask.sum(1) - eos.any(1).long()).float()
         known = eng.task.has_gold  # else the gold values are NaN and written as null
-        row = {"step": step, "reward_gold": gold.mean().item() if known else None, "reward_proxy": proxy.mean().item(),
-               "length": length.mean().item(), "eos_rate": eos.any(1).float().mean().item()}
+        row = {
+            "step": step,
+            "reward_gold": gold.mean().item() if known else None,
+            "reward_proxy": proxy.mean().item(),
+            "length": length.mean().item(),
+            "eos_rate": eos.any(1).float().mean().item(),
+        }
         if self.table is not None:
             logp = policy.enumerated_logprobs(eng, self.table)  # (P, N)
             kl, rg = kl_and_reward(logp, self.table.ref_logp, self.table.gold)
@@ -370,7 +390,9 @@ class Evaluator:
             row.update(kl=kl.mean().item(), kl_k1=k1.mean().item())
         row.update(self.ranking_columns(policy, reference))
         golds = gold.tolist() if known else [None] * len(batch)
-        samples = [{"prompt": eng.task.decode(p), "response": eng.task.decode(r), "reward_gold": g, "reward_proxy": q}
-                   for p, r, g, q in zip(batch.prompts(), batch.responses(), golds, proxy.tolist())]
+        samples = [
+            {"prompt": eng.task.decode(p), "response": eng.task.decode(r), "reward_gold": g, "reward_proxy": q}
+            for p, r, g, q in zip(batch.prompts(), batch.responses(), golds, proxy.tolist())
+        ]
         order = ["step", "kl", "kl_k1", "reward_gold", "reward_proxy", "length", "eos_rate"]
         return {**{k: row[k] for k in order}, **{k: v for k, v in row.items() if k not in order}}, samples

@@ -47,16 +47,23 @@ def ranking_accuracy(margin: torch.Tensor) -> Optional[float]:
     return (2 * wins + ties) / (2 * n)
 
 
-def ranking_accuracies(logratio: torch.Tensor, chosen: torch.Tensor, rejected: torch.Tensor,
-                       gold_chosen: torch.Tensor, gold_rejected: torch.Tensor) -> dict[str, Optional[float]]:
+def ranking_accuracies(
+    logratio: torch.Tensor,
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    gold_chosen: torch.Tensor,
+    gold_rejected: torch.Tensor,
+) -> dict[str, Optional[float]]:
     """The two columns from the log-ratios (N,) of the items and the pairs' item indices (M,) and gold
     rewards (M,), NaN where unknown. The gold variant orients each pair by the gold order and leaves
     out the pairs whose gold rewards are equal or unknown."""
     margin = logratio[chosen] - logratio[rejected]  # (M,) chosen minus rejected
     known = torch.isfinite(gold_chosen) & torch.isfinite(gold_rejected) & (gold_chosen != gold_rejected)
     by_gold = torch.where(gold_chosen > gold_rejected, margin, -margin)[known]
-    return {"ranking_accuracy": ranking_accuracy(margin),
-            "ranking_accuracy_gold": ranking_accuracy(by_gold) if bool(known.any()) else None}
+    return {
+        "ranking_accuracy": ranking_accuracy(margin),
+        "ranking_accuracy_gold": ranking_accuracy(by_gold) if bool(known.any()) else None,
+    }
 
 
 @dataclass
@@ -118,8 +125,15 @@ class HeldoutPairs:
     @property
     def key(self) -> str:
         """A hash of the items and pairs (cache keys)."""
-        return config_hash({"prompts": self.prompts, "item_prompt": self.item_prompt, "responses": self.responses,
-                            "chosen": self.chosen.tolist(), "rejected": self.rejected.tolist()})
+        return config_hash(
+            {
+                "prompts": self.prompts,
+                "item_prompt": self.item_prompt,
+                "responses": self.responses,
+                "chosen": self.chosen.tolist(),
+                "rejected": self.rejected.tolist(),
+            }
+        )
 
     @torch.no_grad()
     def logprobs(self, engine, model, batch_size: int = 256) -> torch.Tensor:
@@ -128,8 +142,9 @@ class HeldoutPairs:
         longest of all items, so an item's value does not depend on the batch it lands in."""
         if not self.responses:
             return torch.zeros(0)
-        return torch.cat([engine.logprobs(model, batch).sum(1).float().cpu()
-                          for batch in self._batches(engine, batch_size)])
+        return torch.cat(
+            [engine.logprobs(model, batch).sum(1).float().cpu() for batch in self._batches(engine, batch_size)]
+        )
 
     def _batches(self, engine, batch_size: int) -> list[SequenceBatch]:
         """The items as padded batches, built once per (device, batch size)."""
@@ -138,11 +153,19 @@ class HeldoutPairs:
             pad = engine.task.pad_id
             q_len, r_len = max(len(p) for p in self.prompts), max(len(r) for r in self.responses)
             self._batch_cache[key] = [
-                SequenceBatch.from_lists([self.prompts[self.item_prompt[k]] for k in idx],
-                                         [self.responses[k] for k in idx], pad, r_len, engine.device,
-                                         query_length=q_len)
-                for idx in (range(i, min(i + batch_size, len(self.responses)))
-                            for i in range(0, len(self.responses), batch_size))]
+                SequenceBatch.from_lists(
+                    [self.prompts[self.item_prompt[k]] for k in idx],
+                    [self.responses[k] for k in idx],
+                    pad,
+                    r_len,
+                    engine.device,
+                    query_length=q_len,
+                )
+                for idx in (
+                    range(i, min(i + batch_size, len(self.responses)))
+                    for i in range(0, len(self.responses), batch_size)
+                )
+            ]
         return self._batch_cache[key]
 
     def prepare(self, engine, cache_dir: Optional[Path] = None) -> "HeldoutPairs":
@@ -171,8 +194,10 @@ class HeldoutPairs:
 
     def table_index(self, task) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows, columns) of the items in :meth:`response_table`: prompt index and ``task.response_index``."""
-        return (torch.tensor(self.item_prompt, dtype=torch.long),
-                torch.tensor([task.response_index(r) for r in self.responses], dtype=torch.long))
+        return (
+            torch.tensor(self.item_prompt, dtype=torch.long),
+            torch.tensor([task.response_index(r) for r in self.responses], dtype=torch.long),
+        )
 
     def accuracies(self, logp: Optional[torch.Tensor]) -> dict[str, Optional[float]]:
         """The columns for a policy's item log-probs (N,) (None: both columns null); the log-ratios

@@ -86,9 +86,11 @@ def drift(conds, ref_conds, h, beta: float, kind: str) -> list[torch.Tensor]:
       ``pi (Q - V)``;
     - ``"k3_reward"`` (PPO, per-token reward -beta k3, stop-gradient; h = r): ``pi (Q - V)``.
     """
-    ptok = {"k3_loss": None,
-            "k1_reward": [-beta * c.exp() * (c - rc) for c, rc in zip(conds, ref_conds)],
-            "k3_reward": [-beta * _pi_k3(c, rc) for c, rc in zip(conds, ref_conds)]}[kind]
+    ptok = {
+        "k3_loss": None,
+        "k1_reward": [-beta * c.exp() * (c - rc) for c, rc in zip(conds, ref_conds)],
+        "k3_reward": [-beta * _pi_k3(c, rc) for c, rc in zip(conds, ref_conds)],
+    }[kind]
     Ws, Vs = _values(conds, h, ptok)
     out = [c.exp() * (W - V.unsqueeze(-1)) for c, W, V in zip(conds, Ws, Vs)]
     if ptok is not None:
@@ -248,8 +250,24 @@ def k1_reward_target(ref_logp, rewards, beta, *, A, L, tol=1e-12, max_iter=10) -
     return _fixed_point(ref_c, beta, lambda logp: r, _tilt_solve, "k1_reward", tol, 1.0, max_iter)
 
 
-def grpo_k3_target(ref_logp, rewards, beta, *, A, L, group_size=2, scale="group", eps=1e-4, tol=1e-10,
-                   damping=0.5, max_iter=2000, exact_max=4096, mc_draws=1024, mc_stages=3, seed=0) -> Target:
+def grpo_k3_target(
+    ref_logp,
+    rewards,
+    beta,
+    *,
+    A,
+    L,
+    group_size=2,
+    scale="group",
+    eps=1e-4,
+    tol=1e-10,
+    damping=0.5,
+    max_iter=2000,
+    exact_max=4096,
+    mc_draws=1024,
+    mc_stages=3,
+    seed=0,
+) -> Target:
     """Limit of GRPO with beta*k3 IN THE LOSS, token-level surrogate at rho = 1, advantages
     (r_i - mean_G)/(std_G + eps) (torch's unbiased std; ``scale="none"``: r_i - mean_G, Dr.GRPO).
 
@@ -312,9 +330,11 @@ def semi_gradient_flow(ref_logp, rewards, beta, *, A, L, kind, steps, lr, adv=No
     return conds, max_residual(drift(conds, ref_c, r if adv is None else adv(sequences(conds)), beta, kind))
 
 
-PPO_K3_REWARD_ILL_POSED = ("PPO with k3 as a stop-gradient per-token reward has no interior stable stationary point: "
-                           "its expected flow drives low-value actions to probability 0 (logits -> -inf at rate "
-                           "beta pi_ref(b|s) P(s)) and collapses to a near-deterministic, path-dependent policy")
+PPO_K3_REWARD_ILL_POSED = (
+    "PPO with k3 as a stop-gradient per-token reward has no interior stable stationary point: "
+    "its expected flow drives low-value actions to probability 0 (logits -> -inf at rate "
+    "beta pi_ref(b|s) P(s)) and collapses to a near-deterministic, path-dependent policy"
+)
 
 
 def ppo_k3_reward_limit(ref_logp, rewards, beta, *, A, L, horizon: Optional[float] = None, lr: float = 1.0):
@@ -378,20 +398,28 @@ class Objective(NamedTuple):
     note: str = ""
 
 
-PI_STAR = Objective("pi*_beta", lambda ref_logp, rewards, beta, **_: reverse_kl_optimum(ref_logp, rewards, beta),
-                    "the reverse-KL-regularised optimum pi_ref exp(r/beta) / Z (REFERENCE sec. 2)")
+PI_STAR = Objective(
+    "pi*_beta",
+    lambda ref_logp, rewards, beta, **_: reverse_kl_optimum(ref_logp, rewards, beta),
+    "the reverse-KL-regularised optimum pi_ref exp(r/beta) / Z (REFERENCE sec. 2)",
+)
 
 
 def grpo_objective(group_size: int, scale: str) -> Objective:
     """GRPO / Dr.GRPO with beta k3 in the loss: :func:`grpo_k3_target`."""
     name = "GRPO k3-in-loss fixed point" + (" (Dr.GRPO advantages)" if scale == "none" else "")
-    return Objective(name, lambda ref_logp, rewards, beta, *, A, L: grpo_k3_target(
-        ref_logp, rewards, beta, A=A, L=L, group_size=group_size, scale=scale),
-        f"stationary point of the expected GRPO update, G = {group_size}, scale_rewards = {scale}")
+    return Objective(
+        name,
+        lambda ref_logp, rewards, beta, *, A, L: grpo_k3_target(
+            ref_logp, rewards, beta, A=A, L=L, group_size=group_size, scale=scale
+        ),
+        f"stationary point of the expected GRPO update, G = {group_size}, scale_rewards = {scale}",
+    )
 
 
-def target_table(objective: Objective, ref_logp: torch.Tensor, rewards: torch.Tensor, beta: float, *, A: int,
-                 L: int) -> Optional[Target]:
+def target_table(
+    objective: Objective, ref_logp: torch.Tensor, rewards: torch.Tensor, beta: float, *, A: int, L: int
+) -> Optional[Target]:
     """Solve ``objective`` on (P, N) tables; None when it has no derived target."""
     if objective.solve is None:
         return None

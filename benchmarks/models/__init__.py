@@ -16,10 +16,20 @@ from typing import TYPE_CHECKING, Optional
 
 import torch
 
-from .batches import (SequenceBatch, last_token_index, masked_mean, pad_left, pad_right, position_ids,  # noqa: F401
-                      unpad)
-from .logprobs import (NEG, backbone, check_logit_mask, gather_logprobs, lm_loss, response_logits,  # noqa: F401
-                       token_kl, token_logprobs, token_logprobs_chunked, unwrap, vocab_size)
+from .batches import SequenceBatch, last_token_index, masked_mean, pad_left, pad_right, position_ids, unpad  # noqa: F401
+from .logprobs import (  # noqa: F401
+    NEG,
+    backbone,
+    check_logit_mask,
+    gather_logprobs,
+    lm_loss,
+    response_logits,
+    token_kl,
+    token_logprobs,
+    token_logprobs_chunked,
+    unwrap,
+    vocab_size,
+)
 
 if TYPE_CHECKING:  # transformers is imported where models are built: config composition stays fast
     from transformers import GPT2Config, PreTrainedModel
@@ -50,10 +60,21 @@ def _gpt2_config(task, cfg, **extra) -> GPT2Config:
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=task.vocab_size, n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-        summary_first_dropout=cfg.dropout, bos_token_id=task.bos_id, eos_token_id=task.eos_id,
-        pad_token_id=task.pad_id, activation_function="gelu_pytorch_tanh", **extra)  # GPT-2's GELU, native kernel
+        vocab_size=task.vocab_size,
+        n_positions=cfg.n_positions,
+        n_embd=cfg.n_embd,
+        n_layer=cfg.n_layer,
+        n_head=cfg.n_head,
+        resid_pdrop=cfg.dropout,
+        embd_pdrop=cfg.dropout,
+        attn_pdrop=cfg.dropout,
+        summary_first_dropout=cfg.dropout,
+        bos_token_id=task.bos_id,
+        eos_token_id=task.eos_id,
+        pad_token_id=task.pad_id,
+        activation_function="gelu_pytorch_tanh",
+        **extra,
+    )  # GPT-2's GELU, native kernel
 
 
 def build_policy(task, cfg) -> PreTrainedModel:
@@ -72,8 +93,9 @@ def build_reward_model(task, cfg, pretrained: Optional[str] = None) -> PreTraine
     from transformers import AutoModelForSequenceClassification, GPT2ForSequenceClassification
 
     if pretrained or cfg.pretrained:
-        model = AutoModelForSequenceClassification.from_pretrained(pretrained or cfg.pretrained, num_labels=1,
-                                                                   **dtype_kwargs(cfg))
+        model = AutoModelForSequenceClassification.from_pretrained(
+            pretrained or cfg.pretrained, num_labels=1, **dtype_kwargs(cfg)
+        )
     else:
         model = GPT2ForSequenceClassification(_gpt2_config(task, cfg, num_labels=1)).to(torch_dtype(cfg))
     if model.config.pad_token_id is None:
@@ -109,8 +131,15 @@ def disable_dropout(model: torch.nn.Module) -> torch.nn.Module:
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0
-    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout", "dropout",
-                "hidden_dropout"):
+    for key in (
+        "resid_pdrop",
+        "embd_pdrop",
+        "attn_pdrop",
+        "summary_first_dropout",
+        "attention_dropout",
+        "dropout",
+        "hidden_dropout",
+    ):
         if hasattr(model.config, key):
             setattr(model.config, key, 0.0)
     return model
@@ -160,4 +189,4 @@ def token_values(value_model: PreTrainedModel, batch: SequenceBatch) -> torch.Te
     """V(s_t) for each response token (B, Tr): the head read at the position that predicts y_t."""
     scores = hidden_scores(value_model, batch.input_ids, batch.attention_mask)  # (B, T)
     Tq, Tr = batch.query.shape[1], batch.response.shape[1]
-    return scores[:, Tq - 1: Tq + Tr - 1] * batch.response_mask
+    return scores[:, Tq - 1 : Tq + Tr - 1] * batch.response_mask

@@ -15,19 +15,23 @@ from typing import Optional, Sequence
 import torch
 
 
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int, device=None, length: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_left(
+    seqs: Sequence[Sequence[int]], pad_id: int, device=None, length: Optional[int] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), both (B, T): each sequence right-aligned, ``pad_id`` (mask 0) before it."""
     T = max(len(s) for s in seqs) if length is None else length
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), T), dtype=torch.long)
     for i, s in enumerate(seqs):
         if len(s):
-            ids[i, T - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[i, T - len(s):] = 1
+            ids[i, T - len(s) :] = torch.as_tensor(list(s), dtype=torch.long)
+            mask[i, T - len(s) :] = 1
     return ids.to(device), mask.to(device)
 
 
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int, length: Optional[int] = None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_right(
+    seqs: Sequence[Sequence[int]], pad_id: int, length: Optional[int] = None, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), both (B, T): each sequence left-aligned, ``pad_id`` (mask 0) after it."""
     T = max(max((len(s) for s in seqs), default=0), 1) if length is None else length
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
@@ -72,8 +76,15 @@ class SequenceBatch:
     response_mask: torch.Tensor  # (B, Tr) 1 on real response tokens (EOS included)
 
     @classmethod
-    def from_lists(cls, prompts, responses, pad_id: int, response_length: Optional[int] = None, device=None,
-                   query_length: Optional[int] = None):
+    def from_lists(
+        cls,
+        prompts,
+        responses,
+        pad_id: int,
+        response_length: Optional[int] = None,
+        device=None,
+        query_length: Optional[int] = None,
+    ):
         q, qm = pad_left(prompts, pad_id, device, query_length)
         r, rm = pad_right(responses, pad_id, response_length, device)
         return cls(q, qm, r, rm)

@@ -72,8 +72,10 @@ def check_logit_mask(model: torch.nn.Module, logit_mask: Optional[torch.Tensor],
         return
     V = vocab_size(model)
     if logit_mask.dim() != 2 or logit_mask.shape[1] != V:
-        raise ValueError(f"logit mask of shape {tuple(logit_mask.shape)} covers {logit_mask.shape[-1]} tokens but the "
-                         f"model's vocabulary has {V}: size it (positions, {V}) or pass None (no mask)")
+        raise ValueError(
+            f"logit mask of shape {tuple(logit_mask.shape)} covers {logit_mask.shape[-1]} tokens but the "
+            f"model's vocabulary has {V}: size it (positions, {V}) or pass None (no mask)"
+        )
     if logit_mask.dtype != torch.bool:
         raise ValueError(f"logit mask must be a bool tensor, got {logit_mask.dtype}")
     if logit_mask.shape[0] < length:
@@ -90,8 +92,13 @@ def _logits_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # ------------------------------------------------------------------------------ one chunk of rows
-def masked_logits(model, hidden: torch.Tensor, positions: Optional[torch.Tensor], temperature: float,
-                  logit_mask: Optional[torch.Tensor]) -> torch.Tensor:
+def masked_logits(
+    model,
+    hidden: torch.Tensor,
+    positions: Optional[torch.Tensor],
+    temperature: float,
+    logit_mask: Optional[torch.Tensor],
+) -> torch.Tensor:
     """(n, H) hidden states -> (n, V) logits in at least float32, divided by ``temperature``, with
     row i's forbidden tokens (``~logit_mask[positions[i]]``) set to ``NEG``."""
     logits = lm_logits(model, hidden)
@@ -107,9 +114,15 @@ def _chunk_logprobs(model, hidden, tokens, positions, temperature, logit_mask) -
     return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def row_logprobs(model, hidden: torch.Tensor, tokens: torch.Tensor, positions: Optional[torch.Tensor] = None,
-                 temperature: float = 1.0, logit_mask: Optional[torch.Tensor] = None,
-                 chunk_tokens: Optional[int] = None) -> torch.Tensor:
+def row_logprobs(
+    model,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    positions: Optional[torch.Tensor] = None,
+    temperature: float = 1.0,
+    logit_mask: Optional[torch.Tensor] = None,
+    chunk_tokens: Optional[int] = None,
+) -> torch.Tensor:
     """Log-probs (N,) of ``tokens`` (N,) under the distributions the head gives ``hidden`` (N, H),
     computed ``chunk_rows`` rows at a time; with gradients, each chunk is checkpointed (its
     (n, V) logits are recomputed in backward). ``positions`` (N,) index ``logit_mask``."""
@@ -119,7 +132,7 @@ def row_logprobs(model, hidden: torch.Tensor, tokens: torch.Tensor, positions: O
     fn = functools.partial(_chunk_logprobs, model, temperature=temperature, logit_mask=logit_mask)
     out = []
     for i in range(0, N, size):
-        args = (hidden[i: i + size], tokens[i: i + size], None if positions is None else positions[i: i + size])
+        args = (hidden[i : i + size], tokens[i : i + size], None if positions is None else positions[i : i + size])
         out.append(checkpoint(fn, *args, use_reentrant=False) if torch.is_grad_enabled() else fn(*args))
     return torch.cat(out)  # (N,)
 
@@ -130,11 +143,16 @@ def response_hidden(model, batch: SequenceBatch) -> torch.Tensor:
     ids, mask = batch.input_ids, batch.attention_mask  # (B, T)
     out = backbone(model)(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     Tq, Tr = batch.query.shape[1], batch.response.shape[1]
-    return out[0][:, Tq - 1: Tq + Tr - 1]
+    return out[0][:, Tq - 1 : Tq + Tr - 1]
 
 
-def token_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, logit_mask: Optional[torch.Tensor] = None,
-                   chunk_tokens: Optional[int] = None) -> torch.Tensor:
+def token_logprobs(
+    model,
+    batch: SequenceBatch,
+    temperature: float = 1.0,
+    logit_mask: Optional[torch.Tensor] = None,
+    chunk_tokens: Optional[int] = None,
+) -> torch.Tensor:
     """Per-token log-probs (B, Tr) of the responses (zero on padding), with gradients: one body
     forward, then the head over chunks of ``chunk_tokens`` real response tokens (see the module)."""
     B, Tr = batch.response.shape
@@ -142,21 +160,36 @@ def token_logprobs(model, batch: SequenceBatch, temperature: float = 1.0, logit_
     hidden = response_hidden(model, batch)  # (B, Tr, H)
     keep = batch.response_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat indices of real tokens
     mask = None if logit_mask is None else logit_mask.to(hidden.device)
-    lp = row_logprobs(model, hidden.reshape(B * Tr, -1)[keep], batch.response.reshape(-1)[keep], keep % Tr,
-                      temperature, mask, chunk_tokens)  # (N,)
+    lp = row_logprobs(
+        model,
+        hidden.reshape(B * Tr, -1)[keep],
+        batch.response.reshape(-1)[keep],
+        keep % Tr,
+        temperature,
+        mask,
+        chunk_tokens,
+    )  # (N,)
     return lp.new_zeros(B * Tr).index_copy(0, keep, lp).view(B, Tr)
 
 
 @torch.no_grad()
-def token_logprobs_chunked(model, batch: SequenceBatch, temperature=1.0, logit_mask=None, chunk: int = 4096,
-                           chunk_tokens: Optional[int] = None) -> torch.Tensor:
+def token_logprobs_chunked(
+    model, batch: SequenceBatch, temperature=1.0, logit_mask=None, chunk: int = 4096, chunk_tokens: Optional[int] = None
+) -> torch.Tensor:
     """:func:`token_logprobs` without gradients, ``chunk`` sequences per body forward."""
-    return torch.cat([token_logprobs(model, batch.select(torch.arange(i, min(i + chunk, len(batch)))), temperature,
-                                     logit_mask, chunk_tokens) for i in range(0, len(batch), chunk)])
+    return torch.cat(
+        [
+            token_logprobs(
+                model, batch.select(torch.arange(i, min(i + chunk, len(batch)))), temperature, logit_mask, chunk_tokens
+            )
+            for i in range(0, len(batch), chunk)
+        ]
+    )
 
 
-def response_logits(model, batch: SequenceBatch, temperature: float = 1.0,
-                    logit_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+def response_logits(
+    model, batch: SequenceBatch, temperature: float = 1.0, logit_mask: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """Logits (B, Tr, V), at least float32, of the distributions that produced each response token,
     divided by the sampling temperature, forbidden tokens set to ``NEG``. Whole distributions, for
     callers that need them on small vocabularies; :func:`token_logprobs` and :func:`token_kl`
@@ -165,7 +198,7 @@ def response_logits(model, batch: SequenceBatch, temperature: float = 1.0,
     ids, mask = batch.input_ids, batch.attention_mask  # (B, T)
     out = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     Tq, Tr = batch.query.shape[1], batch.response.shape[1]
-    logits = out.logits[:, Tq - 1: Tq + Tr - 1]
+    logits = out.logits[:, Tq - 1 : Tq + Tr - 1]
     logits = logits.to(_logits_dtype(logits.dtype)) / temperature  # (B, Tr, V)
     if logit_mask is not None:
         logits = logits.masked_fill(~logit_mask[:Tr].to(logits.device), NEG)
@@ -179,24 +212,35 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tens
     return logp * mask
 
 
-def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor, loss_mask: Optional[torch.Tensor] = None,
-            chunk_tokens: Optional[int] = None) -> torch.Tensor:
+def lm_loss(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    loss_mask: Optional[torch.Tensor] = None,
+    chunk_tokens: Optional[int] = None,
+) -> torch.Tensor:
     """Next-token cross-entropy, averaged over the tokens where ``loss_mask`` (default ``mask``)
     is nonzero (weighted by it), the head run over chunks as in :func:`token_logprobs`."""
     out = backbone(model)(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False)
     hidden = out[0][:, :-1]  # (B, T-1, H) predicts ids[:, 1:]
     weight = (loss_mask if loss_mask is not None else mask)[:, 1:].reshape(-1)  # (B*(T-1),)
     keep = weight.nonzero().squeeze(1)  # (N,)
-    lp = row_logprobs(model, hidden.reshape(-1, hidden.shape[-1])[keep], ids[:, 1:].reshape(-1)[keep],
-                      chunk_tokens=chunk_tokens)  # (N,)
+    lp = row_logprobs(
+        model, hidden.reshape(-1, hidden.shape[-1])[keep], ids[:, 1:].reshape(-1)[keep], chunk_tokens=chunk_tokens
+    )  # (N,)
     w = weight[keep].to(lp.dtype)
     return -(lp * w).sum() / weight.to(lp.dtype).sum().clamp(min=1.0)
 
 
 @torch.no_grad()
-def token_kl(model, ref_model, batch: SequenceBatch, temperature: float = 1.0,
-             logit_mask: Optional[torch.Tensor] = None,
-             chunk_tokens: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+def token_kl(
+    model,
+    ref_model,
+    batch: SequenceBatch,
+    temperature: float = 1.0,
+    logit_mask: Optional[torch.Tensor] = None,
+    chunk_tokens: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token full-distribution KL(pi || pi_ref) and k1 ``log pi(y_t) - log pi_ref(y_t)``, both
     (B, Tr), zero on padding, over chunks of positions. A LoRA policy's reference is the policy seen with
     its adapters disabled (:class:`.lora.AdaptersOff`), passed as ``ref_model`` like any other."""

@@ -25,8 +25,6 @@ from typing import Iterator, Optional
 
 import torch
 
-from .batches import SequenceBatch
-
 SCALAR_HEADS = ("score", "classifier", "v_head")
 
 
@@ -42,8 +40,9 @@ def _target_modules(model: torch.nn.Module, settings) -> list[str]:
         return list(settings.target_modules)
     model_type = getattr(model.config, "model_type", None)
     if model_type not in DEFAULTS:
-        raise ValueError(f"model.lora.target_modules must be set for model type {model_type!r} "
-                         "(peft has no default modules for it)")
+        raise ValueError(
+            f"model.lora.target_modules must be set for model type {model_type!r} (peft has no default modules for it)"
+        )
     return list(DEFAULTS[model_type])
 
 
@@ -52,8 +51,11 @@ def _targets_conv1d(model: torch.nn.Module, targets: list[str]) -> bool:
     ``fan_in_fan_out``)."""
     from transformers.pytorch_utils import Conv1D
 
-    return any(isinstance(m, Conv1D) for name, m in model.named_modules()
-               if any(name == t or name.endswith("." + t) for t in targets))
+    return any(
+        isinstance(m, Conv1D)
+        for name, m in model.named_modules()
+        if any(name == t or name.endswith("." + t) for t in targets)
+    )
 
 
 def apply_lora(model: torch.nn.Module, settings, adapter_name: str = "default"):
@@ -66,9 +68,15 @@ def apply_lora(model: torch.nn.Module, settings, adapter_name: str = "default"):
     if settings.r < 1:
         raise ValueError(f"model.lora.r must be >= 1 to apply LoRA, got {settings.r} (0: LoRA off)")
     targets, head = _target_modules(model, settings), _scalar_head_name(model)
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout, target_modules=targets,
-                        fan_in_fan_out=_targets_conv1d(model, targets), modules_to_save=[head] if head else None,
-                        task_type=TaskType.SEQ_CLS if head else TaskType.CAUSAL_LM)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        fan_in_fan_out=_targets_conv1d(model, targets),
+        modules_to_save=[head] if head else None,
+        task_type=TaskType.SEQ_CLS if head else TaskType.CAUSAL_LM,
+    )
     return get_peft_model(model, config, adapter_name=adapter_name)
 
 
@@ -140,8 +148,10 @@ def load_trained_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
     if unexpected or set(missing) - frozen:
-        raise RuntimeError(f"checkpoint does not fit the model: missing {sorted(set(missing) - frozen)[:5]}, "
-                           f"unexpected {sorted(unexpected)[:5]}")
+        raise RuntimeError(
+            f"checkpoint does not fit the model: missing {sorted(set(missing) - frozen)[:5]}, "
+            f"unexpected {sorted(unexpected)[:5]}"
+        )
 
 
 def merge_adapters(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:

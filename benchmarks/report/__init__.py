@@ -74,32 +74,93 @@ from typing import Any, Optional, Sequence
 
 from hydra.experimental.callback import Callback
 
-from .loading import (ALGORITHM_ORDER, LeftOut, NoRunsError, PromptMismatchError, ReportError, ReportWarning,
-                             Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, find_runs, judges, left_out_runs,
-                             load_runs)
+from .loading import (
+    ALGORITHM_ORDER,
+    LeftOut,
+    NoRunsError,
+    PromptMismatchError,
+    ReportError,
+    ReportWarning,
+    Run,
+    _algo_key,
+    _algorithms,
+    _fmt_beta,
+    _groups,
+    _warn,
+    find_runs,
+    judges,
+    left_out_runs,
+    load_runs,
+)
 from .markdown import write_report_md
 from .plots import algorithm_color, plot_frontier, plot_winrates
 from .plots_worlds import plot_worlds
-from .sections import write_comparisons_csv
-from .worlds import write_verdicts_md
-from .stats import win_rate
 from .pooling import pooled
+from .sections import write_comparisons_csv
+from .stats import win_rate
 from .verdicts import pairwise_gaps
+from .worlds import write_verdicts_md
 
 log = logging.getLogger(__name__)
 
-__all__ = ["build_report", "main", "ReportCallback", "ReportError", "NoRunsError", "PromptMismatchError",
-           "ReportWarning", "Run", "LeftOut", "find_runs", "load_runs", "left_out_runs", "LAST_MULTIRUN",
-           "compute_winrates", "response_length", "write_frontier_csv", "plot_frontier", "plot_winrates",
-           "ALGORITHM_ORDER", "algorithm_color"]
+__all__ = [
+    "build_report",
+    "main",
+    "ReportCallback",
+    "ReportError",
+    "NoRunsError",
+    "PromptMismatchError",
+    "ReportWarning",
+    "Run",
+    "LeftOut",
+    "find_runs",
+    "load_runs",
+    "left_out_runs",
+    "LAST_MULTIRUN",
+    "compute_winrates",
+    "response_length",
+    "write_frontier_csv",
+    "plot_frontier",
+    "plot_winrates",
+    "ALGORITHM_ORDER",
+    "algorithm_color",
+]
 
 SPECIAL_TOKENS = ("<eos>", "<pad>")  # not counted in response lengths
 
-FRONTIER_COLUMNS = ["algorithm", "beta", "world", "seed", "step", "kl", "reward_gold", "reward_proxy", "task",
-                    "reward_model", "ranking_accuracy", "ranking_accuracy_gold"]
+FRONTIER_COLUMNS = [
+    "algorithm",
+    "beta",
+    "world",
+    "seed",
+    "step",
+    "kl",
+    "reward_gold",
+    "reward_proxy",
+    "task",
+    "reward_model",
+    "ranking_accuracy",
+    "ranking_accuracy_gold",
+]
 RANKING_COLUMNS = ("ranking_accuracy", "ranking_accuracy_gold")  # absent from older runs' rows: written empty
-WINRATE_COLUMNS = ["a", "b", "judge", "beta", "win_rate", "ci_low", "ci_high", "n", "mean_length_a", "mean_length_b",
-                   "n_seeds", "n_prompts", "task", "reward_model", "n_worlds", "interval"]
+WINRATE_COLUMNS = [
+    "a",
+    "b",
+    "judge",
+    "beta",
+    "win_rate",
+    "ci_low",
+    "ci_high",
+    "n",
+    "mean_length_a",
+    "mean_length_b",
+    "n_seeds",
+    "n_prompts",
+    "task",
+    "reward_model",
+    "n_worlds",
+    "interval",
+]
 
 
 def response_length(response: str) -> int:
@@ -120,9 +181,18 @@ def write_frontier_csv(runs: list[Run], path: Path) -> None:
         w.writerow(FRONTIER_COLUMNS)
         for r in runs:
             for row in r.eval_rows:
-                w.writerow([r.algorithm, "" if r.beta_independent else r.beta, r.world, r.seed,
-                            *cells(row, ("step", "kl", "reward_gold", "reward_proxy")), r.task, r.reward_model,
-                            *cells(row, RANKING_COLUMNS)])
+                w.writerow(
+                    [
+                        r.algorithm,
+                        "" if r.beta_independent else r.beta,
+                        r.world,
+                        r.seed,
+                        *cells(row, ("step", "kl", "reward_gold", "reward_proxy")),
+                        r.task,
+                        r.reward_model,
+                        *cells(row, RANKING_COLUMNS),
+                    ]
+                )
 
 
 # ------------------------------------------------------------------------------------ win rates
@@ -139,20 +209,25 @@ def _check_prompts(ra: Run, rb: Run, checked: set) -> None:
         return
     sa, sb = ra.samples, rb.samples
     if len(sa) != len(sb):
-        raise PromptMismatchError(f"cannot compare {ra.algorithm} with {rb.algorithm} (world {ra.world}, "
-                                  f"seed {ra.seed}): "
-                                  f"{len(sa)} samples in {ra.path / 'samples.jsonl'} but {len(sb)} in "
-                                  f"{rb.path / 'samples.jsonl'}; win rates need the same held-out prompts")
+        raise PromptMismatchError(
+            f"cannot compare {ra.algorithm} with {rb.algorithm} (world {ra.world}, "
+            f"seed {ra.seed}): "
+            f"{len(sa)} samples in {ra.path / 'samples.jsonl'} but {len(sb)} in "
+            f"{rb.path / 'samples.jsonl'}; win rates need the same held-out prompts"
+        )
     for i, (x, y) in enumerate(zip(sa, sb)):
         if x.get("prompt") != y.get("prompt"):
-            raise PromptMismatchError(f"prompts differ at sample {i} between {ra.path / 'samples.jsonl'} "
-                                      f"({x.get('prompt')!r}) and {rb.path / 'samples.jsonl'} ({y.get('prompt')!r}); "
-                                      "win rates need the same held-out prompts in the same order")
+            raise PromptMismatchError(
+                f"prompts differ at sample {i} between {ra.path / 'samples.jsonl'} "
+                f"({x.get('prompt')!r}) and {rb.path / 'samples.jsonl'} ({y.get('prompt')!r}); "
+                "win rates need the same held-out prompts in the same order"
+            )
     checked.add(key)
 
 
-def _pooled_rate(outcomes: dict[int, tuple[list, list, list]], confidence: float) -> tuple[float, float, float, int,
-                                                                                          str]:
+def _pooled_rate(
+    outcomes: dict[int, tuple[list, list, list]], confidence: float
+) -> tuple[float, float, float, int, str]:
     """(rate, low, high, n, interval) from world -> (a's scores, b's scores, prompt clusters).
 
     One world: :func:`~rlhf_bench.benchmarks.report.stats.win_rate` over its comparisons, prompts as clusters
@@ -224,8 +299,11 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
                         key = (task, rm, a, b, eff_beta)
                         if key not in warned and (task, rm, b, a, eff_beta) not in warned:
                             warned.add(key)
-                            _warn(f"{task}/{rm}: no common world and seed for {a} and {b} at "
-                                  f"beta={_fmt_beta(eff_beta)} ({sorted(ra_s)} vs {sorted(rb_s)}); no win rate", notes)
+                            _warn(
+                                f"{task}/{rm}: no common world and seed for {a} and {b} at "
+                                f"beta={_fmt_beta(eff_beta)} ({sorted(ra_s)} vs {sorted(rb_s)}); no win rate",
+                                notes,
+                            )
                         continue
                     for p in pairs:
                         _check_prompts(ra_s[p], rb_s[p], checked)
@@ -236,8 +314,9 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
                             sa, sb = ra_s[(world, s)].samples, rb_s[(world, s)].samples
                             sa_scores = [x[col] for x in sa]
                             sb_scores = [x[col] for x in sb]
-                            per_seed[(task, rm, a, b, judge, eff_beta, world, s)] = \
-                                win_rate(sa_scores, sb_scores, confidence=confidence)[0]
+                            per_seed[(task, rm, a, b, judge, eff_beta, world, s)] = win_rate(
+                                sa_scores, sb_scores, confidence=confidence
+                            )[0]
                             xa, xb, clusters = outcomes.setdefault(world, ([], [], []))
                             xa += sa_scores
                             xb += sb_scores
@@ -245,13 +324,24 @@ def compute_winrates(runs: list[Run], confidence: float = 0.95, notes: Optional[
                             la += [response_length(x.get("response", "")) for x in sa]
                             lb += [response_length(x.get("response", "")) for x in sb]
                         rate, lo, hi, n, over = _pooled_rate(outcomes, confidence)
-                        row = {"a": a, "b": b, "judge": judge, "beta": "" if eff_beta is None else eff_beta,
-                               "win_rate": rate, "ci_low": lo, "ci_high": hi, "n": n,
-                               "mean_length_a": sum(la) / len(la) if la else math.nan,
-                               "mean_length_b": sum(lb) / len(lb) if lb else math.nan,
-                               "n_seeds": len({s for _, s in pairs}),
-                               "n_prompts": max(len(set(c)) for _, _, c in outcomes.values()), "task": task,
-                               "reward_model": rm, "n_worlds": len(outcomes), "interval": over}
+                        row = {
+                            "a": a,
+                            "b": b,
+                            "judge": judge,
+                            "beta": "" if eff_beta is None else eff_beta,
+                            "win_rate": rate,
+                            "ci_low": lo,
+                            "ci_high": hi,
+                            "n": n,
+                            "mean_length_a": sum(la) / len(la) if la else math.nan,
+                            "mean_length_b": sum(lb) / len(lb) if lb else math.nan,
+                            "n_seeds": len({s for _, s in pairs}),
+                            "n_prompts": max(len(set(c)) for _, _, c in outcomes.values()),
+                            "task": task,
+                            "reward_model": rm,
+                            "n_worlds": len(outcomes),
+                            "interval": over,
+                        }
                         rows.append(row)
                         table[(task, rm, a, b, judge, eff_beta)] = row
     return WinRates(rows, per_seed, table)
@@ -265,15 +355,20 @@ def write_winrates_csv(wr: WinRates, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------ entry points
-def build_report(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = None, confidence: float = 0.95,
-                 left_out: Optional[list[LeftOut]] = None) -> Path:
+def build_report(
+    sweep_dirs: Sequence[Path] | Path,
+    out_dir: Optional[Path] = None,
+    confidence: float = 0.95,
+    left_out: Optional[list[LeftOut]] = None,
+) -> Path:
     """Build the report from every finished run under ``sweep_dirs``; returns the path of ``report.md``.
 
     Writes ``frontier.csv``, ``frontier.png``, ``winrates.csv``, ``winrate.png``, ``comparisons.csv``,
     ``worlds.png`` (several worlds), ``verdicts.md`` and ``report.md`` into ``out_dir`` (default: the first
     sweep directory). Failed, unfinished and unreadable runs are left out (see
     :func:`~rlhf_bench.benchmarks.report.loading.load_runs`) and appended to ``left_out`` when it is
-    given, also when :class:`NoRunsError` is raised (no usable run). Raises :class:`PromptMismatchError` when runs to compare used different prompts.
+    given, also when :class:`NoRunsError` is raised (no usable run). Raises :class:`PromptMismatchError` when
+    runs to compare used different prompts.
     """
     if isinstance(sweep_dirs, (str, os.PathLike)):
         sweep_dirs = [sweep_dirs]
@@ -316,11 +411,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="rlhf-bench-report",
         description="Build the benchmark report (frontier.csv/png, winrates.csv, winrate.png, report.md) "
-                    "from the finished runs (directories holding summary.json) under one or more sweep "
-                    "directories; failed, unfinished and unreadable runs are left out and listed.")
+        "from the finished runs (directories holding summary.json) under one or more sweep "
+        "directories; failed, unfinished and unreadable runs are left out and listed.",
+    )
     parser.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="output directory (default: the first SWEEP_DIR)")
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default: the first SWEEP_DIR)"
+    )
     args = parser.parse_args(argv)
     # the report's warnings, one line each on stderr (and not twice through the root logger)
     handler = logging.StreamHandler(sys.stderr)

@@ -13,8 +13,14 @@ class RunFileError(ValueError):
     """A file of a run directory cannot be read; the message names the file and, for JSON, the 1-based line."""
 
 
-_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean",
-               type(None): "null"}
+_JSON_TYPES = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "a boolean",
+    type(None): "null",
+}
 
 
 def _read_text(path: Path) -> str:
@@ -40,8 +46,9 @@ def _json_object(path: Path, line_no: int, text: str) -> dict:
     except json.JSONDecodeError as e:
         raise RunFileError(f"{path} line {line_no}: not valid JSON ({_hint(e, text)})") from None
     if not isinstance(row, dict):
-        raise RunFileError(f"{path} line {line_no}: {_JSON_TYPES.get(type(row), 'a value')} where a JSON "
-                           "object is expected")
+        raise RunFileError(
+            f"{path} line {line_no}: {_JSON_TYPES.get(type(row), 'a value')} where a JSON object is expected"
+        )
     return row
 
 

@@ -33,8 +33,19 @@ from .files import RunFileError, read_jsonl, read_summary
 log = logging.getLogger(__package__ + ".report")
 
 # Display order of the known algorithms (others follow alphabetically), tasks and reward models.
-ALGORITHM_ORDER = ["sft", "best_of_n", "dpo", "online_dpo", "ppo", "ppo_ptx", "p3o_v1", "p3o_v2", "rloo", "grpo",
-                   "reinforce_pp"]
+ALGORITHM_ORDER = [
+    "sft",
+    "best_of_n",
+    "dpo",
+    "online_dpo",
+    "ppo",
+    "ppo_ptx",
+    "p3o_v1",
+    "p3o_v2",
+    "rloo",
+    "grpo",
+    "reinforce_pp",
+]
 _TASK_ORDER = ["bandit", "sentiment"]
 _RM_ORDER = ["learned", "gold"]
 JUDGES = {"gold": "reward_gold", "proxy": "reward_proxy"}
@@ -156,8 +167,14 @@ class Run:
         out = []
         for r in rows:
             try:
-                out.append({"reward": r["reward"], "beta": float(r["beta"]), "kl": float(r["kl"]),
-                            "reward_value": float(r["reward_value"])})
+                out.append(
+                    {
+                        "reward": r["reward"],
+                        "beta": float(r["beta"]),
+                        "kl": float(r["kl"]),
+                        "reward_value": float(r["reward_value"]),
+                    }
+                )
             except (KeyError, TypeError, ValueError):
                 continue
         return out or None
@@ -232,8 +249,11 @@ def _identity(summary: dict) -> dict:
         except (KeyError, TypeError, ValueError):
             return None
 
-    return {"label": str(summary.get("algorithm") or summary.get("algorithm_name") or ""),
-            "beta": num("beta", float), "seed": num("seed", int)}
+    return {
+        "label": str(summary.get("algorithm") or summary.get("algorithm_name") or ""),
+        "beta": num("beta", float),
+        "seed": num("seed", int),
+    }
 
 
 def _summary_or_left_out(f: _Found) -> tuple[Optional[dict], Optional[LeftOut]]:
@@ -252,8 +272,13 @@ def _summary_or_left_out(f: _Found) -> tuple[Optional[dict], Optional[LeftOut]]:
     if status == FAILED:
         reason = " ".join(str(summary.get("reason") or "failed, no reason recorded in summary.json").split())
         return None, LeftOut(f.path, f.name, FAILED, reason, **_identity(summary))
-    return None, LeftOut(f.path, f.name, UNREADABLE, f"{f.path / 'summary.json'}: status {status!r}; expected "
-                         f"{FINISHED!r} or {FAILED!r}", **_identity(summary))
+    return None, LeftOut(
+        f.path,
+        f.name,
+        UNREADABLE,
+        f"{f.path / 'summary.json'}: status {status!r}; expected {FINISHED!r} or {FAILED!r}",
+        **_identity(summary),
+    )
 
 
 def left_out_runs(sweep_dirs: Sequence[Path]) -> list[LeftOut]:
@@ -307,8 +332,9 @@ def _no_runs_message(sweep_dirs: Sequence[Path], left_out: Sequence[LeftOut], sh
     where = ", ".join(str(s) for s in sweep_dirs)
     msg = f"no run directory with a finished run (summary.json) found under {where}"
     if left_out:
-        msg += f"; {len(left_out)} left out: " + "; ".join(f"{lo.name} ({lo.status}: {lo.reason})"
-                                                             for lo in left_out[:shown])
+        msg += f"; {len(left_out)} left out: " + "; ".join(
+            f"{lo.name} ({lo.status}: {lo.reason})" for lo in left_out[:shown]
+        )
         msg += f"; and {len(left_out) - shown} more" if len(left_out) > shown else ""
     return msg
 
@@ -317,13 +343,19 @@ def _deduplicate(runs: list[Run], notes: Optional[list[str]]) -> list[Run]:
     kept: list[Run] = []
     seen: dict[tuple, Run] = {}
     for r in runs:
-        key = (r.task, r.reward_model, r.algorithm, r.world, r.seed) if r.beta_independent else \
-            (r.task, r.reward_model, r.algorithm, r.beta, r.world, r.seed)
+        key = (
+            (r.task, r.reward_model, r.algorithm, r.world, r.seed)
+            if r.beta_independent
+            else (r.task, r.reward_model, r.algorithm, r.beta, r.world, r.seed)
+        )
         if key in seen:
             if not r.beta_independent:
-                _warn(f"duplicate run {r.algorithm} beta={r.beta:g} world={r.world} seed={r.seed} "
-                      f"({r.task}, {r.reward_model}): "
-                      f"keeping {seen[key].path}, ignoring {r.path}", notes)
+                _warn(
+                    f"duplicate run {r.algorithm} beta={r.beta:g} world={r.world} seed={r.seed} "
+                    f"({r.task}, {r.reward_model}): "
+                    f"keeping {seen[key].path}, ignoring {r.path}",
+                    notes,
+                )
             continue
         seen[key] = r
         kept.append(r)
@@ -364,8 +396,11 @@ def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> 
     for (task, rm), g_runs in _groups(runs).items():
         n = sum(not r.has_gold for r in g_runs)
         if 0 < n < len(g_runs):
-            _warn(f"{task}/{rm}: {n} of {len(g_runs)} runs have no gold reward (no gold judge); the group is "
-                  "reported on the proxy reward only", notes)
+            _warn(
+                f"{task}/{rm}: {n} of {len(g_runs)} runs have no gold reward (no gold judge); the group is "
+                "reported on the proxy reward only",
+                notes,
+            )
     return runs, left_out
 
 
@@ -376,8 +411,12 @@ def _algo_key(name: str) -> tuple:
 
 def _group_key(g: tuple[str, str]) -> tuple:
     t, rm = g
-    return (_TASK_ORDER.index(t) if t in _TASK_ORDER else len(_TASK_ORDER), t,
-            _RM_ORDER.index(rm) if rm in _RM_ORDER else len(_RM_ORDER), rm)
+    return (
+        _TASK_ORDER.index(t) if t in _TASK_ORDER else len(_TASK_ORDER),
+        t,
+        _RM_ORDER.index(rm) if rm in _RM_ORDER else len(_RM_ORDER),
+        rm,
+    )
 
 
 def _run_sort_key(r: Run) -> tuple:

@@ -15,19 +15,28 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .loading import (JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, has_gold, judges,
-                             worlds_of)
+from .loading import JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, has_gold, judges, worlds_of
+from .pooling import two_level_mean_ci
 from .stats import pareto_front
 from .verdicts import world_origins
-from .pooling import two_level_mean_ci
 
 if TYPE_CHECKING:
     from . import WinRates
 
 # Fixed colours of the known algorithms, spare colours for the others, a marker per beta.
-_COLORS = {"sft": "#4d4d4d", "best_of_n": "#8c564b", "dpo": "#1f77b4", "online_dpo": "#17becf",
-           "ppo": "#d62728", "ppo_ptx": "#e377c2", "p3o_v1": "#ff7f0e", "p3o_v2": "#2ca02c",
-           "rloo": "#9467bd", "grpo": "#bcbd22", "reinforce_pp": "#7f7f7f"}
+_COLORS = {
+    "sft": "#4d4d4d",
+    "best_of_n": "#8c564b",
+    "dpo": "#1f77b4",
+    "online_dpo": "#17becf",
+    "ppo": "#d62728",
+    "ppo_ptx": "#e377c2",
+    "p3o_v1": "#ff7f0e",
+    "p3o_v2": "#2ca02c",
+    "rloo": "#9467bd",
+    "grpo": "#bcbd22",
+    "reinforce_pp": "#7f7f7f",
+}
 _SPARE_COLORS = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
 _BETA_MARKERS = ["o", "s", "^", "D", "v", "P", "p", "<", ">", "h"]
 
@@ -62,8 +71,11 @@ def _world_optimal_frontiers(g_runs: list[Run], notes: Optional[list[str]]) -> d
         if r.world not in frontiers:
             frontiers[r.world], first[r.world] = f, r
         elif f != frontiers[r.world] and r.world not in warned:
-            _warn(f"optimal_frontier.csv differs between {first[r.world].path} and {r.path} (different shared "
-                  f"stages?); plotting the first", notes)
+            _warn(
+                f"optimal_frontier.csv differs between {first[r.world].path} and {r.path} (different shared "
+                f"stages?); plotting the first",
+                notes,
+            )
             warned.add(r.world)
     return frontiers
 
@@ -75,8 +87,11 @@ def _world_sft(g_runs: list[Run], key: str) -> dict[int, float]:
     worlds = worlds_of(g_runs)
     if len(worlds) < 2:
         return {w: 0.0 for w in worlds}
-    usable = [r for r in g_runs if r.eval_rows and r.eval_rows[0].get(key) is not None
-              and math.isfinite(float(r.eval_rows[0][key]))]
+    usable = [
+        r
+        for r in g_runs
+        if r.eval_rows and r.eval_rows[0].get(key) is not None and math.isfinite(float(r.eval_rows[0][key]))
+    ]
     return {w: sft for w, (_, sft) in world_origins(usable, key).items()}  # the pairwise gaps' SFT points
 
 
@@ -85,8 +100,18 @@ def _gain(value: Optional[float], run: Run, base: dict[int, float]) -> Optional[
     return None if value is None or run.world not in base else float(value) - base[run.world]
 
 
-def _final_points(ax, alg: str, a_runs: list[Run], key: str, color: str, beta_marker: dict, confidence: float,
-                  xs_vis: list, ys_vis: list, base: dict[int, float]) -> None:
+def _final_points(
+    ax,
+    alg: str,
+    a_runs: list[Run],
+    key: str,
+    color: str,
+    beta_marker: dict,
+    confidence: float,
+    xs_vis: list,
+    ys_vis: list,
+    base: dict[int, float],
+) -> None:
     """The final policies of one algorithm, per beta: the mean over seeds with CI bars (one world), or the mean
     of the per-world means with the t-interval over worlds (several; rewards as gains over each world's SFT)."""
     indep = all(r.beta_independent for r in a_runs)
@@ -112,8 +137,21 @@ def _final_points(ax, alg: str, a_runs: list[Run], key: str, color: str, beta_ma
             marker, ms = ("*", 17) if alg == "sft" else ("X", 11)
         else:
             marker, ms = beta_marker[beta], 8
-        bars = ax.errorbar([mx], [my], xerr=xerr, yerr=yerr, fmt=marker, ms=ms, color=color, mec="black",
-                           mew=0.8, ecolor=color, elinewidth=1.2, capsize=3.5, zorder=6)
+        bars = ax.errorbar(
+            [mx],
+            [my],
+            xerr=xerr,
+            yerr=yerr,
+            fmt=marker,
+            ms=ms,
+            color=color,
+            mec="black",
+            mew=0.8,
+            ecolor=color,
+            elinewidth=1.2,
+            capsize=3.5,
+            zorder=6,
+        )
         bars.lines[0].set_gid(f"final:{alg}")  # the mark, for the tests
         # the limits follow the points, not the bars: with 2-3 seeds a t interval can be
         # far wider than the data; such bars run off the axes instead of squashing the plot
@@ -121,8 +159,9 @@ def _final_points(ax, alg: str, a_runs: list[Run], key: str, color: str, beta_ma
         ys_vis.append(my)
 
 
-def _algorithm_marks(ax, g_runs: list[Run], key: str, all_algos: list[str], beta_marker: dict, confidence: float,
-                     base: dict[int, float]) -> tuple[list, list]:
+def _algorithm_marks(
+    ax, g_runs: list[Run], key: str, all_algos: list[str], beta_marker: dict, confidence: float, base: dict[int, float]
+) -> tuple[list, list]:
     """Every evaluation, each algorithm's Pareto front and final policies (rewards minus ``base[world]``); the
     points the limits must show."""
     xs_vis, ys_vis = [], []
@@ -133,20 +172,38 @@ def _algorithm_marks(ax, g_runs: list[Run], key: str, all_algos: list[str], beta
         rw = [_gain(e.get(key), r, base) for r in a_runs for e in r.eval_rows]
         pts = [(x, y) for x, y in zip(kl, rw) if x is not None and y is not None]
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=12, color=color, alpha=0.3, lw=0, zorder=2,
-                       gid=f"evaluations:{alg}")
+            ax.scatter(
+                [p[0] for p in pts],
+                [p[1] for p in pts],
+                s=12,
+                color=color,
+                alpha=0.3,
+                lw=0,
+                zorder=2,
+                gid=f"evaluations:{alg}",
+            )
             xs_vis += [p[0] for p in pts]
             ys_vis += [p[1] for p in pts]
         if not all(r.beta_independent for r in a_runs) and len(pts) > 1:
             front = pareto_front([p[0] for p in pts], [p[1] for p in pts])
-            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color=color, lw=2.4,
-                    drawstyle="steps-post", alpha=0.95, zorder=4, solid_capstyle="round", gid=f"front:{alg}")
+            ax.plot(
+                [pts[i][0] for i in front],
+                [pts[i][1] for i in front],
+                color=color,
+                lw=2.4,
+                drawstyle="steps-post",
+                alpha=0.95,
+                zorder=4,
+                solid_capstyle="round",
+                gid=f"front:{alg}",
+            )
         _final_points(ax, alg, a_runs, key, color, beta_marker, confidence, xs_vis, ys_vis, base)
     return xs_vis, ys_vis
 
 
-def _targets(ax, g_runs: list[Run], judge: str, beta_marker: dict, x_lo: float, x_hi: float, ys_vis: list,
-             base: dict[int, float]) -> bool:
+def _targets(
+    ax, g_runs: list[Run], judge: str, beta_marker: dict, x_lo: float, x_hi: float, ys_vis: list, base: dict[int, float]
+) -> bool:
     """The optimum at each beta of the sweep and world, on the reward being optimised (minus ``base[world]``);
     whether one was drawn."""
     targets = {}
@@ -158,34 +215,64 @@ def _targets(ax, g_runs: list[Run], judge: str, beta_marker: dict, x_lo: float, 
     for (world, beta), (ox, oy) in targets.items():
         if ox is None or oy is None:
             continue
-        ax.plot([ox], [oy], marker=beta_marker[beta], ms=9, mfc="none", mec="black", mew=1.4, ls="none", zorder=7,
-                gid=f"target:world={world}")
+        ax.plot(
+            [ox],
+            [oy],
+            marker=beta_marker[beta],
+            ms=9,
+            mfc="none",
+            mec="black",
+            mew=1.4,
+            ls="none",
+            zorder=7,
+            gid=f"target:world={world}",
+        )
         if x_lo <= ox <= x_hi:
             ys_vis.append(oy)
         drawn = True
     return drawn
 
 
-def _optimal_lines(ax, frontiers: dict[int, list[dict]], judge: str, base: dict[int, float], x_lo: float,
-                   x_hi: float, ys_vis: list) -> int:
+def _optimal_lines(
+    ax, frontiers: dict[int, list[dict]], judge: str, base: dict[int, float], x_lo: float, x_hi: float, ys_vis: list
+) -> int:
     """Each world's exact optimal frontier on ``judge``'s reward, minus ``base[world]`` (thin when several);
     how many were drawn."""
     several = len(frontiers) > 1
     drawn = 0
     for world, frontier in sorted(frontiers.items()):
-        opt = sorted((f["kl"], f["reward_value"] - base[world]) for f in frontier if f["reward"] == judge) \
-            if world in base else []
+        opt = (
+            sorted((f["kl"], f["reward_value"] - base[world]) for f in frontier if f["reward"] == judge)
+            if world in base
+            else []
+        )
         if not opt:
             continue
-        ax.plot([p[0] for p in opt], [p[1] for p in opt], "k--", lw=1.0 if several else 1.6,
-                alpha=0.7 if several else 1.0, zorder=5, gid=f"optimal_frontier:world={world}")
+        ax.plot(
+            [p[0] for p in opt],
+            [p[1] for p in opt],
+            "k--",
+            lw=1.0 if several else 1.6,
+            alpha=0.7 if several else 1.0,
+            zorder=5,
+            gid=f"optimal_frontier:world={world}",
+        )
         ys_vis += [p[1] for p in opt if x_lo <= p[0] <= x_hi]
         drawn += 1
     return drawn
 
 
-def _frontier_panel(ax, task: str, rm: str, g_runs: list[Run], judge: str, frontiers: dict[int, list[dict]],
-                    all_algos: list[str], beta_marker: dict, confidence: float) -> tuple[int, bool]:
+def _frontier_panel(
+    ax,
+    task: str,
+    rm: str,
+    g_runs: list[Run],
+    judge: str,
+    frontiers: dict[int, list[dict]],
+    all_algos: list[str],
+    beta_marker: dict,
+    confidence: float,
+) -> tuple[int, bool]:
     """One panel: ``judge``'s reward vs KL for one (task, reward model), as gains over each world's SFT when the
     runs span several worlds; (optimal frontiers drawn, target drawn)."""
     base = _world_sft(g_runs, JUDGES[judge])
@@ -217,8 +304,16 @@ def _frontier_panel(ax, task: str, rm: str, g_runs: list[Run], judge: str, front
 
 
 def _no_gold_panel(ax, task: str) -> None:
-    ax.text(0.5, 0.5, f"{task}: no gold reward\n(the task has no gold judge:\nset task.judge.model or task.judge.fn)",
-            ha="center", va="center", fontsize=11, color="#555555", transform=ax.transAxes)
+    ax.text(
+        0.5,
+        0.5,
+        f"{task}: no gold reward\n(the task has no gold judge:\nset task.judge.model or task.judge.fn)",
+        ha="center",
+        va="center",
+        fontsize=11,
+        color="#555555",
+        transform=ax.transAxes,
+    )
     ax.set_axis_off()
 
 
@@ -247,51 +342,101 @@ def frontier_figure(runs: list[Run], confidence: float = 0.95, notes: Optional[l
             if judge not in judges(g_runs):
                 _no_gold_panel(axes[row][col], task)
                 continue
-            opt, target = _frontier_panel(axes[row][col], task, rm, g_runs, judge, frontiers, all_algos, beta_marker,
-                                          confidence)
+            opt, target = _frontier_panel(
+                axes[row][col], task, rm, g_runs, judge, frontiers, all_algos, beta_marker, confidence
+            )
             n_opt, has_target = max(n_opt, opt), has_target or target
-    handles, ncol = _frontier_legend(runs, groups, all_algos, beta_marker, n_opt, has_target, confidence,
-                                     max_cols=6 if len(columns) == 2 else 4)
+    handles, ncol = _frontier_legend(
+        runs, groups, all_algos, beta_marker, n_opt, has_target, confidence, max_cols=6 if len(columns) == 2 else 4
+    )
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, fontsize=9, frameon=False)
-    tasks = ", ".join(f"{t} ({'gold' if rm == 'gold' else 'learned'} reward model"
-                      + ("" if has_gold(g) else "; no gold judge: proxy reward only")
-                      + (f"; {len(worlds_of(g))} worlds" if len(worlds_of(g)) > 1 else "") + ")"
-                      for (t, rm), g in groups.items())
+    tasks = ", ".join(
+        f"{t} ({'gold' if rm == 'gold' else 'learned'} reward model"
+        + ("" if has_gold(g) else "; no gold judge: proxy reward only")
+        + (f"; {len(worlds_of(g))} worlds" if len(worlds_of(g)) > 1 else "")
+        + ")"
+        for (t, rm), g in groups.items()
+    )
     fig.suptitle(f"KL-reward frontier: {tasks}, {len(runs)} runs", fontsize=13)
     return fig
 
 
-def _frontier_legend(runs: list[Run], groups: dict, all_algos: list[str], beta_marker: dict, n_opt: int,
-                     has_target: bool, confidence: float, max_cols: int) -> tuple[list, int]:
+def _frontier_legend(
+    runs: list[Run],
+    groups: dict,
+    all_algos: list[str],
+    beta_marker: dict,
+    n_opt: int,
+    has_target: bool,
+    confidence: float,
+    max_cols: int,
+) -> tuple[list, int]:
     """The legend's handles: a row of algorithms, then rows of what the marks mean."""
     from matplotlib.lines import Line2D
 
     alg_handles = []
     for a in all_algos:
         indep = all(r.beta_independent for r in runs if r.algorithm == a)
-        style = dict(ls="none", marker="*" if a == "sft" else "X", ms=14 if a == "sft" else 10, mec="black") \
-            if indep else dict(lw=2.4)
+        style = (
+            dict(ls="none", marker="*" if a == "sft" else "X", ms=14 if a == "sft" else 10, mec="black")
+            if indep
+            else dict(lw=2.4)
+        )
         alg_handles.append(Line2D([], [], color=algorithm_color(a, all_algos), label=a, **style))
-    marks = [Line2D([], [], ls="none", marker="o", ms=4, color="gray", alpha=0.4, label="every evaluation"),
-             Line2D([], [], color="gray", lw=2.4, label="Pareto front (all evaluations)")]
-    counts = [len({r.seed for r in runs if r.algorithm == a and r.group == g and r.world == w
-                   and (r.beta_independent or r.beta == b)})
-              for g in groups for a in all_algos for b in {r.beta for r in runs} for w in worlds_of(runs)]
+    marks = [
+        Line2D([], [], ls="none", marker="o", ms=4, color="gray", alpha=0.4, label="every evaluation"),
+        Line2D([], [], color="gray", lw=2.4, label="Pareto front (all evaluations)"),
+    ]
+    counts = [
+        len(
+            {
+                r.seed
+                for r in runs
+                if r.algorithm == a and r.group == g and r.world == w and (r.beta_independent or r.beta == b)
+            }
+        )
+        for g in groups
+        for a in all_algos
+        for b in {r.beta for r in runs}
+        for w in worlds_of(runs)
+    ]
     counts = [c for c in counts if c] or [1]
     n_worlds = [len(worlds_of(g)) for g in groups.values()]
     final = f"final policy, mean of {_seed_phrase(counts)}" + (f" ± {confidence:.0%} CI" if max(counts) > 1 else "")
     if max(n_worlds) > 1:
-        final = f"final policy: mean ± {confidence:.0%} CI over {_seed_phrase(n_worlds, 'world')}" \
-            + (" (one world: over seeds)" if min(n_worlds) == 1 else "")
+        final = f"final policy: mean ± {confidence:.0%} CI over {_seed_phrase(n_worlds, 'world')}" + (
+            " (one world: over seeds)" if min(n_worlds) == 1 else ""
+        )
     marks.append(Line2D([], [], ls="none", marker="o", ms=7, color="gray", mec="black", label=final))
     if n_opt:
-        marks.append(Line2D([], [], color="black", ls="--", lw=1.6 if n_opt == 1 else 1.0,
-                            label="exact optimal frontier" + (" (one per world)" if n_opt > 1 else "")))
+        marks.append(
+            Line2D(
+                [],
+                [],
+                color="black",
+                ls="--",
+                lw=1.6 if n_opt == 1 else 1.0,
+                label="exact optimal frontier" + (" (one per world)" if n_opt > 1 else ""),
+            )
+        )
     if has_target:
-        marks.append(Line2D([], [], ls="none", marker="o", ms=8, mfc="none", mec="black", mew=1.4,
-                            label="optimum π*_β (target" + (", per world)" if max(n_worlds) > 1 else ")")))
-    betas = [Line2D([], [], ls="none", marker=m, ms=7, color="lightgray", mec="black", label=f"β = {b:g}")
-             for b, m in beta_marker.items()]
+        marks.append(
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="o",
+                ms=8,
+                mfc="none",
+                mec="black",
+                mew=1.4,
+                label="optimum π*_β (target" + (", per world)" if max(n_worlds) > 1 else ")"),
+            )
+        )
+    betas = [
+        Line2D([], [], ls="none", marker=m, ms=7, color="lightgray", mec="black", label=f"β = {b:g}")
+        for b, m in beta_marker.items()
+    ]
     return _legend_rows([alg_handles, marks, betas], max_cols=max_cols)
 
 
@@ -310,7 +455,7 @@ def _legend_rows(sections: list[list], max_cols: int = 8) -> tuple[list, int]:
     rows: list[list] = []
     for sec in sections:
         for i in range(0, len(sec), ncol):
-            chunk = sec[i:i + ncol]
+            chunk = sec[i : i + ncol]
             rows.append(chunk + [Line2D([], [], alpha=0.0, label=" ")] * (ncol - len(chunk)))
     return [rows[r][c] for c in range(ncol) for r in range(len(rows))], ncol
 
@@ -333,8 +478,11 @@ def _winrate_panels(groups: dict, wr: WinRates, used: dict) -> list[list[tuple]]
         g_judge = used[(task, rm)]
         row = []
         for beta in betas or [None]:
-            algos = [a for a in _algorithms(g_runs) if any((task, rm, a, b, g_judge, bb) in wr.table
-                                                           for b in _algorithms(g_runs) for bb in (beta, None))]
+            algos = [
+                a
+                for a in _algorithms(g_runs)
+                if any((task, rm, a, b, g_judge, bb) in wr.table for b in _algorithms(g_runs) for bb in (beta, None))
+            ]
             row.append((task, rm, beta, algos))
         panels.append(row)
     return panels
@@ -373,16 +521,32 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
             mat = np.full((len(algos), len(algos)), np.nan)
             for ia, a in enumerate(algos):
                 for ib, b in enumerate(algos):
-                    cell = wr.table.get((task, rm, a, b, g_judge, beta)) or \
-                        wr.table.get((task, rm, a, b, g_judge, None))
+                    cell = wr.table.get((task, rm, a, b, g_judge, beta)) or wr.table.get(
+                        (task, rm, a, b, g_judge, None)
+                    )
                     if a == b or cell is None:
                         continue
                     mat[ia, ib] = cell["win_rate"]
                     r, lo, hi = cell["win_rate"], cell["ci_low"], cell["ci_high"]
-                    ax.text(ib, ia - 0.1, f"{100 * r:.0f}%", ha="center", va="center", fontsize=11, fontweight="bold",
-                            color="white" if abs(r - 0.5) > 0.3 else "black")
-                    ax.text(ib, ia + 0.24, f"[{100 * lo:.0f}, {100 * hi:.0f}]", ha="center", va="center", fontsize=7.5,
-                            color="white" if abs(r - 0.5) > 0.3 else "#333333")
+                    ax.text(
+                        ib,
+                        ia - 0.1,
+                        f"{100 * r:.0f}%",
+                        ha="center",
+                        va="center",
+                        fontsize=11,
+                        fontweight="bold",
+                        color="white" if abs(r - 0.5) > 0.3 else "black",
+                    )
+                    ax.text(
+                        ib,
+                        ia + 0.24,
+                        f"[{100 * lo:.0f}, {100 * hi:.0f}]",
+                        ha="center",
+                        va="center",
+                        fontsize=7.5,
+                        color="white" if abs(r - 0.5) > 0.3 else "#333333",
+                    )
             im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0)
             ax.set_xticks(range(len(algos)), algos, rotation=35, ha="right")
             ax.set_yticks(range(len(algos)), algos)
@@ -398,8 +562,12 @@ def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold"
         cb.set_label(f"P(row beats column), {main} reward judge{also}; ties count half")
     seeds = _seed_phrase([row["n_seeds"] for row in wr.rows] or [0])
     worlds = max([int(row.get("n_worlds") or 1) for row in wr.rows] or [1])
-    over = (f"mean over {worlds} worlds of {seeds}, [95% CI over worlds]" if worlds > 1
-            else f"pooled over {seeds}, [95% CI]")
-    fig.suptitle(f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, {over})",
-                 fontsize=12)
+    over = (
+        f"mean over {worlds} worlds of {seeds}, [95% CI over worlds]"
+        if worlds > 1
+        else f"pooled over {seeds}, [95% CI]"
+    )
+    fig.suptitle(
+        f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, {over})", fontsize=12
+    )
     fig.savefig(path)

@@ -17,10 +17,10 @@ from typing import Any, Optional, Sequence
 
 from .loading import _algorithms, _groups, has_gold, worlds_of
 from .plots import _BETA_MARKERS, _new_figure, algorithm_color
-from .sections import gap_cell
-from .worlds import claim_comparisons, world_metrics
-from .verdicts import Gap
 from .pooling import correlation
+from .sections import gap_cell
+from .verdicts import Gap
+from .worlds import claim_comparisons, world_metrics
 
 __all__ = ["plot_worlds", "worlds_figure"]
 
@@ -75,23 +75,46 @@ def _forest_panel(ax, g: Gap, worlds: list[int], metrics: dict, all_algos: list[
         if x is None or not _finite(x.gap):
             continue
         bar = _finite(x.low, x.high)
-        marks = ax.errorbar([x.gap], [row], xerr=[[x.gap - x.low], [x.high - x.gap]] if bar else None, fmt="o",
-                            ms=6, color=color, mec="black", mew=0.6, ecolor=color, elinewidth=1.6, capsize=3, zorder=4)
+        marks = ax.errorbar(
+            [x.gap],
+            [row],
+            xerr=[[x.gap - x.low], [x.high - x.gap]] if bar else None,
+            fmt="o",
+            ms=6,
+            color=color,
+            mec="black",
+            mew=0.6,
+            ecolor=color,
+            elinewidth=1.6,
+            capsize=3,
+            zorder=4,
+        )
         marks.lines[0].set_gid(f"world:{w}")
         core += [x.gap, x.low, x.high] if bar else [x.gap]
     pooled_row = len(worlds)
     if _finite(g.gap):
         bar = _finite(g.low, g.high)
-        marks = ax.errorbar([g.gap], [pooled_row], xerr=[[g.gap - g.low], [g.high - g.gap]] if bar else None,
-                            fmt="D", ms=10, color="black", mfc=color, mec="black", mew=1.2, ecolor="black",
-                            elinewidth=3.5, capsize=0, zorder=5)
+        marks = ax.errorbar(
+            [g.gap],
+            [pooled_row],
+            xerr=[[g.gap - g.low], [g.high - g.gap]] if bar else None,
+            fmt="D",
+            ms=10,
+            color="black",
+            mfc=color,
+            mec="black",
+            mew=1.2,
+            ecolor="black",
+            elinewidth=3.5,
+            capsize=0,
+            zorder=5,
+        )
         marks.lines[0].set_gid("pooled")
         core.append(g.gap)
         extra += [g.low, g.high] if bar else []
     ax.axvline(0.0, color="black", lw=1.0, zorder=1)
     ax.axhline(pooled_row - 0.5, color="#999999", lw=0.7)
-    ax.set_yticks(range(pooled_row + 1), [_world_label(w, metrics) for w in worlds]
-                  + [f"pooled ({g.n_worlds} worlds)"])
+    ax.set_yticks(range(pooled_row + 1), [_world_label(w, metrics) for w in worlds] + [f"pooled ({g.n_worlds} worlds)"])
     ax.get_yticklabels()[-1].set_fontweight("bold")
     ax.set_ylim(pooled_row + 0.7, -0.7)
     _xlim(ax, core, extra)
@@ -106,9 +129,17 @@ def _accuracy_panel(ax, comps: list[Gap], metrics: dict, all_algos: list[str]) -
         pts = [((metrics.get(x.world) or {}).get(ACCURACY), x.gap) for x in g.worlds]
         pts = [(float(a), float(y)) for a, y in pts if _finite(a, y)]
         r = correlation([p[0] for p in pts], [p[1] for p in pts])[0]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ls="none", marker=_BETA_MARKERS[i % len(_BETA_MARKERS)],
-                ms=7, color=algorithm_color(g.a, all_algos), mec=algorithm_color(g.b, all_algos), mew=1.8,
-                label=f"{g.a} − {g.b}" + (f" (r = {r:+.2f})" if _finite(r) else ""))
+        ax.plot(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            ls="none",
+            marker=_BETA_MARKERS[i % len(_BETA_MARKERS)],
+            ms=7,
+            color=algorithm_color(g.a, all_algos),
+            mec=algorithm_color(g.b, all_algos),
+            mew=1.8,
+            label=f"{g.a} − {g.b}" + (f" (r = {r:+.2f})" if _finite(r) else ""),
+        )
     ax.axhline(0.0, color="black", lw=1.0, zorder=1)
     ax.set_title("per-world gap vs the reward model's accuracy\n(fill: first algorithm, edge: second)", fontsize=10)
     ax.set_xlabel("reward model's held-out accuracy against gold", fontsize=9)
@@ -146,8 +177,15 @@ def _group_panels(sf, entry: tuple, all_algos: list[str]) -> None:
 
 def _message_figure(lines: list[str]):
     fig = _new_figure(9.0, 1.0 + 0.3 * len(lines))
-    fig.text(0.5, 0.5, "worlds.png: the claims' comparisons per world - nothing to show\n\n" + "\n".join(lines),
-             ha="center", va="center", fontsize=10, color="#555555")
+    fig.text(
+        0.5,
+        0.5,
+        "worlds.png: the claims' comparisons per world - nothing to show\n\n" + "\n".join(lines),
+        ha="center",
+        va="center",
+        fontsize=10,
+        color="#555555",
+    )
     return fig
 
 
@@ -162,8 +200,11 @@ def worlds_figure(runs: Sequence[Any], gaps: Sequence[Gap]):
     subfigs = fig.subfigures(len(shown), 1, squeeze=False, height_ratios=heights).ravel()
     for sf, entry in zip(subfigs, shown):
         _group_panels(sf, entry, all_algos)
-    fig.suptitle("Gold-reward gaps of the claims' comparisons per world (interval over that world's seeds) "
-                 "and pooled over worlds (t-interval over worlds: the verdict)", fontsize=12)
+    fig.suptitle(
+        "Gold-reward gaps of the claims' comparisons per world (interval over that world's seeds) "
+        "and pooled over worlds (t-interval over worlds: the verdict)",
+        fontsize=12,
+    )
     if why:
         fig.supxlabel("Not shown: " + "; ".join(why), x=0.01, ha="left", fontsize=8, color="#555555")
     return fig

@@ -65,8 +65,9 @@ def pooled(world_estimates: Sequence[Optional[float]], confidence: float = 0.95)
     return Pooled(m, lo, hi, len(xs))
 
 
-def variance_components(per_world: Mapping[object, Sequence[float]], world_estimates: Sequence[float]
-                        ) -> tuple[float, float]:
+def variance_components(
+    per_world: Mapping[object, Sequence[float]], world_estimates: Sequence[float]
+) -> tuple[float, float]:
     """(between-world SD, within-world SD).
 
     ``world_estimates``: one estimate per world; the between-world SD is their standard deviation
@@ -92,8 +93,11 @@ def correlation(x: Sequence[float], y: Sequence[float], confidence: float = 0.95
     """(r, low, high, n): Pearson's correlation of paired values (one pair per world) with the
     Fisher-z interval ``tanh(atanh(r) ± z_{(1+c)/2} / sqrt(n - 3))``; the interval is NaN below 4
     pairs (and r below 3 or without spread)."""
-    pairs = [(float(a), float(b)) for a, b in zip(x, y)
-             if a is not None and b is not None and math.isfinite(float(a)) and math.isfinite(float(b))]
+    pairs = [
+        (float(a), float(b))
+        for a, b in zip(x, y)
+        if a is not None and b is not None and math.isfinite(float(a)) and math.isfinite(float(b))
+    ]
     n = len(pairs)
     if n < 3 or len({a for a, _ in pairs}) < 2 or len({b for _, b in pairs}) < 2:
         return math.nan, math.nan, math.nan, n
@@ -104,8 +108,9 @@ def correlation(x: Sequence[float], y: Sequence[float], confidence: float = 0.95
     return r, math.tanh(z - half), math.tanh(z + half), n
 
 
-def two_level_mean_ci(values_by_world: Mapping[object, Sequence[Optional[float]]], confidence: float = 0.95
-                      ) -> tuple[float, float, float, str]:
+def two_level_mean_ci(
+    values_by_world: Mapping[object, Sequence[Optional[float]]], confidence: float = 0.95
+) -> tuple[float, float, float, str]:
     """(mean, low, high, over): a quantity measured on runs of several worlds.
 
     With 2 or more worlds: the mean of the per-world means and the t-interval over them

@@ -28,9 +28,11 @@ from typing import Optional, Sequence
 BLOCK = re.compile(r"<!-- BEGIN (?P<path>\S+) -->\n(?P<body>.*?)<!-- END (?P=path) -->", re.S)
 MARKER = re.compile(r"<!-- (?:BEGIN (?P<file>results/[\w./-]+)|comparisons: (?P<dir>results/[\w./-]+)) -->")
 NUM = r"[+-]\d+\.\d{3}"
-STATEMENT = re.compile(rf"(?P<a>\w+) − (?P<b>\w+) \((?P<task>\w+), (?P<where>all β|β = [\d.]+)\): (?P<gap>{NUM}) "
-                       rf"(?:\[(?P<low>{NUM}), (?P<high>{NUM})\] (?P<verdict>better|worse|indistinguishable)"
-                       rf"|\((?P<worlds>\d+) worlds?: cannot tell\))")
+STATEMENT = re.compile(
+    rf"(?P<a>\w+) − (?P<b>\w+) \((?P<task>\w+), (?P<where>all β|β = [\d.]+)\): (?P<gap>{NUM}) "
+    rf"(?:\[(?P<low>{NUM}), (?P<high>{NUM})\] (?P<verdict>better|worse|indistinguishable)"
+    rf"|\((?P<worlds>\d+) worlds?: cannot tell\))"
+)
 
 
 def quoted(path: Path) -> str:
@@ -87,12 +89,20 @@ def statement_errors(text: str, root: Path) -> list[str]:
         if d not in tables:
             tables[d] = _pooled(d) if (d / "comparisons.csv").is_file() else []
         beta = "all" if m["where"] == "all β" else m["where"].split("= ")[1]
-        rows = [r for r in tables[d] if r["task"] == m["task"] and _same_beta(r, beta)
-                and (r["a"], r["b"]) in ((m["a"], m["b"]), (m["b"], m["a"]))]
+        rows = [
+            r
+            for r in tables[d]
+            if r["task"] == m["task"]
+            and _same_beta(r, beta)
+            and (r["a"], r["b"]) in ((m["a"], m["b"]), (m["b"], m["a"]))
+        ]
         if len(rows) != 1:
-            errors.append(f"{said!r}: no such comparison in {d / 'comparisons.csv'}" if not rows else
-                          f"{said!r}: {len(rows)} pooled rows of {d / 'comparisons.csv'} match it (reward models "
-                          f"{', '.join(sorted(r.get('reward_model', '?') for r in rows))}); it cannot say which")
+            errors.append(
+                f"{said!r}: no such comparison in {d / 'comparisons.csv'}"
+                if not rows
+                else f"{said!r}: {len(rows)} pooled rows of {d / 'comparisons.csv'} match it (reward models "
+                f"{', '.join(sorted(r.get('reward_model', '?') for r in rows))}); it cannot say which"
+            )
             continue
         (row,) = rows
         sign = 1 if (row["a"], row["b"]) == (m["a"], m["b"]) else -1
@@ -108,6 +118,7 @@ def statement_errors(text: str, root: Path) -> list[str]:
 
 def refresh(text: str, root: Path) -> str:
     """``text`` with every quoted block replaced by its file's current content."""
+
     def paste(m: re.Match) -> str:
         path = root / m["path"]
         if not path.is_file():

@@ -13,8 +13,24 @@ from scipy import stats
 from ..runfiles import PHASES
 from .verdicts import FRACTION, WINDOW, Gap, WorldGap, budget_rows, claim_rows, convergence_flags
 
-GAP_COLUMNS = ["task", "reward_model", "beta", "a", "b", "world", "gap", "ci_low", "ci_high", "kl_range", "worlds",
-               "seeds_a", "seeds_b", "sd_between", "sd_within", "verdict"]
+GAP_COLUMNS = [
+    "task",
+    "reward_model",
+    "beta",
+    "a",
+    "b",
+    "world",
+    "gap",
+    "ci_low",
+    "ci_high",
+    "kl_range",
+    "worlds",
+    "seeds_a",
+    "seeds_b",
+    "sd_between",
+    "sd_within",
+    "verdict",
+]
 POOLED = "pooled"  # the ``world`` of a comparison's pooled row
 
 
@@ -45,11 +61,31 @@ def write_comparisons_csv(gaps: Sequence[Gap], path: Path) -> None:
         for g in gaps:
             head = [g.task, g.reward_model, "all" if g.beta is None else g.beta, g.a, g.b]
             tail = [g.reward] if proxy else []
-            w.writerow(head + _cells(POOLED, g.gap, g.low, g.high, g.kl_range, g.n_worlds, g.seeds_a, g.seeds_b,
-                                     g.sd_between, g.sd_within, g.verdict) + tail)
+            w.writerow(
+                head
+                + _cells(
+                    POOLED,
+                    g.gap,
+                    g.low,
+                    g.high,
+                    g.kl_range,
+                    g.n_worlds,
+                    g.seeds_a,
+                    g.seeds_b,
+                    g.sd_between,
+                    g.sd_within,
+                    g.verdict,
+                )
+                + tail
+            )
             for x in g.worlds:
-                w.writerow(head + _cells(x.world, x.gap, x.low, x.high, x.kl_range, 1, x.seeds_a, x.seeds_b, None,
-                                         x.sd_seeds, x.verdict) + tail)
+                w.writerow(
+                    head
+                    + _cells(
+                        x.world, x.gap, x.low, x.high, x.kl_range, 1, x.seeds_a, x.seeds_b, None, x.sd_seeds, x.verdict
+                    )
+                    + tail
+                )
 
 
 def _cells(*values: Any) -> list:
@@ -76,16 +112,24 @@ def budget_section(runs: Sequence[Any]) -> list[str]:
     rows = budget_rows(runs)
     if not rows:
         return []
-    L = ["", "## Budget", "",
-         "What each trained run spent, mean per run (`summary.json`'s `budget`; cumulative per step in "
-         "`train.jsonl`). Sequences and pairs count every time they enter a loss (4 epochs count 4 times); "
-         "tokens are real (unpadded) tokens through a model's transformer in training, evaluation excluded.", "",
-         "| task | algorithm | runs | responses sampled | sequences trained | pairs trained | gradient updates | "
-         "forward tokens | backward tokens | train time (s) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    L = [
+        "",
+        "## Budget",
+        "",
+        "What each trained run spent, mean per run (`summary.json`'s `budget`; cumulative per step in "
+        "`train.jsonl`). Sequences and pairs count every time they enter a loss (4 epochs count 4 times); "
+        "tokens are real (unpadded) tokens through a model's transformer in training, evaluation excluded.",
+        "",
+        "| task | algorithm | runs | responses sampled | sequences trained | pairs trained | gradient updates | "
+        "forward tokens | backward tokens | train time (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        L.append(f"| {r['task']} | {r['algorithm']} | {r['runs']} | {_big(r['responses_sampled'])} | "
-                 f"{_big(r['sequences_trained'])} | {_big(r['pairs_trained'])} | {r['gradient_updates']:.0f} | "
-                 f"{_big(r['forward_tokens'])} | {_big(r['backward_tokens'])} | {r['train_seconds']:.1f} |")
+        L.append(
+            f"| {r['task']} | {r['algorithm']} | {r['runs']} | {_big(r['responses_sampled'])} | "
+            f"{_big(r['sequences_trained'])} | {_big(r['pairs_trained'])} | {r['gradient_updates']:.0f} | "
+            f"{_big(r['forward_tokens'])} | {_big(r['backward_tokens'])} | {r['train_seconds']:.1f} |"
+        )
     return L + phase_table(runs)
 
 
@@ -99,12 +143,17 @@ def phase_table(runs: Sequence[Any]) -> list[str]:
     if not acc:
         return []
     gpu = any("peak_gpu_memory_bytes" in s for sums in acc.values() for s in sums)
-    L = ["", "Wall time per phase, seconds, mean per run (`summary.json`'s `phase_seconds`; per step in "
-         "`time.jsonl`): sampling, reward model and judge, log-probs of the policy and the reference, the "
-         "algorithm's preparation, the gradient updates, evaluation and checkpoints"
-         + ("; the peak GPU memory allocated, MiB" if gpu else "") + ".", "",
-         "| task | algorithm | runs | " + " | ".join(PHASES) + (" | peak GPU memory (MiB)" if gpu else "") + " |",
-         "|---|---|---:|" + "---:|" * (len(PHASES) + gpu)]
+    L = [
+        "",
+        "Wall time per phase, seconds, mean per run (`summary.json`'s `phase_seconds`; per step in "
+        "`time.jsonl`): sampling, reward model and judge, log-probs of the policy and the reference, the "
+        "algorithm's preparation, the gradient updates, evaluation and checkpoints"
+        + ("; the peak GPU memory allocated, MiB" if gpu else "")
+        + ".",
+        "",
+        "| task | algorithm | runs | " + " | ".join(PHASES) + (" | peak GPU memory (MiB)" if gpu else "") + " |",
+        "|---|---|---:|" + "---:|" * (len(PHASES) + gpu),
+    ]
     for (task, algo), sums in acc.items():
         cells = [f"{sum(s['phase_seconds'].get(p, 0.0) for s in sums) / len(sums):.1f}" for p in PHASES]
         if gpu:
@@ -120,25 +169,41 @@ def convergence_section(runs: Sequence[Any]) -> list[str]:
         return []
     flagged = [r for r in rows if r["flagged"]]
     names = {"kl": "KL", "reward_gold": "gold reward", "reward_proxy": "proxy reward"}
-    largest = ", ".join(f"{name} {max(r['relative'] for r in rows if r['metric'] == m):.1%}"
-                        for m, name in names.items() if any(r["metric"] == m for r in rows))
+    largest = ", ".join(
+        f"{name} {max(r['relative'] for r in rows if r['metric'] == m):.1%}"
+        for m, name in names.items()
+        if any(r["metric"] == m for r in rows)
+    )
     what = "gold reward"
     if any(r["metric"] == "reward_proxy" for r in rows):
-        what = "gold reward (the proxy reward for runs without a gold judge)" if any(r["metric"] == "reward_gold"
-                                                                                     for r in rows) \
+        what = (
+            "gold reward (the proxy reward for runs without a gold judge)"
+            if any(r["metric"] == "reward_gold" for r in rows)
             else "proxy reward (no gold judge)"
-    L = ["", "## Convergence", "",
-         f"A run is flagged when its KL or {what} changed, over the last {WINDOW:.0%} of its steps, by "
-         f"more than {FRACTION:.0%} of its largest distance from the SFT value during the run. "
-         f"{len({r['run'] for r in rows})} trained runs checked; largest relative change: {largest}."]
+        )
+    L = [
+        "",
+        "## Convergence",
+        "",
+        f"A run is flagged when its KL or {what} changed, over the last {WINDOW:.0%} of its steps, by "
+        f"more than {FRACTION:.0%} of its largest distance from the SFT value during the run. "
+        f"{len({r['run'] for r in rows})} trained runs checked; largest relative change: {largest}.",
+    ]
     if not flagged:
         L += ["", "No run is flagged."]
         return L
-    L += ["", f"{len({r['run'] for r in flagged})} run(s) flagged:", "",
-          "| run | metric | steps | change | share of the run's excursion |", "|---|---|---|---:|---:|"]
+    L += [
+        "",
+        f"{len({r['run'] for r in flagged})} run(s) flagged:",
+        "",
+        "| run | metric | steps | change | share of the run's excursion |",
+        "|---|---|---|---:|---:|",
+    ]
     for r in flagged:
-        L.append(f"| {r['run']} | {r['metric']} | {r['from_step']}→{r['to_step']} | {_f(r['change'])} | "
-                 f"{r['relative']:.1%} |")
+        L.append(
+            f"| {r['run']} | {r['metric']} | {r['from_step']}→{r['to_step']} | {_f(r['change'])} | "
+            f"{r['relative']:.1%} |"
+        )
     return L
 
 
@@ -152,34 +217,46 @@ def statement(g: Gap) -> str:
 def comparisons_section(gaps: Sequence[Gap], confidence: float) -> list[str]:
     if not gaps:
         return []
-    L = ["", "## Pairwise comparisons at matched KL", "",
-         "For each pair of trained algorithms: the mean gold-reward difference (row minus column) between their "
-         "fronts - through the SFT point and, for each β, the final evaluation averaged over seeds, linear "
-         "between Pareto-efficient points, flat after the last - over the KL range both cover (the area between "
-         "the fronts divided by its length). It is computed **within each world** (both algorithms share its "
-         "gold reward, data, SFT base and reward model) and **pooled over worlds**: the mean of the per-world "
-         f"gaps with a {confidence:.0%} Student-t interval over worlds (W − 1 degrees of freedom), which "
-         "carries the between-world variance as well as the seeds'. Verdict, from the pooled interval only: "
-         "*better* or *worse* when it excludes 0, *indistinguishable* when it contains 0, *cannot tell* without "
-         "one (a single world). Why this interval: with 3 to 5 worlds a bootstrap over worlds has too few "
-         "distinct resamples, and an interval over seeds alone ignores how much the answer changes with the "
-         "world; the coverage of this one at the suite's sizes is measured in `tests/test_worlds.py`. Each "
-         "world's own gap (with a percentile bootstrap interval over its seeds, each algorithm's seeds resampled "
-         "independently) and the standard deviations between and within worlds are in the per-world table and "
-         "in `comparisons.csv` (a `pooled` row per comparison, then one row per world)."]
+    L = [
+        "",
+        "## Pairwise comparisons at matched KL",
+        "",
+        "For each pair of trained algorithms: the mean gold-reward difference (row minus column) between their "
+        "fronts - through the SFT point and, for each β, the final evaluation averaged over seeds, linear "
+        "between Pareto-efficient points, flat after the last - over the KL range both cover (the area between "
+        "the fronts divided by its length). It is computed **within each world** (both algorithms share its "
+        "gold reward, data, SFT base and reward model) and **pooled over worlds**: the mean of the per-world "
+        f"gaps with a {confidence:.0%} Student-t interval over worlds (W − 1 degrees of freedom), which "
+        "carries the between-world variance as well as the seeds'. Verdict, from the pooled interval only: "
+        "*better* or *worse* when it excludes 0, *indistinguishable* when it contains 0, *cannot tell* without "
+        "one (a single world). Why this interval: with 3 to 5 worlds a bootstrap over worlds has too few "
+        "distinct resamples, and an interval over seeds alone ignores how much the answer changes with the "
+        "world; the coverage of this one at the suite's sizes is measured in `tests/test_worlds.py`. Each "
+        "world's own gap (with a percentile bootstrap interval over its seeds, each algorithm's seeds resampled "
+        "independently) and the standard deviations between and within worlds are in the per-world table and "
+        "in `comparisons.csv` (a `pooled` row per comparison, then one row per world).",
+    ]
     if all(g.reward != "gold" for g in gaps):
-        L[-1] = L[-1].replace("mean gold-reward difference (row minus column)",
-                              "mean proxy-reward difference (row minus column; no gold judge)")
+        L[-1] = L[-1].replace(
+            "mean gold-reward difference (row minus column)",
+            "mean proxy-reward difference (row minus column; no gold judge)",
+        )
     if any(g.reward != "gold" for g in gaps):
-        L[-1] += (" A task without a gold judge is compared on the proxy reward instead, and its heading says "
-                  "so: a proxy gain at matched KL can be reward hacking, not a better policy.")
-    for (task, rm) in dict.fromkeys((g.task, g.reward_model) for g in gaps):
+        L[-1] += (
+            " A task without a gold judge is compared on the proxy reward instead, and its heading says "
+            "so: a proxy gain at matched KL can be reward hacking, not a better policy."
+        )
+    for task, rm in dict.fromkeys((g.task, g.reward_model) for g in gaps):
         mine = [g for g in gaps if (g.task, g.reward_model) == (task, rm)]
         betas = list(dict.fromkeys(g.beta for g in mine))
         on = "" if mine[0].reward == "gold" else f": {mine[0].reward} reward (no gold judge)"
-        L += ["", f"### Task `{task}`, {rm} reward model{on}", "",
-              "| a | b | " + " | ".join("all β" if b is None else f"β = {b:g}" for b in betas) + " |",
-              "|---|---|" + "---|" * len(betas)]
+        L += [
+            "",
+            f"### Task `{task}`, {rm} reward model{on}",
+            "",
+            "| a | b | " + " | ".join("all β" if b is None else f"β = {b:g}" for b in betas) + " |",
+            "|---|---|" + "---|" * len(betas),
+        ]
         for a, b in dict.fromkeys((g.a, g.b) for g in mine):
             cells = []
             for beta in betas:
@@ -195,15 +272,22 @@ def per_world_table(gaps: Sequence[Gap]) -> list[str]:
     worlds = sorted({x.world for g in gaps for x in g.worlds})
     if len(worlds) < 2:
         return []
-    L = ["", "Per world (each world's gap with its interval over that world's seeds; SD between: of the "
-             "per-world gaps; SD within: of the single-seed gaps inside a world, pooled):", "",
-         "| a | b | β | pooled | " + " | ".join(f"world {w}" for w in worlds) + " | SD between | SD within |",
-         "|---|---|---|---|" + "---|" * len(worlds) + "---:|---:|"]
+    L = [
+        "",
+        "Per world (each world's gap with its interval over that world's seeds; SD between: of the "
+        "per-world gaps; SD within: of the single-seed gaps inside a world, pooled):",
+        "",
+        "| a | b | β | pooled | " + " | ".join(f"world {w}" for w in worlds) + " | SD between | SD within |",
+        "|---|---|---|---|" + "---|" * len(worlds) + "---:|---:|",
+    ]
     for g in gaps:
         by = {x.world: x for x in g.worlds}
         cells = [world_cell(by[w]) if w in by else "—" for w in worlds]
-        L.append(f"| {g.a} | {g.b} | {'all' if g.beta is None else f'{g.beta:g}'} | {gap_cell(g)} | "
-                 + " | ".join(cells) + f" | {_sd(g.sd_between)} | {_sd(g.sd_within)} |")
+        L.append(
+            f"| {g.a} | {g.b} | {'all' if g.beta is None else f'{g.beta:g}'} | {gap_cell(g)} | "
+            + " | ".join(cells)
+            + f" | {_sd(g.sd_between)} | {_sd(g.sd_within)} |"
+        )
     return L
 
 
@@ -217,16 +301,25 @@ def claims_section(gaps: Sequence[Gap]) -> list[str]:
         return []
     unchecked = sorted({g.task for g in gaps if g.reward != "gold"})
     worlds = sorted({w for r in rows for w in r["worlds"]})
-    L = ["", "## The papers' claims", "",
-         "Each claim is read off the pooled all-β comparisons: *supports* when every comparison it makes is "
-         "*better*, *contradicts* when one is *worse*, *cannot tell* otherwise. The verdict is the pooled one; "
-         "each world's column says what that world alone would conclude from its own seeds, which is what a "
-         "benchmark run in one world reports."
-         + (f" Gold comparisons only: not checked on {', '.join(f'`{t}`' for t in unchecked)} (no gold judge)."
-            if unchecked else ""), "",
-         "| claim | source | task | " + "".join(f"world {w} | " for w in worlds)
-         + "pooled verdict | evidence (pooled gap at matched KL, interval over worlds) |",
-         "|---|---|---|" + "---|" * len(worlds) + "---|---|"]
+    L = [
+        "",
+        "## The papers' claims",
+        "",
+        "Each claim is read off the pooled all-β comparisons: *supports* when every comparison it makes is "
+        "*better*, *contradicts* when one is *worse*, *cannot tell* otherwise. The verdict is the pooled one; "
+        "each world's column says what that world alone would conclude from its own seeds, which is what a "
+        "benchmark run in one world reports."
+        + (
+            f" Gold comparisons only: not checked on {', '.join(f'`{t}`' for t in unchecked)} (no gold judge)."
+            if unchecked
+            else ""
+        ),
+        "",
+        "| claim | source | task | "
+        + "".join(f"world {w} | " for w in worlds)
+        + "pooled verdict | evidence (pooled gap at matched KL, interval over worlds) |",
+        "|---|---|---|" + "---|" * len(worlds) + "---|---|",
+    ]
     for r in rows:
         ev = "; ".join(statement(g) for _, _, g in r["evidence"])
         cells = "".join(f"{r['worlds'].get(w, '—')} | " for w in worlds)
@@ -240,17 +333,26 @@ def seeds_section(runs: Sequence[Any], confidence: float = 0.95) -> list[str]:
     worlds = sorted({getattr(r, "world", 0) for r in trained})
     if len(worlds) >= 3 and len(seeds) >= 2:
         return []
-    return ["", "## What these seeds support", "",
-            f"Trained runs use {len(worlds)} world(s) (`task.seed` {', '.join(map(str, worlds))}) and {len(seeds)} "
-            f"seed(s) ({', '.join(map(str, seeds))}). A verdict is read from the interval over worlds: with one "
-            "world there is none, and every verdict above is *cannot tell*, however many seeds (the seeds of one "
-            "world say nothing about another world's reward model, which can reverse a comparison); with 2 worlds "
-            f"the t quantile ({stats.t.ppf(0.5 + confidence / 2, 1):.1f}) makes the interval very wide. "
-            "The committed benchmarks pool 3 to 5 worlds "
-            "(`'task.seed=range(5)' seed=0,1,2` on the bandit); treat these numbers as a smoke test of the "
-            "pipeline, not as a comparison."]
+    return [
+        "",
+        "## What these seeds support",
+        "",
+        f"Trained runs use {len(worlds)} world(s) (`task.seed` {', '.join(map(str, worlds))}) and {len(seeds)} "
+        f"seed(s) ({', '.join(map(str, seeds))}). A verdict is read from the interval over worlds: with one "
+        "world there is none, and every verdict above is *cannot tell*, however many seeds (the seeds of one "
+        "world say nothing about another world's reward model, which can reverse a comparison); with 2 worlds "
+        f"the t quantile ({stats.t.ppf(0.5 + confidence / 2, 1):.1f}) makes the interval very wide. "
+        "The committed benchmarks pool 3 to 5 worlds "
+        "(`'task.seed=range(5)' seed=0,1,2` on the bandit); treat these numbers as a smoke test of the "
+        "pipeline, not as a comparison.",
+    ]
 
 
 def verdict_sections(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float) -> list[str]:
-    return (seeds_section(runs, confidence) + budget_section(runs) + convergence_section(runs)
-            + comparisons_section(gaps, confidence) + claims_section(gaps))
+    return (
+        seeds_section(runs, confidence)
+        + budget_section(runs)
+        + convergence_section(runs)
+        + comparisons_section(gaps, confidence)
+        + claims_section(gaps)
+    )

@@ -70,8 +70,12 @@ def wilson_interval(p: float, n: float, confidence: float = 0.95) -> tuple[float
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def win_rate(a_scores: Sequence[float], b_scores: Sequence[float], clusters: Optional[Sequence[Hashable]] = None,
-             confidence: float = 0.95) -> tuple[float, float, float, int]:
+def win_rate(
+    a_scores: Sequence[float],
+    b_scores: Sequence[float],
+    clusters: Optional[Sequence[Hashable]] = None,
+    confidence: float = 0.95,
+) -> tuple[float, float, float, int]:
     """(rate, low, high, n): how often a beats b, comparison ``i`` being ``a_scores[i]`` vs ``b_scores[i]``.
 
     Outcomes are 1 (a higher), 0.5 (tie) and 0 (b higher); ``rate`` is their mean and ``n`` the
@@ -126,8 +130,11 @@ def pareto_front(kl: Sequence[float], reward: Sequence[float]) -> list[int]:
     """
     if len(kl) != len(reward):
         raise ValueError(f"{len(kl)} KL values for {len(reward)} rewards")
-    idx = [i for i in range(len(kl)) if kl[i] is not None and reward[i] is not None
-           and math.isfinite(kl[i]) and math.isfinite(reward[i])]
+    idx = [
+        i
+        for i in range(len(kl))
+        if kl[i] is not None and reward[i] is not None and math.isfinite(kl[i]) and math.isfinite(reward[i])
+    ]
     idx.sort(key=lambda i: (kl[i], -reward[i], i))
     front, best = [], -math.inf
     for i in idx:

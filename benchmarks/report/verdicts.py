@@ -32,14 +32,21 @@ import numpy as np
 from scipy import stats
 
 from .frontiers import front_of, gap_between
-from .stats import clean
 from .pooling import pooled, variance_components
+from .stats import clean
 
 WINDOW = 0.2  # the last 20% of a run's steps
 FRACTION = 0.10  # a run is flagged when a metric moved more than 10% of its largest excursion in that window
 N_BOOTSTRAP = 2000
-BUDGET_FIELDS = ("responses_sampled", "sequences_trained", "pairs_trained", "gradient_updates", "forward_tokens",
-                 "backward_tokens", "train_seconds")
+BUDGET_FIELDS = (
+    "responses_sampled",
+    "sequences_trained",
+    "pairs_trained",
+    "gradient_updates",
+    "forward_tokens",
+    "backward_tokens",
+    "train_seconds",
+)
 
 
 def reward_key(run: Any) -> str:
@@ -87,9 +94,20 @@ def convergence_flags(runs: Sequence[Any], window: float = WINDOW, fraction: flo
             x0, xa, xf = rows[0][metric], before[-1][metric], rows[-1][metric]
             scale = max(abs(e[metric] - x0) for e in rows)
             rel = abs(xf - xa) / scale if scale > 0 else 0.0
-            out.append({"run": r.path.name, "algorithm": r.algorithm, "beta": r.beta, "seed": r.seed,
-                        "metric": metric, "from_step": before[-1]["step"], "to_step": rows[-1]["step"],
-                        "change": xf - xa, "relative": rel, "flagged": rel > fraction})
+            out.append(
+                {
+                    "run": r.path.name,
+                    "algorithm": r.algorithm,
+                    "beta": r.beta,
+                    "seed": r.seed,
+                    "metric": metric,
+                    "from_step": before[-1]["step"],
+                    "to_step": rows[-1]["step"],
+                    "change": xf - xa,
+                    "relative": rel,
+                    "flagged": rel > fraction,
+                }
+            )
     return out
 
 
@@ -157,10 +175,27 @@ class Gap:
 
     def flipped(self) -> "Gap":
         """The same comparison as b over a."""
-        worlds = tuple(WorldGap(w.world, -w.gap, -w.high, -w.low, w.kl_range, w.seeds_b, w.seeds_a, w.sd_seeds)
-                       for w in self.worlds)
-        return Gap(self.task, self.reward_model, self.beta, self.b, self.a, -self.gap, -self.high, -self.low,
-                   self.kl_range, self.seeds_b, self.seeds_a, self.reward, worlds, self.sd_between, self.sd_within)
+        worlds = tuple(
+            WorldGap(w.world, -w.gap, -w.high, -w.low, w.kl_range, w.seeds_b, w.seeds_a, w.sd_seeds)
+            for w in self.worlds
+        )
+        return Gap(
+            self.task,
+            self.reward_model,
+            self.beta,
+            self.b,
+            self.a,
+            -self.gap,
+            -self.high,
+            -self.low,
+            self.kl_range,
+            self.seeds_b,
+            self.seeds_a,
+            self.reward,
+            worlds,
+            self.sd_between,
+            self.sd_within,
+        )
 
 
 def _points(runs: Sequence[Any], key: str = "reward_gold") -> dict[int, dict[float, tuple[float, float]]]:
@@ -187,8 +222,9 @@ def world_gap(pa: dict, pb: dict, origin: tuple[float, float]) -> tuple[float, f
     return gap_between(_front(pa, sorted(pa), origin), _front(pb, sorted(pb), origin))
 
 
-def compare(pa: dict, pb: dict, origin: tuple[float, float], confidence: float, seed: int = 0,
-            n_resamples: Optional[int] = None) -> tuple[float, float, float, float]:
+def compare(
+    pa: dict, pb: dict, origin: tuple[float, float], confidence: float, seed: int = 0, n_resamples: Optional[int] = None
+) -> tuple[float, float, float, float]:
     """(gap, low, high, kl_range) of two algorithms' fronts (of the seed-mean final points), with
     a percentile bootstrap interval (``n_resamples``, default :data:`N_BOOTSTRAP`): each algorithm's
     seeds resampled independently. Within one world this is what that world's seeds say; it knows
@@ -204,15 +240,23 @@ def compare(pa: dict, pb: dict, origin: tuple[float, float], confidence: float, 
     def stat(ia: np.ndarray, ib: np.ndarray) -> float:
         key = (tuple(sorted(int(i) for i in ia)), tuple(sorted(int(i) for i in ib)))
         if key not in memo:
-            memo[key] = gap_between(_front(pa, [sa[i] for i in key[0]], origin),
-                                    _front(pb, [sb[i] for i in key[1]], origin))[0]
+            memo[key] = gap_between(
+                _front(pa, [sa[i] for i in key[0]], origin), _front(pb, [sb[i] for i in key[1]], origin)
+            )[0]
         return memo[key]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples with few seeds
-        res = stats.bootstrap((np.arange(len(sa), dtype=float), np.arange(len(sb), dtype=float)), stat,
-                              vectorized=False, paired=False, n_resamples=n_resamples, confidence_level=confidence,
-                              method="percentile", rng=np.random.default_rng(seed))
+        res = stats.bootstrap(
+            (np.arange(len(sa), dtype=float), np.arange(len(sb), dtype=float)),
+            stat,
+            vectorized=False,
+            paired=False,
+            n_resamples=n_resamples,
+            confidence_level=confidence,
+            method="percentile",
+            rng=np.random.default_rng(seed),
+        )
     lo, hi = res.confidence_interval
     return gap, float(lo), float(hi), hi_kl
 
@@ -222,10 +266,11 @@ def single_seed_gaps(pa: dict, pb: dict, origin: tuple[float, float]) -> list[fl
     return [world_gap({s: pa[s]}, {s: pb[s]}, origin)[0] for s in sorted(set(pa) & set(pb))]
 
 
-def pool_worlds(world_gaps: Sequence[WorldGap], replicates: dict, confidence: float
-                ) -> tuple[float, float, float, float, float]:
-    """(gap, low, high, sd_between, sd_within) of per-world gaps: :func:`~rlhf_bench.benchmarks.report.pooling.pooled`
-    and :func:`~rlhf_bench.benchmarks.report.pooling.variance_components` (``replicates``: world -> single-seed gaps)."""
+def pool_worlds(
+    world_gaps: Sequence[WorldGap], replicates: dict, confidence: float
+) -> tuple[float, float, float, float, float]:
+    """(gap, low, high, sd_between, sd_within) of per-world gaps: :func:`.pooling.pooled` and
+    :func:`.pooling.variance_components` (``replicates``: world -> single-seed gaps)."""
     estimates = [w.gap for w in world_gaps]
     p = pooled(estimates, confidence)
     between, within = variance_components(replicates, estimates)
@@ -252,8 +297,19 @@ def _world(run: Any) -> int:
     return int(getattr(run, "world", 0))
 
 
-def _gap(task: str, rm: str, beta: Optional[float], a: str, b: str, ra: list, rb: list, origins: dict, key: str,
-         confidence: float, n_resamples: Optional[int]) -> Optional[Gap]:
+def _gap(
+    task: str,
+    rm: str,
+    beta: Optional[float],
+    a: str,
+    b: str,
+    ra: list,
+    rb: list,
+    origins: dict,
+    key: str,
+    confidence: float,
+    n_resamples: Optional[int],
+) -> Optional[Gap]:
     """The pooled gap of a over b from their runs (every world where both ran)."""
     worlds = sorted({_world(r) for r in ra} & {_world(r) for r in rb} & set(origins))
     per_world, replicates = [], {}
@@ -268,12 +324,31 @@ def _gap(task: str, rm: str, beta: Optional[float], a: str, b: str, ra: list, rb
         return None
     gap, lo, hi, between, within = pool_worlds(per_world, replicates, confidence)
     kl = float(np.mean([w.kl_range for w in per_world if math.isfinite(w.gap)] or [math.nan]))
-    return Gap(task, rm, beta, a, b, gap, lo, hi, kl, min(w.seeds_a for w in per_world),
-               min(w.seeds_b for w in per_world), key[len("reward_"):], tuple(per_world), between, within)
+    return Gap(
+        task,
+        rm,
+        beta,
+        a,
+        b,
+        gap,
+        lo,
+        hi,
+        kl,
+        min(w.seeds_a for w in per_world),
+        min(w.seeds_b for w in per_world),
+        key[len("reward_") :],
+        tuple(per_world),
+        between,
+        within,
+    )
 
 
-def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional[Callable[[str], Any]] = None,
-                  n_resamples: Optional[int] = None) -> list[Gap]:
+def pairwise_gaps(
+    runs: Sequence[Any],
+    confidence: float = 0.95,
+    order: Optional[Callable[[str], Any]] = None,
+    n_resamples: Optional[int] = None,
+) -> list[Gap]:
     """Every pair of trained algorithms (a before b in the ``order`` sort key), per beta and over all,
     compared within each world and pooled over worlds; on the proxy reward (``Gap.reward == "proxy"``)
     in a group where a run has no gold reward. ``n_resamples``: of each world's bootstrap over its
@@ -289,19 +364,21 @@ def pairwise_gaps(runs: Sequence[Any], confidence: float = 0.95, order: Optional
         algos = sorted(dict.fromkeys(r.algorithm for r in trained), key=order)
         betas = sorted({r.beta for r in trained})
         for i, a in enumerate(algos):
-            for b in algos[i + 1:]:
+            for b in algos[i + 1 :]:
                 for beta in [*betas, None]:
                     ra = [r for r in trained if r.algorithm == a and (beta is None or r.beta == beta)]
                     rb = [r for r in trained if r.algorithm == b and (beta is None or r.beta == beta)]
-                    gap = (_gap(task, rm, beta, a, b, ra, rb, origins, key, confidence, n_resamples)
-                           if ra and rb else None)
+                    gap = (
+                        _gap(task, rm, beta, a, b, ra, rb, origins, key, confidence, n_resamples) if ra and rb else None
+                    )
                     if gap is not None:
                         out.append(gap)
     return out
 
 
-def find_gap(gaps: Sequence[Gap], a: str, b: str, beta: Optional[float] = None, task: Optional[str] = None
-             ) -> Optional[Gap]:
+def find_gap(
+    gaps: Sequence[Gap], a: str, b: str, beta: Optional[float] = None, task: Optional[str] = None
+) -> Optional[Gap]:
     """The gap of a over b (flipped when stored as b over a)."""
     for g in gaps:
         if g.beta == beta and (task is None or g.task == task):
@@ -322,12 +399,22 @@ class Claim:
 
 
 CLAIMS = (
-    Claim("P3O's KL-reward frontier dominates PPO's and DPO's", "Wu et al. 2023 (arXiv 2310.00212)",
-          (("p3o_v1", "ppo"), ("p3o_v2", "ppo"), ("p3o_v1", "dpo"), ("p3o_v2", "dpo"))),
-    Claim("DPO's frontier dominates PPO's on controlled sentiment", "Rafailov et al. 2023 (arXiv 2305.18290)",
-          (("dpo", "ppo"),), task="sentiment"),
-    Claim("Online methods beat offline ones at matched KL (online DPO vs offline DPO)",
-          "Tang et al. 2024 (arXiv 2405.08448)", (("online_dpo", "dpo"),)),
+    Claim(
+        "P3O's KL-reward frontier dominates PPO's and DPO's",
+        "Wu et al. 2023 (arXiv 2310.00212)",
+        (("p3o_v1", "ppo"), ("p3o_v2", "ppo"), ("p3o_v1", "dpo"), ("p3o_v2", "dpo")),
+    ),
+    Claim(
+        "DPO's frontier dominates PPO's on controlled sentiment",
+        "Rafailov et al. 2023 (arXiv 2305.18290)",
+        (("dpo", "ppo"),),
+        task="sentiment",
+    ),
+    Claim(
+        "Online methods beat offline ones at matched KL (online DPO vs offline DPO)",
+        "Tang et al. 2024 (arXiv 2405.08448)",
+        (("online_dpo", "dpo"),),
+    ),
 )
 
 
@@ -358,9 +445,18 @@ def claim_rows(gaps: Sequence[Gap], claims: Sequence[Claim] = CLAIMS) -> list[di
             if not found:
                 continue
             common = set.intersection(*({w.world for w in g.worlds} for _, _, g in found))
-            worlds = {w: claim_verdict([next(x.verdict for x in g.worlds if x.world == w) for _, _, g in found])
-                      for w in sorted(common)}
-            rows.append({"claim": claim.text, "source": claim.source, "task": task,
-                         "verdict": claim_verdict([g.verdict for _, _, g in found]), "worlds": worlds,
-                         "evidence": [(a, b, g) for a, b, g in found]})
+            worlds = {
+                w: claim_verdict([next(x.verdict for x in g.worlds if x.world == w) for _, _, g in found])
+                for w in sorted(common)
+            }
+            rows.append(
+                {
+                    "claim": claim.text,
+                    "source": claim.source,
+                    "task": task,
+                    "verdict": claim_verdict([g.verdict for _, _, g in found]),
+                    "worlds": worlds,
+                    "evidence": [(a, b, g) for a, b, g in found],
+                }
+            )
     return rows

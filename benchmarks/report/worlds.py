@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .loading import _groups, worlds_of
+from .pooling import correlation
 from .sections import claims_section, gap_cell, statement, world_cell
 from .verdicts import CLAIMS, Gap, find_gap, world_origins
-from .pooling import correlation
 
-RM_METRICS = (("rm/heldout_accuracy_labels", "RM accuracy (labels)"),
-              ("rm/heldout_accuracy_gold", "RM accuracy (gold)"))
+RM_METRICS = (
+    ("rm/heldout_accuracy_labels", "RM accuracy (labels)"),
+    ("rm/heldout_accuracy_gold", "RM accuracy (gold)"),
+)
 
 
 def one_world_lines(runs: Sequence[Any]) -> list[str]:
@@ -31,10 +33,13 @@ def one_world_lines(runs: Sequence[Any]) -> list[str]:
     for (task, rm), g_runs in _groups(list(runs)).items():
         worlds = worlds_of(g_runs)
         if len(worlds) == 1:
-            L += [f"**One world**: every run of task `{task}` ({rm} reward model) shares one gold reward, data set, "
-                  f"SFT base and reward model (`task.seed={worlds[0]}`), so no verdict can be read from this report: "
-                  "another world trains another reward model and can reverse any comparison below (the committed "
-                  "benchmarks pool 3 to 5 worlds: `'task.seed=range(5)'` on the bandit).", ""]
+            L += [
+                f"**One world**: every run of task `{task}` ({rm} reward model) shares one gold reward, data set, "
+                f"SFT base and reward model (`task.seed={worlds[0]}`), so no verdict can be read from this report: "
+                "another world trains another reward model and can reverse any comparison below (the committed "
+                "benchmarks pool 3 to 5 worlds: `'task.seed=range(5)'` on the bandit).",
+                "",
+            ]
     return L
 
 
@@ -48,7 +53,7 @@ def world_metrics(runs: Sequence[Any]) -> dict[int, dict[str, Optional[float]]]:
     for r in runs:
         if r.world in out:
             continue
-        metrics = ((r.summary.get("shared") or {}).get("metrics") or {})
+        metrics = (r.summary.get("shared") or {}).get("metrics") or {}
         rm = metrics.get("reward_model") or {}
         row = {key: rm.get(key) for key, _ in RM_METRICS}
         row["sft_gold"] = sft_gold[r.world][1] if r.world in sft_gold else None
@@ -86,14 +91,22 @@ def spread_section(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float =
         if len(worlds) < 2 or not comps:
             continue
         metrics = world_metrics(g_runs)
-        L += ["", f"## What explains the spread between worlds (`{task}`, {rm} reward model)", "",
-              "Each world trains its own SFT base and reward model on its own data. Per world: the reward model's "
-              "held-out accuracy, the SFT base's gold reward, and the all-β gap of each comparison the papers' "
-              "claims read (with its interval over that world's seeds); the last row pools them. The forest plot "
-              "`worlds.png` shows the same gaps.", "",
-              "| world | " + " | ".join(name for _, name in RM_METRICS) + " | SFT gold reward | "
-              + " | ".join(f"{g.a} − {g.b}" for g in comps) + " |",
-              "|---:|" + "---:|" * (len(RM_METRICS) + 1) + "---|" * len(comps)]
+        L += [
+            "",
+            f"## What explains the spread between worlds (`{task}`, {rm} reward model)",
+            "",
+            "Each world trains its own SFT base and reward model on its own data. Per world: the reward model's "
+            "held-out accuracy, the SFT base's gold reward, and the all-β gap of each comparison the papers' "
+            "claims read (with its interval over that world's seeds); the last row pools them. The forest plot "
+            "`worlds.png` shows the same gaps.",
+            "",
+            "| world | "
+            + " | ".join(name for _, name in RM_METRICS)
+            + " | SFT gold reward | "
+            + " | ".join(f"{g.a} − {g.b}" for g in comps)
+            + " |",
+            "|---:|" + "---:|" * (len(RM_METRICS) + 1) + "---|" * len(comps),
+        ]
         for w in worlds:
             m = metrics.get(w, {})
             cells = [_n(m.get(key)) for key, _ in RM_METRICS] + [_n(m.get("sft_gold"))]
@@ -101,8 +114,13 @@ def spread_section(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float =
                 x = next((x for x in g.worlds if x.world == w), None)
                 cells.append(world_cell(x) if x else "—")
             L.append(f"| {w} | " + " | ".join(cells) + " |")
-        L.append("| pooled | " + " | ".join("" for _ in range(len(RM_METRICS) + 1)) + " | "
-                 + " | ".join(gap_cell(g) for g in comps) + " |")
+        L.append(
+            "| pooled | "
+            + " | ".join("" for _ in range(len(RM_METRICS) + 1))
+            + " | "
+            + " | ".join(gap_cell(g) for g in comps)
+            + " |"
+        )
         L += ["", *correlation_lines(comps, metrics, confidence)]
     return L
 
@@ -121,9 +139,15 @@ def correlation_lines(comps: Sequence[Gap], metrics: dict, confidence: float) ->
             L.append(head + f"r = {r:+.2f}, no interval with {n} worlds (4 are needed): **cannot tell**.")
         else:
             verdict = "tracks it" if lo > 0 or hi < 0 else "**cannot tell**"
-            direction = "" if verdict.startswith("**") else (" (the more accurate the reward model, the larger the gap)"
-                                                             if r > 0 else " (the more accurate the reward model, "
-                                                                               "the smaller the gap)")
+            direction = (
+                ""
+                if verdict.startswith("**")
+                else (
+                    " (the more accurate the reward model, the larger the gap)"
+                    if r > 0
+                    else " (the more accurate the reward model, the smaller the gap)"
+                )
+            )
             L.append(head + f"r = {r:+.2f} [{lo:+.2f}, {hi:+.2f}] ({confidence:.0%}, Fisher z): {verdict}{direction}.")
     return L
 
@@ -148,19 +172,27 @@ def beta_section(gaps: Sequence[Gap]) -> list[str]:
     """Why per-β and all-β comparisons can disagree, with the report's own largest example."""
     if not any(g.beta is None for g in gaps):
         return []
-    L = ["", "## Per β and over all β", "",
-         "A comparison at one β uses each algorithm's front through the SFT point and its final point at that β: "
-         "it compares how much gold reward each buys per unit of KL on the way to where that β takes it, over the "
-         "KL range both reach. Over all β, each front is the Pareto envelope of the points of every β, and the "
-         "common KL range is set by the algorithm that drifts least at its smallest β. The two can disagree: an "
-         "algorithm that moves further from the base at each β (its points lie at larger KL) can lose every "
-         "per-β comparison, because each of its chords is flatter over the short common range, and still win "
-         "over all β, where its point at one β lies above the other's envelope at that KL."]
+    L = [
+        "",
+        "## Per β and over all β",
+        "",
+        "A comparison at one β uses each algorithm's front through the SFT point and its final point at that β: "
+        "it compares how much gold reward each buys per unit of KL on the way to where that β takes it, over the "
+        "KL range both reach. Over all β, each front is the Pareto envelope of the points of every β, and the "
+        "common KL range is set by the algorithm that drifts least at its smallest β. The two can disagree: an "
+        "algorithm that moves further from the base at each β (its points lie at larger KL) can lose every "
+        "per-β comparison, because each of its chords is flatter over the short common range, and still win "
+        "over all β, where its point at one β lies above the other's envelope at that KL.",
+    ]
     found = beta_disagreements(gaps)
     if found:
         g, betas = found[0]
-        L += ["", f"Here: {statement(g)}, while at each β taken alone "
-              + "; ".join(f"{statement(b)}" for b in sorted(betas, key=lambda b: b.beta)) + "."]
+        L += [
+            "",
+            f"Here: {statement(g)}, while at each β taken alone "
+            + "; ".join(f"{statement(b)}" for b in sorted(betas, key=lambda b: b.beta))
+            + ".",
+        ]
     else:
         L += ["", "In this report no comparison's all-β estimate has the opposite sign of every per-β estimate."]
     return L

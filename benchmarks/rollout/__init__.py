@@ -14,17 +14,26 @@ from typing import Optional, Sequence
 
 import torch
 
-from .decode import decoder
 from ..models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked, unwrap
 from ..runtime.phases import NoTimer
 from ..utils import same_device
+from .decode import decoder
 
 
 @torch.no_grad()
-def sample_responses(model, prompts: Sequence[Sequence[int]], *, eos_id: int, pad_id: int, max_new_tokens: int,
-                     temperature: float = 1.0, logit_mask: Optional[torch.Tensor] = None,
-                     generator: Optional[torch.Generator] = None, check_every: Optional[int] = None,
-                     compiled: bool = False) -> SequenceBatch:
+def sample_responses(
+    model,
+    prompts: Sequence[Sequence[int]],
+    *,
+    eos_id: int,
+    pad_id: int,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    logit_mask: Optional[torch.Tensor] = None,
+    generator: Optional[torch.Generator] = None,
+    check_every: Optional[int] = None,
+    compiled: bool = False,
+) -> SequenceBatch:
     """Sample one response per prompt (repeat prompts for several). Returns a :class:`SequenceBatch`.
 
     ``generator``: the sampling stream, best on the model's device (:func:`draw_tokens`). ``check_every``:
@@ -119,23 +128,42 @@ class RolloutEngine:
     """Samples responses from the current policy and scores them. The harness owns one, and with it
     the reward every algorithm optimises (:meth:`reward`): plugins receive it and never alter it."""
 
-    def __init__(self, task, ref_model, reward_model, *, reward_kind: str, temperature: float, device,
-                 missing_eos_penalty: Optional[float] = None, chunk_tokens: Optional[int] = None,
-                 compiled: bool = False):
+    def __init__(
+        self,
+        task,
+        ref_model,
+        reward_model,
+        *,
+        reward_kind: str,
+        temperature: float,
+        device,
+        missing_eos_penalty: Optional[float] = None,
+        chunk_tokens: Optional[int] = None,
+        compiled: bool = False,
+    ):
         self.task, self.ref_model, self.reward_model = task, ref_model, reward_model
         self.reward_kind, self.temperature, self.device = reward_kind, temperature, device
         self.missing_eos_penalty = missing_eos_penalty
-        self.chunk_tokens = chunk_tokens or None  # positions per log-prob chunk (model.logprob_chunk_tokens; None: auto)
+        self.chunk_tokens = (
+            chunk_tokens or None
+        )  # positions per log-prob chunk (model.logprob_chunk_tokens; None: auto)
         self.compiled = compiled  # static KV cache and compiled decode step (model.compile_generation)
         mask = task.logit_mask(task.max_new_tokens)
         self.logit_mask = None if mask is None else mask.to(device)  # None: every token allowed
         self.timer = NoTimer()  # a run's PhaseTimer (benchmarks/runtime/phases.py) when it trains
 
     def sample(self, model, prompts, generator=None, temperature=None) -> SequenceBatch:
-        return sample_responses(model, prompts, eos_id=self.task.eos_id, pad_id=self.task.pad_id,
-                                max_new_tokens=self.task.max_new_tokens,
-                                temperature=self.temperature if temperature is None else temperature,
-                                logit_mask=self.logit_mask, generator=generator, compiled=self.compiled)
+        return sample_responses(
+            model,
+            prompts,
+            eos_id=self.task.eos_id,
+            pad_id=self.task.pad_id,
+            max_new_tokens=self.task.max_new_tokens,
+            temperature=self.temperature if temperature is None else temperature,
+            logit_mask=self.logit_mask,
+            generator=generator,
+            compiled=self.compiled,
+        )
 
     def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
         return token_logprobs_chunked(model, batch, self.temperature, self.logit_mask, chunk_tokens=self.chunk_tokens)
@@ -171,5 +199,13 @@ class RolloutEngine:
         with self.timer.phase("logprobs"):
             logprobs, ref_logprobs = self.logprobs(policy, batch), self.logprobs(self.ref_model, batch)
         eos = (batch.response == self.task.eos_id).any(dim=1)
-        return Rollout(batch=batch, group_size=n, logprobs=logprobs, ref_logprobs=ref_logprobs,
-                       rewards=self.reward_values(proxy, gold, eos), rewards_proxy=proxy, rewards_gold=gold, eos=eos)
+        return Rollout(
+            batch=batch,
+            group_size=n,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            rewards=self.reward_values(proxy, gold, eos),
+            rewards_proxy=proxy,
+            rewards_gold=gold,
+            eos=eos,
+        )

@@ -43,8 +43,9 @@ def returned_cache(out):
 
 def forward_cached(model, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor, cache, **kwargs):
     """``model``'s forward of ``ids`` (B, T) after what ``cache`` holds; returns ``(output, cache)``."""
-    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kwarg(model): cache},
-                **kwargs)
+    out = model(
+        input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, **{cache_kwarg(model): cache}, **kwargs
+    )
     return out, returned_cache(out)
 
 
@@ -112,8 +113,9 @@ class StaticDecoder:
         return self.step_fn(self.model, tok.unsqueeze(1), self.attn, pos.unsqueeze(1), self.cache, self.name)
 
 
-def decoder(model, query_mask: torch.Tensor, max_new_tokens: int, compiled: bool = False,
-            backend: Optional[str] = None):
+def decoder(
+    model, query_mask: torch.Tensor, max_new_tokens: int, compiled: bool = False, backend: Optional[str] = None
+):
     """The decode loop's forward for ``model``: :class:`StaticDecoder` when ``compiled``, else
     :class:`EagerDecoder`."""
     if compiled:

@@ -35,8 +35,12 @@ def rng_state(generator: torch.Generator, sampling: Optional[torch.Generator] = 
     is another generator (on the model's device), and torch's, Python's and numpy's global states
     (CUDA's too, where present)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {"generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    state = {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+    }
     if sampling is not None and sampling is not generator:
         state["sampling"] = sampling.get_state()
     if torch.cuda.is_available():
@@ -44,8 +48,9 @@ def rng_state(generator: torch.Generator, sampling: Optional[torch.Generator] = 
     return state
 
 
-def set_rng_state(state: dict[str, Any], generator: torch.Generator, sampling: Optional[torch.Generator] = None
-                  ) -> None:
+def set_rng_state(
+    state: dict[str, Any], generator: torch.Generator, sampling: Optional[torch.Generator] = None
+) -> None:
     generator.set_state(state["generator"])
     if sampling is not None and sampling is not generator:
         sampling.set_state(state["sampling"])
@@ -169,8 +174,10 @@ class JsonlFile:
         else:
             size = self.path.stat().st_size if self.path.exists() else -1
             if size < resume_at:
-                raise RuntimeError(f"{self.path} holds {max(size, 0)} bytes, fewer than the {resume_at} its "
-                                   "checkpoint recorded; the run directory was modified: remove it to start over")
+                raise RuntimeError(
+                    f"{self.path} holds {max(size, 0)} bytes, fewer than the {resume_at} its "
+                    "checkpoint recorded; the run directory was modified: remove it to start over"
+                )
             self._f = open(self.path, "r+")
             self._f.truncate(resume_at)
             self._f.seek(resume_at)

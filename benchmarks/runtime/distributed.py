@@ -67,7 +67,7 @@ class Distributed:
         if n % self.world:
             raise ValueError(f"{n} items cannot be split evenly over {self.world} processes")
         k = n // self.world
-        return list(items[self.rank * k: (self.rank + 1) * k])
+        return list(items[self.rank * k : (self.rank + 1) * k])
 
     # --- collectives ---------------------------------------------------------------------------
     def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
@@ -82,7 +82,7 @@ class Distributed:
         flat /= self.world
         offset = 0
         for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
 
     def mean_metrics(self, metrics: dict[str, Any], summed: Sequence[str] = ()) -> dict[str, Any]:

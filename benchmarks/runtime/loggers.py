@@ -29,17 +29,35 @@ class WandbLogger(NullLogger):
     """One wandb run per training run: group = the sweep, job_type = the algorithm, name from
     algorithm, beta and seed. Offline unless ``logger.mode=online``; files go under the run dir."""
 
-    def __init__(self, cfg, run_dir: Path, config: dict, name: str, job_type: str, group: Optional[str],
-                 resume: Optional[dict] = None):
+    def __init__(
+        self,
+        cfg,
+        run_dir: Path,
+        config: dict,
+        name: str,
+        job_type: str,
+        group: Optional[str],
+        resume: Optional[dict] = None,
+    ):
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
         self._wandb = wandb
         run_id = (resume or {}).get("id")  # a resumed run continues its wandb run
-        self.run = wandb.init(project=cfg.project, entity=cfg.entity, mode=cfg.mode, dir=str(run_dir),
-                              group=cfg.group or group, job_type=job_type, name=name, config=config,
-                              tags=list(cfg.tags) or None, reinit="finish_previous", id=run_id,
-                              resume="allow" if run_id else None)
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.entity,
+            mode=cfg.mode,
+            dir=str(run_dir),
+            group=cfg.group or group,
+            job_type=job_type,
+            name=name,
+            config=config,
+            tags=list(cfg.tags) or None,
+            reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,
+        )
 
     def state_dict(self):
         return {"id": self.run.id}
@@ -56,8 +74,9 @@ class WandbLogger(NullLogger):
         self.run.finish()
 
 
-def build_logger(cfg, run_dir: Path, config: dict, name: str, job_type: str, group: Optional[str],
-                 resume: Optional[dict] = None) -> NullLogger:
+def build_logger(
+    cfg, run_dir: Path, config: dict, name: str, job_type: str, group: Optional[str], resume: Optional[dict] = None
+) -> NullLogger:
     """``resume``: the logger's state from a checkpoint, when the run resumes."""
     if cfg.name == "wandb":
         return WandbLogger(cfg, run_dir, config, name, job_type, group, resume)

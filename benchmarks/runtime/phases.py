@@ -1,6 +1,7 @@
 """Where a run's wall time goes: seconds per phase, per step and in total.
 
-Phases (:data:`~rlhf_bench.benchmarks.runfiles.PHASES`): ``generation`` (the policy sampling its responses), ``scoring`` (the reward
+Phases (:data:`~rlhf_bench.benchmarks.runfiles.PHASES`): ``generation`` (the policy sampling its responses),
+``scoring`` (the reward
 model and the gold judge), ``logprobs`` (the policy's and the reference's log-probs of a rollout),
 ``prepare`` (the algorithm's own preparation of a batch: values, advantages, reference log-probs of
 offline pairs), ``update`` (the gradient updates), ``evaluation`` and ``checkpoint``. Each step's row

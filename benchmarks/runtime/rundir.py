@@ -52,8 +52,10 @@ def finished_run(run_dir: Path, resolved: dict) -> Optional[dict]:
         diffs = config_differences(run_identity(theirs), run_identity(resolved))
         if diffs:
             diff = ", ".join(f"{k}: {a!r} there, {b!r} here" for k, a, b in diffs[:4])
-            raise ConfigError(f"run directory {run_dir} holds a run of another configuration ({diff}); "
-                              "choose another hydra.run.dir / hydra.sweep.dir, or remove it")
+            raise ConfigError(
+                f"run directory {run_dir} holds a run of another configuration ({diff}); "
+                "choose another hydra.run.dir / hydra.sweep.dir, or remove it"
+            )
     if summary is not None and summary.get("status", "finished") == "finished":
         return summary
     return None
@@ -72,6 +74,15 @@ def summary_header(resolved: dict, beta_independent: bool, status: str) -> dict[
     """The fields every summary starts with, finished or failed: what the run was. ``world`` is the
     task's seed (gold reward, data, SFT base, reward model): the report pools verdicts over worlds."""
     algo, task = resolved["algorithm"], resolved["task"]
-    return {"status": status, "algorithm": algo["label"], "algorithm_name": algo["name"], "beta": algo["beta"],
-            "beta_independent": beta_independent, "world": task["seed"], "seed": resolved["seed"],
-            "task": task["name"], "reward_model": resolved["reward_model"]["kind"], "steps": task["steps"]}
+    return {
+        "status": status,
+        "algorithm": algo["label"],
+        "algorithm_name": algo["name"],
+        "beta": algo["beta"],
+        "beta_independent": beta_independent,
+        "world": task["seed"],
+        "seed": resolved["seed"],
+        "task": task["name"],
+        "reward_model": resolved["reward_model"]["kind"],
+        "steps": task["steps"],
+    }

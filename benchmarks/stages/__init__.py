@@ -37,12 +37,31 @@ from filelock import FileLock
 from tqdm.auto import tqdm
 
 from ..config import as_dict
-from ..models import (SequenceBatch, build_policy, build_reward_model, configure_memory, dtype_kwargs, freeze,
-                     masked_mean, reward_scores, token_logprobs)
-from ..rollout import sample_responses
 from ..data import DataError, load_preferences
-from ..utils import (adamw, atomic_directory, check_manifest, config_hash, derive_seed, discard_directory,
-                    make_generator, remove_orphans, sampling_generator, write_manifest)
+from ..models import (
+    SequenceBatch,
+    build_policy,
+    build_reward_model,
+    configure_memory,
+    dtype_kwargs,
+    freeze,
+    masked_mean,
+    reward_scores,
+    token_logprobs,
+)
+from ..rollout import sample_responses
+from ..utils import (
+    adamw,
+    atomic_directory,
+    check_manifest,
+    config_hash,
+    derive_seed,
+    discard_directory,
+    make_generator,
+    remove_orphans,
+    sampling_generator,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 # Bump when a stage's code changes what it produces or how an entry is stored. 3: fused AdamW.
@@ -50,8 +69,11 @@ log = logging.getLogger(__name__)
 # keys make that a quiet fresh build beside them rather than a warning and a rebuild in place.
 STAGE_VERSION = 4
 #: Files an entry of each stage must list in its manifest (besides any others it holds).
-STAGE_FILES = {"sft": ("metrics.json", "config.json"), "reward_model": ("metrics.json", "config.json"),
-               "preferences": ("metrics.json", "train/dataset_info.json", "heldout/dataset_info.json")}
+STAGE_FILES = {
+    "sft": ("metrics.json", "config.json"),
+    "reward_model": ("metrics.json", "config.json"),
+    "preferences": ("metrics.json", "train/dataset_info.json", "heldout/dataset_info.json"),
+}
 
 
 # -------------------------------------------------------------------------------------- losses
@@ -71,8 +93,11 @@ def ranking_loss(rewards: torch.Tensor, ranking: torch.Tensor) -> tuple[torch.Te
     upper = torch.ones(K, K, dtype=torch.bool, device=rewards.device).triu(1)
     pair_diff = diff[:, upper]  # (B, C(K,2)): every (winner, loser) pair
     loss = -F.logsigmoid(pair_diff).mean(dim=1).mean()  # 1/C(K,2) per prompt, then mean over prompts
-    return loss, {"loss/reward_model": loss.detach(), "rm/accuracy": (pair_diff > 0).float().mean().detach(),
-                  "rm/margin": pair_diff.mean().detach()}
+    return loss, {
+        "loss/reward_model": loss.detach(),
+        "rm/accuracy": (pair_diff > 0).float().mean().detach(),
+        "rm/margin": pair_diff.mean().detach(),
+    }
 
 
 def plackett_luce_ranking(scores: torch.Tensor, temperature: float, generator: torch.Generator) -> torch.Tensor:
@@ -102,22 +127,34 @@ class SharedArtifacts:
 class SharedStages:
     """Builds (or reuses) the SFT base, the preference data and the reward model of a run."""
 
-    def __init__(self, task, task_cfg, model_cfg, rm_cfg, cache_dir: str | Path, device: torch.device,
-                 progress: bool = True):
+    def __init__(
+        self, task, task_cfg, model_cfg, rm_cfg, cache_dir: str | Path, device: torch.device, progress: bool = True
+    ):
         self.task, self.task_cfg, self.model_cfg, self.rm_cfg = task, task_cfg, model_cfg, rm_cfg
         self.root = Path(cache_dir).expanduser().resolve() / task.name
         self.device, self.progress = device, progress
 
     # --- keys -------------------------------------------------------------------------------
     def _world(self) -> dict:
-        protocol = {"steps", "prompts_per_step", "eval_every", "eval_seed", "temperature", "missing_eos_penalty", "sft",
-                    "preferences", "judge"}
+        protocol = {
+            "steps",
+            "prompts_per_step",
+            "eval_every",
+            "eval_seed",
+            "temperature",
+            "missing_eos_penalty",
+            "sft",
+            "preferences",
+            "judge",
+        }
         return {k: v for k, v in as_dict(self.task_cfg).items() if k not in protocol}
 
     def keys(self) -> dict[str, str]:
         skip = {"name", "lora", *self.model_cfg.PERFORMANCE_ONLY}  # adapters: RL only; speed/memory: change nothing
         model = {k: v for k, v in as_dict(self.model_cfg).items() if k not in skip}
-        sft = config_hash({"v": STAGE_VERSION, "world": self._world(), "model": model, "sft": as_dict(self.task_cfg.sft)})
+        sft = config_hash(
+            {"v": STAGE_VERSION, "world": self._world(), "model": model, "sft": as_dict(self.task_cfg.sft)}
+        )
         judge = {"judge": as_dict(self.task_cfg.judge)} if hasattr(self.task_cfg, "judge") else {}  # task=hf
         prefs = config_hash({"v": STAGE_VERSION, "sft": sft, "prefs": as_dict(self.task_cfg.preferences), **judge})
         rm_train = {k: v for k, v in as_dict(self.rm_cfg).items() if k != "kind"}  # kind does not change the proxy
@@ -129,10 +166,15 @@ class SharedStages:
     # --- driver -----------------------------------------------------------------------------
     def prepare(self) -> SharedArtifacts:
         keys = self.keys()
-        art = SharedArtifacts(self.root / keys["sft"], self.root / keys["preferences"], self.root / keys["reward_model"])
+        art = SharedArtifacts(
+            self.root / keys["sft"], self.root / keys["preferences"], self.root / keys["reward_model"]
+        )
         self.root.mkdir(parents=True, exist_ok=True)
-        stages = (("sft", self._train_sft), ("preferences", self._build_preferences),
-                  ("reward_model", self._train_reward_model))
+        stages = (
+            ("sft", self._train_sft),
+            ("preferences", self._build_preferences),
+            ("reward_model", self._train_reward_model),
+        )
         if not self.task.has_sft_data:  # model.pretrained is already the SFT model
             art.sft_dir, stages = self.model_cfg.pretrained, stages[1:]
             art.metrics["sft"], art.reused["sft"] = {"sft/skipped": True, "seconds": 0.0}, True
@@ -202,9 +244,10 @@ class SharedStages:
     def _sft_batches(self, demos, batch_size, generator):
         order = torch.randperm(len(demos), generator=generator).tolist()
         for i in range(0, len(order), batch_size):
-            chunk = [demos[j] for j in order[i: i + batch_size]]
-            yield SequenceBatch.from_lists([p for p, _ in chunk], [r for _, r in chunk], self.task.pad_id,
-                                           device=self.device)
+            chunk = [demos[j] for j in order[i : i + batch_size]]
+            yield SequenceBatch.from_lists(
+                [p for p, _ in chunk], [r for _, r in chunk], self.task.pad_id, device=self.device
+            )
 
     def _sft_loss(self, model, batch, mask) -> torch.Tensor:
         return -masked_mean(token_logprobs(model, batch, 1.0, mask), batch.response_mask)
@@ -230,8 +273,11 @@ class SharedStages:
         model.eval()
         with torch.no_grad():
             held_losses = [self._sft_loss(model, b, mask).item() * len(b) for b in self._sft_batches(held, 256, gen)]
-        metrics = {"sft/heldout_loss": sum(held_losses) / len(held), "sft/train_loss": loss.item(),
-                   "sft/demonstrations": len(train)}
+        metrics = {
+            "sft/heldout_loss": sum(held_losses) / len(held),
+            "sft/train_loss": loss.item(),
+            "sft/demonstrations": len(train),
+        }
         model.save_pretrained(out)
         self.task.tokenizer.save_pretrained(out)
         log.info("[shared] SFT held-out loss %.4f", metrics["sft/heldout_loss"])
@@ -262,17 +308,24 @@ class SharedStages:
         rows = {"prompt": [], "responses": [], "ranking": [], "gold": []}
         chunk = max(1, 512 // cfg.k)
         for i in tqdm(range(0, len(idx), chunk), desc="preferences", disable=not self.progress, leave=False):
-            prompts = [prompts_pool[j] for j in idx[i: i + chunk]]
-            batch = sample_responses(sft, [p for p in prompts for _ in range(cfg.k)], eos_id=self.task.eos_id,
-                                     pad_id=self.task.pad_id, max_new_tokens=self.task.max_new_tokens,
-                                     temperature=cfg.sample_temperature, logit_mask=mask, generator=sampling,
-                                     compiled=self.model_cfg.compile_generation)
+            prompts = [prompts_pool[j] for j in idx[i : i + chunk]]
+            batch = sample_responses(
+                sft,
+                [p for p in prompts for _ in range(cfg.k)],
+                eos_id=self.task.eos_id,
+                pad_id=self.task.pad_id,
+                max_new_tokens=self.task.max_new_tokens,
+                temperature=cfg.sample_temperature,
+                logit_mask=mask,
+                generator=sampling,
+                compiled=self.model_cfg.compile_generation,
+            )
             responses = batch.responses()
             gold = self.task.gold_reward(batch.prompts(), responses).view(len(prompts), cfg.k)
             ranking = plackett_luce_ranking(gold, cfg.label_temperature, gen)
             for b, p in enumerate(prompts):
                 rows["prompt"].append(self.task.decode_prompt(p))
-                rows["responses"].append([self.task.decode_response(r) for r in responses[b * cfg.k: (b + 1) * cfg.k]])
+                rows["responses"].append([self.task.decode_response(r) for r in responses[b * cfg.k : (b + 1) * cfg.k]])
                 rows["ranking"].append(ranking[b].tolist())
                 rows["gold"].append(gold[b].tolist())
         ds = datasets.Dataset.from_dict(rows)
@@ -282,9 +335,13 @@ class SharedStages:
         gold = torch.tensor(rows["gold"])
         ranked_gold = gold.gather(1, torch.tensor(rows["ranking"]))
         agree = (ranked_gold[:, :-1] >= ranked_gold[:, 1:]).float().mean().item()
-        return {"preferences/lists": len(ds), "preferences/k": cfg.k, "preferences/train_pairs":
-                (len(ds) - n_held) * cfg.k * (cfg.k - 1) // 2, "preferences/adjacent_label_agreement_with_gold": agree,
-                "preferences/sft_gold_reward": gold.mean().item()}
+        return {
+            "preferences/lists": len(ds),
+            "preferences/k": cfg.k,
+            "preferences/train_pairs": (len(ds) - n_held) * cfg.k * (cfg.k - 1) // 2,
+            "preferences/adjacent_label_agreement_with_gold": agree,
+            "preferences/sft_gold_reward": gold.mean().item(),
+        }
 
     def _given_preferences(self, ds: datasets.Dataset, out: Path) -> dict:
         """The task's own preference data (``task=hf``), split like generated data. The gold column
@@ -295,35 +352,49 @@ class SharedStages:
         n_held = max(1, int(len(ds) * self.task_cfg.preferences.heldout_fraction))
         held, train = ds.select(order[:n_held]), ds.select(order[n_held:])
         if len(train) == 0:
-            raise DataError(f"task.preference_data: {len(ds)} row(s) leave none for training after "
-                            f"{n_held} held out; give more rows")
+            raise DataError(
+                f"task.preference_data: {len(ds)} row(s) leave none for training after "
+                f"{n_held} held out; give more rows"
+            )
         unknown = [[None] * len(rs) for rs in train["responses"]]
         train.add_column("gold", unknown).save_to_disk(str(out / "train"))
         held.add_column("gold", self._judge_lists(held)).save_to_disk(str(out / "heldout"))
         ks = sorted({len(rs) for rs in ds["responses"]})
-        return {"preferences/lists": len(ds), "preferences/k": ks[0] if len(ks) == 1 else ks,
-                "preferences/train_pairs": sum(len(rs) * (len(rs) - 1) // 2 for rs in train["responses"]),
-                "preferences/source": "task.preference_data"}
+        return {
+            "preferences/lists": len(ds),
+            "preferences/k": ks[0] if len(ks) == 1 else ks,
+            "preferences/train_pairs": sum(len(rs) * (len(rs) - 1) // 2 for rs in train["responses"]),
+            "preferences/source": "task.preference_data",
+        }
 
     def _judge_lists(self, ds: datasets.Dataset) -> list[list[Optional[float]]]:
         """The gold reward of every response of every list (None without a judge), 256 at a time."""
         if not self.task.has_gold:
             return [[None] * len(rs) for rs in ds["responses"]]
-        flat = [(self.task.encode_prompt(p), self.task.encode_response(r)) for p, rs in
-                zip(ds["prompt"], ds["responses"]) for r in rs]
-        gold = torch.cat([self.task.gold_reward([p for p, _ in flat[i: i + 256]], [r for _, r in flat[i: i + 256]])
-                          for i in range(0, len(flat), 256)]).tolist()
+        flat = [
+            (self.task.encode_prompt(p), self.task.encode_response(r))
+            for p, rs in zip(ds["prompt"], ds["responses"])
+            for r in rs
+        ]
+        gold = torch.cat(
+            [
+                self.task.gold_reward([p for p, _ in flat[i : i + 256]], [r for _, r in flat[i : i + 256]])
+                for i in range(0, len(flat), 256)
+            ]
+        ).tolist()
         out, i = [], 0
         for rs in ds["responses"]:
-            out.append(gold[i: i + len(rs)])
+            out.append(gold[i : i + len(rs)])
             i += len(rs)
         return out
 
     # --- 3. reward model ------------------------------------------------------------------------
     def _encode_lists(self, ds: datasets.Dataset) -> list[tuple[list[int], list[list[int]], list[int]]]:
         """Ranked lists as token ids, encoded once: (prompt, K responses, ranking) per row."""
-        return [(self.task.encode_prompt(p), [self.task.encode_response(r) for r in rs], list(rank))
-                for p, rs, rank in zip(ds["prompt"], ds["responses"], ds["ranking"])]
+        return [
+            (self.task.encode_prompt(p), [self.task.encode_response(r) for r in rs], list(rank))
+            for p, rs, rank in zip(ds["prompt"], ds["responses"], ds["ranking"])
+        ]
 
     def _rm_rewards(self, model, lists) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards (B, K) of the K responses of each list, one forward per response, and the rankings."""
@@ -354,7 +425,7 @@ class SharedStages:
             for _ in range(cfg.epochs):
                 order = torch.randperm(len(train), generator=gen).tolist()
                 for i in range(0, len(order), cfg.batch_size):
-                    yield [train[j] for j in order[i: i + cfg.batch_size]]
+                    yield [train[j] for j in order[i : i + cfg.batch_size]]
 
         def loss_fn(rows):
             loss, m = ranking_loss(*self._rm_rewards(model, rows))
@@ -365,16 +436,24 @@ class SharedStages:
             self._fit(model, batches(), loss_fn, cfg.lr, steps, "reward model")
         freeze(model)
         with torch.no_grad():  # centring: the mean reward over the preference data becomes 0
-            all_r = torch.cat([self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)])
+            all_r = torch.cat(
+                [self._rm_rewards(model, train[i : i + 256])[0].flatten() for i in range(0, len(train), 256)]
+            )
             model.config.reward_bias = float(all_r.mean())
             metrics = self._rm_eval(model, held, held_ds["gold"])
-            metrics["rm/train_mean_after_centring"] = float(torch.cat(
-                [self._rm_rewards(model, train[i: i + 256])[0].flatten() for i in range(0, len(train), 256)]).mean())
+            metrics["rm/train_mean_after_centring"] = float(
+                torch.cat(
+                    [self._rm_rewards(model, train[i : i + 256])[0].flatten() for i in range(0, len(train), 256)]
+                ).mean()
+            )
         metrics["rm/bias"] = model.config.reward_bias
         model.save_pretrained(out)
         self.task.tokenizer.save_pretrained(out)
-        log.info("[shared] reward model held-out accuracy: %.3f vs the labels, %s vs the gold order",
-                 metrics["rm/heldout_accuracy_labels"], _fmt(metrics["rm/heldout_accuracy_gold"]))
+        log.info(
+            "[shared] reward model held-out accuracy: %.3f vs the labels, %s vs the gold order",
+            metrics["rm/heldout_accuracy_labels"],
+            _fmt(metrics["rm/heldout_accuracy_gold"]),
+        )
         return metrics
 
     def _rm_eval(self, model, held: list, gold: list[list[float]]) -> dict:
@@ -387,14 +466,19 @@ class SharedStages:
         acc_gold = ((dr > 0) & strict).sum().item() / max(1, strict.sum().item())
         if bool(gold.isnan().any()):
             acc_gold = None  # no judge: there is no gold order
-        return {"rm/heldout_accuracy_labels": m["rm/accuracy"].item(), "rm/heldout_accuracy_gold": acc_gold,
-                "rm/heldout_loss": m["loss/reward_model"].item(), "rm/heldout_lists": len(held)}
+        return {
+            "rm/heldout_accuracy_labels": m["rm/accuracy"].item(),
+            "rm/heldout_accuracy_gold": acc_gold,
+            "rm/heldout_loss": m["loss/reward_model"].item(),
+            "rm/heldout_lists": len(held),
+        }
 
     def load_reward_model(self, art: SharedArtifacts):
         from transformers import AutoModelForSequenceClassification
 
-        return AutoModelForSequenceClassification.from_pretrained(art.reward_model_dir,
-                                                                  **dtype_kwargs(self.model_cfg)).to(self.device)
+        return AutoModelForSequenceClassification.from_pretrained(
+            art.reward_model_dir, **dtype_kwargs(self.model_cfg)
+        ).to(self.device)
 
 
 def _fmt(value: Optional[float]) -> str:

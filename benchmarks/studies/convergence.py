@@ -1,7 +1,8 @@
 """Convergence to the exact optimum on the enumerable bandit.
 
 For each algorithm and beta, train on ``task=bandit`` against the gold reward (no proxy error),
-with the settings tuned for the bandit benchmark (``tuned=bandit``), and compare the final policy with the exact KL-regularised optimum ``pi*_beta``:
+with the settings tuned for the bandit benchmark (``tuned=bandit``), and compare the final policy with the exact
+KL-regularised optimum ``pi*_beta``:
 
 - ``efficiency = (reward - reward_sft) / (optimal reward at the same KL - reward_sft)``
 - ``kl_rel_error = KL / KL(pi*_beta || pi_ref) - 1``, ``kl_to_optimum = KL(pi || pi*_beta)``
@@ -35,13 +36,43 @@ import torch
 
 # Configurations that target something other than pi*_beta (the plugins declare their targets):
 # name -> (algorithm config, overrides). Run directories and rows carry the name.
-VARIANTS = {"ppo_k3": ("ppo", ("algorithm.kl_estimator=k3",)),
-            "online_dpo_hard": ("online_dpo", ("algorithm.pair_labels=hard",))}
-ALGORITHMS = ("ppo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "grpo", "reinforce_pp", "dpo", "ppo_k3", "online_dpo_hard")
+VARIANTS = {
+    "ppo_k3": ("ppo", ("algorithm.kl_estimator=k3",)),
+    "online_dpo_hard": ("online_dpo", ("algorithm.pair_labels=hard",)),
+}
+ALGORITHMS = (
+    "ppo",
+    "online_dpo",
+    "p3o_v1",
+    "p3o_v2",
+    "rloo",
+    "grpo",
+    "reinforce_pp",
+    "dpo",
+    "ppo_k3",
+    "online_dpo_hard",
+)
 BETAS = (0.2, 0.6, 2.0)
-COLUMNS = ["algorithm", "beta", "seed", "kl", "kl_optimal", "kl_rel_error", "reward_gold", "reward_optimal_at_beta",
-           "reward_sft", "efficiency", "kl_to_optimum", "target", "kl_target", "kl_rel_error_target", "reward_target",
-           "kl_to_target", "target_residual", "train_seconds"]
+COLUMNS = [
+    "algorithm",
+    "beta",
+    "seed",
+    "kl",
+    "kl_optimal",
+    "kl_rel_error",
+    "reward_gold",
+    "reward_optimal_at_beta",
+    "reward_sft",
+    "efficiency",
+    "kl_to_optimum",
+    "target",
+    "kl_target",
+    "kl_rel_error_target",
+    "reward_target",
+    "kl_to_target",
+    "target_residual",
+    "train_seconds",
+]
 
 
 def compose(overrides: Sequence[str]):
@@ -56,15 +87,28 @@ def compose(overrides: Sequence[str]):
         return hydra_compose("config", overrides=list(overrides))
 
 
-def run_point(name: str, beta: float, out_dir: str, cache_dir: str, overrides: Sequence[str] = (),
-              seed: int = 0) -> dict:
+def run_point(
+    name: str, beta: float, out_dir: str, cache_dir: str, overrides: Sequence[str] = (), seed: int = 0
+) -> dict:
     """Train one (algorithm or variant, beta, seed) against the gold bandit reward, with the bandit's
     tuned settings (conf/tuned/bandit.yaml); return its convergence row."""
     from ..training.runs import run
 
     algorithm, extra = VARIANTS.get(name, (name, ()))
-    cfg = compose([f"algorithm={algorithm}", *extra, f"algorithm.beta={beta}", "task=bandit", "reward_model=gold",
-                   "tuned=bandit", f"seed={seed}", f"cache_dir={cache_dir}", "progress=false", *overrides])
+    cfg = compose(
+        [
+            f"algorithm={algorithm}",
+            *extra,
+            f"algorithm.beta={beta}",
+            "task=bandit",
+            "reward_model=gold",
+            "tuned=bandit",
+            f"seed={seed}",
+            f"cache_dir={cache_dir}",
+            "progress=false",
+            *overrides,
+        ]
+    )
     run_dir = Path(out_dir) / "runs" / (f"{name}_beta{beta:g}" + ("" if seed == 0 else f"_seed{seed}"))
     summary = run(cfg, run_dir)
     if summary["status"] == "failed":
@@ -72,10 +116,19 @@ def run_point(name: str, beta: float, out_dir: str, cache_dir: str, overrides: S
     rows = [json.loads(line) for line in open(run_dir / "eval.jsonl")]
     final, sft = rows[-1], rows[0]
     kl_opt = summary["optimal_at_beta"]["kl"]
-    row = {"algorithm": name, "beta": beta, "seed": seed, "kl": final["kl"], "kl_optimal": kl_opt,
-           "kl_rel_error": final["kl"] / kl_opt - 1.0, "reward_gold": final["reward_gold"],
-           "reward_optimal_at_beta": summary["optimal_at_beta"]["reward_value"], "reward_sft": sft["reward_gold"],
-           "efficiency": final["efficiency"], "train_seconds": summary["train_seconds"]}
+    row = {
+        "algorithm": name,
+        "beta": beta,
+        "seed": seed,
+        "kl": final["kl"],
+        "kl_optimal": kl_opt,
+        "kl_rel_error": final["kl"] / kl_opt - 1.0,
+        "reward_gold": final["reward_gold"],
+        "reward_optimal_at_beta": summary["optimal_at_beta"]["reward_value"],
+        "reward_sft": sft["reward_gold"],
+        "efficiency": final["efficiency"],
+        "train_seconds": summary["train_seconds"],
+    }
     return {**row, **target_columns(run_dir, cfg, beta, final["kl"])}
 
 
@@ -85,9 +138,9 @@ def target_columns(run_dir: Path, cfg, beta: float, kl: float) -> dict:
     and for another target its KL to pi_ref, gold reward and KL(pi || target)."""
     from omegaconf import OmegaConf
 
-    from ..plugins import get_algorithm
     from ..evaluation import kl_and_reward
     from ..evaluation.targets import PI_STAR, distances, reverse_kl_optimum, target_table
+    from ..plugins import get_algorithm
 
     spec = get_algorithm(cfg.algorithm.name)
     acfg = spec.config_class(**OmegaConf.to_container(cfg.algorithm, resolve=True))
@@ -96,13 +149,21 @@ def target_columns(run_dir: Path, cfg, beta: float, kl: float) -> dict:
     star = reverse_kl_optimum(t["ref_logp"].double(), t["gold"], beta)
     out = {"kl_to_optimum": distances(t["logp"], {"star": star})["star"], "target": objective.name}
     if objective is PI_STAR or objective.solve is None:
-        return {**out, **dict.fromkeys(("kl_target", "kl_rel_error_target", "reward_target", "kl_to_target",
-                                        "target_residual"))}
+        return {
+            **out,
+            **dict.fromkeys(("kl_target", "kl_rel_error_target", "reward_target", "kl_to_target", "target_residual")),
+        }
     task = cfg.task
     target = target_table(objective, t["ref_logp"], t["gold"], beta, A=task.n_actions, L=task.response_len)
     kl_t, reward_t = kl_and_reward(target.logp, t["ref_logp"].double(), t["gold"])
-    return {**out, "kl_target": kl_t, "kl_rel_error_target": kl / kl_t - 1.0, "reward_target": reward_t, "kl_to_target": distances(t["logp"], {"t": target})["t"],
-            "target_residual": target.residual}
+    return {
+        **out,
+        "kl_target": kl_t,
+        "kl_rel_error_target": kl / kl_t - 1.0,
+        "reward_target": reward_t,
+        "kl_to_target": distances(t["logp"], {"t": target})["t"],
+        "target_residual": target.residual,
+    }
 
 
 def enumerated_tables(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -123,30 +184,51 @@ def enumerated_tables(run_dir: Path) -> dict[str, torch.Tensor]:
     task = build_task(task_cfg)
     load = lambda d: AutoModelForCausalLM.from_pretrained(str(d)).eval()  # noqa: E731
     ref, policy = load(summary["shared"]["dirs"]["sft"]), load(Path(run_dir) / "policy")
-    engine = RolloutEngine(task, ref, None, reward_kind="gold", temperature=task_cfg.temperature,
-                           device=torch.device("cpu"))
+    engine = RolloutEngine(
+        task, ref, None, reward_kind="gold", temperature=task_cfg.temperature, device=torch.device("cpu")
+    )
     responses, prompts = task.all_responses(), [list(p) for p in task.eval_prompts]
     tree = PrefixTree(responses, engine.logit_mask)
     gold = task.gold_reward([p for p in prompts for _ in responses], responses * len(prompts))
-    return {"logp": tree.logprobs(policy, prompts, engine), "ref_logp": tree.logprobs(ref, prompts, engine),
-            "gold": gold.view(len(prompts), len(responses)).double()}
+    return {
+        "logp": tree.logprobs(policy, prompts, engine),
+        "ref_logp": tree.logprobs(ref, prompts, engine),
+        "gold": gold.view(len(prompts), len(responses)).double(),
+    }
 
 
 def _point(args):
     return run_point(*args)
 
 
-def convergence_grid(out_dir: Path, cache_dir: Path, algorithms: Sequence[str] = ALGORITHMS,
-                     betas: Sequence[float] = BETAS, jobs: int = 2, overrides: Sequence[str] = (),
-                     seed: int = 0) -> list[dict]:
+def convergence_grid(
+    out_dir: Path,
+    cache_dir: Path,
+    algorithms: Sequence[str] = ALGORITHMS,
+    betas: Sequence[float] = BETAS,
+    jobs: int = 2,
+    overrides: Sequence[str] = (),
+    seed: int = 0,
+) -> list[dict]:
     """Run the grid (``jobs`` processes in parallel) and write ``convergence.csv`` / ``.md``."""
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Build the shared stages once before fanning out (the lock would also serialise them).
     from ..training.runs import run
 
-    run(compose(["algorithm=sft", "task=bandit", "reward_model=gold", f"cache_dir={cache_dir}", "progress=false",
-                 *overrides]), out_dir / "runs" / "sft")
+    run(
+        compose(
+            [
+                "algorithm=sft",
+                "task=bandit",
+                "reward_model=gold",
+                f"cache_dir={cache_dir}",
+                "progress=false",
+                *overrides,
+            ]
+        ),
+        out_dir / "runs" / "sft",
+    )
     points = [(a, b, str(out_dir), str(cache_dir), tuple(overrides), seed) for a in algorithms for b in betas]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
         rows = list(pool.map(_point, points))
@@ -166,20 +248,32 @@ def _f(x, fmt: str = ".3f", pct: bool = False) -> str:
 
 def markdown(rows: list[dict]) -> str:
     """Two tables: where every run ended against pi*_beta, and against its own objective's target."""
-    lines = ["| algorithm | beta | KL | KL(pi*_beta) | KL rel. error | gold reward | optimal reward at beta | efficiency | "
-             "KL(pi ‖ pi*_beta) | train s |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| algorithm | beta | KL | KL(pi*_beta) | KL rel. error | gold reward | optimal reward at beta | efficiency | "
+        "KL(pi ‖ pi*_beta) | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['algorithm']} | {r['beta']:g} | {r['kl']:.3f} | {r['kl_optimal']:.3f} | "
-                     f"{_f(r['kl_rel_error'], pct=True)} | {r['reward_gold']:.3f} | {r['reward_optimal_at_beta']:.3f} | "
-                     f"{r['efficiency']:.3f} | {_f(r['kl_to_optimum'], '.4f')} | {r['train_seconds']:.0f} |")
-    lines += ["", "What each objective converges to (the plugin's declared target, solved exactly on the run's "
-              "tables; KL to pi_ref and gold reward of the target, the run's KL error against it, KL(pi ‖ target)):",
-              "", "| algorithm | beta | target | target KL | target gold reward | KL rel. error to target | "
-              "KL(pi ‖ target) | KL(pi ‖ pi*_beta) |", "|---|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['algorithm']} | {r['beta']:g} | {r['kl']:.3f} | {r['kl_optimal']:.3f} | "
+            f"{_f(r['kl_rel_error'], pct=True)} | {r['reward_gold']:.3f} | {r['reward_optimal_at_beta']:.3f} | "
+            f"{r['efficiency']:.3f} | {_f(r['kl_to_optimum'], '.4f')} | {r['train_seconds']:.0f} |"
+        )
+    lines += [
+        "",
+        "What each objective converges to (the plugin's declared target, solved exactly on the run's "
+        "tables; KL to pi_ref and gold reward of the target, the run's KL error against it, KL(pi ‖ target)):",
+        "",
+        "| algorithm | beta | target | target KL | target gold reward | KL rel. error to target | "
+        "KL(pi ‖ target) | KL(pi ‖ pi*_beta) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['algorithm']} | {r['beta']:g} | {r['target']} | {_f(r['kl_target'])} | "
-                     f"{_f(r['reward_target'])} | {_f(r['kl_rel_error_target'], pct=True)} | "
-                     f"{_f(r['kl_to_target'], '.4f')} | {_f(r['kl_to_optimum'], '.4f')} |")
+        lines.append(
+            f"| {r['algorithm']} | {r['beta']:g} | {r['target']} | {_f(r['kl_target'])} | "
+            f"{_f(r['reward_target'])} | {_f(r['kl_rel_error_target'], pct=True)} | "
+            f"{_f(r['kl_to_target'], '.4f')} | {_f(r['kl_to_optimum'], '.4f')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

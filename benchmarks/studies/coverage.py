@@ -50,8 +50,18 @@ from scipy import stats
 from ..report.verdicts import find_gap, pairwise_gaps, verdict_of
 
 SIZES = ((3, 2), (3, 3), (5, 2), (5, 3))  # (worlds, seeds) the committed benchmarks run
-COLUMNS = ["regime", "method", "worlds", "seeds", "gap_in_between_sds", "benchmarks", "better", "worse",
-           "indistinguishable", "cannot_tell"]
+COLUMNS = [
+    "regime",
+    "method",
+    "worlds",
+    "seeds",
+    "gap_in_between_sds",
+    "benchmarks",
+    "better",
+    "worse",
+    "indistinguishable",
+    "cannot_tell",
+]
 
 
 @dataclass(frozen=True)
@@ -68,8 +78,7 @@ class TwoLevelModel:
     slope: tuple[float, float] = (0.6, 1.4)  # range of the worlds' reward scales
 
 
-REGIMES = {"world dominates": TwoLevelModel(),
-           "seeds dominate": TwoLevelModel(sigma_between=0.01, sigma_within=0.05)}
+REGIMES = {"world dominates": TwoLevelModel(), "seeds dominate": TwoLevelModel(sigma_between=0.01, sigma_within=0.05)}
 
 
 @dataclass
@@ -88,8 +97,9 @@ class SimRun:
     beta_independent: bool = False
 
 
-def simulate_runs(model: TwoLevelModel, rng: np.random.Generator, worlds: int, seeds: int, delta: float
-                  ) -> list[SimRun]:
+def simulate_runs(
+    model: TwoLevelModel, rng: np.random.Generator, worlds: int, seeds: int, delta: float
+) -> list[SimRun]:
     """One benchmark's final points: algorithms a and b x betas x worlds x seeds."""
     runs = []
     for w in range(worlds):
@@ -123,12 +133,12 @@ def _world_bootstrap(g, rng: np.random.Generator, n_resamples: int = 2000) -> st
     return verdict_of(*np.percentile(means, [2.5, 97.5]))
 
 
-def verdict(method: str, runs: Sequence[SimRun], n_resamples: int = 400,
-            rng: Optional[np.random.Generator] = None) -> str:
+def verdict(
+    method: str, runs: Sequence[SimRun], n_resamples: int = 400, rng: Optional[np.random.Generator] = None
+) -> str:
     """The all-β verdict of a over b by ``method`` (:data:`METHODS`)."""
     if method == "one world's seeds":
-        (world,) = find_gap(pairwise_gaps([r for r in runs if r.world == 0], n_resamples=n_resamples),
-                            "a", "b").worlds
+        (world,) = find_gap(pairwise_gaps([r for r in runs if r.world == 0], n_resamples=n_resamples), "a", "b").worlds
         return world.verdict
     g = find_gap(pairwise_gaps(runs, n_resamples=0), "a", "b")
     if method == "bootstrap over worlds":
@@ -139,8 +149,9 @@ def verdict(method: str, runs: Sequence[SimRun], n_resamples: int = 400,
 METHODS = ("pooled", "one world's seeds", "seeds only", "bootstrap over worlds")
 
 
-def simulate(model: TwoLevelModel, worlds: int, seeds: int, k_sds: float, n: int, seed: int = 0,
-             method: str = "pooled") -> dict[str, float]:
+def simulate(
+    model: TwoLevelModel, worlds: int, seeds: int, k_sds: float, n: int, seed: int = 0, method: str = "pooled"
+) -> dict[str, float]:
     """Shares of each verdict of ``method`` over ``n`` simulated benchmarks with a true gap of ``k_sds``
     between-world SDs."""
     rng = np.random.default_rng([seed, worlds, seeds, int(round(100 * k_sds)), METHODS.index(method)])
@@ -158,8 +169,10 @@ def agreement(model: TwoLevelModel, worlds: int, seeds: int, n: int, seed: int =
     rng = np.random.default_rng([seed, worlds, seeds, 7])
     counts = {"mutual": 0, "either": 0, "flip": 0}
     for _ in range(n):
-        g1, g2 = (find_gap(pairwise_gaps(simulate_runs(model, rng, worlds, seeds, 0.0), n_resamples=0), "a", "b")
-                  for _ in range(2))
+        g1, g2 = (
+            find_gap(pairwise_gaps(simulate_runs(model, rng, worlds, seeds, 0.0), n_resamples=0), "a", "b")
+            for _ in range(2)
+        )
         inside = (g1.low <= g2.gap <= g1.high, g2.low <= g1.gap <= g2.high)
         counts["mutual"] += all(inside)
         counts["either"] += any(inside)
@@ -176,14 +189,28 @@ def coverage_rows(n: int = 1000, n_bootstrapped: int = 300, seed: int = 0) -> li
         for worlds, seeds in SIZES:
             cases = [("pooled", 0.0, n)]
             if regime == "world dominates":
-                cases += [("pooled", 3.0, n), ("bootstrap over worlds", 0.0, n), ("seeds only", 0.0, n),
-                          ("one world's seeds", 0.0, n_bootstrapped)]
+                cases += [
+                    ("pooled", 3.0, n),
+                    ("bootstrap over worlds", 0.0, n),
+                    ("seeds only", 0.0, n),
+                    ("one world's seeds", 0.0, n_bootstrapped),
+                ]
             for method, k, m in cases:
                 shares = simulate(model, worlds, seeds, k, m, seed, method)
-                rows.append({"regime": regime, "method": method, "worlds": worlds, "seeds": seeds,
-                             "gap_in_between_sds": k, "benchmarks": m, "better": shares["better"],
-                             "worse": shares["worse"], "indistinguishable": shares["indistinguishable"],
-                             "cannot_tell": shares["cannot tell"]})
+                rows.append(
+                    {
+                        "regime": regime,
+                        "method": method,
+                        "worlds": worlds,
+                        "seeds": seeds,
+                        "gap_in_between_sds": k,
+                        "benchmarks": m,
+                        "better": shares["better"],
+                        "worse": shares["worse"],
+                        "indistinguishable": shares["indistinguishable"],
+                        "cannot_tell": shares["cannot tell"],
+                    }
+                )
     return rows
 
 
@@ -193,37 +220,47 @@ def write(rows: Sequence[dict], out: Path, agree: Optional[dict] = None) -> None
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(rows)
-    L = ["# Coverage of the verdicts, by simulation", "",
-         "`python -m rlhf_bench.benchmarks.coverage --out results/coverage` (module docstring of "
-         "`benchmarks/studies/coverage.py`: the two-level model, and how each simulated benchmark goes through the "
-         "report's own `pairwise_gaps`). 95% level; a verdict *better* or *worse* under a true gap of 0 is a "
-         "false claim, *better* under a positive gap a detection. *Pooled*: the report's verdict, from the "
-         "t-interval over the per-world gaps. *One world's seeds*: world 0's bootstrap over its seeds (the "
-         "report's verdict before worlds were a factor). *Seeds only*: the pooled gap with an interval from "
-         "the seeds' variance alone (every run counted, the between-world variance ignored). *Bootstrap over "
-         "worlds*: the percentile bootstrap of the mean of the per-world gaps (the alternative to the "
-         "t-interval).", "",
-         "| regime | method | worlds × seeds | true gap (between-world SDs) | benchmarks | indistinguishable | "
-         "better | worse |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    L = [
+        "# Coverage of the verdicts, by simulation",
+        "",
+        "`python -m rlhf_bench.benchmarks.coverage --out results/coverage` (module docstring of "
+        "`benchmarks/studies/coverage.py`: the two-level model, and how each simulated benchmark goes through the "
+        "report's own `pairwise_gaps`). 95% level; a verdict *better* or *worse* under a true gap of 0 is a "
+        "false claim, *better* under a positive gap a detection. *Pooled*: the report's verdict, from the "
+        "t-interval over the per-world gaps. *One world's seeds*: world 0's bootstrap over its seeds (the "
+        "report's verdict before worlds were a factor). *Seeds only*: the pooled gap with an interval from "
+        "the seeds' variance alone (every run counted, the between-world variance ignored). *Bootstrap over "
+        "worlds*: the percentile bootstrap of the mean of the per-world gaps (the alternative to the "
+        "t-interval).",
+        "",
+        "| regime | method | worlds × seeds | true gap (between-world SDs) | benchmarks | indistinguishable | "
+        "better | worse |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
-        L.append(f"| {r['regime']} | {r['method']} | {r['worlds']} × {r['seeds']} | {r['gap_in_between_sds']:g} | "
-                 f"{r['benchmarks']} | {r['indistinguishable']:.1%} | {r['better']:.1%} | {r['worse']:.1%} |")
+        L.append(
+            f"| {r['regime']} | {r['method']} | {r['worlds']} × {r['seeds']} | {r['gap_in_between_sds']:g} | "
+            f"{r['benchmarks']} | {r['indistinguishable']:.1%} | {r['better']:.1%} | {r['worse']:.1%} |"
+        )
     if agree:
-        L += ["", f"Two benchmarks of {agree['worlds']} worlds × {agree['seeds']} seeds drawn independently from the "
-              f"model where the world dominates ({agree['benchmarks']} pairs, no true gap), as the same command "
-              "elsewhere draws other worlds: each pooled estimate inside the other's interval in "
-              f"{agree['mutual']:.1%} of the pairs, at least one in {agree['either']:.1%}, verdicts flipping between "
-              f"*better* and *worse* in {agree['flip']:.1%}. An exact 95% interval does not make two benchmarks' "
-              "estimates fall inside each other's intervals every time; a flip is what should (nearly) never happen."]
-    models = "; ".join(f"{name}: sigma_between {m.sigma_between}, sigma_within {m.sigma_within}"
-                       for name, m in REGIMES.items())
+        L += [
+            "",
+            f"Two benchmarks of {agree['worlds']} worlds × {agree['seeds']} seeds drawn independently from the "
+            f"model where the world dominates ({agree['benchmarks']} pairs, no true gap), as the same command "
+            "elsewhere draws other worlds: each pooled estimate inside the other's interval in "
+            f"{agree['mutual']:.1%} of the pairs, at least one in {agree['either']:.1%}, verdicts flipping between "
+            f"*better* and *worse* in {agree['flip']:.1%}. An exact 95% interval does not make two benchmarks' "
+            "estimates fall inside each other's intervals every time; a flip is what should (nearly) never happen.",
+        ]
+    models = "; ".join(
+        f"{name}: sigma_between {m.sigma_between}, sigma_within {m.sigma_within}" for name, m in REGIMES.items()
+    )
     L += ["", f"Models ({models}; KLs {TwoLevelModel().kls}, relative KL noise {TwoLevelModel().kl_noise}).", ""]
     (out / "coverage.md").write_text("\n".join(L))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.coverage",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.coverage", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("results/coverage"))
     ap.add_argument("--n", type=int, default=1000, help="simulated benchmarks per pooled cell")
     ap.add_argument("--n-bootstrapped", type=int, default=300, help="per one-world cell (each bootstraps)")

@@ -31,9 +31,26 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import linalg
 
-__all__ = ["FORMS", "Fit", "BootstrapFit", "design", "predict", "fit_form", "peak_d", "peak_kl", "peak_gain",
-           "bootstrap_fit", "percentile_interval", "peak_verdict", "point_verdict", "RunCurve", "Curve", "CurveFit",
-           "observed", "fit_curve"]
+__all__ = [
+    "FORMS",
+    "Fit",
+    "BootstrapFit",
+    "design",
+    "predict",
+    "fit_form",
+    "peak_d",
+    "peak_kl",
+    "peak_gain",
+    "bootstrap_fit",
+    "percentile_interval",
+    "peak_verdict",
+    "point_verdict",
+    "RunCurve",
+    "Curve",
+    "CurveFit",
+    "observed",
+    "fit_curve",
+]
 
 #: ``bon``: best-of-n, ``R = d (alpha - beta d)``; ``rl``: RL, ``R = d (alpha - beta log d)``.
 FORMS = ("bon", "rl")
@@ -138,7 +155,7 @@ def fit_form(form: str, d, gain) -> Fit:
     if rank < 2:
         return Fit(form, math.nan, math.nan, math.nan, int(d.size))
     resid = gain - X @ coef
-    return Fit(form, float(coef[0]), float(coef[1]), float(math.sqrt(np.mean(resid ** 2))), int(d.size))
+    return Fit(form, float(coef[0]), float(coef[1]), float(math.sqrt(np.mean(resid**2))), int(d.size))
 
 
 def percentile_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
@@ -185,8 +202,9 @@ def _run_statistics(form: str, runs: Sequence[tuple]) -> tuple[np.ndarray, np.nd
     return np.array(xtx).reshape(-1, 2, 2), np.array(xty).reshape(-1, 2)
 
 
-def bootstrap_fit(form: str, runs: Sequence[tuple], n_boot: int = 2000, seed: int = 0,
-                  level: float = 0.95) -> BootstrapFit:
+def bootstrap_fit(
+    form: str, runs: Sequence[tuple], n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> BootstrapFit:
     """Fit ``form`` to the pooled points of ``runs`` (a sequence of ``(d, gain)`` arrays, one per run:
     one seed's learning curve, or one seed's best-of-n curve), and bootstrap over runs: ``n_boot``
     times, draw as many runs as there are with replacement (numpy generator seeded with ``seed``),
@@ -225,8 +243,13 @@ def bootstrap_fit(form: str, runs: Sequence[tuple], n_boot: int = 2000, seed: in
 
 
 #: The verdicts of :func:`peak_verdict`.
-IN_RANGE, BEYOND, NO_PEAK, CANNOT_TELL, UNDETERMINED = ("peaks in range", "peak beyond the data", "no peak",
-                                                         "cannot tell", "not determined")
+IN_RANGE, BEYOND, NO_PEAK, CANNOT_TELL, UNDETERMINED = (
+    "peaks in range",
+    "peak beyond the data",
+    "no peak",
+    "cannot tell",
+    "not determined",
+)
 
 
 def peak_verdict(bf: BootstrapFit) -> str:
@@ -245,7 +268,7 @@ def peak_verdict(bf: BootstrapFit) -> str:
     f = bf.fit
     if not (math.isfinite(f.alpha) and math.isfinite(f.beta)):
         return UNDETERMINED
-    kl_max = bf.d_max ** 2
+    kl_max = bf.d_max**2
     point_in = 0 < f.kl_peak <= kl_max
     if not bf.has_interval:
         return CANNOT_TELL
@@ -265,7 +288,7 @@ def point_verdict(fit: Fit, d_max: float) -> str:
         return UNDETERMINED
     if fit.beta <= 0:
         return NO_PEAK
-    return IN_RANGE if 0 < fit.kl_peak <= d_max ** 2 else BEYOND
+    return IN_RANGE if 0 < fit.kl_peak <= d_max**2 else BEYOND
 
 
 # ------------------------------------------------------------------------------- curves of runs
@@ -306,8 +329,14 @@ class Curve:
 
     def of_world(self, world: int) -> "Curve":
         """The same curve restricted to one world's runs."""
-        return Curve(self.name, self.form, self.task, self.reward_model, self.kl_coef,
-                     [rc for rc in self.runs if rc.world == world])
+        return Curve(
+            self.name,
+            self.form,
+            self.task,
+            self.reward_model,
+            self.kl_coef,
+            [rc for rc in self.runs if rc.world == world],
+        )
 
     def mean_curve(self, reward: str) -> tuple[np.ndarray, np.ndarray]:
         """(KL, gain) at each step (RL) or n (best-of-n), in order of x: averaged over each world's seeds,

@@ -41,12 +41,20 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from . import gao_fits as gf
 from ..report.loading import Run, _algo_key, _groups, _warn, load_runs
 from ..report.pooling import pooled
+from . import gao_fits as gf
 
-__all__ = ["BON", "load_curves", "WorldsFit", "kl_peak_interval", "worlds_fit", "fit_curve", "fit_curves",
-           "method_markdown"]
+__all__ = [
+    "BON",
+    "load_curves",
+    "WorldsFit",
+    "kl_peak_interval",
+    "worlds_fit",
+    "fit_curve",
+    "fit_curves",
+    "method_markdown",
+]
 
 BON = "best_of_n"
 
@@ -99,13 +107,22 @@ def _rl_curves(g_runs: list[Run], task: str, rm: str, notes: Optional[list[str]]
         rows = sorted((e for e in r.eval_rows if e.get("kl") is not None), key=lambda e: e.get("step", 0))
         base = next((e for e in rows if e.get("step") == 0), None) or _baseline(g_runs, r.world, r.seed)
         if base is None or not rows:
-            _warn(f"{r.path}: no step-0 evaluation and no sft run of world {r.world} to measure gains from; "
-                  "left out", notes)
+            _warn(
+                f"{r.path}: no step-0 evaluation and no sft run of world {r.world} to measure gains from; left out",
+                notes,
+            )
             continue
         name = r.algorithm + (f" (β={r.beta:g})" if len(betas_of[r.algorithm]) > 1 else "")
         c = by_key.setdefault((r.algorithm, r.beta), gf.Curve(name, "rl", task, rm, r.beta))
-        c.runs.append(gf.RunCurve(r.seed, [float(e.get("step", i)) for i, e in enumerate(rows)],
-                                  [_value(e, "kl") for e in rows], _gains(rows, base), r.world))
+        c.runs.append(
+            gf.RunCurve(
+                r.seed,
+                [float(e.get("step", i)) for i, e in enumerate(rows)],
+                [_value(e, "kl") for e in rows],
+                _gains(rows, base),
+                r.world,
+            )
+        )
     return sorted(by_key.values(), key=lambda c: (_algo_key(c.name.split(" ")[0]), c.kl_coef))
 
 
@@ -119,17 +136,28 @@ def _bon_curve(g_runs: list[Run], task: str, rm: str, notes: Optional[list[str]]
     for (world, seed), s_runs in sorted(by_run.items()):
         base = _baseline(g_runs, world, seed)
         if base is None:
-            _warn(f"{task}/{rm}: no sft run or step-0 evaluation in world {world} to measure best-of-n gains "
-                  "from; its best-of-n runs left out", notes)
+            _warn(
+                f"{task}/{rm}: no sft run or step-0 evaluation in world {world} to measure best-of-n gains "
+                "from; its best-of-n runs left out",
+                notes,
+            )
             continue
         s_runs.sort(key=_bon_n)
-        curve.runs.append(gf.RunCurve(seed, [float(_bon_n(r)) for r in s_runs], [_value(r.final, "kl") for r in s_runs],
-                                      _gains([r.final for r in s_runs], base), world))
+        curve.runs.append(
+            gf.RunCurve(
+                seed,
+                [float(_bon_n(r)) for r in s_runs],
+                [_value(r.final, "kl") for r in s_runs],
+                _gains([r.final for r in s_runs], base),
+                world,
+            )
+        )
     return curve
 
 
-def load_curves(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None
-                ) -> tuple[list[gf.Curve], list[Run], list]:
+def load_curves(
+    sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None
+) -> tuple[list[gf.Curve], list[Run], list]:
     """(curves, the runs they come from, the runs left out) under the sweep directories, every gain over
     the SFT base of the run's own world; raises :class:`NoRunsError` when there is no finished run (see
     :func:`~.report_loading.load_runs`)."""
@@ -180,8 +208,10 @@ def kl_peak_interval(world_fits: Sequence[gf.Fit], level: float = 0.95) -> tuple
 def _stack(runs: Sequence[tuple]) -> tuple[np.ndarray, np.ndarray]:
     if not runs:
         return np.empty(0), np.empty(0)
-    return (np.concatenate([np.asarray(d, float) for d, _ in runs]),
-            np.concatenate([np.asarray(g, float) for _, g in runs]))
+    return (
+        np.concatenate([np.asarray(d, float) for d, _ in runs]),
+        np.concatenate([np.asarray(g, float) for _, g in runs]),
+    )
 
 
 def _mean_fit(form: str, determined: Sequence[gf.Fit], d: np.ndarray, gain: np.ndarray) -> gf.Fit:
@@ -192,8 +222,7 @@ def _mean_fit(form: str, determined: Sequence[gf.Fit], d: np.ndarray, gain: np.n
     alpha = math.fsum(f.alpha for f in determined) / len(determined)
     beta = math.fsum(f.beta for f in determined) / len(determined)
     resid = gain[keep] - gf.predict(form, alpha, beta, d[keep])
-    return gf.Fit(form, alpha, beta, float(math.sqrt(np.mean(resid ** 2))) if resid.size else math.nan,
-                  int(keep.sum()))
+    return gf.Fit(form, alpha, beta, float(math.sqrt(np.mean(resid**2))) if resid.size else math.nan, int(keep.sum()))
 
 
 def worlds_fit(form: str, runs_by_world: Mapping[int, Sequence[tuple]], level: float = 0.95) -> WorldsFit:
@@ -205,8 +234,14 @@ def worlds_fit(form: str, runs_by_world: Mapping[int, Sequence[tuple]], level: f
     d_max = float(finite_d.max()) if finite_d.size else math.nan
     world_fits = {w: gf.fit_form(form, *_stack(runs)) for w, runs in sorted(runs_by_world.items())}
     determined = [f for f in world_fits.values() if math.isfinite(f.alpha) and math.isfinite(f.beta)]
-    out = WorldsFit(_mean_fit(form, determined, d_all, g_all), sum(len(r) for r in runs_by_world.values()), d_max,
-                    n_worlds=len(determined), world_fits=world_fits, all_runs=gf.fit_form(form, d_all, g_all))
+    out = WorldsFit(
+        _mean_fit(form, determined, d_all, g_all),
+        sum(len(r) for r in runs_by_world.values()),
+        d_max,
+        n_worlds=len(determined),
+        world_fits=world_fits,
+        all_runs=gf.fit_form(form, d_all, g_all),
+    )
     if len(determined) < 2:
         return out
     alpha, beta = pooled([f.alpha for f in determined], level), pooled([f.beta for f in determined], level)
@@ -253,7 +288,8 @@ def method_markdown(n_boot: int, seed: int) -> str:
         "Worlds: each world (`task.seed`) has its own gold reward, data, SFT base and proxy learned from its few "
         "lists, and how far gold falls depends mostly on that proxy, so an interval over the seeds of one world (or "
         "over runs pooled across worlds as if independent) would leave out most of the spread. A curve spanning two "
-        "or more worlds is fitted to each world's runs alone and pooled over worlds (`benchmarks/report/pooling.py`): α and "
+        "or more worlds is fitted to each world's runs alone and pooled over worlds "
+        "(`benchmarks/report/pooling.py`): α and "
         "β are the means of the per-world fits (the pooled curve; fitted peak KL: its peak; RMSE over every point) "
         "with 95% Student-t intervals **over worlds** (W − 1 degrees of freedom) of the per-world α and β; KL*'s "
         "interval is the t-interval of the per-world log KL* transformed back, when every world's fit has a finite "
@@ -265,4 +301,5 @@ def method_markdown(n_boot: int, seed: int) -> str:
         "tell*). Verdict, read from the pooled intervals: *peaks in range* when the fitted peak and its whole "
         "interval lie inside the measured KL range, *peak beyond the data* / *no peak* when they lie beyond it, else "
         "*cannot tell*. Each world's own fit (the per-world rows of `overoptimisation.csv`, intervals a bootstrap "
-        "over its seeds) shows the spread; the verdict is not read from it.")
+        "over its seeds) shows the spread; the verdict is not read from it."
+    )

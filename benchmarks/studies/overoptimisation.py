@@ -39,22 +39,54 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from hydra.experimental.callback import Callback
 
-from . import gao_fits as gf
-from . import gao_worlds as gw
-from .gao_worlds import load_curves
 from ..report.loading import NoRunsError, ReportError, ReportWarning, Run
 from ..report.markdown import _versions, left_out_section
 from ..report.plots import algorithm_color
+from . import gao_fits as gf
+from . import gao_worlds as gw
+from .gao_worlds import load_curves
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_curves", "write_csv", "write_markdown", "plot", "build", "main", "OveroptimisationCallback",
-           "CSV_COLUMNS"]
+__all__ = [
+    "load_curves",
+    "write_csv",
+    "write_markdown",
+    "plot",
+    "build",
+    "main",
+    "OveroptimisationCallback",
+    "CSV_COLUMNS",
+]
 
-CSV_COLUMNS = ["algorithm", "reward", "alpha", "alpha_lo", "alpha_hi", "beta", "beta_lo", "beta_hi", "kl_peak",
-               "kl_peak_lo", "kl_peak_hi", "n_runs", "n_points", "rmse", "form", "verdict", "kl_max",
-               "kl_peak_observed", "gain_peak_observed", "kl_end", "gain_end", "kl_coef", "task", "reward_model",
-               "worlds", "world"]
+CSV_COLUMNS = [
+    "algorithm",
+    "reward",
+    "alpha",
+    "alpha_lo",
+    "alpha_hi",
+    "beta",
+    "beta_lo",
+    "beta_hi",
+    "kl_peak",
+    "kl_peak_lo",
+    "kl_peak_hi",
+    "n_runs",
+    "n_points",
+    "rmse",
+    "form",
+    "verdict",
+    "kl_max",
+    "kl_peak_observed",
+    "gain_peak_observed",
+    "kl_end",
+    "gain_end",
+    "kl_coef",
+    "task",
+    "reward_model",
+    "worlds",
+    "world",
+]
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -64,10 +96,32 @@ def _csv_num(x: Optional[float]) -> Any:
 
 def _csv_row(cf: gf.CurveFit) -> list:
     b, fit, c = cf.boot, cf.boot.fit, cf.curve
-    return [_csv_num(v) for v in (
-        c.name, cf.reward, fit.alpha, *b.alpha_ci, fit.beta, *b.beta_ci, fit.kl_peak, *b.kl_peak_ci, b.n_runs,
-        fit.n_points, fit.rmse, c.form, cf.verdict, b.d_max ** 2, *cf.observed_peak, *cf.end, c.kl_coef, c.task,
-        c.reward_model, len(c.worlds), "pooled" if cf.world is None else cf.world)]
+    return [
+        _csv_num(v)
+        for v in (
+            c.name,
+            cf.reward,
+            fit.alpha,
+            *b.alpha_ci,
+            fit.beta,
+            *b.beta_ci,
+            fit.kl_peak,
+            *b.kl_peak_ci,
+            b.n_runs,
+            fit.n_points,
+            fit.rmse,
+            c.form,
+            cf.verdict,
+            b.d_max**2,
+            *cf.observed_peak,
+            *cf.end,
+            c.kl_coef,
+            c.task,
+            c.reward_model,
+            len(c.worlds),
+            "pooled" if cf.world is None else cf.world,
+        )
+    ]
 
 
 def write_csv(fits: list[gf.CurveFit], path: Path) -> None:
@@ -110,49 +164,73 @@ def _gain(x: float) -> str:
 
 def _sentence(cf: gf.CurveFit) -> str:
     c, b, fit = cf.curve, cf.boot, cf.boot.fit
-    kl_max, (n, unit) = b.d_max ** 2, _over(b)
+    kl_max, (n, unit) = b.d_max**2, _over(b)
     (pk, pg), (ek, eg) = cf.observed_peak, cf.end
-    observed = (f"the mean curve peaks at {_gain(pg)} at KL {_n(pk)} and ends at {_gain(eg)} at KL {_n(ek)}"
-                + (f" (a fall of {pg - eg:.2f})" if pg - eg > 0 else " (no fall)"))
+    observed = f"the mean curve peaks at {_gain(pg)} at KL {_n(pk)} and ends at {_gain(eg)} at KL {_n(ek)}" + (
+        f" (a fall of {pg - eg:.2f})" if pg - eg > 0 else " (no fall)"
+    )
     fitted = f"fitted peak at KL {_n(fit.kl_peak)}"
     interval = f" {_ci(b.kl_peak_ci, b)}" + (f" over {n} worlds" if unit == "world" else "") if n >= 2 else ""
     head = f"- **{c.name}**: "
     if cf.verdict == gf.IN_RANGE:
         text = f"gold **peaks within** the measured range (KL ≤ {kl_max:.2f}): {fitted}{interval}; {observed}."
     elif cf.verdict == gf.NO_PEAK:
-        text = f"**no peak**: the fitted gold gain still rises at the largest KL ({kl_max:.2f}; β = {fit.beta:.3f}" \
-               f" {_ci(b.beta_ci, b, 3)}); {observed}."
+        text = (
+            f"**no peak**: the fitted gold gain still rises at the largest KL ({kl_max:.2f}; β = {fit.beta:.3f}"
+            f" {_ci(b.beta_ci, b, 3)}); {observed}."
+        )
     elif cf.verdict == gf.BEYOND:
         text = f"**no peak in range**: {fitted}{interval}, beyond the largest KL measured ({kl_max:.2f}); {observed}."
     elif cf.verdict == gf.UNDETERMINED:
         text = f"too few points to fit; {observed}."
     elif n < 2:
         point = gf.point_verdict(fit, b.d_max)
-        what = {gf.IN_RANGE: "within the measured range", gf.BEYOND: "beyond the measured range",
-                gf.NO_PEAK: "nowhere (β ≤ 0)"}.get(point, "undetermined")
-        exact = " Best-of-n is evaluated exactly on the bandit, so its observed curve has no sampling noise." \
-            if c.form == "bon" else ""
-        text = f"**cannot tell** from one {unit} (no interval); the fit alone peaks {what}: {fitted} (KL ≤ " \
-               f"{kl_max:.2f}); {observed}.{exact}"
+        what = {
+            gf.IN_RANGE: "within the measured range",
+            gf.BEYOND: "beyond the measured range",
+            gf.NO_PEAK: "nowhere (β ≤ 0)",
+        }.get(point, "undetermined")
+        exact = (
+            " Best-of-n is evaluated exactly on the bandit, so its observed curve has no sampling noise."
+            if c.form == "bon"
+            else ""
+        )
+        text = (
+            f"**cannot tell** from one {unit} (no interval); the fit alone peaks {what}: {fitted} (KL ≤ "
+            f"{kl_max:.2f}); {observed}.{exact}"
+        )
     else:
-        share = (f"{round(b.peak_share * n)} of the {n} worlds' fits peak" if unit == "world" else
-                 f"{100 * b.peak_share:.0f}% of the bootstrap replicates peak") if math.isfinite(b.peak_share) \
+        share = (
+            (
+                f"{round(b.peak_share * n)} of the {n} worlds' fits peak"
+                if unit == "world"
+                else f"{100 * b.peak_share:.0f}% of the bootstrap replicates peak"
+            )
+            if math.isfinite(b.peak_share)
             else "n/a peak"
-        text = f"**cannot tell** whether gold peaks within the range (KL ≤ {kl_max:.2f}): {fitted}{interval}, " \
-               f"{share} inside it; {observed}."
+        )
+        text = (
+            f"**cannot tell** whether gold peaks within the range (KL ≤ {kl_max:.2f}): {fitted}{interval}, "
+            f"{share} inside it; {observed}."
+        )
     return head + text
 
 
 def _table(fits: list[gf.CurveFit]) -> list[str]:
-    L = ["| curve | form | worlds | runs | points | α [95%] | β [95%] | fitted peak KL [95%] | observed peak: gain "
-         "at KL | end: gain at KL | RMSE | verdict |", "|---|---|---:|---:|---:|---|---|---|---|---|---:|---|"]
+    L = [
+        "| curve | form | worlds | runs | points | α [95%] | β [95%] | fitted peak KL [95%] | observed peak: gain "
+        "at KL | end: gain at KL | RMSE | verdict |",
+        "|---|---|---:|---:|---:|---|---|---|---|---|---:|---|",
+    ]
     for cf in fits:
         b, fit = cf.boot, cf.boot.fit
-        L.append(f"| {cf.curve.name} | {'best-of-n' if cf.curve.form == 'bon' else 'RL'} | {len(cf.curve.worlds)} "
-                 f"| {b.n_runs} | {fit.n_points} | {_n(fit.alpha, 3)} {_ci(b.alpha_ci, b, 3)} | {_n(fit.beta, 3)} "
-                 f"{_ci(b.beta_ci, b, 3)} | {_n(fit.kl_peak)} {_ci(b.kl_peak_ci, b)} | {_gain(cf.observed_peak[1])} "
-                 f"at {_n(cf.observed_peak[0])} | {_gain(cf.end[1])} at {_n(cf.end[0])} | {_n(fit.rmse, 3)} "
-                 f"| {cf.verdict} |")
+        L.append(
+            f"| {cf.curve.name} | {'best-of-n' if cf.curve.form == 'bon' else 'RL'} | {len(cf.curve.worlds)} "
+            f"| {b.n_runs} | {fit.n_points} | {_n(fit.alpha, 3)} {_ci(b.alpha_ci, b, 3)} | {_n(fit.beta, 3)} "
+            f"{_ci(b.beta_ci, b, 3)} | {_n(fit.kl_peak)} {_ci(b.kl_peak_ci, b)} | {_gain(cf.observed_peak[1])} "
+            f"at {_n(cf.observed_peak[0])} | {_gain(cf.end[1])} at {_n(cf.end[0])} | {_n(fit.rmse, 3)} "
+            f"| {cf.verdict} |"
+        )
     return L + [""]
 
 
@@ -162,13 +240,19 @@ def _world_table(fits: list[gf.CurveFit]) -> list[str]:
     worlds = sorted({pw.world for cf in multi for pw in cf.per_world})
     if not multi:
         return []
-    L = ["Each world on its own (the fit of its runs alone; its mean curve's last point): fitted peak KL / end "
-         "gain at KL.", "", "| curve | " + " | ".join(f"world {w}" for w in worlds) + " |",
-         "|---|" + "---|" * len(worlds)]
+    L = [
+        "Each world on its own (the fit of its runs alone; its mean curve's last point): fitted peak KL / end "
+        "gain at KL.",
+        "",
+        "| curve | " + " | ".join(f"world {w}" for w in worlds) + " |",
+        "|---|" + "---|" * len(worlds),
+    ]
     for cf in multi:
         by = {pw.world: pw for pw in cf.per_world}
-        cells = [f"{_n(by[w].boot.fit.kl_peak)} / {_gain(by[w].end[1])} at {_n(by[w].end[0])}" if w in by else "—"
-                 for w in worlds]
+        cells = [
+            f"{_n(by[w].boot.fit.kl_peak)} / {_gain(by[w].end[1])} at {_n(by[w].end[0])}" if w in by else "—"
+            for w in worlds
+        ]
         L.append(f"| {cf.curve.name} | " + " | ".join(cells) + " |")
     return L + [""]
 
@@ -193,18 +277,30 @@ def _method(runs: list[Run], sweep_dirs: Sequence[Path], n_boot: int, seed: int)
         f"{_setting(runs, 'task.preferences.k')} in each world; the online methods optimise it (offline DPO learns "
         "from "
         f"those lists directly) at their KL coefficient for {_setting(trained, 'task.steps')} steps, evaluated every "
-        f"{_setting(trained, 'task.eval_every')}.", "",
+        f"{_setting(trained, 'task.eval_every')}.",
+        "",
         "Points: `d = sqrt(KL)` and the reward **gain** over the SFT base of the run's own world (each trained run's "
         "step-0 evaluation; for best-of-n its world's `sft` run), every evaluation of every trained run and the final "
         "point of every best-of-n run. Fits (least squares, linear in the coefficients): best-of-n "
         "`R(d) = d (α − β d)`, "
         "peak at `d* = α / (2β)`; RL `R(d) = d (α − β log d)`, peak at `d* = exp(α/β − 1)`; `KL* = d*²`; no peak "
-        "when β ≤ 0.", "",
-        gw.method_markdown(n_boot, seed), ""]
+        "when β ≤ 0.",
+        "",
+        gw.method_markdown(n_boot, seed),
+        "",
+    ]
 
 
-def write_markdown(fits: list[gf.CurveFit], runs: list[Run], left_out: Sequence, path: Path, sweep_dirs: Sequence[Path],
-                   n_boot: int, seed: int, notes: Sequence[str] = ()) -> None:
+def write_markdown(
+    fits: list[gf.CurveFit],
+    runs: list[Run],
+    left_out: Sequence,
+    path: Path,
+    sweep_dirs: Sequence[Path],
+    n_boot: int,
+    seed: int,
+    notes: Sequence[str] = (),
+) -> None:
     L = ["# Reward-model over-optimisation (Gao et al. 2022)", ""] + _method(runs, sweep_dirs, n_boot, seed)
     L += left_out_section(left_out)
     for reward, title in (("gold", "Gold reward (ground truth)"), ("proxy", "Proxy reward (the learned reward model)")):
@@ -213,11 +309,17 @@ def write_markdown(fits: list[gf.CurveFit], runs: list[Run], left_out: Sequence,
             L += [f"## {title}", ""] + _table(rows) + _world_table(rows)
             if reward == "gold":
                 L += [_sentence(cf) for cf in rows] + [""]
-    L += ["## Figure", "", "![gold and proxy reward gain against sqrt(KL)](overoptimisation.png)", "",
-          "Gain over the SFT base against `d = sqrt(KL)` (top axis: KL). A curve of several worlds: thin lines each "
-          "world's mean curve (over its seeds, per step; per n for best-of-n), dashed the pooled fit. A curve "
-          "of one world: faint points the evaluations, a solid line the mean over seeds, dashed the fit, an open "
-          "circle the mean curve's observed maximum. Stars: fitted peaks inside the measured range.", ""]
+    L += [
+        "## Figure",
+        "",
+        "![gold and proxy reward gain against sqrt(KL)](overoptimisation.png)",
+        "",
+        "Gain over the SFT base against `d = sqrt(KL)` (top axis: KL). A curve of several worlds: thin lines each "
+        "world's mean curve (over its seeds, per step; per n for best-of-n), dashed the pooled fit. A curve "
+        "of one world: faint points the evaluations, a solid line the mean over seeds, dashed the fit, an open "
+        "circle the mean curve's observed maximum. Stars: fitted peaks inside the measured range.",
+        "",
+    ]
     L += _versions(runs)
     if notes:
         L += ["## Warnings", ""] + [f"- {n}" for n in notes] + [""]
@@ -232,15 +334,31 @@ def _draw(ax, cf: gf.CurveFit, color: Any, marker: Optional[str]) -> None:
     for w in worlds:
         kl, mg = c.of_world(w).mean_curve(reward)
         thin = len(worlds) > 1
-        ax.plot(np.sqrt(np.maximum(kl, 0)), mg, color=color, lw=0.8 if thin else 1.6, alpha=0.6 if thin else 1.0,
-                marker=marker, ms=3 if thin else 6, zorder=4)
+        ax.plot(
+            np.sqrt(np.maximum(kl, 0)),
+            mg,
+            color=color,
+            lw=0.8 if thin else 1.6,
+            alpha=0.6 if thin else 1.0,
+            marker=marker,
+            ms=3 if thin else 6,
+            zorder=4,
+        )
     if len(worlds) == 1:
         d = np.concatenate([rc.d for rc in c.runs])
         g = np.concatenate([np.asarray(rc.gain[reward], float) for rc in c.runs])
         ax.scatter(d, g, s=9, color=color, alpha=0.25, lw=0, zorder=2)
         if math.isfinite(cf.observed_peak[0]):
-            ax.plot([math.sqrt(max(cf.observed_peak[0], 0))], [cf.observed_peak[1]], marker="o", ms=9, mfc="none",
-                    mec=color, mew=2, zorder=6)
+            ax.plot(
+                [math.sqrt(max(cf.observed_peak[0], 0))],
+                [cf.observed_peak[1]],
+                marker="o",
+                ms=9,
+                mfc="none",
+                mec=color,
+                mew=2,
+                zorder=6,
+            )
     if math.isfinite(fit.alpha):
         xs = np.linspace(0, cf.boot.d_max, 200)
         ax.plot(xs, fit(xs), ls="--", color=color, lw=1.8 if len(worlds) == 1 else 2.2, zorder=5)
@@ -276,8 +394,10 @@ def plot(fits: list[gf.CurveFit], path: Path) -> None:
         top.set_xlabel("KL [nats]")
     several = any(len(cf.curve.worlds) > 1 for cf in fits)
     fit_label = "fit (Gao et al.)" + (", pooled over worlds" if several else "")
-    handles += [Line2D([], [], color="gray", ls="--", label=fit_label),
-                Line2D([], [], color="gray", marker="*", ms=12, mec="black", ls="none", label="fitted peak")]
+    handles += [
+        Line2D([], [], color="gray", ls="--", label=fit_label),
+        Line2D([], [], color="gray", marker="*", ms=12, mec="black", ls="none", label="fitted peak"),
+    ]
     handles += [Line2D([], [], color="gray", lw=0.8, label="one world's mean curve")] if several else []
     if any(len(cf.curve.worlds) == 1 for cf in fits):
         handles.append(Line2D([], [], color="gray", marker="o", mfc="none", ls="none", label="observed peak (mean)"))
@@ -287,8 +407,13 @@ def plot(fits: list[gf.CurveFit], path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------- entry points
-def build(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = None, n_boot: int = 2000, seed: int = 0,
-          left_out: Optional[list] = None) -> list[Path]:
+def build(
+    sweep_dirs: Sequence[Path] | Path,
+    out_dir: Optional[Path] = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    left_out: Optional[list] = None,
+) -> list[Path]:
     """Write overoptimisation.{csv,md,png} from the runs under ``sweep_dirs`` into ``out_dir`` (default: the
     first sweep dir); returns their paths. Raises :class:`NoRunsError` without a finished run."""
     if isinstance(sweep_dirs, (str, Path)):
@@ -313,11 +438,14 @@ def build(sweep_dirs: Sequence[Path] | Path, out_dir: Optional[Path] = None, n_b
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Prints the paths written. Exit status 2 without a usable run, 1 when nothing can be fitted."""
-    p = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.overoptimisation",
-                                description="Fit Gao et al.'s over-optimisation forms to a sweep's runs.")
+    p = argparse.ArgumentParser(
+        prog="python -m rlhf_bench.benchmarks.overoptimisation",
+        description="Fit Gao et al.'s over-optimisation forms to a sweep's runs.",
+    )
     p.add_argument("sweep_dirs", nargs="+", type=Path, metavar="SWEEP_DIR")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="output directory (default: the first SWEEP_DIR)")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output directory (default: the first SWEEP_DIR)"
+    )
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap replicates (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="the bootstrap's generator seed (default 0)")
     args = p.parse_args(argv)

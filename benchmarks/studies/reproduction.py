@@ -24,8 +24,20 @@ from typing import Optional, Sequence
 from ..report.loading import load_runs
 
 KEY = ("task", "reward_model", "beta", "a", "b")
-COLUMNS = [*KEY, "gap_1", "ci_low_1", "ci_high_1", "verdict_1", "gap_2", "ci_low_2", "ci_high_2", "verdict_2",
-           "same_verdict", "flip", "estimates_within_each_other"]
+COLUMNS = [
+    *KEY,
+    "gap_1",
+    "ci_low_1",
+    "ci_high_1",
+    "verdict_1",
+    "gap_2",
+    "ci_low_2",
+    "ci_high_2",
+    "verdict_2",
+    "same_verdict",
+    "flip",
+    "estimates_within_each_other",
+]
 
 
 def _f(x: str) -> float:
@@ -36,8 +48,9 @@ def pooled_rows(sweep: Path) -> dict[tuple, dict]:
     """(task, reward model, beta, a, b) -> the pooled row of ``comparisons.csv``."""
     path = Path(sweep) / "comparisons.csv"
     if not path.is_file():
-        raise SystemExit(f"rlhf-bench reproduction: {path} not found; build the report first "
-                         f"(rlhf-bench-report {sweep})")
+        raise SystemExit(
+            f"rlhf-bench reproduction: {path} not found; build the report first (rlhf-bench-report {sweep})"
+        )
     with open(path, newline="") as f:
         return {tuple(r[k] for k in KEY): r for r in csv.DictReader(f) if r.get("world", "pooled") == "pooled"}
 
@@ -49,14 +62,29 @@ def compare_rows(one: dict, two: dict) -> dict:
     g2, l2, h2 = _f(two["gap"]), _f(two["ci_low"]), _f(two["ci_high"])
     v1, v2 = one["verdict"], two["verdict"]
     within = all(map(math.isfinite, (l1, h1, l2, h2))) and l2 <= g1 <= h2 and l1 <= g2 <= h1
-    return {**{k: one[k] for k in KEY}, "gap_1": g1, "ci_low_1": l1, "ci_high_1": h1, "verdict_1": v1,
-            "gap_2": g2, "ci_low_2": l2, "ci_high_2": h2, "verdict_2": v2, "same_verdict": v1 == v2,
-            "flip": {v1, v2} == {"better", "worse"}, "estimates_within_each_other": within}
+    return {
+        **{k: one[k] for k in KEY},
+        "gap_1": g1,
+        "ci_low_1": l1,
+        "ci_high_1": h1,
+        "verdict_1": v1,
+        "gap_2": g2,
+        "ci_low_2": l2,
+        "ci_high_2": h2,
+        "verdict_2": v2,
+        "same_verdict": v1 == v2,
+        "flip": {v1, v2} == {"better", "worse"},
+        "estimates_within_each_other": within,
+    }
 
 
 def _numerics(runs) -> str:
-    seen = Counter(json.dumps({k: (r.summary.get("numerics") or {}).get(k) for k in ("cpu_capability", "blas", "env")},
-                              sort_keys=True) for r in runs)
+    seen = Counter(
+        json.dumps(
+            {k: (r.summary.get("numerics") or {}).get(k) for k in ("cpu_capability", "blas", "env")}, sort_keys=True
+        )
+        for r in runs
+    )
     return "; ".join(f"{k} ({n} runs)" for k, n in seen.most_common())
 
 
@@ -82,22 +110,35 @@ def write(sweeps: Sequence[Path], out: Path) -> Path:
     flips = [r for r in rows if r["flip"]]
     changed = [r for r in rows if not r["same_verdict"]]
     either = sum(r["estimates_within_each_other"] or _one_inside(r) for r in rows)
-    L = ["# Reproduction of the verdicts", "",
-         f"`python -m rlhf_bench.benchmarks.reproduction {sweeps[0]} {sweeps[1]} --out {out}`", "",
-         f"- 1: `{sweeps[0]}`: {_numerics(runs1)}", f"- 2: `{sweeps[1]}`: {_numerics(runs2)}", "",
-         f"Runs whose final evaluation is bitwise equal in both: {same} of {both}.", "",
-         f"Pooled comparisons in both: {len(rows)}. Same verdict: {len(rows) - len(changed)}. "
-         f"Changed: {len(changed)}. **Flips between better and worse: {len(flips)}.** Pooled estimates within "
-         f"each other's interval: {sum(r['estimates_within_each_other'] for r in rows)} of {len(rows)}; at least one "
-         f"within the other's: {either} of {len(rows)}.", ""]
+    L = [
+        "# Reproduction of the verdicts",
+        "",
+        f"`python -m rlhf_bench.benchmarks.reproduction {sweeps[0]} {sweeps[1]} --out {out}`",
+        "",
+        f"- 1: `{sweeps[0]}`: {_numerics(runs1)}",
+        f"- 2: `{sweeps[1]}`: {_numerics(runs2)}",
+        "",
+        f"Runs whose final evaluation is bitwise equal in both: {same} of {both}.",
+        "",
+        f"Pooled comparisons in both: {len(rows)}. Same verdict: {len(rows) - len(changed)}. "
+        f"Changed: {len(changed)}. **Flips between better and worse: {len(flips)}.** Pooled estimates within "
+        f"each other's interval: {sum(r['estimates_within_each_other'] for r in rows)} of {len(rows)}; at least one "
+        f"within the other's: {either} of {len(rows)}.",
+        "",
+    ]
     shown = changed + [r for r in rows if r["same_verdict"] and not r["estimates_within_each_other"]]
     if shown:
-        L += ["Comparisons whose verdict changed, or whose estimates lie outside each other's interval:", "",
-              "| task | β | a | b | 1: gap [interval] verdict | 2: gap [interval] verdict | flip |",
-              "|---|---|---|---|---|---|---|"]
+        L += [
+            "Comparisons whose verdict changed, or whose estimates lie outside each other's interval:",
+            "",
+            "| task | β | a | b | 1: gap [interval] verdict | 2: gap [interval] verdict | flip |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in shown:
-            L.append(f"| {r['task']} | {r['beta']} | {r['a']} | {r['b']} | {_cell(r, 1)} | {_cell(r, 2)} | "
-                     f"{'**yes**' if r['flip'] else 'no'} |")
+            L.append(
+                f"| {r['task']} | {r['beta']} | {r['a']} | {r['b']} | {_cell(r, 1)} | {_cell(r, 2)} | "
+                f"{'**yes**' if r['flip'] else 'no'} |"
+            )
     (out / "reproduction.md").write_text("\n".join(L) + "\n")
     return out / "reproduction.md"
 
@@ -114,8 +155,9 @@ def _cell(r: dict, i: int) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.reproduction",
-                                 description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m rlhf_bench.benchmarks.reproduction", description=__doc__.split("\n\n")[0]
+    )
     ap.add_argument("sweeps", nargs=2, type=Path, metavar="SWEEP_DIR")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)

@@ -33,8 +33,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..runtime.phases import synchronize
 from ..rollout import sample_responses
+from ..runtime.phases import synchronize
 from ..utils import make_generator, package_versions
 
 UPDATES = 8  # the harness's default epochs x minibatches, and what the peers are set to
@@ -73,11 +73,22 @@ def random_model(directory: Path, vocab: int, n_layer: int, n_embd: int, n_head:
     words = {"<eos>": 0, **{f"w{i}": i for i in range(1, vocab)}}
     inner = Tokenizer(models.WordLevel(words, unk_token="<eos>"))
     inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=inner, eos_token="<eos>", bos_token="<eos>", unk_token="<eos>",
-                                  pad_token="<eos>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=inner, eos_token="<eos>", bos_token="<eos>", unk_token="<eos>", pad_token="<eos>"
+    )
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=1024, n_layer=n_layer, n_embd=n_embd,
-                                       n_head=n_head, bos_token_id=0, eos_token_id=0, pad_token_id=0))
+    model = GPT2LMHeadModel(
+        GPT2Config(
+            vocab_size=vocab,
+            n_positions=1024,
+            n_layer=n_layer,
+            n_embd=n_embd,
+            n_head=n_head,
+            bos_token_id=0,
+            eos_token_id=0,
+            pad_token_id=0,
+        )
+    )
     model.save_pretrained(str(directory))
     tok.save_pretrained(str(directory))
     return directory
@@ -93,14 +104,29 @@ def time_sampling(model, tokenizer, device: torch.device, a) -> list[dict]:
 
     def harness(compiled: bool = False):
         # eos -1: no row ends early, every sequence has exactly new_tokens tokens, like generate below
-        out = sample_responses(model, prompts, eos_id=-1, pad_id=pad, max_new_tokens=a.new_tokens,
-                               generator=make_generator(0, device), compiled=compiled)
+        out = sample_responses(
+            model,
+            prompts,
+            eos_id=-1,
+            pad_id=pad,
+            max_new_tokens=a.new_tokens,
+            generator=make_generator(0, device),
+            compiled=compiled,
+        )
         assert out.response.shape == (len(prompts), a.new_tokens)
 
     def generate():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, top_k=0, top_p=1.0,
-                             temperature=1.0, max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens,
-                             pad_token_id=pad)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=True,
+            top_k=0,
+            top_p=1.0,
+            temperature=1.0,
+            max_new_tokens=a.new_tokens,
+            min_new_tokens=a.new_tokens,
+            pad_token_id=pad,
+        )
         assert out.shape == (len(prompts), a.prompt_tokens + a.new_tokens)
 
     sides = [("rlhf-bench", harness), ("generate", generate)]
@@ -115,8 +141,15 @@ def time_sampling(model, tokenizer, device: torch.device, a) -> list[dict]:
         for r in range(a.repeats):
             for who, fn in sides:
                 s = _timed(fn, device)
-                rows.append({"measurement": "sampling", "who": who, "repeat": r, "seconds": s,
-                             "tokens_per_second": n_tokens / s})
+                rows.append(
+                    {
+                        "measurement": "sampling",
+                        "who": who,
+                        "repeat": r,
+                        "seconds": s,
+                        "tokens_per_second": n_tokens / s,
+                    }
+                )
     return rows
 
 
@@ -130,15 +163,35 @@ def harness_steps(a, workdir: Path) -> list[dict]:
     prompts = workdir / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
     sweep = workdir / "runs"
-    cmd = [sys.executable, "-m", "rlhf_bench.benchmarks.cli", "-m", "task=hf", "model=pretrained",
-           f"model.pretrained={a.model}", f"model.dtype={a.dtype}", f"device={a.device}",
-           f"task.prompts={prompts}", "task.judge.fn=rlhf_bench.benchmarks.studies.speed:length_judge", f"task.steps={a.steps}",
-           f"task.eval_every={a.steps}", "task.n_eval_prompts=8", f"task.prompts_per_step={a.prompts}",
-           f"task.max_new_tokens={a.new_tokens}", f"task.max_prompt_tokens={a.prompt_tokens}",
-           "task.preferences.n_prompts=16", "reward_model.epochs=1", f"algorithm={','.join(a.algorithms)}",
-           f"algorithm.beta={a.beta}", "checkpoint.every=0", "progress=false", f"hydra.sweep.dir={sweep}",
-           f"threads={torch.get_num_threads()}",  # the threads trl's trainers and generate get in this process
-           f"cache_dir={workdir / 'cache'}", "~hydra.callbacks.report"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "rlhf_bench.benchmarks.cli",
+        "-m",
+        "task=hf",
+        "model=pretrained",
+        f"model.pretrained={a.model}",
+        f"model.dtype={a.dtype}",
+        f"device={a.device}",
+        f"task.prompts={prompts}",
+        "task.judge.fn=rlhf_bench.benchmarks.studies.speed:length_judge",
+        f"task.steps={a.steps}",
+        f"task.eval_every={a.steps}",
+        "task.n_eval_prompts=8",
+        f"task.prompts_per_step={a.prompts}",
+        f"task.max_new_tokens={a.new_tokens}",
+        f"task.max_prompt_tokens={a.prompt_tokens}",
+        "task.preferences.n_prompts=16",
+        "reward_model.epochs=1",
+        f"algorithm={','.join(a.algorithms)}",
+        f"algorithm.beta={a.beta}",
+        "checkpoint.every=0",
+        "progress=false",
+        f"hydra.sweep.dir={sweep}",
+        f"threads={torch.get_num_threads()}",  # the threads trl's trainers and generate get in this process
+        f"cache_dir={workdir / 'cache'}",
+        "~hydra.callbacks.report",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"rlhf-bench speed: the harness's runs failed:\n{done.stderr[-2000:]}")
@@ -151,8 +204,10 @@ def harness_steps(a, workdir: Path) -> list[dict]:
         label = json.loads(summary.read_text())["config"]["algorithm"]["label"]
         steps = [json.loads(line) for line in open(summary.parent / "time.jsonl")]
         steps = [r["time/step_seconds"] for r in steps if "time/step_seconds" in r][1:]  # the first warms up
-        rows += [{"measurement": f"step {label}", "who": "rlhf-bench", "repeat": i, "seconds": s}
-                 for i, s in enumerate(steps)]
+        rows += [
+            {"measurement": f"step {label}", "who": "rlhf-bench", "repeat": i, "seconds": s}
+            for i, s in enumerate(steps)
+        ]
     return rows
 
 
@@ -179,8 +234,17 @@ class _StepClock:
 
 
 def _trl_common(a, device: torch.device, out: Path) -> dict:
-    return dict(output_dir=str(out), report_to=[], save_strategy="no", logging_strategy="no",
-                use_cpu=device.type == "cpu", bf16=a.dtype == "bfloat16", learning_rate=1e-6, seed=0, disable_tqdm=True)
+    return dict(
+        output_dir=str(out),
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=device.type == "cpu",
+        bf16=a.dtype == "bfloat16",
+        learning_rate=1e-6,
+        seed=0,
+        disable_tqdm=True,
+    )
 
 
 def _trl_online(trainer_cls, config_cls, a, device, workdir: Path) -> list[float]:
@@ -191,16 +255,31 @@ def _trl_online(trainer_cls, config_cls, a, device, workdir: Path) -> list[float
     tok = AutoTokenizer.from_pretrained(a.model)
     texts = [tok.decode(p) for p in random_prompts(tok, a.prompts * (a.steps + 1), a.prompt_tokens, seed=1)]
     per_update = a.prompts * a.responses // 2  # 2 steps per generation x 4 iterations = 8 updates
-    cfg = config_cls(**_trl_common(a, device, workdir / trainer_cls.__name__), per_device_train_batch_size=per_update,
-                     gradient_accumulation_steps=1, num_generations=a.responses, steps_per_generation=2,
-                     num_iterations=UPDATES // 2, max_completion_length=a.new_tokens, temperature=1.0, top_k=0,
-                     beta=a.beta, use_vllm=False, max_steps=UPDATES * a.steps)
+    cfg = config_cls(
+        **_trl_common(a, device, workdir / trainer_cls.__name__),
+        per_device_train_batch_size=per_update,
+        gradient_accumulation_steps=1,
+        num_generations=a.responses,
+        steps_per_generation=2,
+        num_iterations=UPDATES // 2,
+        max_completion_length=a.new_tokens,
+        temperature=1.0,
+        top_k=0,
+        beta=a.beta,
+        use_vllm=False,
+        max_steps=UPDATES * a.steps,
+    )
     clock = _StepClock(device)
-    trainer = trainer_cls(model=a.model, reward_funcs=length_judge_trl, args=cfg,
-                          train_dataset=Dataset.from_dict({"prompt": texts}), processing_class=tok,
-                          callbacks=[clock.callback])
+    trainer = trainer_cls(
+        model=a.model,
+        reward_funcs=length_judge_trl,
+        args=cfg,
+        train_dataset=Dataset.from_dict({"prompt": texts}),
+        processing_class=tok,
+        callbacks=[clock.callback],
+    )
     trainer.train()
-    cycles = [sum(clock.seconds[i:i + UPDATES]) for i in range(0, len(clock.seconds) - UPDATES + 1, UPDATES)]
+    cycles = [sum(clock.seconds[i : i + UPDATES]) for i in range(0, len(clock.seconds) - UPDATES + 1, UPDATES)]
     return cycles[1:]
 
 
@@ -220,24 +299,39 @@ def _trl_dpo(a, device, workdir: Path) -> list[float]:
         tok.pad_token = tok.eos_token
     ids = random_prompts(tok, 3 * a.prompts * (a.steps + 1), a.prompt_tokens, seed=2)
     n = len(ids) // 3
-    pairs = {"prompt": [tok.decode(p) for p in ids[:n]], "chosen": [tok.decode(p) for p in ids[n:2 * n]],
-             "rejected": [tok.decode(p) for p in ids[2 * n:3 * n]]}
-    cfg = DPOConfig(**_trl_common(a, device, workdir / "DPOTrainer"), per_device_train_batch_size=a.prompts // 2,
-                    gradient_accumulation_steps=1, beta=a.beta, precompute_ref_log_probs=True,
-                    max_steps=a.steps * 2)
+    pairs = {
+        "prompt": [tok.decode(p) for p in ids[:n]],
+        "chosen": [tok.decode(p) for p in ids[n : 2 * n]],
+        "rejected": [tok.decode(p) for p in ids[2 * n : 3 * n]],
+    }
+    cfg = DPOConfig(
+        **_trl_common(a, device, workdir / "DPOTrainer"),
+        per_device_train_batch_size=a.prompts // 2,
+        gradient_accumulation_steps=1,
+        beta=a.beta,
+        precompute_ref_log_probs=True,
+        max_steps=a.steps * 2,
+    )
     clock = _StepClock(device)
-    DPOTrainer(model=a.model, args=cfg, train_dataset=Dataset.from_dict(pairs), processing_class=tok,
-               callbacks=[clock.callback]).train()
+    DPOTrainer(
+        model=a.model,
+        args=cfg,
+        train_dataset=Dataset.from_dict(pairs),
+        processing_class=tok,
+        callbacks=[clock.callback],
+    ).train()
     return clock.seconds[1:]
 
 
 def _peer_grpo(a, device, workdir):
     from trl import GRPOConfig, GRPOTrainer
+
     return "trl GRPOTrainer, per generation cycle", _trl_online(GRPOTrainer, GRPOConfig, a, device, workdir), 1
 
 
 def _peer_rloo(a, device, workdir):
     from trl import RLOOConfig, RLOOTrainer
+
     return "trl RLOOTrainer, per generation cycle", _trl_online(RLOOTrainer, RLOOConfig, a, device, workdir), 1
 
 
@@ -265,25 +359,45 @@ def _cell(xs: Sequence[float], fmt: str) -> str:
 def summary_rows(rows: list[dict]) -> list[dict]:
     """One row per measurement: the harness's median, the peer's, and the harness's time over the peer's."""
     out = []
-    sampling = {who: [r["tokens_per_second"] for r in rows if r["measurement"] == "sampling" and r["who"] == who]
-                for who in ("rlhf-bench", COMPILED, "generate")}
+    sampling = {
+        who: [r["tokens_per_second"] for r in rows if r["measurement"] == "sampling" and r["who"] == who]
+        for who in ("rlhf-bench", COMPILED, "generate")
+    }
     for who, what in (("rlhf-bench", "sampling"), (COMPILED, "sampling, compiled decode step")):
         if sampling[who]:
-            out.append({"measurement": f"{what} (tokens/s)", "rlhf-bench": _cell(sampling[who], ",.0f"),
-                        "peer": "model.generate", "peer value": _cell(sampling["generate"], ",.0f"),
-                        "time ratio": _median(sampling["generate"]) / _median(sampling[who])})
+            out.append(
+                {
+                    "measurement": f"{what} (tokens/s)",
+                    "rlhf-bench": _cell(sampling[who], ",.0f"),
+                    "peer": "model.generate",
+                    "peer value": _cell(sampling["generate"], ",.0f"),
+                    "time ratio": _median(sampling["generate"]) / _median(sampling[who]),
+                }
+            )
     compile_s = [r["seconds"] for r in rows if r["measurement"] == "compilation"]
     if compile_s:
-        out.append({"measurement": "compiling the decode step, first batch (s)", "rlhf-bench": _cell(compile_s, ".1f"),
-                    "peer": "", "peer value": "—", "time ratio": float("nan")})
+        out.append(
+            {
+                "measurement": "compiling the decode step, first batch (s)",
+                "rlhf-bench": _cell(compile_s, ".1f"),
+                "peer": "",
+                "peer value": "—",
+                "time ratio": float("nan"),
+            }
+        )
     for m in dict.fromkeys(r["measurement"] for r in rows if r["measurement"].startswith("step ")):
         ours = [r["seconds"] for r in rows if r["measurement"] == m and r["who"] == "rlhf-bench"]
         peer = [r for r in rows if r["measurement"] == m and r["who"] != "rlhf-bench"]
         theirs = [r["seconds"] * r.get("units", 1) for r in peer]
-        out.append({"measurement": f"{m} (s)", "rlhf-bench": _cell(ours, ".3f"),
-                    "peer": peer[0]["who"] if peer else "none in trl",
-                    "peer value": _cell(theirs, ".3f"),
-                    "time ratio": _median(ours) / _median(theirs) if theirs else float("nan")})
+        out.append(
+            {
+                "measurement": f"{m} (s)",
+                "rlhf-bench": _cell(ours, ".3f"),
+                "peer": peer[0]["who"] if peer else "none in trl",
+                "peer value": _cell(theirs, ".3f"),
+                "time ratio": _median(ours) / _median(theirs) if theirs else float("nan"),
+            }
+        )
     return out
 
 
@@ -295,15 +409,21 @@ def write(rows: list[dict], a, device: torch.device, out: Path) -> Path:
         w.writerows(rows)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     versions = package_versions()
-    L = ["<!-- Speed, side by side: written by rlhf_bench.benchmarks.studies.speed -->",  # a comment: quoted, it is no heading
-         f"`python -m rlhf_bench.benchmarks.speed {' '.join(sys.argv[1:]) if a.argv is None else ' '.join(a.argv)}`",
-         "", f"Device: {device} ({name}), {a.dtype}, torch threads {torch.get_num_threads()}; "
-         f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, trl {versions.get('trl')}. "
-         f"Model {a.described}; {a.prompts} prompts x {a.responses} responses of {a.new_tokens} new tokens after "
-         f"{a.prompt_tokens} prompt tokens; beta {a.beta}; {UPDATES} updates per step. Medians (range, count); "
-         "the time ratio is the harness's time over the peer's for the same work (below 1: the harness is faster; "
-         "a DPO step holds 8 of trl's updates).", "",
-         "| measurement | rlhf-bench | peer | peer's | time ratio |", "|---|---|---|---|---:|"]
+    L = [
+        # a comment: the README quotes the table without it, so the quote carries no heading
+        "<!-- Speed, side by side: written by rlhf_bench.benchmarks.speed -->",
+        f"`python -m rlhf_bench.benchmarks.speed {' '.join(sys.argv[1:]) if a.argv is None else ' '.join(a.argv)}`",
+        "",
+        f"Device: {device} ({name}), {a.dtype}, torch threads {torch.get_num_threads()}; "
+        f"torch {versions.get('torch')}, transformers {versions.get('transformers')}, trl {versions.get('trl')}. "
+        f"Model {a.described}; {a.prompts} prompts x {a.responses} responses of {a.new_tokens} new tokens after "
+        f"{a.prompt_tokens} prompt tokens; beta {a.beta}; {UPDATES} updates per step. Medians (range, count); "
+        "the time ratio is the harness's time over the peer's for the same work (below 1: the harness is faster; "
+        "a DPO step holds 8 of trl's updates).",
+        "",
+        "| measurement | rlhf-bench | peer | peer's | time ratio |",
+        "|---|---|---|---|---:|",
+    ]
     for r in summary_rows(rows):
         ratio = f"{r['time ratio']:.2f}" if r["time ratio"] == r["time ratio"] else "—"
         L.append(f"| {r['measurement']} | {r['rlhf-bench']} | {r['peer']} | {r['peer value']} | {ratio} |")
@@ -333,8 +453,11 @@ def trained_algorithms() -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m rlhf_bench.benchmarks.speed", description=__doc__.split("\n\n")[0])
-    ap.add_argument("model", help="a Hugging Face causal LM directory (with its tokenizer), or 'random': a random "
-                    "GPT-2 of --vocab, --layers, --dims and --heads, written to OUT/work/model")
+    ap.add_argument(
+        "model",
+        help="a Hugging Face causal LM directory (with its tokenizer), or 'random': a random "
+        "GPT-2 of --vocab, --layers, --dims and --heads, written to OUT/work/model",
+    )
     ap.add_argument("--vocab", type=int, default=50257, help="random model: vocabulary (GPT-2's by default)")
     ap.add_argument("--layers", type=int, default=2, help="random model: layers")
     ap.add_argument("--dims", type=int, default=64, help="random model: hidden size")
@@ -382,8 +505,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         for label in a.algorithms:
             if label in PEERS and not a.no_peers:
                 who, seconds, units = PEERS[label](a, device, work)
-                rows += [{"measurement": f"step {label}", "who": who, "repeat": i, "seconds": s, "units": units}
-                         for i, s in enumerate(seconds)]
+                rows += [
+                    {"measurement": f"step {label}", "who": who, "repeat": i, "seconds": s, "units": units}
+                    for i, s in enumerate(seconds)
+                ]
     print(f"speed: {write(rows, a, device, a.out)}")
 
 

@@ -43,8 +43,9 @@ UPDATE_KNOBS = ("epochs", "minibatches")
 def load_protocol(task: str) -> dict[str, Any]:
     path = files("rlhf_bench.conf").joinpath("tuning", f"{task}.yaml")
     if not path.is_file():
-        known = sorted(p.name[:-5] for p in files("rlhf_bench.conf").joinpath("tuning").iterdir()
-                       if p.name.endswith(".yaml"))
+        known = sorted(
+            p.name[:-5] for p in files("rlhf_bench.conf").joinpath("tuning").iterdir() if p.name.endswith(".yaml")
+        )
         raise SystemExit(f"rlhf-bench tuning: no protocol conf/tuning/{task}.yaml; known: {', '.join(known)}")
     return yaml.safe_load(path.read_text())
 
@@ -72,11 +73,23 @@ def run_grid(proto: dict, label: str, grid: dict, sweep_dir: Path, jobs: int) ->
     """One ``rlhf-bench -m`` per (epochs, minibatches) pair; finished runs are skipped by the trainer."""
     grid = dict(grid)
     for epochs, minibatches in grid.pop("updates", [[None, None]]):
-        cmd = [sys.executable, "-m", "rlhf_bench.benchmarks.cli", "-m", f"benchmark={proto['benchmark']}", "~tuned",
-               f"algorithm={label}", f"algorithm.beta={proto['beta']}",
-               f"task.seed={','.join(map(str, proto['worlds']))}", f"seed={','.join(map(str, proto['seeds']))}",
-               f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
-               "hydra.launcher.batch_size=1", "~hydra.callbacks.report"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "rlhf_bench.benchmarks.cli",
+            "-m",
+            f"benchmark={proto['benchmark']}",
+            "~tuned",
+            f"algorithm={label}",
+            f"algorithm.beta={proto['beta']}",
+            f"task.seed={','.join(map(str, proto['worlds']))}",
+            f"seed={','.join(map(str, proto['seeds']))}",
+            f"hydra.sweep.dir={sweep_dir}",
+            "hydra/launcher=joblib",
+            f"hydra.launcher.n_jobs={jobs}",
+            "hydra.launcher.batch_size=1",
+            "~hydra.callbacks.report",
+        ]
         cmd += [f"algorithm.{k}={','.join(str(v) for v in values)}" for k, values in sorted(grid.items())]
         if epochs is not None:
             cmd += [f"algorithm.epochs={epochs}", f"algorithm.minibatches={minibatches}"]
@@ -89,16 +102,28 @@ def run_grid(proto: dict, label: str, grid: dict, sweep_dir: Path, jobs: int) ->
 def score_run(run_dir: Path, kl_max: float) -> dict[str, Any]:
     """The criterion of one run; a failed run (a non-finite value: the setting diverged) scores -inf."""
     summary = json.loads((run_dir / "summary.json").read_text())
-    who = {"label": summary["algorithm"], "replicate": (int(summary["config"]["task"]["seed"]), int(summary["seed"])),
-           "config": summary["config"]["algorithm"]}
+    who = {
+        "label": summary["algorithm"],
+        "replicate": (int(summary["config"]["task"]["seed"]), int(summary["seed"])),
+        "config": summary["config"]["algorithm"],
+    }
     if summary.get("status", "finished") == "failed":
-        return {**who, "kl": float("nan"), "reward_gold": float("nan"), "score": float("-inf"),
-                "failed": summary["reason"]}
+        return {
+            **who,
+            "kl": float("nan"),
+            "reward_gold": float("nan"),
+            "score": float("-inf"),
+            "failed": summary["reason"],
+        }
     rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
     sft, final = rows[0], rows[-1]
     front = front_of([(final["kl"], final["reward_gold"])], (0.0, sft["reward_gold"]))
-    return {**who, "kl": final["kl"], "reward_gold": final["reward_gold"],
-            "score": mean_gain(front, 0.0, kl_max, baseline=sft["reward_gold"])}
+    return {
+        **who,
+        "kl": final["kl"],
+        "reward_gold": final["reward_gold"],
+        "score": mean_gain(front, 0.0, kl_max, baseline=sft["reward_gold"]),
+    }
 
 
 def choose(proto: dict, runs: list[dict]) -> tuple[dict, list[dict]]:
@@ -108,15 +133,25 @@ def choose(proto: dict, runs: list[dict]) -> tuple[dict, list[dict]]:
     for label, grid in proto["grids"].items():
         knobs = sorted(set(grid) - {"updates"}) + (list(UPDATE_KNOBS) if "updates" in grid else [])
         for point in candidates(grid):
-            mine = sorted((r for r in runs if r["label"] == label
-                           and all(r["config"][k] == v for k, v in point.items())), key=lambda r: r["replicate"])
+            mine = sorted(
+                (r for r in runs if r["label"] == label and all(r["config"][k] == v for k, v in point.items())),
+                key=lambda r: r["replicate"],
+            )
             found = [r["replicate"] for r in mine]
             if found != wanted:
-                raise SystemExit(f"rlhf-bench tuning: {label} {point}: runs for (world, seed) {found}, "
-                                 f"expected {wanted}")
+                raise SystemExit(
+                    f"rlhf-bench tuning: {label} {point}: runs for (world, seed) {found}, expected {wanted}"
+                )
             mean = sum(r["score"] for r in mine) / len(mine)
-            table.append({"label": label, **{k: point[k] for k in knobs}, "score": mean,
-                          "scores": [r["score"] for r in mine], "kl": [r["kl"] for r in mine]})
+            table.append(
+                {
+                    "label": label,
+                    **{k: point[k] for k in knobs},
+                    "score": mean,
+                    "scores": [r["score"] for r in mine],
+                    "kl": [r["kl"] for r in mine],
+                }
+            )
         best = max((t for t in table if t["label"] == label), key=lambda t: t["score"])
         chosen[label] = {k: best[k] for k in knobs}
     return chosen, table
@@ -127,34 +162,49 @@ def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: 
     knob_cols = sorted({k for t in table for k in t} - {"label", "score", "scores", "kl"})
     reps = [f"world{w}_seed{s}" for w, s in sorted(replicates(proto))]
     with open(out / "scores.csv", "w") as f:
-        f.write(",".join(["label", *knob_cols, "score", *[f"score_{r}" for r in reps], *[f"kl_{r}" for r in reps]])
-                + "\n")
+        f.write(
+            ",".join(["label", *knob_cols, "score", *[f"score_{r}" for r in reps], *[f"kl_{r}" for r in reps]]) + "\n"
+        )
         for t in table:
-            f.write(",".join(str(x) for x in [t["label"], *[t.get(k, "") for k in knob_cols], t["score"],
-                                              *t["scores"], *t["kl"]]) + "\n")
+            f.write(
+                ",".join(
+                    str(x) for x in [t["label"], *[t.get(k, "") for k in knob_cols], t["score"], *t["scores"], *t["kl"]]
+                )
+                + "\n"
+            )
     doc = {
         "settings": chosen,
         "tuning": {
             "command": f"python -m rlhf_bench.benchmarks.tuning {task}",
-            "benchmark": proto["benchmark"], "beta": proto["beta"], "worlds": proto["worlds"], "seeds": proto["seeds"],
-            "criterion": proto["criterion"], "grids": proto["grids"],
-            "scores": {label: {_key(t): round(t["score"], 6) for t in table if t["label"] == label}
-                       for label in proto["grids"]},
+            "benchmark": proto["benchmark"],
+            "beta": proto["beta"],
+            "worlds": proto["worlds"],
+            "seeds": proto["seeds"],
+            "criterion": proto["criterion"],
+            "grids": proto["grids"],
+            "scores": {
+                label: {_key(t): round(t["score"], 6) for t in table if t["label"] == label} for label in proto["grids"]
+            },
         },
     }
-    header = (f"# Written by `python -m rlhf_bench.benchmarks.tuning {task}` from conf/tuning/{task}.yaml;\n"
-              f"# runs and scores in results/tuning/{task}/. Benchmarks read `settings` (tuned: {task}).\n")
+    header = (
+        f"# Written by `python -m rlhf_bench.benchmarks.tuning {task}` from conf/tuning/{task}.yaml;\n"
+        f"# runs and scores in results/tuning/{task}/. Benchmarks read `settings` (tuned: {task}).\n"
+    )
     conf_dir.mkdir(parents=True, exist_ok=True)
     path = conf_dir / f"{task}.yaml"
     path.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=120))
-    lines = [f"<!-- Tuning `{task}`: written by the tuning command; the README quotes it verbatim -->",
-             f"`python -m rlhf_bench.benchmarks.tuning {task}`: benchmark "
-             f"`{proto['benchmark']}`, beta = {proto['beta']}, worlds (`task.seed`) {proto['worlds']} x seeds "
-             f"{proto['seeds']}, criterion "
-             f"`{proto['criterion']['name']}` over KL in [0, {proto['criterion']['kl_max']}] (gold-reward gain over SFT; "
-             "higher is better).", "", "| algorithm | chosen setting | score (mean over worlds and seeds) | "
-             "untuned default's score |",
-             "|---|---|---:|---|"]
+    lines = [
+        f"<!-- Tuning `{task}`: written by the tuning command; the README quotes it verbatim -->",
+        f"`python -m rlhf_bench.benchmarks.tuning {task}`: benchmark "
+        f"`{proto['benchmark']}`, beta = {proto['beta']}, worlds (`task.seed`) {proto['worlds']} x seeds "
+        f"{proto['seeds']}, criterion "
+        f"`{proto['criterion']['name']}` over KL in [0, {proto['criterion']['kl_max']}] (gold-reward gain over SFT; "
+        "higher is better).",
+        "",
+        "| algorithm | chosen setting | score (mean over worlds and seeds) | untuned default's score |",
+        "|---|---|---:|---|",
+    ]
     for label, setting in chosen.items():
         rows = [t for t in table if t["label"] == label]
         best = max(rows, key=lambda t: t["score"])
@@ -192,8 +242,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.score_only:
         for label, grid in proto["grids"].items():
             run_grid(proto, label, grid, runs_dir, args.jobs)
-    runs = [score_run(d, proto["criterion"]["kl_max"]) for d in sorted(runs_dir.iterdir())
-            if (d / "summary.json").is_file()]
+    runs = [
+        score_run(d, proto["criterion"]["kl_max"]) for d in sorted(runs_dir.iterdir()) if (d / "summary.json").is_file()
+    ]
     chosen, table = choose(proto, runs)
     conf_dir = Path(args.conf_dir) if args.conf_dir else Path(str(files("rlhf_bench.conf").joinpath("tuned")))
     path = write_outputs(args.task, proto, chosen, table, out, conf_dir)

@@ -48,12 +48,15 @@ class BanditTask(Task):
 
         # Prompts: every (context, noise...) combination, shuffled, then split.
         noise_ids = [vocab[w] for w in self.noise_words]
-        prompts = [[self.bos_id, int(self.context_ids[c]), *z] for c in range(C)
-                   for z in itertools.product(noise_ids, repeat=k)]
+        prompts = [
+            [self.bos_id, int(self.context_ids[c]), *z]
+            for c in range(C)
+            for z in itertools.product(noise_ids, repeat=k)
+        ]
         order = rng.permutation(len(prompts))
         prompts = [prompts[i] for i in order]
         self.eval_prompts = prompts[: cfg.n_eval_prompts]
-        self.train_prompts = prompts[cfg.n_eval_prompts:]
+        self.train_prompts = prompts[cfg.n_eval_prompts :]
 
         # Gold reward tables.
         u = rng.normal(size=(C, L, A))
@@ -95,7 +98,7 @@ class BanditTask(Task):
     def logit_mask(self, length: int) -> torch.Tensor:
         mask = torch.zeros(length, self.vocab_size, dtype=torch.bool)
         mask[: self.L, torch.as_tensor(self.action_ids)] = True
-        mask[self.L:, self.eos_id] = True
+        mask[self.L :, self.eos_id] = True
         return mask
 
     def _behaviour_sample(self, prompt: list[int], rng: np.random.Generator) -> list[int]:

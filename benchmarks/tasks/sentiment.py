@@ -88,8 +88,10 @@ class SentimentTask(Task):
     def demonstrations(self) -> list[tuple[list[int], list[int]]]:
         limit = self.cfg.max_new_tokens - 1
         n_eval = self.cfg.n_eval_prompts
-        return [([self.bos_id] + r[:k], r[k:][:limit] + [self.eos_id])
-                for r, k in zip(self.reviews[n_eval:], self._prefix_len[n_eval:])]
+        return [
+            ([self.bos_id] + r[:k], r[k:][:limit] + [self.eos_id])
+            for r, k in zip(self.reviews[n_eval:], self._prefix_len[n_eval:])
+        ]
 
     def pretraining_corpus(self) -> list[list[int]]:
         n_eval = self.cfg.n_eval_prompts  # held-out reviews never enter training

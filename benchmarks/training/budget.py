@@ -54,10 +54,16 @@ class TokenCounter:
     def _set(self, kind: str, value: int) -> None:
         self._counts[kind], self._pending[kind] = int(value), None
 
-    forward = property(lambda self: self._total("forward"), lambda self, v: self._set("forward", v),
-                       doc="Real tokens through the models in training, forward.")
-    backward = property(lambda self: self._total("backward"), lambda self, v: self._set("backward", v),
-                        doc="Real tokens through the trainable models with gradients on.")
+    forward = property(
+        lambda self: self._total("forward"),
+        lambda self, v: self._set("forward", v),
+        doc="Real tokens through the models in training, forward.",
+    )
+    backward = property(
+        lambda self: self._total("backward"),
+        lambda self, v: self._set("backward", v),
+        doc="Real tokens through the trainable models with gradients on.",
+    )
 
     def attach(self, *models: torch.nn.Module) -> "TokenCounter":
         for model in models:
@@ -78,7 +84,7 @@ class TokenCounter:
         mask = kwargs.get("attention_mask")
         if ids is None:
             return
-        n = mask[:, -ids.shape[1]:].sum() if mask is not None else ids.numel()  # a device tensor, or an int
+        n = mask[:, -ids.shape[1] :].sum() if mask is not None else ids.numel()  # a device tensor, or an int
         self._add("forward", n)
         if torch.is_grad_enabled() and self._trainable.get(id(module), False):
             self._add("backward", n)
@@ -119,8 +125,12 @@ class Budget:
         self.pairs_trained += groups * group_size * (group_size - 1) // 2
 
     def state_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in self.COUNTERS}, "forward_tokens": self.tokens.forward,
-                "backward_tokens": self.tokens.backward, "train_seconds": self.train_seconds}
+        return {
+            **{k: getattr(self, k) for k in self.COUNTERS},
+            "forward_tokens": self.tokens.forward,
+            "backward_tokens": self.tokens.backward,
+            "train_seconds": self.train_seconds,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         for k in self.COUNTERS:

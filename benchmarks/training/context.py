@@ -65,8 +65,14 @@ class Context:
             p, c, r = self.pairs[i]
             prompts += [p, p]
             responses += [c, r]
-        return SequenceBatch.from_lists(prompts, responses, self.task.pad_id, self.task.max_new_tokens, self.device,
-                                        query_length=self._pair_prompt_len)
+        return SequenceBatch.from_lists(
+            prompts,
+            responses,
+            self.task.pad_id,
+            self.task.max_new_tokens,
+            self.device,
+            query_length=self._pair_prompt_len,
+        )
 
     def ptx_loss(self, batch_size: int) -> torch.Tensor:
         """InstructGPT's pretraining term: LM loss on a batch of the task's pretraining text."""
@@ -77,8 +83,9 @@ class Context:
         return lm_loss(self.policy, ids, mask, chunk_tokens=self.engine.chunk_tokens)
 
 
-def split_groups(data: dict[str, torch.Tensor], group_size: int, n_minibatches: int,
-                 generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+def split_groups(
+    data: dict[str, torch.Tensor], group_size: int, n_minibatches: int, generator: torch.Generator
+) -> Iterator[dict[str, torch.Tensor]]:
     """Shuffle whole groups (rows ``g*group_size ... (g+1)*group_size - 1``) into minibatches."""
     B = next(iter(data.values())).shape[0]
     n_groups = B // group_size

@@ -13,14 +13,13 @@ from typing import Any, Optional
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from ..plugins import get_algorithm
-
 from ..config import ConfigError, validate
+from ..plugins import get_algorithm
 from ..runtime.distributed import Distributed
 from ..runtime.faults import NonFiniteError
 from ..runtime.rundir import finished_run, mark_started, summary_header
-from .trainer import Trainer
 from ..utils import atomic_write_text, git_revision, numerics, package_versions, to_jsonable
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +78,10 @@ def check_processes(task_cfg, dist: Distributed) -> None:
     """With several processes, each step's prompts must split evenly over them."""
     n = task_cfg.prompts_per_step
     if n % dist.world:
-        raise ConfigError(f"task.prompts_per_step must be divisible by the {dist.world} processes of this run "
-                          f"(each samples an equal share of a step's prompts), got {n}")
+        raise ConfigError(
+            f"task.prompts_per_step must be divisible by the {dist.world} processes of this run "
+            f"(each samples an equal share of a step's prompts), got {n}"
+        )
 
 
 def write_failure(run_dir: Path, resolved: dict, error: Exception, trainer: Optional["Trainer"]) -> dict[str, Any]:
@@ -91,12 +92,18 @@ def write_failure(run_dir: Path, resolved: dict, error: Exception, trainer: Opti
         with suppress(Exception):  # the last good checkpoint, if a background write of it is going
             trainer.checkpoints.wait()
     reason = str(error) if isinstance(error, NonFiniteError) else f"{type(error).__name__}: {error}"
-    summary = {**summary_header(resolved, spec.cls.beta_independent, "failed"), "reason": reason.splitlines()[0],
-               "failed_step": getattr(trainer, "step", None), "final": getattr(trainer, "row", None),
-               "last_checkpoint": (trainer.checkpoints.steps() or [None])[-1] if trainer else None,
-               "config": resolved, "versions": package_versions(),
-               "numerics": numerics(), "git_revision": git_revision(),
-               "run_dir": str(run_dir)}
+    summary = {
+        **summary_header(resolved, spec.cls.beta_independent, "failed"),
+        "reason": reason.splitlines()[0],
+        "failed_step": getattr(trainer, "step", None),
+        "final": getattr(trainer, "row", None),
+        "last_checkpoint": (trainer.checkpoints.steps() or [None])[-1] if trainer else None,
+        "config": resolved,
+        "versions": package_versions(),
+        "numerics": numerics(),
+        "git_revision": git_revision(),
+        "run_dir": str(run_dir),
+    }
     if trainer is not None:
         trainer.close()
     if trainer is None or trainer.dist.is_main:

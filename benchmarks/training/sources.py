@@ -12,10 +12,9 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import torch
 
-from .context import PreferenceBatch
 from ..rollout import Rollout, RolloutEngine
 from ..utils import derive_seed
-
+from .context import PreferenceBatch
 
 #: A step's prompts (or pair indices) -> this process's share of them (all of them with one process).
 Share = Callable[[Sequence[Any]], list]
@@ -38,10 +37,14 @@ def rollout_metrics(rollout: Rollout) -> dict[str, float]:
     along the samples: the quantity PPO's KL penalty and an adaptive controller act on."""
     mask = rollout.response_mask.float()
     kl = ((rollout.logprobs - rollout.ref_logprobs) * mask).sum(1)
-    return {"rollout/kl": kl.mean().item(), "rollout/reward": rollout.rewards.mean().item(),
-            "rollout/reward_gold": _mean_or_none(rollout.rewards_gold),
-            "rollout/reward_proxy": rollout.rewards_proxy.mean().item(),
-            "rollout/length": mask.sum(1).mean().item(), "rollout/eos_rate": rollout.eos.float().mean().item()}
+    return {
+        "rollout/kl": kl.mean().item(),
+        "rollout/reward": rollout.rewards.mean().item(),
+        "rollout/reward_gold": _mean_or_none(rollout.rewards_gold),
+        "rollout/reward_proxy": rollout.rewards_proxy.mean().item(),
+        "rollout/length": mask.sum(1).mean().item(),
+        "rollout/eos_rate": rollout.eos.float().mean().item(),
+    }
 
 
 def _mean_or_none(x: torch.Tensor) -> Optional[float]:
@@ -53,8 +56,16 @@ class OnlineSource:
     """``prompts_per_step`` training prompts per step (without replacement within a step, from a
     seeded stream), ``responses_per_prompt`` samples of the current policy for each."""
 
-    def __init__(self, engine: RolloutEngine, prompts: list[list[int]], prompts_per_step: int,
-                 responses_per_prompt: int, seed: int, generator: torch.Generator, share: Share = list):
+    def __init__(
+        self,
+        engine: RolloutEngine,
+        prompts: list[list[int]],
+        prompts_per_step: int,
+        responses_per_prompt: int,
+        seed: int,
+        generator: torch.Generator,
+        share: Share = list,
+    ):
         self.engine, self.prompts, self.per_step, self.n = engine, prompts, prompts_per_step, responses_per_prompt
         self.generator, self.share = generator, share  # the sampling stream (on the model's device)
         self.rng = random.Random(derive_seed(seed, "prompts"))
@@ -82,8 +93,14 @@ class OfflineSource:
     a new permutation starts when the previous one is used up. With several processes the main
     process's order is every process's (``broadcast``), and each trains on its share of a step's pairs."""
 
-    def __init__(self, pairs: list[tuple[list[int], list[int], list[int]]], prompts_per_step: int,
-                 generator: torch.Generator, share: Share = list, broadcast: Callable[[Any], Any] = lambda x: x):
+    def __init__(
+        self,
+        pairs: list[tuple[list[int], list[int], list[int]]],
+        prompts_per_step: int,
+        generator: torch.Generator,
+        share: Share = list,
+        broadcast: Callable[[Any], Any] = lambda x: x,
+    ):
         self.pairs, self.per_step, self.generator, self.share = pairs, prompts_per_step, generator, share
         self.broadcast = broadcast
         self.order: list[int] = []
@@ -91,10 +108,14 @@ class OfflineSource:
     def next(self, policy):
         if len(self.order) < self.per_step:
             self.order += self.broadcast(torch.randperm(len(self.pairs), generator=self.generator).tolist())
-        idx, self.order = self.order[: self.per_step], self.order[self.per_step:]
+        idx, self.order = self.order[: self.per_step], self.order[self.per_step :]
         idx = self.share(idx)  # this process's share
-        batch = PreferenceBatch(torch.tensor(idx), [self.pairs[i][0] for i in idx], [self.pairs[i][1] for i in idx],
-                                [self.pairs[i][2] for i in idx])
+        batch = PreferenceBatch(
+            torch.tensor(idx),
+            [self.pairs[i][0] for i in idx],
+            [self.pairs[i][1] for i in idx],
+            [self.pairs[i][2] for i in idx],
+        )
         return batch, {}
 
     def responses_in(self, batch: PreferenceBatch) -> int:
@@ -107,17 +128,28 @@ class OfflineSource:
         self.order = list(state["order"])
 
 
-def make_source(kind: str, *, engine: RolloutEngine, task, pairs: Optional[list], prompts_per_step: int,
-                responses_per_prompt: int, seed: int, generator: torch.Generator,
-                sampling: Optional[torch.Generator] = None, share: Share = list,
-                broadcast: Callable[[Any], Any] = lambda x: x) -> Optional[DataSource]:
+def make_source(
+    kind: str,
+    *,
+    engine: RolloutEngine,
+    task,
+    pairs: Optional[list],
+    prompts_per_step: int,
+    responses_per_prompt: int,
+    seed: int,
+    generator: torch.Generator,
+    sampling: Optional[torch.Generator] = None,
+    share: Share = list,
+    broadcast: Callable[[Any], Any] = lambda x: x,
+) -> Optional[DataSource]:
     """The source for an algorithm's ``data`` declaration (None for ``"none"``). ``generator``: the
     run's data order; ``sampling``: its tokens' stream (default ``generator``). ``share``: this
     process's part of a step's prompts or pairs, ``broadcast``: the main process's value
     (:class:`~.distributed.Distributed`; identities with one process)."""
     if kind == "online":
-        return OnlineSource(engine, task.train_prompts, prompts_per_step, responses_per_prompt, seed,
-                            sampling or generator, share)
+        return OnlineSource(
+            engine, task.train_prompts, prompts_per_step, responses_per_prompt, seed, sampling or generator, share
+        )
     if kind == "offline":
         return OfflineSource(pairs, prompts_per_step, generator, share, broadcast)
     return None

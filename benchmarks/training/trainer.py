@@ -35,27 +35,37 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from ..plugins import get_algorithm
-
-from .budget import Budget
-from ..runtime.checkpoint import Checkpoints, JsonlFile, rng_state, set_rng_state
 from ..config import ConfigError, run_label
-from .context import Context, split_groups
-from ..runtime.distributed import Distributed
+from ..data import expand_pairs
 from ..evaluation import Evaluator, LMPolicy
+from ..models import configure_memory, disable_dropout, freeze
+from ..models.lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
+from ..plugins import get_algorithm
+from ..rollout import RolloutEngine
+from ..runtime.checkpoint import Checkpoints, JsonlFile, rng_state, set_rng_state
+from ..runtime.distributed import Distributed
 from ..runtime.faults import FaultInjector, FiniteChecks, NonFiniteError
 from ..runtime.loggers import NullLogger, build_logger
-from ..models.lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
-from ..models import configure_memory, disable_dropout, freeze
 from ..runtime.phases import PhaseTimer
-from ..rollout import RolloutEngine
 from ..runtime.rundir import summary_header
-from .sources import make_source
-from ..data import expand_pairs
 from ..stages import SharedStages
 from ..tasks import build_task
-from ..utils import (adamw, atomic_write_text, derive_seed, git_revision, make_generator, numerics, package_versions,
-                    resolve_device, sampling_generator, seed_everything, to_jsonable)
+from ..utils import (
+    adamw,
+    atomic_write_text,
+    derive_seed,
+    git_revision,
+    make_generator,
+    numerics,
+    package_versions,
+    resolve_device,
+    sampling_generator,
+    seed_everything,
+    to_jsonable,
+)
+from .budget import Budget
+from .context import Context, split_groups
+from .sources import make_source
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +90,10 @@ def _hydra_group() -> Optional[str]:
 
 def _pair_table(task, ds) -> list[tuple[list[int], list[int], list[int]]]:
     pairs = expand_pairs(ds)
-    return [(task.encode_prompt(p), task.encode_response(c), task.encode_response(r)) for p, c, r in
-            zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])]
+    return [
+        (task.encode_prompt(p), task.encode_response(c), task.encode_response(r))
+        for p, c, r in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"])
+    ]
 
 
 # --------------------------------------------------------------------------------------- trainer
@@ -93,8 +105,9 @@ class Trainer:
     FILES = ("eval", "train", "time")  # <name>.jsonl, appended to step by step
 
     # ----------------------------------------------------------------------------------- setup
-    def __init__(self, cfg: DictConfig, groups: dict[str, Any], run_dir: Path, resolved: dict,
-                 dist: Optional[Distributed] = None):
+    def __init__(
+        self, cfg: DictConfig, groups: dict[str, Any], run_dir: Path, resolved: dict, dist: Optional[Distributed] = None
+    ):
         self.t_start = time.time()
         self.cfg, self.run_dir, self.resolved = cfg, run_dir, resolved
         self.dist = dist or Distributed(cfg.device)
@@ -102,19 +115,22 @@ class Trainer:
         self.step, self.row, self.samples, self.files = 0, None, [], {}
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
-        self.device = self.dist.device if self.dist.active and self.dist.device.type == "cuda" else \
-            resolve_device(cfg.device)  # several processes on GPUs: one GPU each
+        self.device = (
+            self.dist.device if self.dist.active and self.dist.device.type == "cuda" else resolve_device(cfg.device)
+        )  # several processes on GPUs: one GPU each
         self.spec = get_algorithm(self.acfg.name)
         self.progress = show_progress(cfg.progress) and self.dist.is_main
         self.checks, self.fault = FiniteChecks(self.acfg.label), FaultInjector(groups["fault"])
         self.checkpoint_every = groups["checkpoint"].every
         ckpt = groups["checkpoint"]
-        self.checkpoints = Checkpoints(run_dir, ckpt.keep, background=ckpt.background if ckpt.background is not None
-                                       else self.device.type != "cpu")
+        self.checkpoints = Checkpoints(
+            run_dir, ckpt.keep, background=ckpt.background if ckpt.background is not None else self.device.type != "cpu"
+        )
         self.mcfg = groups["model"]
         self.task = build_task(self.tcfg, model=self.mcfg, device=self.device, cache_dir=cfg.cache_dir)
-        stages = SharedStages(self.task, self.tcfg, self.mcfg, self.rmcfg, cfg.cache_dir, self.device,
-                              progress=self.progress)
+        stages = SharedStages(
+            self.task, self.tcfg, self.mcfg, self.rmcfg, cfg.cache_dir, self.device, progress=self.progress
+        )
         self.art = self._prepare_shared(stages)
         self.t_shared = time.time()
         self._build_models(stages)
@@ -167,27 +183,57 @@ class Trainer:
             self.value_model = configure_memory(disable_dropout(stages.load_reward_model(self.art)), mcfg)
             if lora:
                 self.value_model = apply_lora(self.value_model, mcfg.lora)
-        rm = AdaptersOff(self.value_model) if lora and self.value_model is not None else \
-            freeze(stages.load_reward_model(self.art))
-        self.engine = RolloutEngine(self.task, ref, rm, reward_kind=self.rmcfg.kind, temperature=tcfg.temperature,
-                                    device=self.device, missing_eos_penalty=tcfg.missing_eos_penalty,
-                                    chunk_tokens=mcfg.logprob_chunk_tokens, compiled=mcfg.compile_generation)
-        self.ctx = Context(task=self.task, policy=self.policy, ref_model=ref, reward_model=rm, engine=self.engine,
-                           device=self.device, generator=self.generator, reward_kind=self.rmcfg.kind,
-                           artifacts=self.art, value_model=self.value_model)
+        rm = (
+            AdaptersOff(self.value_model)
+            if lora and self.value_model is not None
+            else freeze(stages.load_reward_model(self.art))
+        )
+        self.engine = RolloutEngine(
+            self.task,
+            ref,
+            rm,
+            reward_kind=self.rmcfg.kind,
+            temperature=tcfg.temperature,
+            device=self.device,
+            missing_eos_penalty=tcfg.missing_eos_penalty,
+            chunk_tokens=mcfg.logprob_chunk_tokens,
+            compiled=mcfg.compile_generation,
+        )
+        self.ctx = Context(
+            task=self.task,
+            policy=self.policy,
+            ref_model=ref,
+            reward_model=rm,
+            engine=self.engine,
+            device=self.device,
+            generator=self.generator,
+            reward_kind=self.rmcfg.kind,
+            artifacts=self.art,
+            value_model=self.value_model,
+        )
         if cls.data == "offline":
             self.ctx.pairs = _pair_table(self.task, self.art.preferences("train"))
         self.algo = cls(self.acfg, self.ctx)
         self.budget = Budget()
-        self.budget.tokens.attach(*(m for m in (self.policy, ref, rm, self.value_model) if not isinstance(m, AdaptersOff)))
+        self.budget.tokens.attach(
+            *(m for m in (self.policy, ref, rm, self.value_model) if not isinstance(m, AdaptersOff))
+        )
         self.phases = self.engine.timer = PhaseTimer(self.device)
         with self.phases.phase("prepare"):
             self.algo.setup()  # e.g. reference log-probs of the offline pairs: counted in the budget
-        self.source = make_source(cls.data, engine=self.engine, task=self.task, pairs=self.ctx.pairs,
-                                  prompts_per_step=tcfg.prompts_per_step,
-                                  responses_per_prompt=self.algo.responses_per_prompt, seed=cfg.seed,
-                                  generator=self.generator, sampling=self.sampling, share=self.dist.share,
-                                  broadcast=self.dist.broadcast)
+        self.source = make_source(
+            cls.data,
+            engine=self.engine,
+            task=self.task,
+            pairs=self.ctx.pairs,
+            prompts_per_step=tcfg.prompts_per_step,
+            responses_per_prompt=self.algo.responses_per_prompt,
+            seed=cfg.seed,
+            generator=self.generator,
+            sampling=self.sampling,
+            share=self.dist.share,
+            broadcast=self.dist.broadcast,
+        )
 
     def _build_evaluation(self, groups: dict[str, Any]) -> None:
         """Evaluation, the exact frontier and the logger: the main process's (the only one that
@@ -197,23 +243,36 @@ class Trainer:
         self.evaluator, self.logger = None, NullLogger()
         if not self.dist.is_main:
             return
-        self.evaluator = Evaluator(self.engine, self.task.eval_prompts, seed=self.tcfg.eval_seed,
-                                   cache_dir=self.art.reward_model_dir, heldout=self.art.preferences("heldout"))
+        self.evaluator = Evaluator(
+            self.engine,
+            self.task.eval_prompts,
+            seed=self.tcfg.eval_seed,
+            cache_dir=self.art.reward_model_dir,
+            heldout=self.art.preferences("heldout"),
+        )
         if self.task.enumerable:
             with open(self.run_dir / "optimal_frontier.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=["reward", "beta", "kl", "reward_value"])
                 w.writeheader()
                 w.writerows(self.evaluator.frontier_rows())
         previous = (self.resume_from or {}).get("logger")
-        self.logger = build_logger(groups["logger"], self.run_dir, self.resolved, name=self.name, job_type=a.label,
-                                   group=_hydra_group(), resume=previous)
+        self.logger = build_logger(
+            groups["logger"],
+            self.run_dir,
+            self.resolved,
+            name=self.name,
+            job_type=a.label,
+            group=_hydra_group(),
+            resume=previous,
+        )
 
     # ------------------------------------------------------------------------------------ loop
     def fit(self) -> dict[str, Any]:
         """Steps ``start + 1 .. steps`` (from scratch, or after the last checkpoint), then the outputs."""
         start = self.resume(self.resume_from) if self.resume_from else self.begin()
-        bar = tqdm(range(start + 1, self.steps + 1), desc=self.name, disable=not self.progress,
-                   initial=start, total=self.steps)
+        bar = tqdm(
+            range(start + 1, self.steps + 1), desc=self.name, disable=not self.progress, initial=start, total=self.steps
+        )
         for step in bar:
             self.step = self.checks.step = self.fault.current = step
             self.train_step(step)
@@ -221,8 +280,15 @@ class Trainer:
                 judge = "gold" if self.task.has_gold else "proxy"  # a task without a judge: proxy only
                 bar.set_postfix(kl=f"{self.row['kl']:.3f}", **{judge: f"{self.row['reward_' + judge]:.3f}"})
                 if not self.progress:
-                    log.info("%s step %d/%d: KL %.3f, %s reward %.3f", self.name, step, self.steps,
-                             self.row["kl"], judge, self.row["reward_" + judge])
+                    log.info(
+                        "%s step %d/%d: KL %.3f, %s reward %.3f",
+                        self.name,
+                        step,
+                        self.steps,
+                        self.row["kl"],
+                        judge,
+                        self.row["reward_" + judge],
+                    )
             if self.checkpoint_every and (step % self.checkpoint_every == 0 or step == self.steps):
                 self.save_checkpoint(step)
         bar.close()
@@ -247,8 +313,9 @@ class Trainer:
         except NonFiniteError as e:
             error = e
         if self.dist.any(error is not None):
-            raise error or NonFiniteError(f"non-finite value on another process at step {self.step} "
-                                          f"(algorithm {self.acfg.label})")
+            raise error or NonFiniteError(
+                f"non-finite value on another process at step {self.step} (algorithm {self.acfg.label})"
+            )
 
     def train_step(self, step: int) -> dict[str, float]:
         """One step: the source's batch, ``prepare``, then ``epochs x minibatches`` gradient updates."""
@@ -280,8 +347,11 @@ class Trainer:
         self._write("train", to_jsonable({"step": step, **stats}))
         seconds = time.time() - t0
         self.budget.train_seconds += seconds
-        timing = {"time/step_seconds": seconds, "time/train_seconds": self.budget.train_seconds,
-                  **self.phases.take_step()}
+        timing = {
+            "time/step_seconds": seconds,
+            "time/train_seconds": self.budget.train_seconds,
+            **self.phases.take_step(),
+        }
         self._write("time", {"step": step, **timing})
         self.logger.log({**stats, **timing}, step)
         return stats
@@ -334,19 +404,28 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
     def _process_state(self) -> dict[str, Any]:
         """What differs between the processes of a run: random streams, data order, budget."""
-        return {"rng": rng_state(self.generator, self.sampling), "source": self.source.state_dict(),
-                "budget": self.budget.state_dict()}
+        return {
+            "rng": rng_state(self.generator, self.sampling),
+            "source": self.source.state_dict(),
+            "budget": self.budget.state_dict(),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on, and where each run file ends. With several
         processes (a collective: every process calls it), ``processes`` holds each one's own part."""
-        state = {"step": self.step, "policy": trained_state(self.policy),
-                 "value_model": trained_state(self.value_model) if self.value_model is not None else None,
-                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                 **self._process_state(), "algorithm": self.algo.state_dict(),
-                 "last_eval": {"row": self.row, "samples": self.samples}, "logger": self.logger.state_dict(),
-                 "phases": self.phases.state_dict(),
-                 "files": {name: f.position() for name, f in self.files.items()}}
+        state = {
+            "step": self.step,
+            "policy": trained_state(self.policy),
+            "value_model": trained_state(self.value_model) if self.value_model is not None else None,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            **self._process_state(),
+            "algorithm": self.algo.state_dict(),
+            "last_eval": {"row": self.row, "samples": self.samples},
+            "logger": self.logger.state_dict(),
+            "phases": self.phases.state_dict(),
+            "files": {name: f.position() for name, f in self.files.items()},
+        }
         if self.dist.active:
             state["processes"] = self.dist.gather(self._process_state())
         return state
@@ -370,8 +449,10 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         processes = state.get("processes") or [state]
         if len(processes) != self.dist.world:
-            raise ConfigError(f"{self.run_dir}: its checkpoint was written by a run on {len(processes)} process(es); "
-                              f"resume it on as many, not {self.dist.world}")
+            raise ConfigError(
+                f"{self.run_dir}: its checkpoint was written by a run on {len(processes)} process(es); "
+                f"resume it on as many, not {self.dist.world}"
+            )
         own = processes[self.dist.rank]
         set_rng_state(own["rng"], self.generator, self.sampling)
         self.source.load_state_dict(own["source"])
@@ -380,8 +461,9 @@ class Trainer:
         self.phases.load_state_dict(state.get("phases"))
         self.row, self.samples = state["last_eval"]["row"], state["last_eval"]["samples"]
         if self.dist.is_main:
-            self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl", state["files"].get(name))
-                          for name in self.FILES}
+            self.files = {
+                name: JsonlFile(self.run_dir / f"{name}.jsonl", state["files"].get(name)) for name in self.FILES
+            }
         self.step = state["step"]
         log.info("%s: resuming from the checkpoint of step %d/%d", self.name, self.step, self.steps)
         return self.step
@@ -420,16 +502,30 @@ class Trainer:
             self.task.tokenizer.save_pretrained(run_dir / "policy")
         summary = {
             **summary_header(self.resolved, self.spec.cls.beta_independent, "finished"),
-            "steps": self.steps, "final": self.row, "budget": budget, "distributed": self.dist.summary(),
-            "shared": {"metrics": art.metrics, "reused": art.reused,
-                       "dirs": {"sft": str(art.sft_dir), "preferences": str(art.preferences_dir),
-                                "reward_model": str(art.reward_model_dir)}},
+            "steps": self.steps,
+            "final": self.row,
+            "budget": budget,
+            "distributed": self.dist.summary(),
+            "shared": {
+                "metrics": art.metrics,
+                "reused": art.reused,
+                "dirs": {
+                    "sft": str(art.sft_dir),
+                    "preferences": str(art.preferences_dir),
+                    "reward_model": str(art.reward_model_dir),
+                },
+            },
             "resumed_from_step": self.resume_from["step"] if self.resume_from else None,
             **self._model_summary(),
-            "wall_time_seconds": time.time() - self.t_start, "shared_stage_seconds": self.t_shared - self.t_start,
-            "train_seconds": time.time() - self.t_shared, "config": self.resolved, "versions": package_versions(),
-            "numerics": numerics(), **self.phases.summary(),
-            "git_revision": git_revision(), "run_dir": str(run_dir),
+            "wall_time_seconds": time.time() - self.t_start,
+            "shared_stage_seconds": self.t_shared - self.t_start,
+            "train_seconds": time.time() - self.t_shared,
+            "config": self.resolved,
+            "versions": package_versions(),
+            "numerics": numerics(),
+            **self.phases.summary(),
+            "git_revision": git_revision(),
+            "run_dir": str(run_dir),
         }
         if self.task.summary():
             summary["data"] = self.task.summary()

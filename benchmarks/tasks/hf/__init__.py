@@ -37,9 +37,9 @@ from ...config import ConfigError
 from ...data import DataError
 from ...data.formats import Prepared, prefix_prompts, prepare
 from ...data.sources import open_source
-from .judges import build_judge
 from ..base import Task
 from ..registry import register_task
+from .judges import build_judge
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,9 @@ class HFTask(Task):
     def __init__(self, cfg, model=None, device=None, cache_dir=None) -> None:
         super().__init__(cfg)
         if model is None or not model.pretrained:
-            raise ConfigError("model.pretrained must be set with task=hf (model=pretrained model.pretrained=PATH_OR_HUB_ID)")
+            raise ConfigError(
+                "model.pretrained must be set with task=hf (model=pretrained model.pretrained=PATH_OR_HUB_ID)"
+            )
         from transformers import AutoTokenizer
 
         from ...models import dtype_kwargs
@@ -59,10 +61,13 @@ class HFTask(Task):
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model.pretrained)
         except (OSError, ValueError) as e:
-            raise ConfigError(f"model.pretrained must hold a tokenizer, got {model.pretrained!r} "
-                              f"({' '.join(str(e).split())[:200]})") from None
+            raise ConfigError(
+                f"model.pretrained must hold a tokenizer, got {model.pretrained!r} ({' '.join(str(e).split())[:200]})"
+            ) from None
         if self.tokenizer.eos_token_id is None:
-            raise ConfigError(f"model.pretrained must have a tokenizer with an EOS token, {model.pretrained!r} has none")
+            raise ConfigError(
+                f"model.pretrained must have a tokenizer with an EOS token, {model.pretrained!r} has none"
+            )
         self.max_prompt_tokens = self._prompt_limit(model.pretrained)
         self.data_cache = str(Path(cache_dir).expanduser() / "datasets") if cache_dir else None
         self.judge = build_judge(cfg.judge, torch.device(device or "cpu"), dtype_kwargs(model))
@@ -82,8 +87,10 @@ class HFTask(Task):
         if limit is None:
             return self.cfg.max_prompt_tokens
         if limit <= self.cfg.max_new_tokens:
-            raise ConfigError(f"task.max_new_tokens must be below the {limit} positions of {pretrained}, "
-                              f"got {self.cfg.max_new_tokens}")
+            raise ConfigError(
+                f"task.max_new_tokens must be below the {limit} positions of {pretrained}, "
+                f"got {self.cfg.max_new_tokens}"
+            )
         return min(self.cfg.max_prompt_tokens, limit - self.cfg.max_new_tokens)
 
     # --- vocabulary ---------------------------------------------------------------------------
@@ -106,7 +113,7 @@ class HFTask(Task):
         ids = self.encode(text)
         if self._prepend_bos() and (not ids or ids[0] != self.tokenizer.bos_token_id):
             ids = [self.tokenizer.bos_token_id] + ids
-        return ids[-self.max_prompt_tokens:]
+        return ids[-self.max_prompt_tokens :]
 
     def encode_response(self, text: str) -> list[int]:
         ids, limit = self.encode(text), self.cfg.max_new_tokens
@@ -130,7 +137,10 @@ class HFTask(Task):
             if rows is not None and len(rows) > cfg.max_rows:
                 rows = rows.select(range(cfg.max_rows))
             if records is not None:
-                records = (lambda read=records: read()[: cfg.max_rows])
+
+                def records(read=records):
+                    return read()[: cfg.max_rows]
+
         columns = set(rows.column_names) if rows is not None else set(records()[0]) if records else set()
         kind = next((k for k in kinds if _accepts(k, columns)), None)
         if kind is None:  # several kinds possible, none fits: name them all (one kind: prepare names it)
@@ -138,22 +148,43 @@ class HFTask(Task):
                 kind = kinds[0]
             else:
                 accepted = " or ".join(f"{k} ({', '.join(sorted(_NEEDS[k]))})" for k in kinds)
-                raise DataError(f"task.{name} ({loaded.source}): columns {sorted(columns)}; expected {accepted}; "
-                                f"rename columns with '+task.columns.{name}={{accepted: yours}}'")
-        self._data[name] = prepare(rows, kind, self.tokenizer, f"task.{name} ({loaded.source})", cfg.on_bad_row, records)
-        log.info("task.%s: %d rows (%s%s) from %s", name, len(self._data[name].rows), self._data[name].format,
-                 ", conversational" if self._data[name].conversational else "", loaded.source)
+                raise DataError(
+                    f"task.{name} ({loaded.source}): columns {sorted(columns)}; expected {accepted}; "
+                    f"rename columns with '+task.columns.{name}={{accepted: yours}}'"
+                )
+        self._data[name] = prepare(
+            rows, kind, self.tokenizer, f"task.{name} ({loaded.source})", cfg.on_bad_row, records
+        )
+        log.info(
+            "task.%s: %d rows (%s%s) from %s",
+            name,
+            len(self._data[name].rows),
+            self._data[name].format,
+            ", conversational" if self._data[name].conversational else "",
+            loaded.source,
+        )
         return self._data[name]
 
     def _prompt_ids(self, name: str) -> list[list[int]]:
         """Distinct prompts of dataset field ``name``, in data order, as token ids."""
-        kinds = ("prompts", "text") if name in ("prompts", "eval_prompts") else \
-            ("preferences",) if name == "preference_data" else ("completions",)
+        kinds = (
+            ("prompts", "text")
+            if name in ("prompts", "eval_prompts")
+            else ("preferences",)
+            if name == "preference_data"
+            else ("completions",)
+        )
         data = self._load(name, kinds)
         if data.kind == "text":  # prefixes no longer than the prompt limit
             longest = min(self.cfg.max_prefix_tokens, self.max_prompt_tokens)
-            cut = prefix_prompts(data.rows, self.tokenizer, min_tokens=min(self.cfg.min_prefix_tokens, longest),
-                                 max_tokens=longest, seed=self.cfg.seed, source=data.source)
+            cut = prefix_prompts(
+                data.rows,
+                self.tokenizer,
+                min_tokens=min(self.cfg.min_prefix_tokens, longest),
+                max_tokens=longest,
+                seed=self.cfg.seed,
+                source=data.source,
+            )
             ids = [list(p) for p in cut["prompt_ids"]]
         else:
             ids = [self.encode_prompt(p) for p in data.rows["prompt"]]
@@ -172,8 +203,10 @@ class HFTask(Task):
                 raise ConfigError(f"task.eval_prompts holds every prompt of task.{name}: none is left to train on")
             return train, held
         if len(pool) <= n_eval:
-            raise ConfigError(f"task.n_eval_prompts must be below the {len(pool)} distinct prompts of task.{name} "
-                              f"(the rest train), got {n_eval}; or set task.eval_prompts")
+            raise ConfigError(
+                f"task.n_eval_prompts must be below the {len(pool)} distinct prompts of task.{name} "
+                f"(the rest train), got {n_eval}; or set task.eval_prompts"
+            )
         order = np.random.default_rng([cfg.seed, 0xE7A1]).permutation(len(pool))
         return [pool[i] for i in order[n_eval:]], [pool[i] for i in order[:n_eval]]
 
@@ -184,8 +217,10 @@ class HFTask(Task):
         if reason not in data.skipped:
             keep = [i for i, p in enumerate(data.rows["prompt"]) if tuple(self.encode_prompt(p)) not in self._held_out]
             if not keep:
-                raise ConfigError(f"task.{name}: every row's prompt is among the held-out evaluation prompts; "
-                                  f"lower task.n_eval_prompts or set task.eval_prompts")
+                raise ConfigError(
+                    f"task.{name}: every row's prompt is among the held-out evaluation prompts; "
+                    f"lower task.n_eval_prompts or set task.eval_prompts"
+                )
             data.skipped[reason] = len(data.rows) - len(keep)
             data.rows = data.rows.select(keep)
         return data.rows
@@ -203,8 +238,11 @@ class HFTask(Task):
         sequences ending with EOS and at most max_prompt_tokens + max_new_tokens long."""
         name = "ptx_data" if self.cfg.ptx_data else "sft_data"
         data = self._load(name, ("text", "completions"))
-        texts = data.rows["text"] if data.kind == "text" else \
-            [p + c for p, c in zip(data.rows["prompt"], data.rows["completion"])]
+        texts = (
+            data.rows["text"]
+            if data.kind == "text"
+            else [p + c for p, c in zip(data.rows["prompt"], data.rows["completion"])]
+        )
         limit = self.max_prompt_tokens + self.cfg.max_new_tokens
         return [self.encode(t)[: limit - 1] + [self.eos_id] for t in texts]
 

@@ -13,8 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ...config import (TASK_SCHEMAS, ConfigError, ModelConfig, RewardModelConfig, TaskConfig, check, check_pretrained,
-                     one_of, positive, section)
+from ...config import (
+    TASK_SCHEMAS,
+    ConfigError,
+    ModelConfig,
+    RewardModelConfig,
+    TaskConfig,
+    check,
+    check_pretrained,
+    one_of,
+    positive,
+    section,
+)
 
 #: The datasets of ``task=hf`` (fields of :class:`HFTaskConfig`), each with its own column map.
 HF_DATA_FIELDS = ("prompts", "eval_prompts", "sft_data", "preference_data", "ptx_data")
@@ -61,8 +71,12 @@ class JudgeConfig:
             check(not (self.model and self.fn), "fn", "null when judge.model is set (one judge)", self.fn)
             one_of(self, "score", ("logit", "probability"))
             one_of(self, "input", ("prompt_response", "response"))
-            check(self.fn is None or _is_import_path(self.fn), "fn", "'module:function' (a dotted module, a colon, "
-                  "a function name)", self.fn)
+            check(
+                self.fn is None or _is_import_path(self.fn),
+                "fn",
+                "'module:function' (a dotted module, a colon, a function name)",
+                self.fn,
+            )
             positive(self, "batch_size", "max_length")
 
 
@@ -87,7 +101,9 @@ class HFTaskConfig(TaskConfig):
     # min_prefix_tokens..max_prefix_tokens tokens (IMDb in the DPO paper). null: the prompts of
     # preference_data, else of sft_data.
     prompts: Optional[str] = None
-    eval_prompts: Optional[str] = None  # evaluation prompts (prompt-only or text; n_eval_prompts drawn); null: held out of prompts
+    eval_prompts: Optional[str] = (
+        None  # evaluation prompts (prompt-only or text; n_eval_prompts drawn); null: held out of prompts
+    )
     sft_data: Optional[str] = None  # prompt-completion demonstrations; null: no SFT (model.pretrained is the SFT base)
     preference_data: Optional[str] = None  # preferences (pairs or K-wise rankings); null: generated and judged
     ptx_data: Optional[str] = None  # pretraining text (text or prompt-completion) for ppo_ptx; null: sft_data
@@ -107,10 +123,18 @@ class HFTaskConfig(TaskConfig):
         one_of(self, "on_bad_row", ("error", "skip"))
         check(self.max_rows >= 0, "max_rows", ">= 0 (0: all rows)", self.max_rows)
         positive(self, "min_prefix_tokens", "max_prompt_tokens")
-        check(self.min_prefix_tokens <= self.max_prefix_tokens, "max_prefix_tokens",
-              f">= min_prefix_tokens ({self.min_prefix_tokens})", self.max_prefix_tokens)
-        check(bool(self.prompts or self.preference_data or self.sft_data), "prompts",
-              "set (or preference_data or sft_data, whose prompts are used)", self.prompts)
+        check(
+            self.min_prefix_tokens <= self.max_prefix_tokens,
+            "max_prefix_tokens",
+            f">= min_prefix_tokens ({self.min_prefix_tokens})",
+            self.max_prefix_tokens,
+        )
+        check(
+            bool(self.prompts or self.preference_data or self.sft_data),
+            "prompts",
+            "set (or preference_data or sft_data, whose prompts are used)",
+            self.prompts,
+        )
 
     @property
     def has_judge(self) -> bool:
@@ -124,29 +148,41 @@ class HFTaskConfig(TaskConfig):
         check_hf_task(self, model, reward_model)
 
 
-
 def check_hf_task(task: HFTaskConfig, model: ModelConfig, rm: RewardModelConfig) -> None:
     """What ``task=hf`` needs besides its values (run by :func:`~.config.validate` through
     :meth:`HFTaskConfig.check_run`): a pretrained model, data sources that exist (a local path) or
     are well-formed hub ids, and a judge wherever a gold reward is needed."""
-    check(bool(model.pretrained), "model.pretrained", "set with task=hf (model=pretrained "
-          "model.pretrained=PATH_OR_HUB_ID: the SFT base and its tokenizer)", model.pretrained)
+    check(
+        bool(model.pretrained),
+        "model.pretrained",
+        "set with task=hf (model=pretrained model.pretrained=PATH_OR_HUB_ID: the SFT base and its tokenizer)",
+        model.pretrained,
+    )
     for name in HF_DATA_FIELDS:
         if getattr(task, name):
             check_data_source(f"task.{name}", getattr(task, name))
     if task.judge.model:
         check_pretrained("task.judge.model", task.judge.model)
-    check(task.has_judge or rm.kind != "gold", "reward_model", "learned with task=hf and no judge (reward_model=gold "
-          "optimises the judge: set task.judge.model or task.judge.fn)", rm.kind)
-    check(task.has_judge or bool(task.preference_data), "task.preference_data", "set when the task has no judge "
-          "(preferences are otherwise generated and ranked by task.judge)", task.preference_data)
+    check(
+        task.has_judge or rm.kind != "gold",
+        "reward_model",
+        "learned with task=hf and no judge (reward_model=gold "
+        "optimises the judge: set task.judge.model or task.judge.fn)",
+        rm.kind,
+    )
+    check(
+        task.has_judge or bool(task.preference_data),
+        "task.preference_data",
+        "set when the task has no judge (preferences are otherwise generated and ranked by task.judge)",
+        task.preference_data,
+    )
 
 
 def check_data_source(name: str, value: str) -> None:
     """A dataset field is an existing local file or directory (``[split]`` allowed) or a
     well-formed hub dataset id; nothing is read or downloaded here."""
-    from ...data.sources import _looks_local, parse_spec
     from ...data import DataError
+    from ...data.sources import _looks_local, parse_spec
 
     try:
         target, _ = parse_spec(str(value), None)
@@ -154,15 +190,21 @@ def check_data_source(name: str, value: str) -> None:
         raise ConfigError(f"{name} must be PATH, PATH[split], ID or ID[split], got {value!r} ({e})") from None
     if Path(target).expanduser().exists():
         return
-    check(not _looks_local(target), name, "an existing file (.jsonl, .json, .csv, .parquet) or directory, or a hub "
-          "dataset id such as 'imdb' or 'Anthropic/hh-rlhf' (no such file here)", value)
+    check(
+        not _looks_local(target),
+        name,
+        "an existing file (.jsonl, .json, .csv, .parquet) or directory, or a hub "
+        "dataset id such as 'imdb' or 'Anthropic/hh-rlhf' (no such file here)",
+        value,
+    )
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
         validate_repo_id(target)
     except HFValidationError:
-        raise ConfigError(f"{name} must be an existing file or directory, or a hub dataset id such as 'imdb', "
-                          f"got {value!r}") from None
+        raise ConfigError(
+            f"{name} must be an existing file or directory, or a hub dataset id such as 'imdb', got {value!r}"
+        ) from None
 
 
 TASK_SCHEMAS["hf"] = HFTaskConfig

@@ -66,8 +66,10 @@ class FunctionJudge:
         try:
             self.fn = getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as e:
-            raise JudgeError(f"task.judge.fn must name an importable function 'module:function', got {path!r} "
-                             f"({type(e).__name__}: {e})") from None
+            raise JudgeError(
+                f"task.judge.fn must name an importable function 'module:function', got {path!r} "
+                f"({type(e).__name__}: {e})"
+            ) from None
         if not callable(self.fn):
             raise JudgeError(f"task.judge.fn must name a function, {path!r} is a {type(self.fn).__name__}")
         self.name = f"task.judge.fn ({path})"
@@ -88,8 +90,10 @@ class ModelJudge:
             model = AutoModelForSequenceClassification.from_pretrained(cfg.model, **(load_kwargs or {}))
             self.model = model.to(device).eval()
         except (OSError, ValueError) as e:
-            raise JudgeError(f"{self.name} cannot be loaded as a sequence classifier with a tokenizer: "
-                             f"{' '.join(str(e).split())[:300]}") from None
+            raise JudgeError(
+                f"{self.name} cannot be loaded as a sequence classifier with a tokenizer: "
+                f"{' '.join(str(e).split())[:300]}"
+            ) from None
         for p in self.model.parameters():
             p.requires_grad_(False)
         if self.tokenizer.pad_token is None:  # GPT-2 style: pad with EOS (the attention mask hides it)
@@ -106,15 +110,19 @@ class ModelJudge:
         names = {str(k): int(v) for k, v in (self.model.config.label2id or {}).items()}
         if label is None:
             if n != 1:
-                raise JudgeError(f"task.judge.label must name one of the {n} classes of {self.cfg.model} "
-                                 f"({sorted(names, key=names.get)} or an index 0..{n - 1}); null is for scalar models")
+                raise JudgeError(
+                    f"task.judge.label must name one of the {n} classes of {self.cfg.model} "
+                    f"({sorted(names, key=names.get)} or an index 0..{n - 1}); null is for scalar models"
+                )
             return None
         if str(label) in names:
             return names[str(label)]
         if str(label).lstrip("-").isdigit() and 0 <= int(label) < n:
             return int(label)
-        raise JudgeError(f"task.judge.label must be one of {sorted(names, key=names.get)} or an index 0..{n - 1} "
-                         f"for {self.cfg.model}, got {label!r}")
+        raise JudgeError(
+            f"task.judge.label must be one of {sorted(names, key=names.get)} or an index 0..{n - 1} "
+            f"for {self.cfg.model}, got {label!r}"
+        )
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
@@ -122,8 +130,13 @@ class ModelJudge:
         texts = [p + r for p, r in zip(prompts, responses)] if cfg.input == "prompt_response" else list(responses)
         out = []
         for i in range(0, len(texts), cfg.batch_size):
-            enc = self.tokenizer(texts[i: i + cfg.batch_size], return_tensors="pt", padding=True, truncation=True,
-                                 max_length=self.max_length).to(self.device)
+            enc = self.tokenizer(
+                texts[i : i + cfg.batch_size],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+            ).to(self.device)
             logits = self.model(**enc).logits.float()  # (b, num_labels)
             if self.index is None:
                 out.append(logits[:, 0])
