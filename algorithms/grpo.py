@@ -1,4 +1,4 @@
-"""``grpo``: Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath; REFERENCE sec. 5b).
+"""``grpo``: Group Relative Policy Optimization (Shao et al. 2024, DeepSeekMath, eq. 3).
 
 ``G = responses_per_prompt`` samples per prompt (default 2: the same samples per step as PPO and
 P3O). Outcome advantages ``A_i = (r_i - mean_group r) / (std_group r + 1e-4)``, torch's unbiased std
@@ -10,8 +10,8 @@ rewards is left, not their difference. ``r_i`` is the harness's reward unaltered
 Token-level clipped surrogate plus, with ``kl_in: loss`` (the paper's), ``beta * k3`` in the loss,
 ``k3 = pi_ref/pi - log(pi_ref/pi) - 1`` with gradients through ``log pi``; the rewards then carry no
 KL. ``kl_in: reward`` instead subtracts ``beta * sum_t (log pi_old - log pi_ref)`` from each reward
-before the advantages (and no KL term enters the loss): the KL is applied once either way. Note (REFERENCE
-sec. 5b): the k3-in-loss gradient is that of KL(pi_ref || pi), and the group std rescales beta per
+before the advantages (and no KL term enters the loss): the KL is applied once either way. Note: the
+k3-in-loss gradient is that of KL(pi_ref || pi), and the group std rescales beta per
 prompt, so GRPO's fixed point is not ``pi*_beta``. ``beta`` is the config's (> 0; trl's default is 0).
 
 ``loss_aggregation``: ``sequence_mean`` (the paper: per-sequence token mean, then mean over

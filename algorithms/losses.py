@@ -204,7 +204,7 @@ def p3o_loss(
     importance_clip: float = 10.0,
     q_logratio: str = "current",
 ) -> tuple[torch.Tensor, Metrics]:
-    """Pairwise Proximal Policy Optimization (Wu et al. 2023, arXiv 2310.00212; REFERENCE sec. 5).
+    """Pairwise Proximal Policy Optimization (Wu et al. 2023, arXiv 2310.00212).
 
     Inputs are sequence-level log-probs of the two responses of each prompt, shape (P, 2):
     ``logprobs`` (with gradients), ``old_logprobs`` (sampling policy), ``ref_logprobs``, and the
@@ -273,7 +273,7 @@ def pairwise_policy_gradient_surrogate(
     logprobs: torch.Tensor, ref_logprobs: torch.Tensor, rewards: torch.Tensor, beta: float
 ) -> torch.Tensor:
     """A surrogate whose gradient is minus the pairwise policy gradient of the KL-penalised reward
-    (REFERENCE sec. 5): ``-1/2 E[sg[r_hat_1 - r_hat_2] (log pi(y_1) - log pi(y_2))]`` with
+    (Wu et al. 2023): ``-1/2 E[sg[r_hat_1 - r_hat_2] (log pi(y_1) - log pi(y_2))]`` with
     ``r_hat = r - beta (log pi - log pi_ref)``. (P, 2) inputs. Used to check P3O at pi = pi_old."""
     r_hat = (rewards - beta * (logprobs - ref_logprobs)).detach()  # (P, 2)
     return -0.5 * ((r_hat[:, 0] - r_hat[:, 1]) * (logprobs[:, 0] - logprobs[:, 1])).mean()

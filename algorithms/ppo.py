@@ -3,7 +3,8 @@
 Objective (InstructGPT eq. 2):
 ``E_{y~pi}[r(x,y) - beta log(pi(y|x)/pi_ref(y|x))] + ptx_coef E_{x~D_pretrain}[log pi(x)]``.
 
-Implemented as the strongest public reproductions run it (Huang et al. 2024, REFERENCE sec. 3):
+Implemented as the strongest public reproductions run it (Huang et al. 2024, "The N+ implementation details of RLHF
+with PPO"):
 per-token reward ``-beta * kl_t`` plus the harness's sequence reward at the last token (a missing-EOS
 penalty, where the task sets one, is part of that reward and applies to every algorithm), a value
 model initialised from the reward model, GAE, the clipped surrogate and clipped value loss,

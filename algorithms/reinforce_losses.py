@@ -1,4 +1,5 @@
-"""Pure loss functions of the REINFORCE family: RLOO, GRPO, REINFORCE++ (REFERENCE sec. 5b).
+"""Pure loss functions of the REINFORCE family: RLOO (Ahmadian et al. 2024), GRPO (Shao et al.
+2024), REINFORCE++ (Hu et al. 2025).
 
 Like :mod:`rlhf_bench.algorithms.losses` (whose helpers these reuse): tensors and explicit scalar
 hyperparameters in, ``(loss, metrics)`` or plain tensors out, nothing touches a model. Shapes:
@@ -23,7 +24,8 @@ GRPO_SCALES = ("group", "none", "batch")
 def aggregate(
     per_token: torch.Tensor, response_mask: torch.Tensor, mode: str = "sequence_mean", max_length: int | None = None
 ) -> torch.Tensor:
-    """Reduce a per-token loss (B, T) to a scalar (GRPO's variants; REFERENCE sec. 5b, sec. 7's length bias).
+    """Reduce a per-token loss (B, T) to a scalar (GRPO's variants; Liu et al. 2025,
+    "Dr. GRPO", on the length bias of per-sequence means).
 
     - ``sequence_mean`` (Shao et al. 2024, eq. 3): ``1/B sum_i 1/|y_i| sum_t x_it``;
     - ``token_mean`` (DAPO, Yu et al. 2025): ``sum_it x_it / sum_i |y_i|``;

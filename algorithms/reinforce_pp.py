@@ -1,4 +1,4 @@
-"""``reinforce_pp``: REINFORCE++ (Hu et al. 2025; REFERENCE sec. 5b).
+"""``reinforce_pp``: REINFORCE++ (Hu et al. 2025, arXiv 2501.03262).
 
 PPO without a value model: the per-token reward ``-beta * (log pi_old - log pi_ref)_t`` (k1 of the
 sampling policy) plus the harness's sequence reward (unaltered, its missing-EOS rule included) at

@@ -1,4 +1,4 @@
-"""``rloo``: REINFORCE Leave-One-Out (Ahmadian et al. 2024, "Back to Basics"; REFERENCE sec. 5b).
+"""``rloo``: REINFORCE Leave-One-Out (Ahmadian et al. 2024, "Back to Basics", eq. 5).
 
 ``k = responses_per_prompt`` samples per prompt from the current policy (default 2: the same
 samples per step as PPO and P3O). The KL is folded into the sequence reward,

@@ -1,7 +1,8 @@
 """The algorithm plugins (``algorithms/{ppo,dpo,online_dpo,p3o}.py``) run through the harness
 pieces (``Context``, ``split_groups``, ``RolloutEngine``) on tiny GPT-2 models.
 
-REFERENCE.md sections 3-5 and the traps of section 7: the PPO/P3O ratio is exactly 1 on the first
+PPO (Huang et al. 2024), DPO/IPO (Rafailov et al. 2023; Azar et al. 2023), P3O (Wu et al. 2023) and
+the traps real RLHF code fell into: the PPO/P3O ratio is exactly 1 on the first
 minibatch (dropout off), reference log-probs come from pi_ref and are identical whether cached or
 not, IPO averages (not sums) response-token log-ratios, P3O's update ignores per-prompt reward
 offsets, online DPO's labels and gradient direction.

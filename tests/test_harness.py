@@ -1,4 +1,4 @@
-"""Harness tests: the traps of REFERENCE section 7, exact evaluation on the bandit, the optimal
+"""Harness tests: the traps real RLHF code fell into (one test each), exact evaluation on the bandit, the optimal
 frontier, best-of-n, the shared stages (reward loss, preference data, cache and its lock) and
 seeding of whole runs."""
 
@@ -82,7 +82,7 @@ def table64(evaluator):
     return torch.log_softmax(t.ref_logp.double(), -1), t.gold.double(), t.proxy.double()
 
 
-# ======================================================================= REFERENCE 7: the traps
+# ================================================================= the traps real RLHF code fell into
 def test_left_padding_does_not_change_logprobs(sentiment):
     """Trap: left padding without position ids from the mask. A response scored next to a longer
     prompt (so its own prompt is left-padded) gets the log-probs it gets alone."""

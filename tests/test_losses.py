@@ -1,6 +1,7 @@
 """The pure loss functions of ``algorithms/losses.py``: closed forms, gradients, gradchecks.
 
-REFERENCE.md sections 3 (PPO), 4 (DPO/IPO), 5 (P3O). Everything in float64 unless stated, so
+PPO (Schulman et al. 2017 as Huang et al. 2024 run it), DPO/IPO (Rafailov et al. 2023, eq. 7; Azar
+et al. 2023, eq. 17), P3O (Wu et al. 2023). Everything in float64 unless stated, so
 that tolerances can be tight; every expected value is derived independently of the code under
 test (closed forms, explicit loops, autograd of a hand-written formula).
 """
@@ -356,7 +357,7 @@ def test_p3o_gradient_equals_pairwise_policy_gradient_at_pi_old(clip, beta):
 
 
 def direct_p3o(lp, old, ref, rewards, beta, clip, eps, C, q_logratio):
-    """REFERENCE section 5, written out term by term for P pairs (the authors' trlx p3o_loss for
+    """P3O (Wu et al. 2023), written out term by term for P pairs (the authors' trlx p3o_loss for
     q_logratio="current"; the sampling policy's log-ratios in q for "rollout")."""
     l1, l2 = lp[:, 0] - ref[:, 0], lp[:, 1] - ref[:, 1]
     o1, o2 = old[:, 0] - ref[:, 0], old[:, 1] - ref[:, 1]

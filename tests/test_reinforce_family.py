@@ -1,5 +1,5 @@
-"""RLOO, GRPO and REINFORCE++ (REFERENCE sec. 5b): the pure functions of ``algorithms/reinforce_losses.py``
-and the plugins ``algorithms/{rloo,grpo,reinforce_pp}.py`` on tiny GPT-2 models.
+"""RLOO (Ahmadian et al. 2024), GRPO (Shao et al. 2024) and REINFORCE++ (Hu et al. 2025): the pure functions
+of ``algorithms/reinforce_losses.py`` and the plugins ``algorithms/{rloo,grpo,reinforce_pp}.py`` on tiny GPT-2 models.
 
 Expected values are transcribed here from the papers' formulas (closed forms, python loops, autograd
 of a hand-written formula), never taken from the code under test. Pure functions run in float64.

@@ -1,4 +1,4 @@
-"""Our ``dpo`` plugin against trl's ``DPOTrainer`` (the public reference, REFERENCE.md sec. 4).
+"""Our ``dpo`` plugin against trl's ``DPOTrainer`` (the public reference of Rafailov et al. 2023's loss).
 
 Both start from the same saved tiny GPT-2 and tokenizer, train on the same pairs in the same order
 with the same optimizer (AdamW, constant lr, no warmup, weight decay 0, grad-norm clip 1.0), batch

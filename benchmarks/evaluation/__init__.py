@@ -12,7 +12,8 @@ Every run is measured the same way:
   labels and against the gold order (:mod:`.ranking`); null without a held-out set or where the
   policy cannot give sequence log-probs (best-of-n on a non-enumerable task).
 
-On enumerable tasks the exact optimal frontier of REFERENCE section 2 is available:
+On enumerable tasks the exact optimal frontier is available (the optimum of the KL-regularised objective,
+pi*_beta = pi_ref exp(r/beta) / Z; Rafailov et al. 2023, eq. 4):
 ``pi*_beta(y|x) ∝ pi_ref(y|x) exp(r(x,y)/beta)``.
 """
 

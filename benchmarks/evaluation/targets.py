@@ -1,4 +1,5 @@
-"""Exact limits of RLHF objectives on an enumerable bandit (REFERENCE sections 2, 3, 5b).
+"""Exact limits of RLHF objectives on an enumerable bandit (the KL-regularised optimum
+pi*_beta, Rafailov et al. 2023 eq. 4; PPO as Huang et al. 2024 run it; the REINFORCE family's objectives).
 
 Each function returns, per prompt, the policy that an objective's EXPECTED update converges to,
 from the tables ``ref_logp`` (P, N) = log pi_ref and ``rewards`` (P, N) over the N = A**L responses
@@ -237,7 +238,7 @@ class GroupAdvantage:
 
 # ------------------------------------------------------------------------------------ targets
 def reverse_kl_optimum(ref_logp: torch.Tensor, rewards: torch.Tensor, beta: float) -> torch.Tensor:
-    """pi*_beta ∝ pi_ref exp(r/beta) (REFERENCE section 2): (P, N) log-probs. The limit of PPO with
+    """pi*_beta ∝ pi_ref exp(r/beta) (Rafailov et al. 2023, eq. 4): (P, N) log-probs. The limit of PPO with
     k1 in the reward, RLOO, REINFORCE++, P3O and online DPO with soft Bradley-Terry labels."""
     return tilted(ref_logp.to(D), rewards.to(D), beta)
 
@@ -401,7 +402,7 @@ class Objective(NamedTuple):
 PI_STAR = Objective(
     "pi*_beta",
     lambda ref_logp, rewards, beta, **_: reverse_kl_optimum(ref_logp, rewards, beta),
-    "the reverse-KL-regularised optimum pi_ref exp(r/beta) / Z (REFERENCE sec. 2)",
+    "the reverse-KL-regularised optimum pi_ref exp(r/beta) / Z (Rafailov et al. 2023, eq. 4)",
 )
 
 

@@ -10,7 +10,8 @@ another reward model, and the gap between two algorithms can change sign with it
 results").
 
 The pooled interval is a Student-t interval over the per-world estimates, ``W - 1`` degrees of
-freedom (:func:`pooled`). Why this one (REFERENCE section 8):
+freedom (:func:`pooled`). Why this one (Agarwal et al. 2021 on few runs; checked
+by simulation in benchmarks/studies/coverage.py):
 
 - The per-world estimate already averages that world's seeds, so its spread over worlds holds both
   levels, ``var = sigma_between^2 + sigma_within^2 / S``: no variance component has to be estimated
