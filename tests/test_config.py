@@ -240,3 +240,13 @@ def test_the_world_names_the_run_and_joins_the_benchmark_sweep(monkeypatch):
             cfg = hydra_compose(config_name="config", return_hydra_config=True, overrides=["benchmark=bandit", *job])
             assert cfg.hydra.sweep.dir == "multirun/bandit" and cfg.hydra.sweep.subdir == name
     GlobalHydra.instance().clear()
+
+
+def test_every_registered_task_has_its_schema_once_the_tasks_are_imported():
+    """Configuration imports no task (the layers): each task module puts its schema in TASK_SCHEMAS, so
+    importing the tasks is enough for ``task=<name>`` to compose (task=hf's schema was once missed)."""
+    import rlhf_bench.benchmarks.tasks  # noqa: F401
+    from rlhf_bench.benchmarks.config import TASK_SCHEMAS
+    from rlhf_bench.benchmarks.tasks import TASKS
+
+    assert set(TASKS) == set(TASK_SCHEMAS) and "hf" in TASKS

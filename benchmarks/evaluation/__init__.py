@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol
@@ -33,7 +32,7 @@ from filelock import FileLock
 from ..models import NEG, SequenceBatch, pad_left, position_ids, scalar_head, token_kl
 from ..rollout import RolloutEngine
 from ..rollout.decode import forward_cached
-from ..utils import atomic_write_text, config_hash, make_generator, to_jsonable
+from ..utils import atomic_write, atomic_write_text, config_hash, make_generator, to_jsonable
 from .ranking import COLUMNS as RANKING_COLUMNS
 from .ranking import HeldoutPairs
 
@@ -172,9 +171,7 @@ class ResponseTable:
         with FileLock(str(path) + ".lock"):  # parallel jobs build it once
             if not path.exists():
                 t._score(engine)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                torch.save({"proxy": t.proxy, "ref_logp": t.ref_logp}, tmp)
-                os.replace(tmp, path)
+                atomic_write(path, lambda f: torch.save({"proxy": t.proxy, "ref_logp": t.ref_logp}, f))
                 return t
         cached = torch.load(path)
         t.proxy, t.ref_logp = cached["proxy"], cached["ref_logp"]

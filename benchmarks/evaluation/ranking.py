@@ -22,7 +22,6 @@ left padding with matching position ids, ``logits / temperature``, the task's lo
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -31,7 +30,7 @@ import torch
 from filelock import FileLock
 
 from ..models import SequenceBatch
-from ..utils import config_hash
+from ..utils import atomic_write, config_hash
 
 COLUMNS = ("ranking_accuracy", "ranking_accuracy_gold")  # the columns of an evaluation row
 
@@ -179,9 +178,7 @@ class HeldoutPairs:
         with FileLock(str(path) + ".lock"):  # parallel jobs compute it once
             if not path.exists():
                 ref = self.logprobs(engine, engine.ref_model)
-                tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-                torch.save({"ref_logp": ref}, tmp)
-                os.replace(tmp, path)
+                atomic_write(path, lambda f: torch.save({"ref_logp": ref}, f))
         self.ref_logp = torch.load(path)["ref_logp"]
         return self
 

@@ -25,6 +25,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..utils import atomic_write
+
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
@@ -64,14 +66,6 @@ def set_rng_state(
 
 
 # ----------------------------------------------------------------------------------- checkpoints
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Checkpoints:
     """The checkpoints of one run directory; the newest ``keep`` are kept.
 
@@ -122,15 +116,8 @@ class Checkpoints:
             raise RuntimeError(f"writing a checkpoint in {self.dir} failed: {error}") from error
 
     def _write(self, state: dict[str, Any], step: int) -> Path:
-        self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path(step)
-        tmp = self.dir / f".{final.name}.tmp-{os.getpid()}"
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        _fsync_dir(self.dir)
+        atomic_write(final, lambda f: torch.save(state, f))
         for old in self.steps()[: -self.keep]:
             self.path(old).unlink(missing_ok=True)
         return final

@@ -39,6 +39,7 @@ from ...data.formats import Prepared, prefix_prompts, prepare
 from ...data.sources import open_source
 from ..base import Task
 from ..registry import register_task
+from . import config as _schema  # noqa: F401  (task=hf's schema joins TASK_SCHEMAS with the task)
 from .judges import build_judge
 
 log = logging.getLogger(__name__)
