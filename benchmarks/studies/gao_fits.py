@@ -159,16 +159,14 @@ def fit_form(form: str, d, gain) -> Fit:
 
 
 def percentile_interval(values: Sequence[float] | np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """The equal-tailed percentile interval of bootstrap replicates, by order statistics (no
-    interpolation, so ``inf`` replicates give an ``inf`` bound instead of NaN). NaN replicates are
-    dropped; none left: (NaN, NaN)."""
-    x = np.sort(np.asarray(values, dtype=float))
-    x = x[~np.isnan(x)]
-    if x.size == 0:
+    """The equal-tailed percentile interval of bootstrap replicates, by order statistics: numpy's
+    inverted-CDF quantile (no interpolation, so ``inf`` replicates give an ``inf`` bound instead of NaN).
+    NaN replicates are dropped; none left: (NaN, NaN)."""
+    x = np.asarray(values, dtype=float)
+    if np.isnan(x).all():
         return math.nan, math.nan
     tail = (1.0 - level) / 2.0
-    lo = x[max(int(math.ceil(tail * x.size)) - 1, 0)]
-    hi = x[min(int(math.ceil((1.0 - tail) * x.size)) - 1, x.size - 1)]
+    lo, hi = np.nanquantile(x, [tail, 1.0 - tail], method="inverted_cdf")
     return float(lo), float(hi)
 
 
