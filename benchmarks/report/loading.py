@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from ..runfiles import CHECKPOINTS, EVAL, RUN_FILES, SAMPLES, SUMMARY
 from .files import RunFileError, read_jsonl, read_summary
 
 # the report's warnings are logged under the name they had before report.py was split up
@@ -150,12 +151,12 @@ class Run:
 
     @property
     def has_samples(self) -> bool:
-        return (self.path / "samples.jsonl").is_file()
+        return (self.path / SAMPLES).is_file()
 
     @property
     def samples(self) -> list[dict]:
         if self._samples is None:
-            self._samples = read_jsonl(self.path / "samples.jsonl")
+            self._samples = read_jsonl(self.path / SAMPLES)
         return self._samples
 
     def optimal_frontier(self) -> Optional[list[dict]]:
@@ -182,7 +183,7 @@ class Run:
 
 # ------------------------------------------------------------------------------ finding the runs
 FINISHED, FAILED, UNFINISHED, UNREADABLE = "finished", "failed", "unfinished", "unreadable"
-_RUN_FILES = {"summary.json", "run_config.json", "eval.jsonl", "train.jsonl"}
+_RUN_FILES = RUN_FILES
 _NOT_RUNS = ("policy", "wandb", "checkpoints")  # folders inside a run directory
 
 
@@ -229,7 +230,7 @@ def _walk(sweep_dirs: Sequence[Path]) -> list[_Found]:
             root_p = Path(root)
             if (".hydra" in dirs or not _RUN_FILES.isdisjoint(files)) and root_p.resolve() not in seen:
                 seen.add(root_p.resolve())
-                found.append(_Found(sweep, root_p, "summary.json" in files, "checkpoints" in dirs))
+                found.append(_Found(sweep, root_p, SUMMARY in files, CHECKPOINTS in dirs))
             # do not descend into hidden folders, saved policies, checkpoints or wandb logs
             dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in _NOT_RUNS)
     return found
@@ -263,7 +264,7 @@ def _summary_or_left_out(f: _Found) -> tuple[Optional[dict], Optional[LeftOut]]:
         why += "; checkpoints/ present: a re-run resumes" if f.has_checkpoints else ""
         return None, LeftOut(f.path, f.name, UNFINISHED, why)
     try:
-        summary = read_summary(f.path / "summary.json")
+        summary = read_summary(f.path / SUMMARY)
     except RunFileError as e:
         return None, LeftOut(f.path, f.name, UNREADABLE, str(e))
     status = summary.get("status", FINISHED)  # summaries written before runs had a status: finished
@@ -317,12 +318,12 @@ def _variant_names(runs: list[Run]) -> None:
 def _load_run(f: _Found, summary: dict, notes: Optional[list[str]]) -> tuple[Optional[Run], Optional[LeftOut]]:
     """A finished run with its evaluations and samples, or an unreadable one left out."""
     try:
-        if (f.path / "eval.jsonl").is_file():
-            rows = read_jsonl(f.path / "eval.jsonl")
+        if (f.path / EVAL).is_file():
+            rows = read_jsonl(f.path / EVAL)
         else:
             _warn(f"{f.path}: no eval.jsonl, using the final evaluation of summary.json only", notes)
             rows = [summary["final"]] if isinstance(summary.get("final"), dict) else []
-        samples = read_jsonl(f.path / "samples.jsonl") if (f.path / "samples.jsonl").is_file() else None
+        samples = read_jsonl(f.path / SAMPLES) if (f.path / SAMPLES).is_file() else None
     except RunFileError as e:
         return None, LeftOut(f.path, f.name, UNREADABLE, str(e), **_identity(summary))
     return Run(f.path, summary, rows, _samples=samples), None

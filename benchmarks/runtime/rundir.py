@@ -22,9 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ConfigError, config_differences, run_identity
-
-RUN_CONFIG = "run_config.json"
-SUMMARY = "summary.json"
+from ..runfiles import RUN_CONFIG, SUMMARY  # noqa: F401  (rundir.SUMMARY: the names, re-exported)
 
 
 def read_json(path: Path) -> Optional[dict]:

@@ -34,6 +34,8 @@ from typing import Sequence
 
 import torch
 
+from ..runfiles import EVAL, SUMMARY
+
 # Configurations that target something other than pi*_beta (the plugins declare their targets):
 # name -> (algorithm config, overrides). Run directories and rows carry the name.
 VARIANTS = {
@@ -113,7 +115,7 @@ def run_point(
     summary = run(cfg, run_dir)
     if summary["status"] == "failed":
         raise SystemExit(f"rlhf-bench convergence: {name} beta={beta:g} seed={seed} failed: {summary['reason']}")
-    rows = [json.loads(line) for line in open(run_dir / "eval.jsonl")]
+    rows = [json.loads(line) for line in open(run_dir / EVAL)]
     final, sft = rows[-1], rows[0]
     kl_opt = summary["optimal_at_beta"]["kl"]
     row = {
@@ -178,7 +180,7 @@ def enumerated_tables(run_dir: Path) -> dict[str, torch.Tensor]:
     from ..rollout import RolloutEngine
     from ..tasks import build_task
 
-    summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    summary = json.loads((Path(run_dir) / SUMMARY).read_text())
     task_cfg = summary["config"]["task"]
     task_cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TASK_SCHEMAS[task_cfg["name"]]), task_cfg))
     task = build_task(task_cfg)

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from ..rollout import sample_responses
+from ..runfiles import SUMMARY, TIME
 from ..runtime.phases import synchronize
 from ..utils import make_generator, package_versions
 
@@ -195,14 +196,14 @@ def harness_steps(a, workdir: Path) -> list[dict]:
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"rlhf-bench speed: the harness's runs failed:\n{done.stderr[-2000:]}")
-    runs = sorted(sweep.glob("*/summary.json"))
+    runs = sorted(sweep.glob(f"*/{SUMMARY}"))
     if len(runs) != len(a.algorithms):
         logs = "".join(p.read_text()[-600:] for p in sweep.glob("*/cli.log"))
         raise SystemExit(f"rlhf-bench speed: {len(runs)} of the harness's {len(a.algorithms)} runs finished:\n{logs}")
     rows = []
     for summary in runs:
         label = json.loads(summary.read_text())["config"]["algorithm"]["label"]
-        steps = [json.loads(line) for line in open(summary.parent / "time.jsonl")]
+        steps = [json.loads(line) for line in open(summary.parent / TIME)]
         steps = [r["time/step_seconds"] for r in steps if "time/step_seconds" in r][1:]  # the first warms up
         rows += [
             {"measurement": f"step {label}", "who": "rlhf-bench", "repeat": i, "seconds": s}

@@ -36,6 +36,7 @@ from typing import Any
 import yaml
 
 from ..report.frontiers import front_of, mean_gain
+from ..runfiles import EVAL, SUMMARY
 
 UPDATE_KNOBS = ("epochs", "minibatches")
 
@@ -101,7 +102,7 @@ def run_grid(proto: dict, label: str, grid: dict, sweep_dir: Path, jobs: int) ->
 
 def score_run(run_dir: Path, kl_max: float) -> dict[str, Any]:
     """The criterion of one run; a failed run (a non-finite value: the setting diverged) scores -inf."""
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / SUMMARY).read_text())
     who = {
         "label": summary["algorithm"],
         "replicate": (int(summary["config"]["task"]["seed"]), int(summary["seed"])),
@@ -115,7 +116,7 @@ def score_run(run_dir: Path, kl_max: float) -> dict[str, Any]:
             "score": float("-inf"),
             "failed": summary["reason"],
         }
-    rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (run_dir / EVAL).read_text().splitlines()]
     sft, final = rows[0], rows[-1]
     front = front_of([(final["kl"], final["reward_gold"])], (0.0, sft["reward_gold"]))
     return {
@@ -242,9 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.score_only:
         for label, grid in proto["grids"].items():
             run_grid(proto, label, grid, runs_dir, args.jobs)
-    runs = [
-        score_run(d, proto["criterion"]["kl_max"]) for d in sorted(runs_dir.iterdir()) if (d / "summary.json").is_file()
-    ]
+    runs = [score_run(d, proto["criterion"]["kl_max"]) for d in sorted(runs_dir.iterdir()) if (d / SUMMARY).is_file()]
     chosen, table = choose(proto, runs)
     conf_dir = Path(args.conf_dir) if args.conf_dir else Path(str(files("rlhf_bench.conf").joinpath("tuned")))
     path = write_outputs(args.task, proto, chosen, table, out, conf_dir)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import ConfigError, validate
 from ..plugins import get_algorithm
+from ..runfiles import SUMMARY
 from ..runtime.distributed import Distributed
 from ..runtime.faults import NonFiniteError
 from ..runtime.rundir import finished_run, mark_started, summary_header
@@ -107,5 +108,5 @@ def write_failure(run_dir: Path, resolved: dict, error: Exception, trainer: Opti
     if trainer is not None:
         trainer.close()
     if trainer is None or trainer.dist.is_main:
-        atomic_write_text(run_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2))
+        atomic_write_text(run_dir / SUMMARY, json.dumps(to_jsonable(summary), indent=2))
     return summary

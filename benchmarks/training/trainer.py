@@ -42,6 +42,7 @@ from ..models import configure_memory, disable_dropout, freeze
 from ..models.lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
 from ..plugins import get_algorithm
 from ..rollout import RolloutEngine
+from ..runfiles import SAMPLES, STEP_FILES, SUMMARY
 from ..runtime.checkpoint import Checkpoints, JsonlFile, rng_state, set_rng_state
 from ..runtime.distributed import Distributed
 from ..runtime.faults import FaultInjector, FiniteChecks, NonFiniteError
@@ -102,7 +103,7 @@ class Trainer:
     algorithm, run files) is explicit: :meth:`state_dict` is a checkpoint, and a step depends only
     on it."""
 
-    FILES = ("eval", "train", "time")  # <name>.jsonl, appended to step by step
+    FILES = tuple(STEP_FILES)  # eval, train, time: appended to step by step
 
     # ----------------------------------------------------------------------------------- setup
     def __init__(
@@ -296,7 +297,7 @@ class Trainer:
 
     def begin(self) -> int:
         if self.dist.is_main:
-            self.files = {name: JsonlFile(self.run_dir / f"{name}.jsonl") for name in self.FILES}
+            self.files = {name: JsonlFile(self.run_dir / STEP_FILES[name]) for name in self.FILES}
         self.evaluate(0)
         return 0
 
@@ -462,7 +463,7 @@ class Trainer:
         self.row, self.samples = state["last_eval"]["row"], state["last_eval"]["samples"]
         if self.dist.is_main:
             self.files = {
-                name: JsonlFile(self.run_dir / f"{name}.jsonl", state["files"].get(name)) for name in self.FILES
+                name: JsonlFile(self.run_dir / STEP_FILES[name], state["files"].get(name)) for name in self.FILES
             }
         self.step = state["step"]
         log.info("%s: resuming from the checkpoint of step %d/%d", self.name, self.step, self.steps)
@@ -494,7 +495,7 @@ class Trainer:
         if not self.dist.is_main:
             self.close()
             return {"status": "finished", "budget": budget, "process": self.dist.rank}
-        with open(run_dir / "samples.jsonl", "w") as f:
+        with open(run_dir / SAMPLES, "w") as f:
             for s in self.samples:
                 f.write(json.dumps(s) + "\n")
         if self.steps:  # with LoRA, the adapters only (README: merging them into the base)
@@ -535,6 +536,6 @@ class Trainer:
             summary["optimal_at_beta"] = {"kl": kl_opt, "reward_value": r_opt, "reward": reward}
         self.logger.summary({f"final/{k}": v for k, v in self.row.items()})
         self.close()
-        atomic_write_text(run_dir / "summary.json", json.dumps(to_jsonable(summary), indent=2))
+        atomic_write_text(run_dir / SUMMARY, json.dumps(to_jsonable(summary), indent=2))
         self.checkpoints.clear()
         return summary
