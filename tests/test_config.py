@@ -250,3 +250,53 @@ def test_every_registered_task_has_its_schema_once_the_tasks_are_imported():
     from rlhf_bench.benchmarks.tasks import TASKS
 
     assert set(TASKS) == set(TASK_SCHEMAS) and "hf" in TASKS
+
+
+def _leaves(node: dict, prefix: tuple = ()):
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        elif key != "defaults":
+            yield (*prefix, key), value
+
+
+def test_the_yaml_options_hold_only_what_differs_from_their_schema():
+    """One source of truth for defaults: the dataclass schemas. A group option's YAML sets a value only
+    where it differs from its schema's default (an interpolation, ${oc.select:...}, is a value of its own)."""
+    import re
+
+    import yaml
+
+    import rlhf_bench.benchmarks.tasks  # noqa: F401
+    from rlhf_bench.benchmarks.config import TASK_SCHEMAS, LoggerConfig, ModelConfig, RewardModelConfig
+    from rlhf_bench.benchmarks.plugins import get_algorithm, load_algorithms
+
+    load_algorithms()
+    schemas = {
+        "model": lambda _: ModelConfig,
+        "reward_model": lambda _: RewardModelConfig,
+        "logger": lambda _: LoggerConfig,
+        "task": TASK_SCHEMAS.__getitem__,
+        "algorithm": lambda name: get_algorithm(name).config_class,
+    }
+    repeated, checked = [], 0
+    for group, schema_of in schemas.items():
+        for path in sorted((CONF / group).glob("*.yaml")):
+            text = path.read_text()
+            match = re.search(rf"/schema/{group}/(\w+)@_here_", text)
+            if match is None:  # an option extending another (ppo_ptx: ppo) sets what differs from that one
+                continue
+            defaults = OmegaConf.to_container(OmegaConf.structured(schema_of(match.group(1))))
+            for keys, value in _leaves(yaml.safe_load(text)):
+                default = defaults
+                for key in keys:
+                    default = default.get(key, ...) if isinstance(default, dict) else ...
+                checked += 1
+                if (
+                    default is not ...
+                    and not isinstance(default, (dict, list))
+                    and value == default
+                    and type(value) is type(default)
+                ):
+                    repeated.append(f"{path.relative_to(CONF)}: {'.'.join(keys)} = {value!r}")
+    assert checked > 20 and repeated == []
