@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.benchmarks.config import AlgorithmConfig, check
+from rlhf_bench.algorithms import AlgorithmConfig, check
 
 from .base import Algorithm
 from .registry import register_algorithm

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.benchmarks.config import AlgorithmConfig, one_of
-from rlhf_bench.benchmarks.evaluation.targets import Objective
+from rlhf_bench.algorithms import AlgorithmConfig, Objective, one_of
 
 from .base import Algorithm
 from .losses import dpo_loss, sequence_logratio

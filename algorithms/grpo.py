@@ -25,8 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of, positive
-from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, Objective, grpo_objective
+from rlhf_bench.algorithms import PI_STAR, AlgorithmConfig, Objective, check, one_of, positive
+from rlhf_bench.benchmarks.evaluation.targets import (
+    grpo_objective,  # the harness's exact targets of built-in objectives
+)
 
 from .base import Algorithm
 from .losses import sequence_logratio

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of
-from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, Objective
+from rlhf_bench.algorithms import PI_STAR, AlgorithmConfig, Objective, check, one_of
 
 from .base import Algorithm
 from .dpo import pair_logratios

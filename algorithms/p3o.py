@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.benchmarks.config import AlgorithmConfig, check, one_of, positive
+from rlhf_bench.algorithms import AlgorithmConfig, check, one_of, positive
 
 from .base import Algorithm
 from .losses import p3o_loss

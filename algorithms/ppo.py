@@ -17,8 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.benchmarks.config import AlgorithmConfig, check, non_negative, one_of, positive
-from rlhf_bench.benchmarks.evaluation.targets import PI_STAR, PPO_K3_REWARD_ILL_POSED, Objective
+from rlhf_bench.algorithms import PI_STAR, AlgorithmConfig, Objective, check, non_negative, one_of, positive
+from rlhf_bench.benchmarks.evaluation.targets import (
+    PPO_K3_REWARD_ILL_POSED,  # the harness's exact targets of built-in objectives
+)
 
 from .base import Algorithm
 from .losses import (

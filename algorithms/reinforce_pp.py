@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.benchmarks.config import AlgorithmConfig, check, positive
+from rlhf_bench.algorithms import AlgorithmConfig, check, positive
 
 from .base import Algorithm
 from .losses import masked_mean, ppo_policy_loss, sequence_logratio
