@@ -20,6 +20,7 @@ YAML file of the same name under ``conf/algorithm/`` is the option instead.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Callable, TypeVar
@@ -47,6 +48,30 @@ def _has_yaml_option(name: str) -> bool:
     from importlib.resources import files
 
     return files("rlhf_bench.conf").joinpath("algorithm", f"{name}.yaml").is_file()
+
+
+def option_algorithm(option: str) -> str | None:
+    """The registered algorithm an ``algorithm=<option>`` YAML option configures: its ``name`` when it sets
+    one, else the schema it extends (``/schema/algorithm/<name>@_here_``), else that of the option it
+    extends (``ppo_ptx`` extends ``ppo``). None for an option that is not a YAML file."""
+    from importlib.resources import files
+
+    from omegaconf import OmegaConf
+
+    path = files("rlhf_bench.conf").joinpath("algorithm", f"{option}.yaml")
+    if not path.is_file():
+        return None
+    node = OmegaConf.create(path.read_text())
+    if node.get("name"):
+        return str(node.name)
+    for entry in node.get("defaults") or []:
+        entry = str(entry)
+        schema = re.fullmatch(r"/schema/algorithm/(\w+)@_here_", entry)
+        if schema:
+            return schema.group(1)
+        if entry != "_self_":
+            return option_algorithm(entry)
+    return None
 
 
 def register_algorithm(name: str, config: type | None = None, option: bool = True) -> Callable[[T], T]:

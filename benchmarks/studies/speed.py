@@ -437,18 +437,17 @@ def trained_algorithms() -> list[str]:
     (``data`` online or offline), sorted."""
     from importlib import resources
 
-    from omegaconf import OmegaConf
-
-    from ..plugins import get_algorithm, load_algorithms
+    from ..plugins import get_algorithm, load_algorithms, option_algorithm
 
     load_algorithms()
     out = []
     for path in sorted(resources.files("rlhf_bench.conf").joinpath("algorithm").iterdir(), key=lambda p: p.name):
         if not path.name.endswith(".yaml"):
             continue
-        name = OmegaConf.create(path.read_text()).get("name")  # the registered algorithm the option configures
-        if name is not None and get_algorithm(str(name)).cls.data != "none":
-            out.append(path.name[: -len(".yaml")])
+        option = path.name[: -len(".yaml")]
+        name = option_algorithm(option)  # the registered algorithm the option configures
+        if name is not None and get_algorithm(name).cls.data != "none":
+            out.append(option)
     return out
 
 
