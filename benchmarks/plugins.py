@@ -44,21 +44,24 @@ _loaded = False
 T = TypeVar("T", bound=type)
 
 
-def _has_yaml_option(name: str) -> bool:
+def _option_file(option: str):
+    """conf/algorithm/<option>.yaml in the installed package (it may not exist)."""
     from importlib.resources import files
 
-    return files("rlhf_bench.conf").joinpath("algorithm", f"{name}.yaml").is_file()
+    return files("rlhf_bench.conf").joinpath("algorithm", f"{option}.yaml")
+
+
+def _has_yaml_option(name: str) -> bool:
+    return _option_file(name).is_file()
 
 
 def option_algorithm(option: str) -> str | None:
     """The registered algorithm an ``algorithm=<option>`` YAML option configures: its ``name`` when it sets
     one, else the schema it extends (``/schema/algorithm/<name>@_here_``), else that of the option it
     extends (``ppo_ptx`` extends ``ppo``). None for an option that is not a YAML file."""
-    from importlib.resources import files
-
     from omegaconf import OmegaConf
 
-    path = files("rlhf_bench.conf").joinpath("algorithm", f"{option}.yaml")
+    path = _option_file(option)
     if not path.is_file():
         return None
     node = OmegaConf.create(path.read_text())

@@ -17,8 +17,8 @@ transformers renamed the cache argument ``past_key_values`` to ``cache`` (5.2x, 
 
 from __future__ import annotations
 
+import functools
 import inspect
-from typing import Optional
 
 import torch
 
@@ -28,8 +28,14 @@ from ..models.logprobs import unwrap
 def cache_kwarg(model) -> str:
     """The name under which ``model``'s forward takes its KV cache: ``cache`` or ``past_key_values``."""
     model = getattr(model, "_target", model)  # a lora.AdaptersOff view: the model it shows
+    return _cache_kwarg_of(type(unwrap(model)))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(model_class: type) -> str:
+    """:func:`cache_kwarg` per model class: read from the signature once, not at every decode step."""
     try:
-        params = inspect.signature(unwrap(model).forward).parameters
+        params = inspect.signature(model_class.forward).parameters
     except (TypeError, ValueError):
         return "past_key_values"
     return "cache" if "cache" in params else "past_key_values"
@@ -73,25 +79,20 @@ def _decode_step(model, tok: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor
     return out.logits[:, -1].float()  # (B, V)
 
 
-_COMPILED: dict[tuple[str, Optional[str]], object] = {}
-
-
-def compiled_step(device: torch.device, backend: Optional[str] = None):
-    """:func:`_decode_step` compiled, one per device type and backend. Shapes are static (a new batch
-    size or length compiles once more); models of one architecture share the graph, their weights
-    being its inputs."""
-    key = (device.type, backend)
-    if key not in _COMPILED:
-        mode = "reduce-overhead" if device.type == "cuda" and backend in (None, "inductor") else None
-        _COMPILED[key] = torch.compile(_decode_step, dynamic=False, mode=mode, backend=backend or "inductor")
-    return _COMPILED[key]
+@functools.lru_cache(maxsize=None)
+def compiled_step(device_type: str):
+    """:func:`_decode_step` compiled by inductor, one per device type (CUDA graphs on CUDA). Shapes are
+    static (a new batch size or length compiles once more); models of one architecture share the graph,
+    their weights being its inputs."""
+    mode = "reduce-overhead" if device_type == "cuda" else None
+    return torch.compile(_decode_step, dynamic=False, mode=mode)
 
 
 class StaticDecoder:
     """Prefill eagerly into a static cache of ``prompt + max_new_tokens`` positions, then run the
     compiled decode step (:func:`compiled_step`) with a full-length attention mask."""
 
-    def __init__(self, model, query_mask: torch.Tensor, max_new_tokens: int, backend: Optional[str] = None):
+    def __init__(self, model, query_mask: torch.Tensor, max_new_tokens: int):
         from transformers import StaticCache
 
         B, Tq = query_mask.shape
@@ -100,7 +101,7 @@ class StaticDecoder:
         ones = torch.ones(B, max_new_tokens, dtype=query_mask.dtype, device=query_mask.device)
         self.attn = torch.cat([query_mask, ones], dim=1)  # (B, Tq + N): the future is hidden by causality
         self.Tq = Tq
-        self.step_fn = compiled_step(query_mask.device, backend)
+        self.step_fn = compiled_step(query_mask.device.type)
         self.cuda = query_mask.device.type == "cuda"
 
     def prefill(self, query: torch.Tensor, pos: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -113,11 +114,9 @@ class StaticDecoder:
         return self.step_fn(self.model, tok.unsqueeze(1), self.attn, pos.unsqueeze(1), self.cache, self.name)
 
 
-def decoder(
-    model, query_mask: torch.Tensor, max_new_tokens: int, compiled: bool = False, backend: Optional[str] = None
-):
+def decoder(model, query_mask: torch.Tensor, max_new_tokens: int, compiled: bool = False):
     """The decode loop's forward for ``model``: :class:`StaticDecoder` when ``compiled``, else
     :class:`EagerDecoder`."""
     if compiled:
-        return StaticDecoder(model, query_mask, max_new_tokens, backend)
+        return StaticDecoder(model, query_mask, max_new_tokens)
     return EagerDecoder(model, query_mask, max_new_tokens)
