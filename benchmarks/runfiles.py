@@ -17,6 +17,13 @@ holds that step's ``time/<phase>_seconds``; ``summary.json``'s ``phase_seconds``
 (:mod:`rlhf_bench.benchmarks.runtime.phases` measures them).
 """
 
+#: The version of these files' layout, recorded first in every ``summary.json`` (:data:`VERSION_KEY`). Bump it
+#: when a file, a field or a column changes name or meaning. The report reads every version up to this one
+#: and leaves out a run of a newer one, saying so; a summary without the field is version 1 (runs written
+#: before it was recorded).
+RUN_FILES_VERSION = 1
+VERSION_KEY = "run_files_version"
+
 PHASES = ("generation", "scoring", "logprobs", "prepare", "update", "evaluation", "checkpoint")
 STEP_PHASES = PHASES[:5]  # a training step's; evaluation and checkpoints have rows of their own
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from test_report import make_run, make_sweep, read_csv
 
 from rlhf_bench.benchmarks import report as rep
+from rlhf_bench.benchmarks.runfiles import RUN_FILES_VERSION
 
 REASON = "non-finite loss (inf) at step 7 (algorithm ppo)"
 
@@ -190,6 +191,24 @@ def test_summaries_without_status_load_as_finished(tmp_path):
     summaries[0].write_text(json.dumps({**finished, "status": "finished"}))  # as the trainer writes now
     runs, left_out = rep.load_runs([sweep])
     assert len(runs) == 2 and left_out == [] and rep.left_out_runs([sweep]) == []
+
+
+def test_run_files_of_a_newer_version_are_left_out_saying_so(tmp_path):
+    """summary.json records the run files' version; a report reads the versions it knows (a summary
+    without one is version 1) and leaves out a run of a newer one, naming both versions."""
+    sweep = tmp_path / "versions"
+    make_sweep(sweep, algorithms=("sft", "ppo"), betas=(0.1,), seeds=(0,))
+    summaries = sorted(sweep.glob("*/summary.json"))
+    current = json.loads(summaries[0].read_text())
+    summaries[0].write_text(json.dumps({**current, "run_files_version": RUN_FILES_VERSION}))
+    newer = {**json.loads(summaries[1].read_text()), "run_files_version": RUN_FILES_VERSION + 1}
+    summaries[1].write_text(json.dumps(newer))
+    with pytest.warns(rep.ReportWarning, match="run files of version"):
+        runs, left_out = rep.load_runs([sweep])
+    assert [r.path for r in runs] == [summaries[0].parent]
+    assert [(lo.run_dir, lo.status) for lo in left_out] == [(summaries[1].parent, "unreadable")]
+    assert f"run files of version {RUN_FILES_VERSION + 1}" in left_out[0].reason
+    assert f"reads versions 1 to {RUN_FILES_VERSION}" in left_out[0].reason
 
 
 def test_no_usable_run_lists_what_was_left_out(tmp_path, capsys):

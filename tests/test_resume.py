@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from conftest import BANDIT_OVERRIDES
 
+from rlhf_bench.benchmarks.runfiles import RUN_FILES_VERSION
+
 CLI = [sys.executable, "-m", "rlhf_bench.benchmarks.cli"]
 STEPS = 8
 PROTOCOL = [f"task.steps={STEPS}", "task.eval_every=3", "checkpoint.every=2", "progress=false"]
@@ -188,6 +190,7 @@ def test_a_failing_job_never_sinks_the_sweep(bandit, cache_dir, tmp_path):
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     ok, failed = sorted(summaries, key=lambda s: s["config"]["fault"]["step"])
     assert ok["status"] == "finished" and failed["status"] == "failed" and failed["reason"] == reason
+    assert ok["run_files_version"] == failed["run_files_version"] == RUN_FILES_VERSION  # finished or failed
     report = (sweep / "report.md").read_text()
     assert "## Runs left out" in report and reason in report
     with open(sweep / "frontier.csv") as f:

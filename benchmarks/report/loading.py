@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from ..runfiles import CHECKPOINTS, EVAL, RUN_FILES, SAMPLES, SUMMARY
+from ..runfiles import CHECKPOINTS, EVAL, RUN_FILES, RUN_FILES_VERSION, SAMPLES, SUMMARY, VERSION_KEY
 from .files import RunFileError, read_jsonl, read_summary
 
 # the report's warnings are logged under the name they had before report.py was split up
@@ -267,6 +267,10 @@ def _summary_or_left_out(f: _Found) -> tuple[Optional[dict], Optional[LeftOut]]:
         summary = read_summary(f.path / SUMMARY)
     except RunFileError as e:
         return None, LeftOut(f.path, f.name, UNREADABLE, str(e))
+    version = summary.get(VERSION_KEY, 1)
+    if not isinstance(version, int) or version > RUN_FILES_VERSION:
+        why = f"run files of version {version!r} (summary.json {VERSION_KEY}); this report reads versions 1 to "
+        return None, LeftOut(f.path, f.name, UNREADABLE, why + f"{RUN_FILES_VERSION}: update rlhf-bench")
     status = summary.get("status", FINISHED)  # summaries written before runs had a status: finished
     if status == FINISHED:
         return summary, None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ConfigError, config_differences, run_identity
-from ..runfiles import RUN_CONFIG, SUMMARY  # noqa: F401  (rundir.SUMMARY: the names, re-exported)
+from ..runfiles import RUN_CONFIG, RUN_FILES_VERSION, SUMMARY, VERSION_KEY  # noqa: F401  (rundir.SUMMARY: re-exported)
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -73,6 +73,7 @@ def summary_header(resolved: dict, beta_independent: bool, status: str) -> dict[
     task's seed (gold reward, data, SFT base, reward model): the report pools verdicts over worlds."""
     algo, task = resolved["algorithm"], resolved["task"]
     return {
+        VERSION_KEY: RUN_FILES_VERSION,
         "status": status,
         "algorithm": algo["label"],
         "algorithm_name": algo["name"],
