@@ -11,6 +11,15 @@ Declarations (class attributes):
   optimises it together with the policy.
 - ``beta_independent``: what the algorithm produces does not depend on ``beta`` (``sft``,
   ``best_of_n``); a sweep over beta then runs it once per seed.
+- ``convergence_variants``: configurations besides the defaults that the convergence study runs
+  under their own names (``{"ppo_k3": ("algorithm.kl_estimator=k3",)}``: overrides of this
+  algorithm's option), for objectives whose fixed point differs from the default's.
+
+- ``trl_peer``: the name of trl's trainer of the same loss, if any (``"GRPOTrainer"``): the speed study
+  times it beside the harness's step.
+
+The benchmarks, the tuning and the convergence study find an algorithm through the registry
+(``benchmarks/plugins.py``: ``select_options``), so a plugin is one module and one entry point.
 
 Per step the harness calls ``prepare(data)`` once (no gradients: old log-probs, advantages,
 cached reference log-probs...), then ``loss(minibatch)`` for each of ``cfg.epochs`` x
@@ -38,6 +47,8 @@ class Algorithm:
     data: ClassVar[str] = "online"
     uses_value_model: ClassVar[bool] = False
     beta_independent: ClassVar[bool] = False
+    convergence_variants: ClassVar[dict[str, tuple[str, ...]]] = {}
+    trl_peer: ClassVar[str | None] = None
 
     def __init__(self, cfg: Any, ctx: Any) -> None:
         self.cfg, self.ctx = cfg, ctx

@@ -45,6 +45,7 @@ def pair_logratios(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: tor
 @register_algorithm("dpo", config=DPOConfig)
 class DPO(Algorithm):
     data = "offline"
+    trl_peer = "DPOTrainer"  # trl's trainer of this loss (the speed study times it beside ours)
 
     @classmethod
     def convergence_target(cls, cfg):

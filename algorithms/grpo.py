@@ -62,6 +62,7 @@ class GRPOConfig(AlgorithmConfig):
 @register_algorithm("grpo", config=GRPOConfig)
 class GRPO(Algorithm):
     data = "online"
+    trl_peer = "GRPOTrainer"  # trl's trainer of this loss (the speed study times it beside ours)
 
     @classmethod
     def convergence_target(cls, cfg):

@@ -49,6 +49,8 @@ class OnlineDPOConfig(AlgorithmConfig):
 @register_algorithm("online_dpo", config=OnlineDPOConfig)
 class OnlineDPO(Algorithm):
     data = "online"
+    # hard labels (the judge's argmax) target another policy than pi*_beta: the study measures which
+    convergence_variants = {"online_dpo_hard": ("algorithm.pair_labels=hard",)}
 
     @classmethod
     def convergence_target(cls, cfg):

@@ -81,6 +81,8 @@ class PPOConfig(AlgorithmConfig):
 class PPO(Algorithm):
     data = "online"
     uses_value_model = True
+    # k3 in the reward is not the KL's gradient: the study shows where it converges instead
+    convergence_variants = {"ppo_k3": ("algorithm.kl_estimator=k3",)}
 
     def __init__(self, cfg: PPOConfig, ctx) -> None:
         super().__init__(cfg, ctx)

@@ -63,6 +63,7 @@ class RLOOConfig(AlgorithmConfig):
 @register_algorithm("rloo", config=RLOOConfig)
 class RLOO(Algorithm):
     data = "online"
+    trl_peer = "RLOOTrainer"  # trl's trainer of this loss (the speed study times it beside ours)
 
     @torch.no_grad()
     def prepare(self, rollout) -> dict[str, torch.Tensor]:

@@ -15,6 +15,12 @@ The registry also stores each algorithm's config dataclass in Hydra's ConfigStor
 (``defaults: [/schema/algorithm/<name>@_here_]``), and as the option ``algorithm/<name>`` with the
 dataclass's defaults, so that ``algorithm=<name>`` works for a plugin that ships no YAML file. A
 YAML file of the same name under ``conf/algorithm/`` is the option instead.
+
+Whatever enumerates algorithms asks the registry, so that a plugin is one module and one entry point:
+:func:`select_options` gives the options of the installed plugins (variants such as ``ppo_ptx`` left
+out) that the benchmark sweeps (the ``${algorithms:}`` resolver in ``conf/benchmark/*.yaml``), the tuning
+and the convergence study run; :func:`convergence_variants` the configurations the plugins declare for
+that study. The report, built from run files alone, orders and colours whatever names it finds.
 """
 
 from __future__ import annotations
@@ -55,6 +61,25 @@ def _has_yaml_option(name: str) -> bool:
     return _option_file(name).is_file()
 
 
+def _extends(option: str) -> tuple[str, str] | None:
+    """What a YAML option builds on: ``("schema", <algorithm>)`` when its defaults extend a registered
+    schema (``/schema/algorithm/<name>@_here_``), ``("option", <option>)`` when they extend another
+    option (``ppo_ptx`` extends ``ppo``); None for an option that is not a YAML file or extends nothing."""
+    from omegaconf import OmegaConf
+
+    path = _option_file(option)
+    if not path.is_file():
+        return None
+    for entry in OmegaConf.create(path.read_text()).get("defaults") or []:
+        entry = str(entry)
+        schema = re.fullmatch(r"/schema/algorithm/(\w+)@_here_", entry)
+        if schema:
+            return "schema", schema.group(1)
+        if entry != "_self_":
+            return "option", entry
+    return None
+
+
 def option_algorithm(option: str) -> str | None:
     """The registered algorithm an ``algorithm=<option>`` YAML option configures: its ``name`` when it sets
     one, else the schema it extends (``/schema/algorithm/<name>@_here_``), else that of the option it
@@ -67,14 +92,86 @@ def option_algorithm(option: str) -> str | None:
     node = OmegaConf.create(path.read_text())
     if node.get("name"):
         return str(node.name)
-    for entry in node.get("defaults") or []:
-        entry = str(entry)
-        schema = re.fullmatch(r"/schema/algorithm/(\w+)@_here_", entry)
-        if schema:
-            return schema.group(1)
-        if entry != "_self_":
-            return option_algorithm(entry)
-    return None
+    base = _extends(option)
+    if base is None:
+        return None
+    return base[1] if base[0] == "schema" else option_algorithm(base[1])
+
+
+def option_parent(option: str) -> str | None:
+    """The option a YAML option extends (``ppo`` for ``ppo_ptx``), else None. Such an option is a
+    *variant*: the benchmarks sweep the options that extend a schema directly, and a variant runs when
+    named (``algorithm=ppo_ptx``)."""
+    base = _extends(option)
+    return base[1] if base and base[0] == "option" else None
+
+
+def installed(spec: AlgorithmSpec) -> bool:
+    """Whether an algorithm comes from an installed plugin: its class is defined in a module that an entry
+    point of ``rlhf_bench.algorithms`` names. One registered by a script or a test that merely imports the
+    registry runs when named (``algorithm=<name>``) but joins no benchmark."""
+    modules = {ep.module for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    return spec.cls.__module__ in modules
+
+
+def algorithm_options() -> dict[str, AlgorithmSpec]:
+    """Every option of the ``algorithm`` config group, with the registered algorithm it configures: the
+    YAML files under ``conf/algorithm/`` and the options that plugins without a YAML file registered."""
+    from importlib.resources import files
+
+    load_algorithms()
+    names = {p.name[: -len(".yaml")] for p in files("rlhf_bench.conf").joinpath("algorithm").iterdir()}
+    store = ConfigStore.instance()
+    if "algorithm" in store.repo:  # a group only once a plugin without a YAML file has registered
+        names |= {n[: -len(".yaml")] for n in store.list("algorithm")}
+    out = {}
+    for option in sorted(n for n in names if not n.startswith("_")):
+        algorithm = option_algorithm(option) if _has_yaml_option(option) else option
+        if algorithm in _REGISTRY:
+            out[option] = _REGISTRY[algorithm]
+    return out
+
+
+#: What :func:`select_options` can select, each a test on an option's algorithm class.
+SELECTIONS: dict[str, Callable[[type], bool]] = {
+    "all": lambda cls: True,
+    "trained": lambda cls: cls.data != "none",  # the algorithm trains the policy (not sft, best_of_n)
+}
+
+
+def select_options(selection: str = "all") -> list[str]:
+    """The options a benchmark sweeps, tunes or studies: every option of the ``algorithm`` group except
+    the variants (:func:`option_parent`), whose algorithm is :func:`installed` and passes ``selection``
+    (a key of :data:`SELECTIONS`). In the order a sweep should run them: what needs no training first (the
+    beta-independent baselines, run once per world before any other job could need them), then the online
+    algorithms, those with a value model first (the longest runs), then the offline ones; by name within."""
+    if selection not in SELECTIONS:
+        raise KeyError(f"unknown algorithm selection '{selection}'; known: {', '.join(SELECTIONS)}")
+    rank = {"none": 0, "online": 1, "offline": 2}
+    chosen = [
+        (option, spec.cls)
+        for option, spec in algorithm_options().items()
+        if option_parent(option) is None and installed(spec) and SELECTIONS[selection](spec.cls)
+    ]
+    chosen.sort(key=lambda oc: (rank.get(oc[1].data, 1), not oc[1].uses_value_model, oc[0]))
+    return [option for option, _ in chosen]
+
+
+def algorithms_resolver(selection: str = "all") -> str:
+    """The ``${algorithms:}`` resolver of the benchmark sweeps (``hydra.sweeper.params.algorithm``):
+    :func:`select_options`, comma-joined; ``${algorithms:trained}`` selects the algorithms that train."""
+    return ",".join(select_options(selection or "all"))
+
+
+def convergence_variants() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """The configurations the registered algorithms declare for the convergence study besides their
+    defaults (``Algorithm.convergence_variants``): name -> (option, overrides)."""
+    load_algorithms()
+    out = {}
+    for spec in filter(installed, _REGISTRY.values()):
+        for variant, overrides in getattr(spec.cls, "convergence_variants", {}).items():
+            out[variant] = (spec.name, tuple(overrides))
+    return dict(sorted(out.items()))
 
 
 def register_algorithm(name: str, config: type | None = None, option: bool = True) -> Callable[[T], T]:

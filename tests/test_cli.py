@@ -218,6 +218,7 @@ def test_bare_command_composes_every_job_of_the_default_benchmark(monkeypatch, c
 
     from rlhf_bench.benchmarks import cli
     from rlhf_bench.benchmarks.config import validate
+    from rlhf_bench.benchmarks.plugins import select_options
 
     monkeypatch.setattr(sys, "argv", ["rlhf-bench", "--cfg", "all"])
     cli.main()
@@ -227,7 +228,12 @@ def test_bare_command_composes_every_job_of_the_default_benchmark(monkeypatch, c
     params = [f"{k}={v}" for k, v in master.hydra.sweeper.params.items()]
     jobs = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(params), None)[0]
     algorithms = {o.split("=")[1] for job in jobs for o in job if o.startswith("algorithm=")}
-    assert algorithms == {p.stem for p in (REPO / "conf" / "algorithm").glob("*.yaml")} - {"ppo_ptx"}
+    # every option of the installed plugins but the variants (not the toys that tests register)
+    assert (
+        algorithms
+        == set(select_options())
+        == {p.stem for p in (REPO / "conf" / "algorithm").glob("*.yaml")} - {"ppo_ptx"}
+    )
     GlobalHydra.instance().clear()
     with initialize_config_module(version_base="1.3", config_module=cli.CONFIG_MODULE):
         for job in jobs:  # as the launcher composes each job: the command's overrides, then the job's

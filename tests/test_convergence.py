@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhf_bench.benchmarks.studies.convergence import ALGORITHMS, BETAS, convergence_grid
+from rlhf_bench.benchmarks.studies.convergence import BETAS, convergence_grid
 
 HELD_OUT_BETA, HELD_OUT_SEED = 0.45, 7
 
@@ -34,7 +34,7 @@ ONLINE = ("ppo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "reinforce_pp")  # th
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     root = tmp_path_factory.mktemp("convergence")
-    rows = convergence_grid(root / "out", root / "cache", ALGORITHMS, BETAS, jobs=2)
+    rows = convergence_grid(root / "out", root / "cache", betas=BETAS, jobs=2)  # the registry's algorithms
     return {(r["algorithm"], r["beta"]): r for r in rows}
 
 

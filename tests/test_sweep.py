@@ -43,6 +43,7 @@ def smoke(tmp_path_factory):
     proc = _cli(
         [
             "benchmark=smoke",
+            "algorithm=sft,dpo,p3o_v2",  # the smoke benchmark sweeps every algorithm; three show the machinery
             "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2",
             f"cache_dir={cache}",

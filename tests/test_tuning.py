@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
@@ -31,47 +30,66 @@ def transcribed_score(run_dir: Path, kl_max: float) -> float:
 def test_tuning_command_scores_every_candidate_and_writes_the_best(tmp_path, cache_dir, monkeypatch):
     monkeypatch.setenv("RLHF_BENCH_CACHE", str(cache_dir))
     out, conf = tmp_path / "tuning", tmp_path / "conf"
-    tuning.main(["smoke", "--out", str(out), "--conf-dir", str(conf)])
+    tuning.main(["smoke", "--out", str(out), "--conf-dir", str(conf), "--algorithms", "p3o_v2", "dpo"])
     proto = tuning.load_protocol("smoke")
     written = yaml.safe_load((conf / "smoke.yaml").read_text())
     assert written["tuning"]["grids"] == proto["grids"] and written["tuning"]["criterion"] == proto["criterion"]
     assert written["tuning"]["worlds"] == [100, 101] and written["tuning"]["seeds"] == [100]
+    settings = tuning.tuned_settings("smoke", conf)
+    assert set(settings) == {"p3o_v2", "dpo"}  # the options named; no variant extends either
     with open(out / "scores.csv") as f:
         table = list(csv.DictReader(f))
     assert {"score_world100_seed100", "score_world101_seed100"} <= set(table[0])
-    assert len(table) == 4 + 2  # every candidate of both grids
+    assert len(table) == 4 + 4  # every candidate of both: lr x updates (neither grid has a knob it lacks)
     for label in ("p3o_v2", "dpo"):
         mine = [t for t in table if t["label"] == label]
         best = max(mine, key=lambda t: float(t["score"]))
-        assert written["settings"][label]["lr"] == float(best["lr"])
-        assert len(written["tuning"]["scores"][label]) == len(mine)
-    assert written["settings"]["p3o_v2"]["epochs"] in (1, 2) and written["settings"]["p3o_v2"]["minibatches"] == 1
+        assert settings[label] == {"lr": float(best["lr"]), "epochs": int(best["epochs"]), "minibatches": 1}
+        comments = [line for line in (conf / "smoke" / f"{label}.yaml").read_text().splitlines() if line[:4] == "#   "]
+        assert len(comments) == len(mine)  # every candidate's score, in the file that holds the choice
     # every run's score is the criterion as declared, and the candidate's score the mean over its
     # replicates: each held-apart world (task.seed) with the held-apart run seed
     runs = sorted(p for p in (out / "runs").iterdir() if (p / "summary.json").is_file())
-    assert len(runs) == 2 * 6
+    assert len(runs) == 2 * 8
     by_candidate: dict[tuple, list[float]] = {}
     for d in runs:
         s = json.loads((d / "summary.json").read_text())
         a = s["config"]["algorithm"]
         assert (s["world"], s["seed"]) in ((100, 100), (101, 100)) and a["beta"] == 0.3
         assert s["config"]["task"]["seed"] == s["world"] and d.name.startswith(f"{s['algorithm']}_beta0.3_world")
-        key = (s["algorithm"], a["lr"], a["epochs"] if s["algorithm"] == "p3o_v2" else "")
+        key = (s["algorithm"], a["lr"], a["epochs"])
         by_candidate.setdefault(key, []).append(transcribed_score(d, 1.5))
     for t in table:
-        key = (t["label"], float(t["lr"]), int(t["epochs"]) if t["epochs"] else "")
+        key = (t["label"], float(t["lr"]), int(t["epochs"]))
         assert float(t["score"]) == pytest.approx(sum(by_candidate[key]) / 2, abs=1e-9)
 
 
 @pytest.mark.parametrize("task", ["bandit", "sentiment"])
 def test_benchmarks_read_their_tuned_settings(task, tmp_path):
-    """conf/benchmark/<task>.yaml selects conf/tuned/<task>.yaml: every tuned knob of every
-    algorithm reaches the composed run config; without a tuned file the YAML defaults apply."""
-    tuned = yaml.safe_load(files("rlhf_bench.conf").joinpath("tuned", f"{task}.yaml").read_text())["settings"]
-    assert tuned, f"conf/tuned/{task}.yaml holds no settings: run python -m rlhf_bench.benchmarks.tuning {task}"
+    """conf/benchmark/<task>.yaml selects tuned=<task>: every tuned knob of every option (conf/tuned/<task>/
+    <option>.yaml) reaches the composed run config, a command-line override still wins, and without tuned
+    settings the option's own values apply."""
+    tuned = tuning.tuned_settings(task)
+    assert tuned, f"conf/tuned/{task}/ holds no settings: run python -m rlhf_bench.benchmarks.tuning {task}"
+    assert set(tuned) == set(tuning.option_grids(tuning.load_protocol(task))) | {"ppo_ptx"}  # and ppo's variant
     for label, knobs in tuned.items():
         algo = compose_config(f"benchmark={task}", f"algorithm={label}", cache_dir=tmp_path).algorithm
         for knob, value in knobs.items():
             assert algo[knob] == value, (label, knob)
+    assert tuned["ppo_ptx"] == tuned["ppo"]
+    overridden = compose_config(f"benchmark={task}", "algorithm=ppo", "algorithm.lr=0.123", cache_dir=tmp_path)
+    assert overridden.algorithm.lr == 0.123
     plain = compose_config("algorithm=ppo", cache_dir=tmp_path).algorithm
     assert (plain.lr, plain.clip_eps, plain.epochs, plain.minibatches) == (3e-4, 0.2, 4, 2)
+
+
+def test_the_tuned_options_and_their_knobs_come_from_the_registry():
+    """Every option that trains, on the knobs its config has (lr and updates for all, clip_eps where
+    there is one); the variant ppo_ptx is not tuned apart (it gets ppo's settings)."""
+    grids = tuning.option_grids(tuning.load_protocol("bandit"))
+    assert set(grids) == {"ppo", "dpo", "online_dpo", "p3o_v1", "p3o_v2", "rloo", "grpo", "reinforce_pp"}
+    with_clip = {a for a, g in grids.items() if "clip_eps" in g}
+    assert with_clip == {"ppo", "p3o_v1", "p3o_v2", "rloo", "grpo", "reinforce_pp"}
+    assert all({"lr", "updates"} <= set(g) for g in grids.values())
+    with pytest.raises(SystemExit, match="unknown algorithm option"):
+        tuning.option_grids(tuning.load_protocol("bandit"), ["nope"])

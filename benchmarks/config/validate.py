@@ -10,6 +10,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from ..plugins import algorithms_resolver
 from .checks import ConfigError, check
 from .naming import run_name, sweep_dir
 from .schemas import TASK_SCHEMAS, LoggerConfig, ModelConfig, RewardModelConfig, RunConfig
@@ -18,11 +19,14 @@ from .schemas import TASK_SCHEMAS, LoggerConfig, ModelConfig, RewardModelConfig,
 def register_configs() -> None:
     """Register the schemas in Hydra's ConfigStore and the directory-name resolvers (idempotent). A task's
     schema is in :data:`TASK_SCHEMAS` once its module is imported (``import rlhf_bench.benchmarks.tasks``
-    imports every built-in one); configuration imports no task."""
+    imports every built-in one); configuration imports no task. ``${algorithms:}`` lists the registered
+    algorithms' options for the benchmark sweeps (:func:`~rlhf_bench.benchmarks.plugins.select_options`)."""
     if not OmegaConf.has_resolver("run_name"):
         OmegaConf.register_new_resolver("run_name", run_name)
     if not OmegaConf.has_resolver("sweep_dir"):
         OmegaConf.register_new_resolver("sweep_dir", sweep_dir)
+    if not OmegaConf.has_resolver("algorithms"):  # the benchmark sweeps' algorithms, from the registry
+        OmegaConf.register_new_resolver("algorithms", algorithms_resolver)
 
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)

@@ -75,7 +75,7 @@ from typing import Any, Optional, Sequence
 from hydra.experimental.callback import Callback
 
 from .loading import (
-    ALGORITHM_ORDER,
+    REFERENCE_ALGORITHM,
     LeftOut,
     NoRunsError,
     PromptMismatchError,
@@ -122,7 +122,7 @@ __all__ = [
     "write_frontier_csv",
     "plot_frontier",
     "plot_winrates",
-    "ALGORITHM_ORDER",
+    "REFERENCE_ALGORITHM",
     "algorithm_color",
 ]
 

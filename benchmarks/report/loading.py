@@ -33,20 +33,10 @@ from .files import RunFileError, read_jsonl, read_summary
 # the report's warnings are logged under the name they had before report.py was split up
 log = logging.getLogger(__package__ + ".report")
 
-# Display order of the known algorithms (others follow alphabetically), tasks and reward models.
-ALGORITHM_ORDER = [
-    "sft",
-    "best_of_n",
-    "dpo",
-    "online_dpo",
-    "ppo",
-    "ppo_ptx",
-    "p3o_v1",
-    "p3o_v2",
-    "rloo",
-    "grpo",
-    "reinforce_pp",
-]
+#: The reference policy every frontier starts from: shown first, drawn grey, the other side of the
+#: win rates against SFT. Every other algorithm is shown in alphabetical order: the report knows no list
+#: of algorithms (it is built from run files alone, so a plugin's runs appear like the built-in ones).
+REFERENCE_ALGORITHM = "sft"
 _TASK_ORDER = ["bandit", "sentiment"]
 _RM_ORDER = ["learned", "gold"]
 JUDGES = {"gold": "reward_gold", "proxy": "reward_proxy"}
@@ -410,8 +400,10 @@ def load_runs(sweep_dirs: Sequence[Path], notes: Optional[list[str]] = None) -> 
 
 
 def _algo_key(name: str) -> tuple:
+    """The display order of algorithm labels: the reference (sft) first, then alphabetical; a label's
+    variants (``best_of_n[n=16]``) follow it."""
     base = name.split("[")[0]
-    return (ALGORITHM_ORDER.index(base) if base in ALGORITHM_ORDER else len(ALGORITHM_ORDER), base, name)
+    return (base != REFERENCE_ALGORITHM, base, name)
 
 
 def _group_key(g: tuple[str, str]) -> tuple:

@@ -9,7 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from .loading import LeftOut, Run, _algo_key, _algorithms, _groups, has_gold, judges, worlds_of
+from .loading import REFERENCE_ALGORITHM, LeftOut, Run, _algo_key, _algorithms, _groups, has_gold, judges, worlds_of
 from .pooling import two_level_mean_ci
 from .sections import verdict_sections
 from .stats import clean
@@ -85,7 +85,7 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
     has_eff = any(r.final.get("efficiency") is not None for r in g_runs)
     has_rank = any(r.final.get("ranking_accuracy") is not None for r in g_runs)
     has_opt = any(r.summary.get("optimal_at_beta") for r in g_runs)
-    has_sft = any(r.algorithm == "sft" for r in g_runs)
+    has_sft = any(r.algorithm == REFERENCE_ALGORITHM for r in g_runs)
     gold = has_gold(g_runs)
     has_rank_gold = gold and any(r.final.get("ranking_accuracy_gold") is not None for r in g_runs)
     judge = "gold" if gold else "proxy"
@@ -123,10 +123,12 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
             for key, shown in (("ranking_accuracy", has_rank), ("ranking_accuracy_gold", has_rank_gold)):
                 if shown:  # older runs lack the column: "—", or counted in "(n=...)"
                     cells.append(_cell(b_runs, [f.get(key) for f in finals], confidence=confidence))
-            if alg == "sft" or not has_sft:
+            if alg == REFERENCE_ALGORITHM or not has_sft:
                 cells.append("—")
             else:
-                rates = [wr.per_seed.get((task, rm, alg, "sft", judge, beta, r.world, r.seed)) for r in b_runs]
+                rates = [
+                    wr.per_seed.get((task, rm, alg, REFERENCE_ALGORITHM, judge, beta, r.world, r.seed)) for r in b_runs
+                ]
                 cells.append(_cell(b_runs, rates, digits=1, scale=100.0, suffix="%", confidence=confidence))
             cells.append(_cell(b_runs, [f.get("length") for f in finals], digits=2, confidence=confidence))
             cells.append(
@@ -158,7 +160,7 @@ def _optimum_cell(runs: Sequence[Run]) -> str:
 
 
 def _winrate_table(task: str, rm: str, g_runs: list[Run], wr: WinRates) -> list[str]:
-    rows = [r for r in wr.rows if r["task"] == task and r["reward_model"] == rm and r["b"] == "sft"]
+    rows = [r for r in wr.rows if r["task"] == task and r["reward_model"] == rm and r["b"] == REFERENCE_ALGORITHM]
     if not rows:
         return []
     cells: dict[tuple, dict] = {}

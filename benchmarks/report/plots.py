@@ -15,7 +15,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from .loading import JUDGES, Run, _algo_key, _algorithms, _fmt_beta, _groups, _warn, has_gold, judges, worlds_of
+from .loading import (
+    JUDGES,
+    REFERENCE_ALGORITHM,
+    Run,
+    _algo_key,
+    _algorithms,
+    _fmt_beta,
+    _groups,
+    _warn,
+    has_gold,
+    judges,
+    worlds_of,
+)
 from .pooling import two_level_mean_ci
 from .stats import pareto_front
 from .verdicts import world_origins
@@ -23,32 +35,30 @@ from .verdicts import world_origins
 if TYPE_CHECKING:
     from . import WinRates
 
-# Fixed colours of the known algorithms, spare colours for the others, a marker per beta.
-_COLORS = {
-    "sft": "#4d4d4d",
-    "best_of_n": "#8c564b",
-    "dpo": "#1f77b4",
-    "online_dpo": "#17becf",
-    "ppo": "#d62728",
-    "ppo_ptx": "#e377c2",
-    "p3o_v1": "#ff7f0e",
-    "p3o_v2": "#2ca02c",
-    "rloo": "#9467bd",
-    "grpo": "#bcbd22",
-    "reinforce_pp": "#7f7f7f",
-}
-_SPARE_COLORS = ["#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5"]
+_REFERENCE_COLOR = "#4d4d4d"  # sft, the origin of every frontier
 _BETA_MARKERS = ["o", "s", "^", "D", "v", "P", "p", "<", ">", "h"]
 
 
+def _palette() -> list[str]:
+    """Saturated colours that read on white: matplotlib's tab10 and Dark2 without their greys (the
+    reference's colour): 16."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    tab10 = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]
+    dark2 = [c for i, c in enumerate(colormaps["Dark2"].colors) if i != 7]
+    return [to_hex(c) for c in tab10 + dark2]
+
+
 def algorithm_color(name: str, all_names: Sequence[str] = ()) -> str:
-    """Fixed colour of an algorithm (known names), else a spare colour by position in ``all_names``."""
-    base = name.split("[")[0]
-    if base in _COLORS and "[" not in name:
-        return _COLORS[base]
-    unknown = [n for n in sorted(all_names, key=_algo_key) if n not in _COLORS]
-    i = unknown.index(name) if name in unknown else abs(hash(name))
-    return _SPARE_COLORS[i % len(_SPARE_COLORS)]
+    """An algorithm label's colour: the reference (sft) grey, any other label the palette colour of its
+    place in display order among the report's labels ``all_names``, as matplotlib's colour cycle would
+    give it (the report knows no list of algorithms: a plugin's label is coloured as any other)."""
+    if name == REFERENCE_ALGORITHM:
+        return _REFERENCE_COLOR
+    palette = _palette()
+    labels = sorted({*all_names, name} - {REFERENCE_ALGORITHM}, key=_algo_key)
+    return palette[labels.index(name) % len(palette)]
 
 
 # ------------------------------------------------------------------------------------- plotting
@@ -134,7 +144,7 @@ def _final_points(
         xerr = [[mx - lx], [hx - mx]] if math.isfinite(lx) else None
         yerr = [[my - ly], [hy - my]] if math.isfinite(ly) else None
         if indep:
-            marker, ms = ("*", 17) if alg == "sft" else ("X", 11)
+            marker, ms = ("*", 17) if alg == REFERENCE_ALGORITHM else ("X", 11)
         else:
             marker, ms = beta_marker[beta], 8
         bars = ax.errorbar(
@@ -378,7 +388,12 @@ def _frontier_legend(
     for a in all_algos:
         indep = all(r.beta_independent for r in runs if r.algorithm == a)
         style = (
-            dict(ls="none", marker="*" if a == "sft" else "X", ms=14 if a == "sft" else 10, mec="black")
+            dict(
+                ls="none",
+                marker="*" if a == REFERENCE_ALGORITHM else "X",
+                ms=14 if a == REFERENCE_ALGORITHM else 10,
+                mec="black",
+            )
             if indep
             else dict(lw=2.4)
         )

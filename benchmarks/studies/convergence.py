@@ -11,7 +11,7 @@ and with the policy its objective actually converges to, as the plugin declares 
 (``Algorithm.convergence_target``; :mod:`~rlhf_bench.benchmarks.evaluation.targets` solves it exactly on the
 run's own tables, recomputed from ``runs/<name>/policy`` and the shared SFT base): ``target``,
 its KL and gold reward, ``kl_rel_error_target`` and ``kl_to_target = KL(pi || target)``.
-:data:`VARIANTS` adds configurations whose objective is not ``pi*_beta``'s (PPO with a k3 reward,
+:func:`default_algorithms` adds the configurations whose objective is not ``pi*_beta``'s (PPO with a k3 reward,
 online DPO with hard labels).
 
     python -m rlhf_bench.benchmarks.convergence --out results/bandit_convergence
@@ -36,24 +36,32 @@ import torch
 
 from ..runfiles import EVAL, SUMMARY
 
-# Configurations that target something other than pi*_beta (the plugins declare their targets):
-# name -> (algorithm config, overrides). Run directories and rows carry the name.
-VARIANTS = {
-    "ppo_k3": ("ppo", ("algorithm.kl_estimator=k3",)),
-    "online_dpo_hard": ("online_dpo", ("algorithm.pair_labels=hard",)),
-}
-ALGORITHMS = (
-    "ppo",
-    "online_dpo",
-    "p3o_v1",
-    "p3o_v2",
-    "rloo",
-    "grpo",
-    "reinforce_pp",
-    "dpo",
-    "ppo_k3",
-    "online_dpo_hard",
-)
+
+def default_algorithms() -> list[str]:
+    """What the study runs unless told otherwise, found through the registry: every option that trains
+    (:func:`~rlhf_bench.benchmarks.plugins.select_options`), each followed by the configurations its
+    algorithm declares for this study (``Algorithm.convergence_variants``, e.g. ``ppo_k3``)."""
+    from ..plugins import convergence_variants, select_options
+
+    variants = convergence_variants()
+    out: list[str] = []
+    for option in select_options("trained"):
+        out += [option, *(v for v, (algorithm, _) in variants.items() if algorithm == option)]
+    return out + [v for v in variants if v not in out]
+
+
+def variant_overrides(name: str) -> list[str]:
+    """The overrides that configure ``name``: ``algorithm=<name>`` for an option, the declared ones for a
+    convergence variant (on top of ``algorithm=<its algorithm>`` unless they choose the option)."""
+    from ..plugins import convergence_variants
+
+    if name not in convergence_variants():
+        return [f"algorithm={name}"]
+    algorithm, overrides = convergence_variants()[name]
+    chosen = any(o.startswith("algorithm=") for o in overrides)
+    return [*([] if chosen else [f"algorithm={algorithm}"]), *overrides]
+
+
 BETAS = (0.2, 0.6, 2.0)
 COLUMNS = [
     "algorithm",
@@ -96,11 +104,9 @@ def run_point(
     tuned settings (conf/tuned/bandit.yaml); return its convergence row."""
     from ..training.runs import run
 
-    algorithm, extra = VARIANTS.get(name, (name, ()))
     cfg = compose(
         [
-            f"algorithm={algorithm}",
-            *extra,
+            *variant_overrides(name),
             f"algorithm.beta={beta}",
             "task=bandit",
             "reward_model=gold",
@@ -206,13 +212,15 @@ def _point(args):
 def convergence_grid(
     out_dir: Path,
     cache_dir: Path,
-    algorithms: Sequence[str] = ALGORITHMS,
+    algorithms: Sequence[str] | None = None,
     betas: Sequence[float] = BETAS,
     jobs: int = 2,
     overrides: Sequence[str] = (),
     seed: int = 0,
 ) -> list[dict]:
-    """Run the grid (``jobs`` processes in parallel) and write ``convergence.csv`` / ``.md``."""
+    """Run the grid (``jobs`` processes in parallel; ``algorithms``: :func:`default_algorithms` unless
+    given) and write ``convergence.csv`` / ``.md``."""
+    algorithms = default_algorithms() if algorithms is None else algorithms
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Build the shared stages once before fanning out (the lock would also serialise them).
@@ -283,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("results/bandit_convergence"))
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("RLHF_BENCH_CACHE", ".rlhf-bench-cache")))
-    p.add_argument("--algorithms", nargs="+", default=list(ALGORITHMS))
+    p.add_argument("--algorithms", nargs="+", default=None, help="default: every algorithm that trains, and variants")
     p.add_argument("--betas", nargs="+", type=float, default=list(BETAS))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)

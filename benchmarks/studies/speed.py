@@ -10,7 +10,8 @@
   ``rlhf-bench`` on ``task=hf`` with this model as the SFT base, a function judge, ``--prompts`` prompts a
   step, the algorithm's default updates (4 epochs x 2 minibatches) and ``--beta``: the median of the
   steps' ``time/step_seconds`` after the first. Beside it, trl's trainer for the same algorithm where trl
-  has one (:data:`PEERS`): ``GRPOTrainer`` and ``RLOOTrainer`` with the same prompts, 2 generations a
+  has one (the algorithm's ``trl_peer``, timed by :data:`TRL_PEERS`): ``GRPOTrainer`` and ``RLOOTrainer``
+  with the same prompts, 2 generations a
   prompt, the same new tokens, beta and 8 updates per generation (2 steps per generation x 4
   iterations), timed per generation cycle; ``DPOTrainer`` (precomputed reference log-probs) per update
   of ``--prompts / 2`` pairs, against the harness's DPO step divided by its 8 updates.
@@ -340,10 +341,17 @@ def _peer_dpo(a, device, workdir):
     return "trl DPOTrainer, per update", _trl_dpo(a, device, workdir), UPDATES
 
 
-#: trl's trainer for an algorithm of the harness, where trl has one: (what it times, its seconds, how many of
-#: its units one harness step holds). Not a dispatch over the harness's algorithms: which trl trainer
-#: implements which algorithm is a fact about trl.
-PEERS: dict[str, Callable] = {"grpo": _peer_grpo, "rloo": _peer_rloo, "dpo": _peer_dpo}
+#: How this study times each trl trainer that an algorithm names as its peer (``Algorithm.trl_peer``: which
+#: trl trainer implements an algorithm is the plugin's to declare): what it times, its seconds, and how many
+#: of its units one harness step holds.
+TRL_PEERS: dict[str, Callable] = {"GRPOTrainer": _peer_grpo, "RLOOTrainer": _peer_rloo, "DPOTrainer": _peer_dpo}
+
+
+def peer_of(option: str) -> Callable | None:
+    """The timer of trl's trainer for an ``algorithm`` option, if its algorithm declares one."""
+    from ..plugins import algorithm_options
+
+    return TRL_PEERS.get(getattr(algorithm_options()[option].cls, "trl_peer", None) or "")
 
 
 # ------------------------------------------------------------------------------------------ outputs
@@ -433,22 +441,11 @@ def write(rows: list[dict], a, device: torch.device, out: Path) -> Path:
 
 
 def trained_algorithms() -> list[str]:
-    """The ``algorithm`` config options (``conf/algorithm/*.yaml``) that name a registered algorithm that trains
-    (``data`` online or offline), sorted."""
-    from importlib import resources
+    """The ``algorithm`` options of the installed plugins whose algorithm trains (``data`` online or offline),
+    variants included, sorted."""
+    from ..plugins import algorithm_options, installed
 
-    from ..plugins import get_algorithm, load_algorithms, option_algorithm
-
-    load_algorithms()
-    out = []
-    for path in sorted(resources.files("rlhf_bench.conf").joinpath("algorithm").iterdir(), key=lambda p: p.name):
-        if not path.name.endswith(".yaml"):
-            continue
-        option = path.name[: -len(".yaml")]
-        name = option_algorithm(option)  # the registered algorithm the option configures
-        if name is not None and get_algorithm(name).cls.data != "none":
-            out.append(option)
-    return out
+    return [option for option, spec in algorithm_options().items() if spec.cls.data != "none" and installed(spec)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -503,8 +500,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if not a.no_steps:
         rows += harness_steps(a, work)
         for label in a.algorithms:
-            if label in PEERS and not a.no_peers:
-                who, seconds, units = PEERS[label](a, device, work)
+            peer = None if a.no_peers else peer_of(label)
+            if peer is not None:
+                who, seconds, units = peer(a, device, work)
                 rows += [
                     {"measurement": f"step {label}", "who": who, "repeat": i, "seconds": s, "units": units}
                     for i, s in enumerate(seconds)

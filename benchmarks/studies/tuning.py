@@ -4,16 +4,18 @@
 
 reads the protocol ``conf/tuning/<task>.yaml`` (declared before any run: the benchmark whose
 budget the runs use, one mid-range beta, the tuning worlds (``task.seed``: a gold reward, data, SFT
-base and reward model that no reported benchmark uses) and run seeds, each algorithm's grid, the
-criterion),
-runs every grid point with ``rlhf-bench -m`` (one multirun per algorithm and epochs x minibatches
-pair, so that the number of gradient updates per step stays the protocol's), scores each run and
-writes
+base and reward model that no reported benchmark uses) and run seeds, a grid per knob, the
+criterion). The algorithms tuned are the registry's (every option that trains,
+:func:`~rlhf_bench.benchmarks.plugins.select_options`), each on the knobs its config has: ``lr`` for
+all, ``clip_eps`` where there is one, ``updates`` (epochs x minibatches pairs) for all. It runs every
+grid point with ``rlhf-bench -m`` (one multirun per algorithm and epochs x minibatches pair, so that
+the number of gradient updates per step stays the protocol's), scores each run and writes
 
 - ``results/tuning/<task>/``: the runs, ``scores.csv`` (every candidate, every world and seed) and ``tuning.md``;
-- ``conf/tuned/<task>.yaml``: the chosen settings (``settings.<label>.<knob>``, read by the
-  algorithm YAMLs when a benchmark selects ``tuned: <task>``), with the grid, the criterion and
-  every candidate's score.
+- ``conf/tuned/<task>/<option>.yaml``: each option's chosen settings, with every candidate's score in
+  its comments, which the run config lays over the option when a benchmark selects ``tuned: <task>``
+  (conf/config.yaml); a variant option (``ppo_ptx``) gets the settings of the option it extends;
+- ``conf/tuned/<task>.yaml``: where they come from: the command, the grids and the criterion.
 
 Criterion ``final_front_gain``: the front through the SFT point and the run's final evaluation
 (KL, gold reward) - linear between them, flat after - averaged over KL in [0, kl_max], minus the
@@ -37,8 +39,35 @@ import yaml
 
 from ..report.frontiers import front_of, mean_gain
 from ..runfiles import EVAL, SUMMARY
+from ..utils import atomic_write_text
 
 UPDATE_KNOBS = ("epochs", "minibatches")
+UPDATES = "updates"  # the grid knob of (epochs, minibatches) pairs
+
+
+def tuned_settings(task: str, conf_dir: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The settings ``tuned=<task>`` lays over each option: ``conf/tuned/<task>/<option>.yaml``."""
+    folder = Path(conf_dir) if conf_dir else Path(str(files("rlhf_bench.conf").joinpath("tuned")))
+    return {p.stem: yaml.safe_load(p.read_text()) or {} for p in sorted((folder / task).glob("*.yaml"))}
+
+
+def option_grids(proto: dict, algorithms: list[str] | None = None) -> dict[str, dict[str, list]]:
+    """Each tuned option's grid: the protocol's grid of every knob that the option's config has
+    (``updates``: every option). ``algorithms``: the options to tune (default: every option that trains)."""
+    from dataclasses import fields
+
+    from ..plugins import algorithm_options, select_options
+
+    specs = algorithm_options()
+    chosen = select_options("trained") if algorithms is None else algorithms
+    unknown = [a for a in chosen if a not in specs]
+    if unknown:
+        raise SystemExit(f"rlhf-bench tuning: unknown algorithm option(s) {unknown}; known: {', '.join(specs)}")
+    out = {}
+    for option in chosen:
+        names = {f.name for f in fields(specs[option].config_class)}
+        out[option] = {k: v for k, v in proto["grids"].items() if k == UPDATES or k in names}
+    return out
 
 
 def load_protocol(task: str) -> dict[str, Any]:
@@ -54,7 +83,7 @@ def load_protocol(task: str) -> dict[str, Any]:
 def candidates(grid: dict[str, list]) -> list[dict[str, Any]]:
     """Every point of an algorithm's grid; ``updates`` lists (epochs, minibatches) pairs."""
     grid = dict(grid)
-    updates = grid.pop("updates", [[None, None]])
+    updates = grid.pop(UPDATES, [[None, None]])
     keys = sorted(grid)
     out = []
     for (epochs, minibatches), values in itertools.product(updates, itertools.product(*(grid[k] for k in keys))):
@@ -73,14 +102,14 @@ def replicates(proto: dict) -> list[tuple[int, int]]:
 def run_grid(proto: dict, label: str, grid: dict, sweep_dir: Path, jobs: int) -> None:
     """One ``rlhf-bench -m`` per (epochs, minibatches) pair; finished runs are skipped by the trainer."""
     grid = dict(grid)
-    for epochs, minibatches in grid.pop("updates", [[None, None]]):
+    for epochs, minibatches in grid.pop(UPDATES, [[None, None]]):
         cmd = [
             sys.executable,
             "-m",
             "rlhf_bench.benchmarks.cli",
             "-m",
             f"benchmark={proto['benchmark']}",
-            "~tuned",
+            "tuned=none",
             f"algorithm={label}",
             f"algorithm.beta={proto['beta']}",
             f"task.seed={','.join(map(str, proto['worlds']))}",
@@ -127,12 +156,12 @@ def score_run(run_dir: Path, kl_max: float) -> dict[str, Any]:
     }
 
 
-def choose(proto: dict, runs: list[dict]) -> tuple[dict, list[dict]]:
+def choose(proto: dict, grids: dict[str, dict], runs: list[dict]) -> tuple[dict, list[dict]]:
     """Mean score over the tuning replicates (worlds x seeds) for every candidate; the best per algorithm."""
     table, chosen = [], {}
     wanted = sorted(replicates(proto))
-    for label, grid in proto["grids"].items():
-        knobs = sorted(set(grid) - {"updates"}) + (list(UPDATE_KNOBS) if "updates" in grid else [])
+    for label, grid in grids.items():
+        knobs = sorted(set(grid) - {UPDATES}) + (list(UPDATE_KNOBS) if UPDATES in grid else [])
         for point in candidates(grid):
             mine = sorted(
                 (r for r in runs if r["label"] == label and all(r["config"][k] == v for k, v in point.items())),
@@ -173,28 +202,7 @@ def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: 
                 )
                 + "\n"
             )
-    doc = {
-        "settings": chosen,
-        "tuning": {
-            "command": f"python -m rlhf_bench.benchmarks.tuning {task}",
-            "benchmark": proto["benchmark"],
-            "beta": proto["beta"],
-            "worlds": proto["worlds"],
-            "seeds": proto["seeds"],
-            "criterion": proto["criterion"],
-            "grids": proto["grids"],
-            "scores": {
-                label: {_key(t): round(t["score"], 6) for t in table if t["label"] == label} for label in proto["grids"]
-            },
-        },
-    }
-    header = (
-        f"# Written by `python -m rlhf_bench.benchmarks.tuning {task}` from conf/tuning/{task}.yaml;\n"
-        f"# runs and scores in results/tuning/{task}/. Benchmarks read `settings` (tuned: {task}).\n"
-    )
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    path = conf_dir / f"{task}.yaml"
-    path.write_text(header + yaml.safe_dump(doc, sort_keys=False, width=120))
+    path = write_tuned(task, proto, chosen, table, conf_dir)
     lines = [
         f"<!-- Tuning `{task}`: written by the tuning command; the README quotes it verbatim -->",
         f"`python -m rlhf_bench.benchmarks.tuning {task}`: benchmark "
@@ -217,6 +225,51 @@ def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: 
     return path
 
 
+def write_tuned(task: str, proto: dict, chosen: dict, table: list[dict], conf_dir: Path) -> Path:
+    """``conf_dir/<task>/<option>.yaml`` for every tuned option and every variant of one (the settings of
+    the option it extends), replacing the folder's files; ``conf_dir/<task>.yaml``, their provenance."""
+    from ..plugins import algorithm_options, option_parent
+
+    command = f"python -m rlhf_bench.benchmarks.tuning {task}"
+    folder = conf_dir / task
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.yaml"):
+        old.unlink()
+    settings = dict(chosen)
+    for option in algorithm_options():
+        if option_parent(option) in chosen and option not in chosen:
+            settings[option] = chosen[option_parent(option)]
+    for option, knobs in settings.items():
+        base = option if option in chosen else option_parent(option)
+        origin = "" if option == base else f"\n# (`{base}`'s: the option it extends)"
+        scores = sorted((t for t in table if t["label"] == base), key=lambda t: -t["score"])
+        header = (
+            f"# Written by `{command}`: the settings chosen for `{option}`{origin},\n"
+            f"# laid over the option by `tuned: {task}`. Every candidate's score (mean over the tuning worlds x\n"
+            f"# seeds; results/tuning/{task}/scores.csv), best first:\n"
+            + "".join(f"#   {_key(t)}: {t['score']:.6f}\n" for t in scores)
+        )
+        atomic_write_text(folder / f"{option}.yaml", header + yaml.safe_dump(knobs, sort_keys=True, width=120))
+    doc = {
+        "tuning": {
+            "command": command,
+            "benchmark": proto["benchmark"],
+            "beta": proto["beta"],
+            "worlds": proto["worlds"],
+            "seeds": proto["seeds"],
+            "criterion": proto["criterion"],
+            "grids": proto["grids"],
+        },
+    }
+    header = (
+        f"# Written by `{command}` from conf/tuning/{task}.yaml; runs and scores in\n"
+        f"# results/tuning/{task}/. The chosen settings are conf/tuned/{task}/<option>.yaml (tuned: {task}).\n"
+    )
+    path = conf_dir / f"{task}.yaml"
+    atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False, width=120))
+    return path
+
+
 def _key(t: dict) -> str:
     return ",".join(f"{k}={t[k]}" for k in sorted(t) if k not in ("label", "score", "scores", "kl"))
 
@@ -236,18 +289,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--conf-dir", default=None, help="where <task>.yaml is written (default: the package's conf/tuned)")
     ap.add_argument("--jobs", type=int, default=2, help="parallel runs")
     ap.add_argument("--score-only", action="store_true", help="score the runs already in --out without running")
+    ap.add_argument("--algorithms", nargs="+", default=None, help="options to tune (default: every one that trains)")
     args = ap.parse_args(argv)
     proto = load_protocol(args.task)
+    grids = option_grids(proto, args.algorithms)
     out = Path(args.out or f"results/tuning/{args.task}")
     runs_dir = out / "runs"
     if not args.score_only:
-        for label, grid in proto["grids"].items():
+        for label, grid in grids.items():
             run_grid(proto, label, grid, runs_dir, args.jobs)
     runs = [score_run(d, proto["criterion"]["kl_max"]) for d in sorted(runs_dir.iterdir()) if (d / SUMMARY).is_file()]
-    chosen, table = choose(proto, runs)
+    chosen, table = choose(proto, grids, runs)
     conf_dir = Path(args.conf_dir) if args.conf_dir else Path(str(files("rlhf_bench.conf").joinpath("tuned")))
     path = write_outputs(args.task, proto, chosen, table, out, conf_dir)
-    print(f"tuned settings: {path}")
+    print(f"tuned settings: {path.with_suffix('')}/, provenance: {path}")
     print(f"scores: {out / 'scores.csv'}")
 
 
