@@ -175,6 +175,9 @@ def _overrides(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """Console entry point. With no overrides, runs the default benchmark end to end."""
+    from .report import LAST_MULTIRUN
+
+    LAST_MULTIRUN.update(sweep_dir=None, report=None, left_out=[], error=None)  # this command's multirun only
     args = with_default_benchmark(sys.argv[1:] if argv is None else argv)
     os.environ[SWEEP_OVERRIDES_ENV] = sweep_overrides(_overrides(args))  # one sweep dir for all jobs
     sys.argv = [sys.argv[0] if sys.argv else "rlhf-bench", *args]
