@@ -292,7 +292,7 @@ def grpo_k3_target(
     For G > 2 with N**(G-1) > exact_max, h is a Monte Carlo estimate (see :class:`GroupAdvantage`), its
     proposal refreshed to the solution ``mc_stages`` times; the residual is that of the estimate.
 
-    Checks (tests/test_targets.py): the plain gradient flow of the same drift from pi_ref converges
+    Checks (tests/evaluation/test_targets.py): the plain gradient flow of the same drift from pi_ref converges
     to this point (it is the attractor, not just a stationary point), and the autograd gradient of
     a direct transcription of the GRPO loss, expected over every group, vanishes here (< 1e-10)
     and not at pi*_beta (~0.08). On bandit-size tables (P = 200, N = 256, G = 2) the damping 0.5

@@ -7,7 +7,7 @@ the float32 log-softmax and the gather run over chunks of ``chunk_tokens`` posit
 gradients enabled each chunk is wrapped in ``torch.utils.checkpoint`` (non-reentrant), so its
 logits are recomputed in backward rather than stored. Only positions whose mask is 1 are computed;
 the others are 0, as before. The values and gradients equal the unchunked computation
-(``tests/test_models_gpu.py`` checks them in float64 to 1e-12).
+(``tests/models/test_models_gpu.py`` checks them in float64 to 1e-12).
 
 Log-probs come from ``logits / temperature`` with the task's logit mask applied (forbidden tokens
 get ``NEG``): exactly the distribution the rollouts sample from. The log-softmax runs in at least

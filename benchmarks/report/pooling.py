@@ -19,7 +19,7 @@ by simulation in benchmarks/studies/coverage.py):
 - The suite runs 3 to 5 worlds. A two-stage (cluster) bootstrap over 3 worlds has 10 distinct
   resamples of worlds, and its percentile interval is too narrow at these sizes; the t quantile with
   ``W - 1`` degrees of freedom widens the interval for few worlds exactly as much as the estimated
-  spread needs under normal world effects. ``tests/test_worlds.py`` measures its coverage by
+  spread needs under normal world effects. ``tests/report/test_worlds.py`` measures its coverage by
   simulation from a two-level model at the suite's sizes, against the interval over seeds that ignores
   the worlds.
 - One world gives no interval: its verdicts are *cannot tell*, whatever its seeds say.

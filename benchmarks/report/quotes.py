@@ -13,7 +13,7 @@
     python -m rlhf_bench.benchmarks.quotes README.md            # paste every quoted file again
     python -m rlhf_bench.benchmarks.quotes README.md --check    # exit 1 on a stale quote or a wrong statement
 
-``tests/test_readme_claims.py`` runs the check on the repository's README.
+``tests/e2e/test_readme_claims.py`` runs the check on the repository's README.
 """
 
 from __future__ import annotations

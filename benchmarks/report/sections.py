@@ -208,7 +208,7 @@ def convergence_section(runs: Sequence[Any]) -> list[str]:
 
 
 def statement(g: Gap) -> str:
-    """A comparison as the report and the README state it (``tests/test_readme_claims.py`` parses this
+    """A comparison as the report and the README state it (``tests/e2e/test_readme_claims.py`` parses this
     form and checks it against ``comparisons.csv``): ``a − b (task, all β): <gap_cell>``."""
     where = "all β" if g.beta is None else f"β = {g.beta:g}"
     return f"{g.a} − {g.b} ({g.task}, {where}): {gap_cell(g)}"
@@ -231,7 +231,7 @@ def comparisons_section(gaps: Sequence[Gap], confidence: float) -> list[str]:
         "*better* or *worse* when it excludes 0, *indistinguishable* when it contains 0, *cannot tell* without "
         "one (a single world). Why this interval: with 3 to 5 worlds a bootstrap over worlds has too few "
         "distinct resamples, and an interval over seeds alone ignores how much the answer changes with the "
-        "world; the coverage of this one at the suite's sizes is measured in `tests/test_worlds.py`. Each "
+        "world; the coverage of this one at the suite's sizes is measured in `tests/report/test_worlds.py`. Each "
         "world's own gap (with a percentile bootstrap interval over its seeds, each algorithm's seeds resampled "
         "independently) and the standard deviations between and within worlds are in the per-world table and "
         "in `comparisons.csv` (a `pooled` row per comparison, then one row per world).",

@@ -6,7 +6,7 @@
 - :func:`beta_section`: why a comparison at each β and over all β can disagree, with an example from
   the report's own data where it has one;
 - :func:`write_verdicts_md`: ``verdicts.md``, the claims, the spread and the β note on their own, the
-  text the README quotes (``tests/test_readme_claims.py`` checks that the README's copy is this file).
+  text the README quotes (``tests/e2e/test_readme_claims.py`` checks that the README's copy is this file).
 """
 
 from __future__ import annotations

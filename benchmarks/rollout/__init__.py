@@ -83,7 +83,7 @@ def draw_tokens(probs: torch.Tensor, generator: Optional[torch.Generator] = None
     with ``E_v ~ Exp(1)`` independent, which picks ``v`` with probability ``p_v``.
 
     This is how ``torch.multinomial`` draws one sample on the CPU: the same tokens, and the generator
-    left in the same state (``tests/test_sampling.py``), so every CPU result is unchanged. On an
+    left in the same state (``tests/rollout/test_sampling.py``), so every CPU result is unchanged. On an
     accelerator the noise comes from a generator on that device, and nothing crosses to the host. A
     generator on another device than ``probs`` still works: its noise is drawn there and moved."""
     if generator is None or same_device(generator.device, probs.device):

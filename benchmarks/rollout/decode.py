@@ -1,6 +1,6 @@
 """The decode loop's forward: one new token per row against a KV cache, eager or compiled.
 
-Two ways to run it, the same tokens (``tests/test_decode.py``):
+Two ways to run it, the same tokens (``tests/rollout/test_decode.py``):
 
 - **eager** (the default): transformers' dynamic cache, which grows by one position per token; the
   attention mask grows with it.

@@ -17,7 +17,7 @@ online DPO with hard labels).
     python -m rlhf_bench.benchmarks.convergence --out results/bandit_convergence
 
 writes ``convergence.csv`` and ``convergence.md`` (and the run directories under ``runs/``).
-The slow test ``tests/test_convergence.py`` runs the same grid and checks the thresholds.
+The slow test ``tests/evaluation/test_convergence.py`` runs the same grid and checks the thresholds.
 """
 
 from __future__ import annotations

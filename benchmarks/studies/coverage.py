@@ -3,7 +3,7 @@ two-level model at the sizes the suite runs (3 to 5 worlds, 2 or 3 seeds):
 
     python -m rlhf_bench.benchmarks.coverage --out results/coverage
 
-writes ``coverage.csv`` and ``coverage.md``; ``tests/test_worlds.py`` runs the same simulation and
+writes ``coverage.csv`` and ``coverage.md``; ``tests/report/test_worlds.py`` runs the same simulation and
 holds it to its thresholds.
 
 The model (:class:`TwoLevelModel`). Two algorithms, ``a`` and ``b``, run at three betas whose final

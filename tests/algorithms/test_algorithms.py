@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from algo_fixtures import (
+from helpers.algo import (
     bandit_task,
     make_context,
     perturb_,

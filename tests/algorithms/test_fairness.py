@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from algo_fixtures import make_context, perturb_, sentiment_task, tiny_lm, tiny_rm
 from conftest import compose_config
+from helpers.algo import make_context, perturb_, sentiment_task, tiny_lm, tiny_rm
 
 from rlhf_bench.algorithms.losses import masked_mean
 from rlhf_bench.algorithms.ppo import PPO, PPOConfig

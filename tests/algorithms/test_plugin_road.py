@@ -26,7 +26,7 @@ import yaml
 from rlhf_bench.algorithms.registry import available_algorithms
 from rlhf_bench.benchmarks.plugins import algorithm_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NAME = "throwaway_pg"
 
 PLUGIN = '''

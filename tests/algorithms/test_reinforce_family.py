@@ -13,7 +13,7 @@ import math
 
 import pytest
 import torch
-from algo_fixtures import make_context, perturb_, sentiment_task, tiny_lm
+from helpers.algo import make_context, perturb_, sentiment_task, tiny_lm
 
 from rlhf_bench.algorithms.grpo import GRPO, GRPOConfig
 from rlhf_bench.algorithms.losses import ppo_policy_loss

@@ -27,7 +27,7 @@ import math
 
 import pytest
 import torch
-from algo_fixtures import make_context, preference_batch, random_pairs, sentiment_task, tiny_lm
+from helpers.algo import make_context, preference_batch, random_pairs, sentiment_task, tiny_lm
 
 from rlhf_bench.algorithms.dpo import DPO, DPOConfig
 from rlhf_bench.benchmarks.training.context import split_groups

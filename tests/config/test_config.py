@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
 from rlhf_bench.benchmarks.config import ConfigError, config_differences, run_identity, validate
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CONF = REPO_ROOT / "conf"
 GROUPS = ("task", "model", "reward_model", "algorithm", "logger")
 #: Options that need a value the YAML leaves mandatory (``???``) to be complete.

@@ -1,6 +1,6 @@
 """Real preference data (benchmarks/data/formats.py): every accepted format, from every file type, read
 with ``datasets`` and converted into the suite's internal forms; conversations rendered with the
-chat template; bad rows named in one line; the fixtures of tests/hf_fixtures.py."""
+chat template; bad rows named in one line; the fixtures of tests/helpers/hf.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from hf_fixtures import (
+from helpers.hf import (
     CHAT_TEMPLATE,
     EOS,
     FLAT_FORMATS,
@@ -86,7 +86,7 @@ def error(fn, *args, **kwargs) -> str:
 
 
 def words(i: int) -> tuple[str, str, str]:
-    """Row i's subject and positive and negative words (hf_fixtures.format_rows)."""
+    """Row i's subject and positive and negative words (helpers.hf.format_rows)."""
     return SUBJECTS[i], POSITIVE[i % len(POSITIVE)], NEGATIVE[i % len(NEGATIVE)]
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from rlhf_bench.benchmarks.report.quotes import BLOCK, STATEMENT, block_errors, refresh, statement_errors
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 
 

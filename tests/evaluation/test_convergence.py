@@ -15,7 +15,7 @@ Every run uses the gold reward and the bandit's tuned settings (conf/tuned/bandi
 - PPO with the k3 estimator as its reward and online DPO with hard labels have no derived target;
   at beta 0.6 and 2 both overshoot KL(pi*_beta || pi_ref) by more than 25% (beta no longer pins the KL).
 
-``tests/test_exact_evaluation.py::test_the_exact_optimum_scores_efficiency_one_at_its_own_kl`` checks the
+``tests/evaluation/test_exact_evaluation.py::test_the_exact_optimum_scores_efficiency_one_at_its_own_kl`` checks the
 measures these thresholds are applied to.
 """
 

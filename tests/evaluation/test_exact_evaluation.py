@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from harness_helpers import manual_logprobs, random_policy, table64
+from helpers.harness import manual_logprobs, random_policy, table64
 
 from rlhf_bench.algorithms.baselines import BestOfNPolicy
 from rlhf_bench.benchmarks.evaluation import (

@@ -1,5 +1,5 @@
 """Run under ``accelerate launch --multi_gpu --num_processes 2`` (or ``torchrun``) by
-``tests/test_distributed.py``: one training step of ``ALGORITHM`` on the bandit, split over the
+``tests/runtime/test_distributed.py``: one training step of ``ALGORITHM`` on the bandit, split over the
 processes, against the same step on the whole batch in one process.
 
 Every process builds the same trainer (same seeds, same cached shared stages), samples the same
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest and helpers
 
 from conftest import compose_config  # noqa: E402
 

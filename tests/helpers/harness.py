@@ -1,4 +1,4 @@
-"""Helpers of the harness tests (tests/test_traps.py, test_exact_evaluation.py, ...): log-probs and rewards
+"""Helpers of the harness tests (tests/training/test_traps.py, test_exact_evaluation.py, ...): log-probs and rewards
 computed by hand, a random policy, the 64-response table."""
 
 from __future__ import annotations

@@ -290,7 +290,7 @@ def make_datasets(directory: PathLike, n: int = 12) -> dict[str, Path]:
 
 # ------------------------------------------------------------------------------------- judge
 def word_judge(prompts: list[str], responses: list[str]) -> list[float]:
-    """A gold judge for ``task.judge.fn=hf_fixtures:word_judge``: the number of positive words in
+    """A gold judge for ``task.judge.fn=helpers.hf:word_judge``: the number of positive words in
     a response minus the number of negative ones (the prompt is ignored)."""
 
     def score(text: str) -> float:

@@ -9,7 +9,7 @@ import types
 
 import pytest
 import torch
-from model_fixtures import V, allowing, full_logprobs, mixed_batch, tiny_gpt2, value_and_grads
+from helpers.models import V, allowing, full_logprobs, mixed_batch, tiny_gpt2, value_and_grads
 
 from rlhf_bench.benchmarks.config import ConfigError, ModelConfig, validate
 from rlhf_bench.benchmarks.models import (

@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from model_fixtures import mixed_batch, tiny_gpt2, tiny_scorer, value_and_grads
+from helpers.models import mixed_batch, tiny_gpt2, tiny_scorer, value_and_grads
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from rlhf_bench.benchmarks.config import LoraSettings, ModelConfig

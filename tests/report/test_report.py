@@ -5,158 +5,17 @@ Fast: no model is trained; sweeps are synthetic run directories written into tmp
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
-from pathlib import Path
 
 import pytest
+from helpers.report_runs import N_PROMPTS, make_run, make_sweep, prompt_of, read_csv
 
 from rlhf_bench.benchmarks import report as rep
 from rlhf_bench.benchmarks.report.stats import mean_ci, pareto_front, wilson_interval, win_rate
 
 # --------------------------------------------------------------------------------- synthetic runs
-TRAINED = {"ppo": 0.75, "dpo": 0.6, "p3o_v2": 0.9}  # share of the optimal gain each reaches
-N_PROMPTS = 12
-STEPS = 100
-EVAL_EVERY = 25
-
-
-def _prompt(i: int, task: str = "bandit") -> str:
-    return f"<bos> c{i % 4} n{i % 7} n{(3 * i) % 11}" if task == "bandit" else f"<bos> w{i} w{i + 1}"
-
-
-def _base(i: int) -> float:  # SFT reward of prompt i
-    return round(math.sin(1.7 * i), 6)
-
-
-def _opt_kl(beta: float) -> float:
-    return 0.6 / beta
-
-
-def _opt_gold(kl: float) -> float:
-    return 1.3 * math.sqrt(kl)
-
-
-def _opt_proxy(kl: float) -> float:
-    return 1.6 * math.sqrt(kl)
-
-
-def make_run(
-    sweep: Path,
-    name: str,
-    algorithm: str,
-    beta: float,
-    seed: int,
-    task: str = "bandit",
-    reward_model: str = "learned",
-    prompts=None,
-    noise: float = 0.0,
-    summary: bool = True,
-) -> Path:
-    """One fake run directory with summary.json, eval.jsonl, samples.jsonl and optimal_frontier.csv."""
-    d = sweep / name
-    d.mkdir(parents=True)
-    trained = algorithm in TRAINED
-    steps = STEPS if trained else 0
-    q = TRAINED.get(algorithm, 0.0)
-    jitter = 1.0 + 0.06 * ((seed * 7919 + int(beta * 1000)) % 5 - 2)
-    rows = []
-    for step in range(0, steps + 1, EVAL_EVERY):
-        if trained:
-            kl = _opt_kl(beta) * (0.9 + 0.1 * q) * jitter * (step / steps) ** 0.7
-            gold = q * _opt_gold(kl) - 0.06 * kl
-            proxy = q * _opt_proxy(kl)
-        elif algorithm == "best_of_n":
-            kl, gold, proxy = 0.64, 0.7 * _opt_gold(0.64), 0.85 * _opt_proxy(0.64)
-        else:
-            kl, gold, proxy = 0.0, 0.0, 0.0
-        row = {
-            "step": step,
-            "kl": kl + 1e-9 * seed,
-            "kl_k1": kl * 1.01,
-            "reward_gold": gold + 0.013 * seed,
-            "reward_proxy": proxy + 0.011 * seed,
-            "length": 4.0,
-            "eos_rate": 1.0,
-        }
-        if task == "bandit":
-            row["efficiency"] = None if step == 0 or not trained else q
-            row["prob_mass"] = 1.0
-        rows.append(row)
-    with open(d / "eval.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
-    final = rows[-1]
-    shift = final["reward_gold"]  # >= 0 for every algorithm: sample-wise above SFT unless noise
-    prompts = prompts or [_prompt(i, task) for i in range(N_PROMPTS)]
-    with open(d / "samples.jsonl", "w") as f:
-        for i, p in enumerate(prompts):
-            wobble = noise * math.sin(3.1 * i + 1.3 * seed + 7 * q + beta)
-            g = _base(i) + (shift * (1.2 + 0.5 * math.sin(i)) + wobble if algorithm != "sft" else 0.0)
-            pr = _base(i) + 0.1 + (final["reward_proxy"] * 1.1 + wobble if algorithm != "sft" else 0.0)
-            resp = " ".join(["a1"] * (1 + (i + seed) % 4) + ["<eos>"])
-            f.write(json.dumps({"prompt": p, "response": resp, "reward_gold": g, "reward_proxy": pr}) + "\n")
-    if task == "bandit":
-        with open(d / "optimal_frontier.csv", "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["reward", "beta", "kl", "reward_value"])
-            for name_, fn in (("gold", _opt_gold), ("proxy", _opt_proxy)):
-                for b in (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0):
-                    w.writerow([name_, b, _opt_kl(b), fn(_opt_kl(b))])
-    if summary:
-        s = {
-            "algorithm": algorithm,
-            "algorithm_name": algorithm,
-            "beta": beta,
-            "seed": seed,
-            "task": task,
-            "reward_model": reward_model,
-            "steps": steps,
-            "final": final,
-            "wall_time_seconds": 10.0 + seed + 5 * q,
-            "train_seconds": 8.0 + seed,
-            "config": {
-                "task": {"name": task, "steps": STEPS},
-                "seed": seed,
-                "algorithm": {"name": algorithm, "label": algorithm, "beta": beta},
-            },
-            "versions": {"torch": "2.4.0", "python": "3.11"},
-            "git_revision": "abc123",
-        }
-        if task == "bandit" and trained:
-            s["optimal_at_beta"] = {"kl": _opt_kl(beta), "reward_value": _opt_proxy(_opt_kl(beta)), "reward": "proxy"}
-        (d / "summary.json").write_text(json.dumps(s, indent=2))
-    (d / ".hydra").mkdir()
-    return d
-
-
-def make_sweep(
-    sweep: Path,
-    algorithms=("sft", "best_of_n", "ppo", "dpo"),
-    betas=(0.1, 0.5),
-    seeds=(0, 1),
-    task: str = "bandit",
-    noise: float = 0.0,
-    start: int = 0,
-) -> list[Path]:
-    """A Hydra-like multirun dir: ``<num>_<algo>_beta<b>_seed<s>`` for the full grid (sft and
-    best_of_n included at every beta, as a real sweep runs them)."""
-    out, num = [], start
-    for a in algorithms:
-        for b in betas:
-            for s in seeds:
-                out.append(make_run(sweep, f"{num}_{a}_beta{b}_seed{s}", a, b, s, task=task, noise=noise))
-                num += 1
-    return out
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 OUTPUTS = ("frontier.csv", "frontier.png", "winrates.csv", "winrate.png", "report.md")
 
 
@@ -336,7 +195,7 @@ def test_merging_two_sweeps(tmp_path):
 def test_mismatched_prompts_fail_clearly(tmp_path):
     d = tmp_path / "sweep"
     make_run(d, "0_sft", "sft", 0.1, 0)
-    prompts = [_prompt(i) for i in range(N_PROMPTS)]
+    prompts = [prompt_of(i) for i in range(N_PROMPTS)]
     prompts[5] = "<bos> something else"
     make_run(d, "1_ppo", "ppo", 0.1, 0, prompts=prompts)
     with pytest.raises(rep.PromptMismatchError, match="prompts differ at sample 5"):

@@ -13,8 +13,8 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers.report_runs import make_run, make_sweep, read_csv
 from omegaconf import OmegaConf
-from test_report import make_run, make_sweep, read_csv
 
 from rlhf_bench.benchmarks import report as rep
 from rlhf_bench.benchmarks.runfiles import RUN_FILES_VERSION

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from test_report import make_sweep, read_csv
+from helpers.report_runs import make_sweep, read_csv
 
 from rlhf_bench.benchmarks import report as rep
 

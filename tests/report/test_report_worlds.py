@@ -2,7 +2,7 @@
 per-world rows of comparisons.csv, the claims per world and pooled, what explains the spread, the
 per-β / all-β note, verdicts.md, and the one-world sentence.
 
-Fast: synthetic run directories (tests/test_report_worlds_plots.py's, whose worlds differ in SFT
+Fast: synthetic run directories (tests/report/test_report_worlds_plots.py's, whose worlds differ in SFT
 reward, reward scale and P3O V2's quality)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import math
 import statistics
 
 import pytest
+from helpers.report_runs import make_world_sweep
 from scipy import stats
-from test_report_worlds_plots import make_world_sweep
 
 from rlhf_bench.benchmarks import report as rep
 from rlhf_bench.benchmarks.report.verdicts import Gap, WorldGap

@@ -8,97 +8,28 @@ differ by an offset (and a scale) of their rewards, as different gold rewards an
 
 from __future__ import annotations
 
-import csv
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.report_runs import (
+    BETAS,
+    OFFSET,
+    OPT_BETAS,
+    PROXY_OFFSET,
+    QUALITY,
+    make_world_sweep,
+    optimal_kl,
+    world_scale,
+    write_world_run,
+)
 
 from rlhf_bench.benchmarks.report.loading import load_runs
 from rlhf_bench.benchmarks.report.plots import frontier_figure, plot_frontier
 from rlhf_bench.benchmarks.report.plots_worlds import plot_worlds, worlds_figure
 from rlhf_bench.benchmarks.report.verdicts import pairwise_gaps
 from rlhf_bench.benchmarks.report.worlds import claim_comparisons
-
-QUALITY = {"dpo": 0.6, "ppo": 0.75, "p3o_v2": 0.9}  # share of the optimal gain each reaches
-OFFSET = {0: 0.0, 1: 3.0, 2: -2.0}  # each world's SFT gold reward: not comparable between worlds
-PROXY_OFFSET = {0: 0.5, 1: -1.0, 2: 4.0}
-BETAS = (0.1, 0.5)
-STEPS, EVAL_EVERY = 100, 25
-OPT_BETAS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
-
-
-def _scale(world: int) -> float:  # how much gold reward the optimum buys per sqrt(nat), per world
-    return 1.3 * (1.0 + 0.2 * world)
-
-
-def _opt_kl(beta: float) -> float:
-    return 0.6 / beta
-
-
-def _gold_gain(algorithm: str, world: int, kl: float) -> float:
-    q = QUALITY[algorithm] * (1.0 - 0.1 * world if algorithm == "p3o_v2" else 1.0)
-    return q * _scale(world) * math.sqrt(kl) - 0.06 * kl
-
-
-def _write_run(d: Path, algorithm: str, beta: float, world: int, seed: int) -> None:
-    d.mkdir(parents=True)
-    trained = algorithm in QUALITY
-    rows = []
-    for step in range(0, (STEPS if trained else 0) + 1, EVAL_EVERY):
-        kl = _opt_kl(beta) * (0.95 + 0.02 * seed) * (step / STEPS) ** 0.7 if trained else 0.0
-        gold = _gold_gain(algorithm, world, kl) + (0.01 * seed if step else 0.0) if trained else 0.0
-        proxy = 1.6 * QUALITY.get(algorithm, 0.0) * math.sqrt(kl)
-        rows.append(
-            {"step": step, "kl": kl, "reward_gold": OFFSET[world] + gold, "reward_proxy": PROXY_OFFSET[world] + proxy}
-        )
-    (d / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    with open(d / "optimal_frontier.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["reward", "beta", "kl", "reward_value"])
-        for b in OPT_BETAS:
-            w.writerow(["gold", b, _opt_kl(b), OFFSET[world] + _scale(world) * math.sqrt(_opt_kl(b))])
-            w.writerow(["proxy", b, _opt_kl(b), PROXY_OFFSET[world] + 1.6 * math.sqrt(_opt_kl(b))])
-    summary = {
-        "algorithm": algorithm,
-        "beta": beta,
-        "seed": seed,
-        "world": world,
-        "task": "bandit",
-        "reward_model": "learned",
-        "steps": STEPS if trained else 0,
-        "final": rows[-1],
-        "config": {
-            "task": {"name": "bandit", "seed": world},
-            "seed": seed,
-            "algorithm": {"name": algorithm, "label": algorithm, "beta": beta},
-        },
-        "shared": {
-            "metrics": {
-                "reward_model": {"rm/heldout_accuracy_gold": 0.7 + 0.05 * world, "rm/heldout_accuracy_labels": 0.8}
-            }
-        },
-    }
-    if trained:
-        summary["optimal_at_beta"] = {
-            "kl": _opt_kl(beta),
-            "reward": "proxy",
-            "reward_value": PROXY_OFFSET[world] + 1.6 * math.sqrt(_opt_kl(beta)),
-        }
-    (d / "summary.json").write_text(json.dumps(summary))
-
-
-def make_world_sweep(sweep: Path, worlds=(0, 1, 2), seeds=(0, 1), algorithms=("sft", "dpo", "ppo", "p3o_v2")):
-    """A sweep of every algorithm x beta x world x seed; the runs loaded."""
-    for a in algorithms:
-        for b in BETAS:
-            for w in worlds:
-                for s in seeds:
-                    _write_run(sweep / f"{a}_b{b}_w{w}_s{s}", a, b, w, s)
-    runs, _ = load_runs([sweep])
-    return runs
 
 
 def _lines(ax, prefix: str) -> list:
@@ -130,7 +61,7 @@ def test_one_world_frontier_keeps_absolute_rewards(tmp_path):
         assert ys.min() == pytest.approx(OFFSET[1])
     (opt,) = _lines(gold, "optimal_frontier")
     assert opt.get_linewidth() == pytest.approx(1.6)
-    assert opt.get_ydata()[0] == pytest.approx(OFFSET[1] + _scale(1) * math.sqrt(_opt_kl(OPT_BETAS[-1])))
+    assert opt.get_ydata()[0] == pytest.approx(OFFSET[1] + world_scale(1) * math.sqrt(optimal_kl(OPT_BETAS[-1])))
     assert len(_lines(proxy, "target")) == len(BETAS)
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "exact optimal frontier" in labels and not any("world" in t for t in labels)
@@ -174,7 +105,7 @@ def test_several_worlds_frontier_plots_gains_over_each_worlds_sft(tmp_path):
         )
         assert finals == pytest.approx(expected)
     # one exact optimal frontier per world, each a gain over that world's SFT (0 at KL 0)
-    for ax, scale in ((gold, _scale), (proxy, lambda w: 1.6)):
+    for ax, scale in ((gold, world_scale), (proxy, lambda w: 1.6)):
         opt = {ln.get_gid(): ln for ln in _lines(ax, "optimal_frontier")}
         assert set(opt) == {f"optimal_frontier:world={w}" for w in OFFSET}
         for w in OFFSET:
@@ -184,7 +115,7 @@ def test_several_worlds_frontier_plots_gains_over_each_worlds_sft(tmp_path):
     targets = _lines(proxy, "target")
     assert len(targets) == len(OFFSET) * len(BETAS)
     assert sorted(t.get_ydata()[0] for t in targets) == pytest.approx(
-        sorted(1.6 * math.sqrt(_opt_kl(b)) for b in BETAS for _ in OFFSET)
+        sorted(1.6 * math.sqrt(optimal_kl(b)) for b in BETAS for _ in OFFSET)
     )
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "exact optimal frontier (one per world)" in labels
@@ -198,7 +129,7 @@ def test_best_of_n_does_not_move_a_worlds_sft_reward(tmp_path):
     make_world_sweep(sweep)
     for w in OFFSET:
         d = sweep / f"best_of_n_w{w}_s0"
-        _write_run(d, "sft", 0.1, w, 0)
+        write_world_run(d, "sft", 0.1, w, 0)
         summary = json.loads((d / "summary.json").read_text())
         summary["algorithm"] = summary["config"]["algorithm"]["name"] = summary["config"]["algorithm"]["label"] = (
             "best_of_n"

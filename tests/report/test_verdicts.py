@@ -67,7 +67,7 @@ def test_a_front_that_never_rises_above_sft_is_worth_the_sft_reward_over_the_oth
 def test_within_one_world_the_bootstrap_over_seeds_reads_that_world():
     """In one world: A reaches more gold at the same KL than B at every seed (that world says better);
     C and D are draws of the same noisy law (indistinguishable); a single seed gives no interval (cannot
-    tell). One world gives no pooled verdict (tests/test_worlds.py pools several)."""
+    tell). One world gives no pooled verdict (tests/report/test_worlds.py pools several)."""
     rng = np.random.default_rng(0)
     runs = []
     for s in range(4):

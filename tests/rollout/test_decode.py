@@ -14,7 +14,7 @@ from rlhf_bench.benchmarks.rollout import sample_responses
 from rlhf_bench.benchmarks.rollout.decode import cache_kwarg, forward_cached
 from rlhf_bench.benchmarks.utils import make_generator
 
-LONG = 80  # as tests/test_sampling.py: the sentiment rows end before this (generator seed 7)
+LONG = 80  # as tests/rollout/test_sampling.py: the sentiment rows end before this (generator seed 7)
 
 
 def _sample(bundle, seed: int, compiled: bool, first: int = 0):
@@ -76,7 +76,7 @@ def test_a_run_with_compiled_generation_computes_what_the_eager_run_computes(tmp
     """Through the CLI: rollouts and evaluation sample with the compiled step (inductor writes its cache), the
     shared stages are the eager run's (their keys do not hold the setting), and every evaluated number is the
     same."""
-    from test_cli import SMALL, rlhf_bench
+    from helpers.cli import SMALL, rlhf_bench
 
     args = [*SMALL, "algorithm=ppo", "task.steps=2", "task.eval_every=1", f"cache_dir={tmp_path / 'cache'}"]
     runs = {}

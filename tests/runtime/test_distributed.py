@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]  # tests/
 #: Small bandit shared stages.
 SMALL = [
     "task=bandit",
@@ -56,7 +56,7 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.mark.parametrize("algorithm", ["ppo", "p3o_v1", "online_dpo"])
 def test_the_averaged_gradient_is_the_single_process_gradient_of_the_batch(tmp_path, algorithm):
     out = tmp_path / "out.json"
-    r = launch(str(TESTS / "dist_worker.py"), str(out), str(tmp_path / "cache"), algorithm)
+    r = launch(str(TESTS / "helpers" / "dist_worker.py"), str(out), str(tmp_path / "cache"), algorithm)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["processes"] == 2 and result["share_rows"] * 2 == result["rows"]
@@ -68,7 +68,7 @@ def test_offline_pairs_are_split_into_shares_of_the_single_process_batches(tmp_p
     """Offline DPO: every process draws the main process's pair order and takes its share, so the
     shares of each step are exactly the single-process step's pairs."""
     out = tmp_path / "out.json"
-    r = launch(str(TESTS / "dist_worker.py"), str(out), str(tmp_path / "cache"), "dpo")
+    r = launch(str(TESTS / "helpers" / "dist_worker.py"), str(out), str(tmp_path / "cache"), "dpo")
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["processes"] == 2 and result["share_sizes"] == [4, 4]
@@ -179,7 +179,7 @@ def test_the_slurm_launcher_preset_composes():
 @pytest.mark.parametrize("algorithm", ["ppo", "p3o_v1"])
 def test_two_processes_still_reach_the_optimum_with_the_gold_reward(tmp_path, algorithm):
     """The bandit with its tuned settings and the gold reward, as in the convergence grid
-    (tests/test_convergence.py), split over two processes: frontier efficiency >= 0.9."""
+    (tests/evaluation/test_convergence.py), split over two processes: frontier efficiency >= 0.9."""
     run_dir = tmp_path / "run"
     r = launch(
         "-m",

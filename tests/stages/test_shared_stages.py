@@ -139,7 +139,7 @@ def test_expand_pairs_chosen_ranked_above_rejected():
 
 
 # ============================================================================ shared-stage cache
-# (damaged entries, manifests and parallel builds: tests/test_cache.py)
+# (damaged entries, manifests and parallel builds: tests/stages/test_cache.py)
 def test_shared_stages_reuse_cache(bandit, monkeypatch):
     """A second prepare() with the same config reuses every stage: nothing is trained or built
     again (the builders would raise), and the same directories and metrics come back, each entry

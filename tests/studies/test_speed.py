@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 
-import hf_fixtures as fx
+import helpers.hf as fx
 import pytest
 
 from rlhf_bench.benchmarks.studies import speed

@@ -1,5 +1,5 @@
 """``task=hf`` end to end, through the ``rlhf-bench`` and ``rlhf-bench-report`` commands, on local
-stand-ins for hub models and datasets (:mod:`hf_fixtures`): every algorithm, a 50,257-token
+stand-ins for hub models and datasets (:mod:`helpers.hf`): every algorithm, a 50,257-token
 vocabulary, LoRA without a second copy of the base, a task without a judge, and bad data named
 before any training."""
 
@@ -11,14 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import hf_fixtures as fx
+import helpers.hf as fx
 import pytest
 import torch
 
 from rlhf_bench.algorithms.registry import available_algorithms, get_algorithm
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]  # tests/
 ALGORITHM_CONFIGS = sorted(p.stem for p in (REPO / "conf" / "algorithm").glob("*.yaml"))
 #: A few steps of everything: 4 held-out prompts of the fixture's 12, 4 prompts a step.
 SMALL = [
@@ -85,7 +85,7 @@ def test_every_algorithm_runs_through_the_command_then_the_report(hub, tmp_path,
         *SMALL,
         f"model.pretrained={hub['root'] / 'gpt2'}",
         f"task.preference_data={hub['preference.jsonl']}",
-        "task.judge.fn=hf_fixtures:word_judge",
+        "task.judge.fn=helpers.hf:word_judge",
         f"task.sft_data={hub['prompt_completion.jsonl']}",
         "algorithm=" + ",".join(ALGORITHM_CONFIGS),
         f"hydra.sweep.dir={sweep}",
@@ -136,7 +136,7 @@ def test_a_50k_token_bpe_vocabulary_runs(hub, tmp_path, algorithm):
         "task.eval_every=2",
         f"model.pretrained={hub['root'] / 'gpt2-50k'}",
         f"task.preference_data={hub['preference.parquet']}",
-        "task.judge.fn=hf_fixtures:word_judge",
+        "task.judge.fn=helpers.hf:word_judge",
         f"algorithm={algorithm}",
         f"hydra.run.dir={run_dir}",
         f"cache_dir={tmp_path / 'cache'}",
@@ -202,7 +202,7 @@ def test_lora_trains_adapters_only_and_the_reference_is_the_base(hub, tmp_path, 
         "algorithm=ppo",
         "algorithm.lr=1e-2",
         f"task.preference_data={hub['preference.jsonl']}",
-        "task.judge.fn=hf_fixtures:word_judge",
+        "task.judge.fn=helpers.hf:word_judge",
         f"cache_dir={tmp_path / 'cache'}",
     )
     (tmp_path / "run").mkdir()
@@ -238,7 +238,7 @@ def test_bad_data_is_named_before_training_and_skipped_rows_are_counted(hub, tmp
         *SMALL,
         f"model.pretrained={hub['root'] / 'gpt2'}",
         f"task.preference_data={bad}",
-        "task.judge.fn=hf_fixtures:word_judge",
+        "task.judge.fn=helpers.hf:word_judge",
         "algorithm=dpo",
         f"cache_dir={tmp_path / 'cache'}",
     ]
@@ -273,7 +273,7 @@ def test_a_lora_run_checkpoints_the_adapters_only_and_resumes_to_the_same_policy
         "model.lora.r=4",
         "algorithm=ppo",
         f"task.preference_data={hub['preference.jsonl']}",
-        "task.judge.fn=hf_fixtures:word_judge",
+        "task.judge.fn=helpers.hf:word_judge",
         f"cache_dir={tmp_path / 'cache'}",
         "task.steps=4",
         "checkpoint.every=2",

@@ -1,5 +1,5 @@
 """``task=hf`` piece by piece (benchmarks/tasks/hf/, benchmarks/models/lora.py's AdaptersOff) on the
-fixtures of tests/hf_fixtures.py: token conventions (EOS, prompt and response limits, pad), the
+fixtures of tests/helpers/hf.py: token conventions (EOS, prompt and response limits, pad), the
 prompt split and its held-out prompts removed from the training data, column maps, row limits,
 bad rows, the gold reward, and the LoRA policy seen as its base model."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_fixtures import (
+from helpers.hf import (
     EOS,
     NEGATIVE,
     POSITIVE,
@@ -308,7 +308,7 @@ def test_gold_reward_without_a_judge_is_nan(make, env, tok):
 
 def test_gold_reward_with_a_function_judge(make, env, tok):
     task = make(
-        preference_data=str(env["preference.jsonl"]), n_eval_prompts=2, judge=JudgeConfig(fn="hf_fixtures:word_judge")
+        preference_data=str(env["preference.jsonl"]), n_eval_prompts=2, judge=JudgeConfig(fn="helpers.hf:word_judge")
     )
     assert task.has_gold is True
     prompts = [task.encode_prompt(p) for p in ("The film", "The plot", "Every scene")]
@@ -316,7 +316,7 @@ def test_gold_reward_with_a_function_judge(make, env, tok):
     gold = task.gold_reward(prompts, responses)
     assert gold.tolist() == [2.0, -1.0, 0.0]
     assert gold.tolist() == word_judge([task.decode(p) for p in prompts], [task.decode(r) for r in responses])
-    assert task.summary()["judge"] == "hf_fixtures:word_judge"
+    assert task.summary()["judge"] == "helpers.hf:word_judge"
 
 
 # ================================================================================ AdaptersOff

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_fixtures import make_datasets, make_judge, make_tokenizer
+from helpers.hf import make_datasets, make_judge, make_tokenizer
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
 
 from rlhf_bench.benchmarks.config import ConfigError, validate
@@ -158,15 +158,15 @@ def test_a_model_that_cannot_be_loaded_fails_in_one_line(dirs):
 
 def test_build_judge_without_a_judge_is_none():
     assert build_judge(JudgeConfig(), CPU) is None
-    assert isinstance(build_judge(JudgeConfig(fn="hf_fixtures:word_judge"), CPU), FunctionJudge)
+    assert isinstance(build_judge(JudgeConfig(fn="helpers.hf:word_judge"), CPU), FunctionJudge)
 
 
 # ========================================================================= function judges
 def test_word_judge_counts_positive_minus_negative_words():
-    j = FunctionJudge("hf_fixtures:word_judge")
+    j = FunctionJudge("helpers.hf:word_judge")
     got = j(["ignored"] * 4, ["The film was wonderful, brilliant!", "dull and boring and bad.", "ok", "great, awful."])
     assert got.dtype == torch.float32 and got.tolist() == [2.0, -3.0, 0.0, 0.0]
-    assert j.name == "task.judge.fn (hf_fixtures:word_judge)"
+    assert j.name == "task.judge.fn (helpers.hf:word_judge)"
 
 
 @pytest.fixture
@@ -222,7 +222,7 @@ def test_a_non_function_is_refused(fns):
 # ================================================================================== config
 def test_judge_config_checks():
     assert one_line_error(
-        JudgeConfig, "some/model", None, "logit", "prompt_response", "hf_fixtures:word_judge"
+        JudgeConfig, "some/model", None, "logit", "prompt_response", "helpers.hf:word_judge"
     ).startswith("judge.fn must be null when judge.model is set")
     for bad in ("not a path", "module_only", ":fn", "a.:f", "a:b.c"):
         with pytest.raises(ConfigError, match=r"^judge\.fn must be 'module:function'"):
@@ -259,11 +259,11 @@ def test_validate_needs_a_judge_where_gold_is_used(compose, dirs, data, tmp_path
             *base,
             f"task.prompts={data['prompt_only.jsonl']}",
             "reward_model=gold",
-            "task.judge.fn=hf_fixtures:word_judge",
+            "task.judge.fn=helpers.hf:word_judge",
             cache_dir=tmp_path,
         )
     )
-    assert groups["task"].has_judge and groups["task"].judge.fn == "hf_fixtures:word_judge"
+    assert groups["task"].has_judge and groups["task"].judge.fn == "helpers.hf:word_judge"
     with pytest.raises(ConfigError, match=r"^task\.judge\.fn must be 'module:function'"):
         validate(
             compose(

@@ -81,7 +81,7 @@ def test_same_seed_same_eval_best_of_n(bandit, run_config, tmp_path):
 
 def _trained_algorithms() -> list[str]:
     """The toy, plus the first real trained plugin that exists (with its YAML) when there is one."""
-    conf = Path(__file__).resolve().parents[1] / "conf" / "algorithm"
+    conf = Path(__file__).resolve().parents[2] / "conf" / "algorithm"
     real = [
         a
         for a in ("ppo", "p3o_v2", "p3o", "online_dpo", "dpo")

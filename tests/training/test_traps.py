@@ -8,7 +8,7 @@ import copy
 
 import pytest
 import torch
-from harness_helpers import manual_logprobs, manual_reward
+from helpers.harness import manual_logprobs, manual_reward
 
 from rlhf_bench.benchmarks.config import ModelConfig
 from rlhf_bench.benchmarks.models import (
