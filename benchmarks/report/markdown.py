@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
+from ..formatting import MISSING, number, table_head
 from .loading import REFERENCE_ALGORITHM, LeftOut, Run, _algo_key, _algorithms, _groups, has_gold, judges, worlds_of
 from .pooling import two_level_mean_ci
 from .sections import verdict_sections
@@ -20,11 +21,7 @@ if TYPE_CHECKING:
 
 
 def _num(x: float, digits: int = 3) -> str:
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    if abs(x) >= 1000:
-        return f"{x:.0f}"
-    return f"{x:.{digits}f}"
+    return number(x, digits, whole_from=1000)
 
 
 def _cell(
@@ -44,7 +41,7 @@ def _cell(
             by_world[r.world].append(scale * float(v))
     n = sum(len(v) for v in by_world.values())
     if not n:
-        return "—"
+        return MISSING
     m, lo, hi, _ = two_level_mean_ci(by_world, confidence)
     text = f"{_num(m, digits)}{suffix}"
     if math.isfinite(lo):
@@ -96,7 +93,7 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
     head += [f"win rate vs SFT ({judge})", "length", "wall time (s)"]
     if has_opt:
         head.append("optimum π*_β: KL / reward")
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    lines = table_head(head, "l" + "r" * (len(head) - 1))
     algos = _algorithms(g_runs)
     for alg in algos:
         a_runs = [r for r in g_runs if r.algorithm == alg]
@@ -110,7 +107,7 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
             steps = sorted({r.steps for r in b_runs})
             cells = [
                 alg,
-                "—" if beta is None else f"{beta:g}",
+                MISSING if beta is None else f"{beta:g}",
                 runs_label(b_runs),
                 "/".join(str(s) for s in steps),
                 _cell(b_runs, [f.get("kl") for f in finals], confidence=confidence),
@@ -121,10 +118,10 @@ def _summary_table(task: str, rm: str, g_runs: list[Run], wr: WinRates, confiden
             if has_eff:
                 cells.append(_cell(b_runs, [f.get("efficiency") for f in finals], confidence=confidence))
             for key, shown in (("ranking_accuracy", has_rank), ("ranking_accuracy_gold", has_rank_gold)):
-                if shown:  # older runs lack the column: "—", or counted in "(n=...)"
+                if shown:  # older runs lack the column: missing, or counted in "(n=...)"
                     cells.append(_cell(b_runs, [f.get(key) for f in finals], confidence=confidence))
             if alg == REFERENCE_ALGORITHM or not has_sft:
-                cells.append("—")
+                cells.append(MISSING)
             else:
                 rates = [
                     wr.per_seed.get((task, rm, alg, REFERENCE_ALGORITHM, judge, beta, r.world, r.seed)) for r in b_runs
@@ -145,14 +142,14 @@ def _optimum_cell(runs: Sequence[Run]) -> str:
     over worlds (each world has its own) with their range when they differ."""
     by_world = {r.world: r.summary["optimal_at_beta"] for r in runs if r.summary.get("optimal_at_beta")}
     if not by_world:
-        return "—"
+        return MISSING
     kls, rws = [o.get("kl") for o in by_world.values()], [o.get("reward_value") for o in by_world.values()]
     reward = next(iter(by_world.values())).get("reward", "?")
     if len(by_world) == 1:
         return f"{_num(kls[0])} / {_num(rws[0])} ({reward})"
     kls, rws = clean(kls), clean(rws)
     if not kls or not rws:
-        return "—"
+        return MISSING
     return (
         f"{_num(sum(kls) / len(kls))} / {_num(sum(rws) / len(rws))} ({reward}; mean of {len(by_world)} worlds: "
         f"KL {_num(min(kls))}-{_num(max(kls))})"
@@ -168,16 +165,20 @@ def _winrate_table(task: str, rm: str, g_runs: list[Run], wr: WinRates) -> list[
         cells[(r["a"], r["beta"], r["judge"])] = r
     g_judges = judges(g_runs)
     lines = [
-        "| algorithm | β | " + " | ".join(f"{j} judge [95% CI]" for j in g_judges) + " | comparisons |",
-        "|---|---:|" + "---:|" * len(g_judges) + "---:|",
+        *table_head(
+            ["algorithm", "β", *(f"{j} judge [95% CI]" for j in g_judges), "comparisons"],
+            "lr" + "r" * len(g_judges) + "r",
+        ),
     ]
     keys = sorted({(r["a"], r["beta"]) for r in rows}, key=lambda t: (_algo_key(t[0]), -1 if t[1] == "" else t[1]))
     for a, beta in keys:
-        out = [a, "—" if beta == "" else f"{beta:g}"]
+        out = [a, MISSING if beta == "" else f"{beta:g}"]
         n = ""
         for judge in g_judges:
             c = cells.get((a, beta, judge))
-            out.append(f"{100 * c['win_rate']:.1f}% [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]" if c else "—")
+            out.append(
+                f"{100 * c['win_rate']:.1f}% [{100 * c['ci_low']:.1f}, {100 * c['ci_high']:.1f}]" if c else MISSING
+            )
             if c:
                 worlds = int(c.get("n_worlds") or 1)
                 n = (
@@ -206,8 +207,7 @@ def left_out_section(left_out: Sequence[LeftOut]) -> list[str]:
         'failed runs (`"status": "failed"` in `summary.json`), unfinished ones (no `summary.json`: '
         "interrupted or still running) and unreadable ones (a file that is not valid JSON).",
         "",
-        "| run | status | reason |",
-        "|---|---|---|",
+        *table_head(["run", "status", "reason"]),
     ]
     for lo in left_out:
         reason = lo.reason.replace(f"{lo.run_dir}/", "")  # a file of the run: its name in the run directory
@@ -244,8 +244,7 @@ def _what_was_run(runs: list[Run], sweep_dirs: Sequence[Path], left_out: Sequenc
         *one_world_lines(runs),
         "## What was run",
         "",
-        "| task | reward model | algorithms | β | worlds (`task.seed`) | seeds | runs |",
-        "|---|---|---|---|---|---|---:|",
+        *table_head(["task", "reward model", "algorithms", "β", "worlds (`task.seed`)", "seeds", "runs"], "llllllr"),
     ]
     for (task, rm), g_runs in _groups(runs).items():
         betas = sorted({r.beta for r in g_runs if not r.beta_independent})
@@ -364,7 +363,7 @@ def _versions(runs: list[Run]) -> list[str]:
         for pkg, v in (r.summary.get("versions") or {}).items():
             versions[pkg][str(v)] += 1
     if versions:
-        L += ["| package | version |", "|---|---|"]
+        L += table_head(["package", "version"])
         for pkg, vs in versions.items():
             L.append(
                 f"| {pkg} | "

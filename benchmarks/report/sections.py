@@ -10,6 +10,7 @@ from typing import Any, Sequence
 
 from scipy import stats
 
+from ..formatting import MISSING, number, table_head
 from ..runfiles import PHASES
 from .verdicts import FRACTION, WINDOW, Gap, WorldGap, budget_rows, claim_rows, convergence_flags
 
@@ -35,12 +36,12 @@ POOLED = "pooled"  # the ``world`` of a comparison's pooled row
 
 
 def _f(x: float, digits: int = 3) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:+.{digits}f}"
+    return number(x, digits, signed=True)
 
 
 def _big(x: float) -> str:
     if not math.isfinite(x):
-        return "—"
+        return MISSING
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= scale:
             return f"{x / scale:.2f}{unit}"
@@ -120,9 +121,21 @@ def budget_section(runs: Sequence[Any]) -> list[str]:
         "`train.jsonl`). Sequences and pairs count every time they enter a loss (4 epochs count 4 times); "
         "tokens are real (unpadded) tokens through a model's transformer in training, evaluation excluded.",
         "",
-        "| task | algorithm | runs | responses sampled | sequences trained | pairs trained | gradient updates | "
-        "forward tokens | backward tokens | train time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *table_head(
+            [
+                "task",
+                "algorithm",
+                "runs",
+                "responses sampled",
+                "sequences trained",
+                "pairs trained",
+                "gradient updates",
+                "forward tokens",
+                "backward tokens",
+                "train time (s)",
+            ],
+            "ll" + "r" * 8,
+        ),
     ]
     for r in rows:
         L.append(
@@ -151,14 +164,16 @@ def phase_table(runs: Sequence[Any]) -> list[str]:
         + ("; the peak GPU memory allocated, MiB" if gpu else "")
         + ".",
         "",
-        "| task | algorithm | runs | " + " | ".join(PHASES) + (" | peak GPU memory (MiB)" if gpu else "") + " |",
-        "|---|---|---:|" + "---:|" * (len(PHASES) + gpu),
+        *table_head(
+            ["task", "algorithm", "runs", *PHASES, *(["peak GPU memory (MiB)"] if gpu else [])],
+            "llr" + "r" * (len(PHASES) + gpu),
+        ),
     ]
     for (task, algo), sums in acc.items():
         cells = [f"{sum(s['phase_seconds'].get(p, 0.0) for s in sums) / len(sums):.1f}" for p in PHASES]
         if gpu:
             peaks = [s["peak_gpu_memory_bytes"] for s in sums if "peak_gpu_memory_bytes" in s]
-            cells.append(f"{max(peaks) / 2**20:,.0f}" if peaks else "—")
+            cells.append(f"{max(peaks) / 2**20:,.0f}" if peaks else MISSING)
         L.append(f"| {task} | {algo} | {len(sums)} | " + " | ".join(cells) + " |")
     return L
 
@@ -196,8 +211,7 @@ def convergence_section(runs: Sequence[Any]) -> list[str]:
         "",
         f"{len({r['run'] for r in flagged})} run(s) flagged:",
         "",
-        "| run | metric | steps | change | share of the run's excursion |",
-        "|---|---|---|---:|---:|",
+        *table_head(["run", "metric", "steps", "change", "share of the run's excursion"], "lllrr"),
     ]
     for r in flagged:
         L.append(
@@ -254,14 +268,13 @@ def comparisons_section(gaps: Sequence[Gap], confidence: float) -> list[str]:
             "",
             f"### Task `{task}`, {rm} reward model{on}",
             "",
-            "| a | b | " + " | ".join("all β" if b is None else f"β = {b:g}" for b in betas) + " |",
-            "|---|---|" + "---|" * len(betas),
+            *table_head(["a", "b", *("all β" if b is None else f"β = {b:g}" for b in betas)]),
         ]
         for a, b in dict.fromkeys((g.a, g.b) for g in mine):
             cells = []
             for beta in betas:
                 g = next((x for x in mine if (x.a, x.b, x.beta) == (a, b, beta)), None)
-                cells.append(gap_cell(g) if g else "—")
+                cells.append(gap_cell(g) if g else MISSING)
             L.append(f"| {a} | {b} | " + " | ".join(cells) + " |")
         L += per_world_table(mine)
     return L
@@ -277,12 +290,14 @@ def per_world_table(gaps: Sequence[Gap]) -> list[str]:
         "Per world (each world's gap with its interval over that world's seeds; SD between: of the "
         "per-world gaps; SD within: of the single-seed gaps inside a world, pooled):",
         "",
-        "| a | b | β | pooled | " + " | ".join(f"world {w}" for w in worlds) + " | SD between | SD within |",
-        "|---|---|---|---|" + "---|" * len(worlds) + "---:|---:|",
+        *table_head(
+            ["a", "b", "β", "pooled", *(f"world {w}" for w in worlds), "SD between", "SD within"],
+            "llll" + "l" * len(worlds) + "rr",
+        ),
     ]
     for g in gaps:
         by = {x.world: x for x in g.worlds}
-        cells = [world_cell(by[w]) if w in by else "—" for w in worlds]
+        cells = [world_cell(by[w]) if w in by else MISSING for w in worlds]
         L.append(
             f"| {g.a} | {g.b} | {'all' if g.beta is None else f'{g.beta:g}'} | {gap_cell(g)} | "
             + " | ".join(cells)
@@ -292,7 +307,7 @@ def per_world_table(gaps: Sequence[Gap]) -> list[str]:
 
 
 def _sd(x: float) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.3f}"
+    return number(x)
 
 
 def claims_section(gaps: Sequence[Gap]) -> list[str]:
@@ -315,10 +330,16 @@ def claims_section(gaps: Sequence[Gap]) -> list[str]:
             else ""
         ),
         "",
-        "| claim | source | task | "
-        + "".join(f"world {w} | " for w in worlds)
-        + "pooled verdict | evidence (pooled gap at matched KL, interval over worlds) |",
-        "|---|---|---|" + "---|" * len(worlds) + "---|---|",
+        *table_head(
+            [
+                "claim",
+                "source",
+                "task",
+                *(f"world {w}" for w in worlds),
+                "pooled verdict",
+                "evidence (pooled gap at matched KL, interval over worlds)",
+            ]
+        ),
     ]
     for r in rows:
         ev = "; ".join(statement(g) for _, _, g in r["evidence"])

@@ -16,6 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ..formatting import MISSING, number, table_head
 from .loading import _groups, worlds_of
 from .pooling import correlation
 from .sections import claims_section, gap_cell, statement, world_cell
@@ -76,7 +77,7 @@ def claim_comparisons(gaps: Sequence[Gap], task: str) -> list[Gap]:
 
 
 def _n(x: Optional[float], digits: int = 3) -> str:
-    return "—" if x is None or not math.isfinite(float(x)) else f"{float(x):.{digits}f}"
+    return number(x, digits)
 
 
 def spread_section(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float = 0.95) -> list[str]:
@@ -100,19 +101,17 @@ def spread_section(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float =
             "claims read (with its interval over that world's seeds); the last row pools them. The forest plot "
             "`worlds.png` shows the same gaps.",
             "",
-            "| world | "
-            + " | ".join(name for _, name in RM_METRICS)
-            + " | SFT gold reward | "
-            + " | ".join(f"{g.a} − {g.b}" for g in comps)
-            + " |",
-            "|---:|" + "---:|" * (len(RM_METRICS) + 1) + "---|" * len(comps),
+            *table_head(
+                ["world", *(name for _, name in RM_METRICS), "SFT gold reward", *(f"{g.a} − {g.b}" for g in comps)],
+                "r" * (len(RM_METRICS) + 2) + "l" * len(comps),
+            ),
         ]
         for w in worlds:
             m = metrics.get(w, {})
             cells = [_n(m.get(key)) for key, _ in RM_METRICS] + [_n(m.get("sft_gold"))]
             for g in comps:
                 x = next((x for x in g.worlds if x.world == w), None)
-                cells.append(world_cell(x) if x else "—")
+                cells.append(world_cell(x) if x else MISSING)
             L.append(f"| {w} | " + " | ".join(cells) + " |")
         L.append(
             "| pooled | "

@@ -34,6 +34,7 @@ from typing import Sequence
 
 import torch
 
+from ..formatting import number, table_head
 from ..runfiles import EVAL, SUMMARY
 
 
@@ -250,41 +251,46 @@ def convergence_grid(
     return rows
 
 
-def _f(x, fmt: str = ".3f", pct: bool = False) -> str:
-    if x is None or x == "":
-        return "-"
-    return f"{100 * x:+.1f}%" if pct else format(x, fmt)
+def _f(x, digits: int = 3, pct: bool = False) -> str:
+    return number(x, 1, signed=True, percent=True) if pct else number(x, digits)
 
 
 def markdown(rows: list[dict]) -> str:
     """Two tables: where every run ended against pi*_beta, and against its own objective's target."""
-    lines = [
-        "| algorithm | beta | KL | KL(pi*_beta) | KL rel. error | gold reward | optimal reward at beta | efficiency | "
-        "KL(pi ‖ pi*_beta) | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    head = ["algorithm", "beta", "KL", "KL(pi*_beta)", "KL rel. error", "gold reward", "optimal reward at beta"]
+    lines = table_head([*head, "efficiency", "KL(pi ‖ pi*_beta)", "train s"])
     for r in rows:
         lines.append(
             f"| {r['algorithm']} | {r['beta']:g} | {r['kl']:.3f} | {r['kl_optimal']:.3f} | "
             f"{_f(r['kl_rel_error'], pct=True)} | {r['reward_gold']:.3f} | {r['reward_optimal_at_beta']:.3f} | "
-            f"{r['efficiency']:.3f} | {_f(r['kl_to_optimum'], '.4f')} | {r['train_seconds']:.0f} |"
+            f"{r['efficiency']:.3f} | {_f(r['kl_to_optimum'], 4)} | {r['train_seconds']:.0f} |"
         )
     lines += [
         "",
         "What each objective converges to (the plugin's declared target, solved exactly on the run's "
         "tables; KL to pi_ref and gold reward of the target, the run's KL error against it, KL(pi ‖ target)):",
         "",
-        "| algorithm | beta | target | target KL | target gold reward | KL rel. error to target | "
-        "KL(pi ‖ target) | KL(pi ‖ pi*_beta) |",
-        "|---|---|---|---|---|---|---|---|",
+        *table_head(
+            ["algorithm", "beta", "target", "target KL", "target gold reward", "KL rel. error to target"]
+            + ["KL(pi ‖ target)", "KL(pi ‖ pi*_beta)"]
+        ),
     ]
     for r in rows:
         lines.append(
             f"| {r['algorithm']} | {r['beta']:g} | {r['target']} | {_f(r['kl_target'])} | "
             f"{_f(r['reward_target'])} | {_f(r['kl_rel_error_target'], pct=True)} | "
-            f"{_f(r['kl_to_target'], '.4f')} | {_f(r['kl_to_optimum'], '.4f')} |"
+            f"{_f(r['kl_to_target'], 4)} | {_f(r['kl_to_optimum'], 4)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a ``convergence.csv``, numbers as floats (an empty cell: None)."""
+    text = {"algorithm", "target"}
+    with open(path, newline="") as f:
+        return [
+            {k: v if k in text else (float(v) if v != "" else None) for k, v in r.items()} for r in csv.DictReader(f)
+        ]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -295,8 +301,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--betas", nargs="+", type=float, default=list(BETAS))
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--markdown-only", action="store_true", help="rewrite convergence.md from --out's convergence.csv")
     p.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. task.steps=300")
     a = p.parse_args(argv)
+    if a.markdown_only:
+        (a.out / "convergence.md").write_text(markdown(read_rows(a.out / "convergence.csv")))
+        print(f"wrote {a.out / 'convergence.md'}")
+        return
     t0 = time.time()
     convergence_grid(a.out, a.cache_dir, a.algorithms, a.betas, a.jobs, a.overrides, a.seed)
     print((a.out / "convergence.md").read_text())

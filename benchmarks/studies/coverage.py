@@ -47,6 +47,7 @@ from typing import Optional, Sequence
 import numpy as np
 from scipy import stats
 
+from ..formatting import table_head
 from ..report.verdicts import find_gap, pairwise_gaps, verdict_of
 
 SIZES = ((3, 2), (3, 3), (5, 2), (5, 3))  # (worlds, seeds) the committed benchmarks run
@@ -233,9 +234,11 @@ def write(rows: Sequence[dict], out: Path, agree: Optional[dict] = None) -> None
         "worlds*: the percentile bootstrap of the mean of the per-world gaps (the alternative to the "
         "t-interval).",
         "",
-        "| regime | method | worlds × seeds | true gap (between-world SDs) | benchmarks | indistinguishable | "
-        "better | worse |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        *table_head(
+            ["regime", "method", "worlds × seeds", "true gap (between-world SDs)", "benchmarks", "indistinguishable"]
+            + ["better", "worse"],
+            "lllrrrrr",
+        ),
     ]
     for r in rows:
         L.append(

@@ -39,6 +39,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from hydra.experimental.callback import Callback
 
+from ..formatting import MISSING, table_head
 from ..report.loading import NoRunsError, ReportError, ReportWarning, Run
 from ..report.markdown import _versions, left_out_section
 from ..report.plots import algorithm_color
@@ -218,9 +219,11 @@ def _sentence(cf: gf.CurveFit) -> str:
 
 def _table(fits: list[gf.CurveFit]) -> list[str]:
     L = [
-        "| curve | form | worlds | runs | points | α [95%] | β [95%] | fitted peak KL [95%] | observed peak: gain "
-        "at KL | end: gain at KL | RMSE | verdict |",
-        "|---|---|---:|---:|---:|---|---|---|---|---|---:|---|",
+        *table_head(
+            ["curve", "form", "worlds", "runs", "points", "α [95%]", "β [95%]", "fitted peak KL [95%]"]
+            + ["observed peak: gain at KL", "end: gain at KL", "RMSE", "verdict"],
+            "llrrrlllllrl",
+        ),
     ]
     for cf in fits:
         b, fit = cf.boot, cf.boot.fit
@@ -244,13 +247,12 @@ def _world_table(fits: list[gf.CurveFit]) -> list[str]:
         "Each world on its own (the fit of its runs alone; its mean curve's last point): fitted peak KL / end "
         "gain at KL.",
         "",
-        "| curve | " + " | ".join(f"world {w}" for w in worlds) + " |",
-        "|---|" + "---|" * len(worlds),
+        *table_head(["curve", *(f"world {w}" for w in worlds)]),
     ]
     for cf in multi:
         by = {pw.world: pw for pw in cf.per_world}
         cells = [
-            f"{_n(by[w].boot.fit.kl_peak)} / {_gain(by[w].end[1])} at {_n(by[w].end[0])}" if w in by else "—"
+            f"{_n(by[w].boot.fit.kl_peak)} / {_gain(by[w].end[1])} at {_n(by[w].end[0])}" if w in by else MISSING
             for w in worlds
         ]
         L.append(f"| {cf.curve.name} | " + " | ".join(cells) + " |")

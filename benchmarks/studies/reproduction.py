@@ -21,6 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..formatting import table_head
 from ..report.loading import load_runs
 
 KEY = ("task", "reward_model", "beta", "a", "b")
@@ -131,8 +132,7 @@ def write(sweeps: Sequence[Path], out: Path) -> Path:
         L += [
             "Comparisons whose verdict changed, or whose estimates lie outside each other's interval:",
             "",
-            "| task | β | a | b | 1: gap [interval] verdict | 2: gap [interval] verdict | flip |",
-            "|---|---|---|---|---|---|---|",
+            *table_head(["task", "β", "a", "b", "1: gap [interval] verdict", "2: gap [interval] verdict", "flip"]),
         ]
         for r in shown:
             L.append(

@@ -34,6 +34,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from ..formatting import MISSING, number, table_head
 from ..rollout import sample_responses
 from ..runfiles import SUMMARY, TIME
 from ..runtime.phases import synchronize
@@ -361,7 +362,7 @@ def _median(xs: Sequence[float]) -> float:
 
 def _cell(xs: Sequence[float], fmt: str) -> str:
     if not xs:
-        return "—"
+        return MISSING
     return f"{_median(xs):{fmt}} ({min(xs):{fmt}}-{max(xs):{fmt}}, n={len(xs)})"
 
 
@@ -390,7 +391,7 @@ def summary_rows(rows: list[dict]) -> list[dict]:
                 "measurement": "compiling the decode step, first batch (s)",
                 "rlhf-bench": _cell(compile_s, ".1f"),
                 "peer": "",
-                "peer value": "—",
+                "peer value": MISSING,
                 "time ratio": float("nan"),
             }
         )
@@ -430,11 +431,10 @@ def write(rows: list[dict], a, device: torch.device, out: Path) -> Path:
         "the time ratio is the harness's time over the peer's for the same work (below 1: the harness is faster; "
         "a DPO step holds 8 of trl's updates).",
         "",
-        "| measurement | rlhf-bench | peer | peer's | time ratio |",
-        "|---|---|---|---|---:|",
+        *table_head(["measurement", "rlhf-bench", "peer", "peer's", "time ratio"], "llllr"),
     ]
     for r in summary_rows(rows):
-        ratio = f"{r['time ratio']:.2f}" if r["time ratio"] == r["time ratio"] else "—"
+        ratio = number(r["time ratio"], 2)
         L.append(f"| {r['measurement']} | {r['rlhf-bench']} | {r['peer']} | {r['peer value']} | {ratio} |")
     (out / "speed.md").write_text("\n".join(L) + "\n")
     return out / "speed.md"

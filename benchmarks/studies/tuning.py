@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from ..formatting import table_head
 from ..report.frontiers import front_of, mean_gain
 from ..runfiles import EVAL, SUMMARY
 from ..utils import atomic_write_text
@@ -211,8 +212,9 @@ def write_outputs(task: str, proto: dict, chosen: dict, table: list[dict], out: 
         f"`{proto['criterion']['name']}` over KL in [0, {proto['criterion']['kl_max']}] (gold-reward gain over SFT; "
         "higher is better).",
         "",
-        "| algorithm | chosen setting | score (mean over worlds and seeds) | untuned default's score |",
-        "|---|---|---:|---|",
+        *table_head(
+            ["algorithm", "chosen setting", "score (mean over worlds and seeds)", "untuned default's score"], "llrl"
+        ),
     ]
     for label, setting in chosen.items():
         rows = [t for t in table if t["label"] == label]
