@@ -181,7 +181,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = with_default_benchmark(sys.argv[1:] if argv is None else argv)
     os.environ[SWEEP_OVERRIDES_ENV] = sweep_overrides(_overrides(args))  # one sweep dir for all jobs
     sys.argv = [sys.argv[0] if sys.argv else "rlhf-bench", *args]
-    hydra_main()
+    from .runtime.distributed import shutdown_process_group
+
+    try:
+        hydra_main()
+    except BaseException:  # Hydra's own exits included: leave the process group without waiting for the others
+        shutdown_process_group(synchronise=False)
+        raise
+    shutdown_process_group()  # every job of this command is done, on every process
     exit_if_runs_failed()
 
 

@@ -127,3 +127,17 @@ class Distributed:
     def barrier(self) -> None:
         if self.active:
             torch.distributed.barrier()
+
+
+def shutdown_process_group(synchronise: bool = True) -> None:
+    """Destroy ``torch.distributed``'s default process group, if this process has one, once its work is
+    done (``synchronise``: after a barrier, so that no process leaves while another is in a collective;
+    False on an error path, where the others may never reach it). A process that exits with the group
+    alive can abort at interpreter shutdown: gloo's worker threads outlive it ("terminate called without
+    an active exception", SIGABRT; pytorch/pytorch#190489), which turned a finished two-process run into
+    exit status 1 once, on a loaded machine."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if synchronise:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()

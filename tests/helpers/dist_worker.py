@@ -112,4 +112,7 @@ def main(out: str, cache: str, algorithm: str) -> None:
 
 
 if __name__ == "__main__":
+    from rlhf_bench.benchmarks.runtime.distributed import shutdown_process_group
+
     main(*sys.argv[1:4])
+    shutdown_process_group()

@@ -198,3 +198,17 @@ def test_two_processes_still_reach_the_optimum_with_the_gold_reward(tmp_path, al
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["distributed"]["num_processes"] == 2
     assert summary["final"]["efficiency"] >= 0.9, summary["final"]
+
+
+def test_a_process_leaves_its_process_group_when_done():
+    """shutdown_process_group destroys the group a run's processes share (an exit with it alive can
+    abort at interpreter shutdown), and is a no-op without one, as in every single-process run."""
+    import torch.distributed as dist
+
+    from rlhf_bench.benchmarks.runtime.distributed import shutdown_process_group
+
+    shutdown_process_group()  # no group: nothing to do
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    assert dist.is_initialized()
+    shutdown_process_group()
+    assert not dist.is_initialized()
