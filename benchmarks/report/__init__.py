@@ -93,11 +93,13 @@ from .loading import (
     load_runs,
 )
 from .markdown import write_report_md
-from .plots import algorithm_color, plot_frontier, plot_winrates
+from .plots import plot_frontier
+from .plots_winrates import plot_winrates
 from .plots_worlds import plot_worlds
 from .pooling import pooled
 from .sections import write_comparisons_csv
 from .stats import win_rate
+from .style import algorithm_color
 from .verdicts import pairwise_gaps
 from .worlds import write_verdicts_md
 

@@ -1,6 +1,5 @@
-"""Matplotlib figures of the benchmark report: ``frontier.png`` (:func:`plot_frontier`), ``winrate.png``
-(:func:`plot_winrates`; ``worlds.png`` is :mod:`.report_plots_worlds`'s), with the
-algorithms' colours and the beta markers.
+"""``frontier.png`` of the benchmark report (:func:`plot_frontier`); ``winrate.png`` is
+:mod:`.plots_winrates`'s, ``worlds.png`` :mod:`.plots_worlds`'s, and the colours and markers :mod:`.style`'s.
 
 A (task, reward model) group whose runs span several worlds (``task.seed``: each its own gold reward, SFT
 base and reward model, so its own reward scale and exact optimal frontier) is drawn in ``frontier.png`` as
@@ -13,15 +12,13 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional
 
 from .loading import (
     JUDGES,
     REFERENCE_ALGORITHM,
     Run,
-    _algo_key,
     _algorithms,
-    _fmt_beta,
     _groups,
     _warn,
     has_gold,
@@ -30,42 +27,11 @@ from .loading import (
 )
 from .pooling import two_level_mean_ci
 from .stats import pareto_front
+from .style import BETA_MARKERS, algorithm_color, new_figure, seed_phrase
 from .verdicts import world_origins
 
 if TYPE_CHECKING:
-    from . import WinRates
-
-_REFERENCE_COLOR = "#4d4d4d"  # sft, the origin of every frontier
-_BETA_MARKERS = ["o", "s", "^", "D", "v", "P", "p", "<", ">", "h"]
-
-
-def _palette() -> list[str]:
-    """Saturated colours that read on white: matplotlib's tab10 and Dark2 without their greys (the
-    reference's colour): 16."""
-    from matplotlib import colormaps
-    from matplotlib.colors import to_hex
-
-    tab10 = [c for i, c in enumerate(colormaps["tab10"].colors) if i != 7]
-    dark2 = [c for i, c in enumerate(colormaps["Dark2"].colors) if i != 7]
-    return [to_hex(c) for c in tab10 + dark2]
-
-
-def algorithm_color(name: str, all_names: Sequence[str] = ()) -> str:
-    """An algorithm label's colour: the reference (sft) grey, any other label the palette colour of its
-    place in display order among the report's labels ``all_names``, as matplotlib's colour cycle would
-    give it (the report knows no list of algorithms: a plugin's label is coloured as any other)."""
-    if name == REFERENCE_ALGORITHM:
-        return _REFERENCE_COLOR
-    palette = _palette()
-    labels = sorted({*all_names, name} - {REFERENCE_ALGORITHM}, key=_algo_key)
-    return palette[labels.index(name) % len(palette)]
-
-
-# ------------------------------------------------------------------------------------- plotting
-def _new_figure(width: float, height: float):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained", dpi=110)
+    pass
 
 
 def _world_optimal_frontiers(g_runs: list[Run], notes: Optional[list[str]]) -> dict[int, list[dict]]:
@@ -341,9 +307,9 @@ def frontier_figure(runs: list[Run], confidence: float = 0.95, notes: Optional[l
     groups = _groups(runs)
     all_algos = _algorithms(runs)
     all_betas = sorted({r.beta for r in runs if not r.beta_independent})
-    beta_marker = {b: _BETA_MARKERS[i % len(_BETA_MARKERS)] for i, b in enumerate(all_betas)}
+    beta_marker = {b: BETA_MARKERS[i % len(BETA_MARKERS)] for i, b in enumerate(all_betas)}
     columns = list(JUDGES) if any(has_gold(g) for g in groups.values()) else ["proxy"]
-    fig = _new_figure(14.0 if len(columns) == 2 else 8.5, 5.4 * len(groups) + 1.3)
+    fig = new_figure(14.0 if len(columns) == 2 else 8.5, 5.4 * len(groups) + 1.3)
     axes = fig.subplots(len(groups), len(columns), squeeze=False)
     n_opt, has_target = 0, False
     for row, ((task, rm), g_runs) in enumerate(groups.items()):
@@ -417,9 +383,9 @@ def _frontier_legend(
     ]
     counts = [c for c in counts if c] or [1]
     n_worlds = [len(worlds_of(g)) for g in groups.values()]
-    final = f"final policy, mean of {_seed_phrase(counts)}" + (f" ± {confidence:.0%} CI" if max(counts) > 1 else "")
+    final = f"final policy, mean of {seed_phrase(counts)}" + (f" ± {confidence:.0%} CI" if max(counts) > 1 else "")
     if max(n_worlds) > 1:
-        final = f"final policy: mean ± {confidence:.0%} CI over {_seed_phrase(n_worlds, 'world')}" + (
+        final = f"final policy: mean ± {confidence:.0%} CI over {seed_phrase(n_worlds, 'world')}" + (
             " (one world: over seeds)" if min(n_worlds) == 1 else ""
         )
     marks.append(Line2D([], [], ls="none", marker="o", ms=7, color="gray", mec="black", label=final))
@@ -455,11 +421,6 @@ def _frontier_legend(
     return _legend_rows([alg_handles, marks, betas], max_cols=max_cols)
 
 
-def _seed_phrase(counts: Sequence[int], noun: str = "seed") -> str:
-    lo, hi = min(counts), max(counts)
-    return f"{hi} {noun}{'s' if hi != 1 else ''}" if lo == hi else f"{lo}-{hi} {noun}s"
-
-
 def _legend_rows(sections: list[list], max_cols: int = 8) -> tuple[list, int]:
     """Handles reordered so that a legend with ``ncol`` columns (filled column by column) shows
     each section on rows of its own."""
@@ -473,116 +434,3 @@ def _legend_rows(sections: list[list], max_cols: int = 8) -> tuple[list, int]:
             chunk = sec[i : i + ncol]
             rows.append(chunk + [Line2D([], [], alpha=0.0, label=" ")] * (ncol - len(chunk)))
     return [rows[r][c] for c in range(ncol) for r in range(len(rows))], ncol
-
-
-def _judge_phrase(used: dict[tuple[str, str], str], judge: str) -> tuple[str, str]:
-    """(the judge of the figure, what to add when some groups use the proxy judge for lack of a gold one)."""
-    proxy = [t for (t, _), j in used.items() if j != judge]
-    if not proxy:
-        return judge, ""
-    if len(proxy) == len(used):
-        return "proxy", ""
-    return judge, f" ({', '.join(proxy)}: proxy, no gold judge)"
-
-
-def _winrate_panels(groups: dict, wr: WinRates, used: dict) -> list[list[tuple]]:
-    """Per (task, RM) a row of panels, one per beta: (task, rm, beta, the algorithms with a win rate)."""
-    panels: list[list[tuple]] = []
-    for (task, rm), g_runs in groups.items():
-        betas = sorted({r.beta for r in g_runs if not r.beta_independent})
-        g_judge = used[(task, rm)]
-        row = []
-        for beta in betas or [None]:
-            algos = [
-                a
-                for a in _algorithms(g_runs)
-                if any((task, rm, a, b, g_judge, bb) in wr.table for b in _algorithms(g_runs) for bb in (beta, None))
-            ]
-            row.append((task, rm, beta, algos))
-        panels.append(row)
-    return panels
-
-
-def plot_winrates(runs: list[Run], wr: WinRates, path: Path, judge: str = "gold") -> None:
-    """winrate.png: P(row beats column) under ``judge``, one heatmap per beta, one row per (task, RM);
-    the proxy judge for a group without a gold reward (its titles say so)."""
-    import numpy as np
-    from matplotlib import colormaps
-
-    groups = _groups(runs)
-    used = {g: judge if judge in judges(g_runs) else "proxy" for g, g_runs in groups.items()}
-    panels = _winrate_panels(groups, wr, used)
-    n_cols = max(len(r) for r in panels)
-    k = max((len(p[3]) for r in panels for p in r), default=1)
-    side = 1.0 + 0.85 * max(k, 2)
-    fig = _new_figure(side * n_cols + 1.2, side * len(panels) + 0.8)
-    axes = fig.subplots(len(panels), n_cols, squeeze=False)
-    cmap = colormaps["RdBu"].with_extremes(bad="#e6e6e6")
-    im = None
-    for i, row in enumerate(panels):
-        for j in range(n_cols):
-            ax = axes[i][j]
-            if j >= len(row):
-                ax.set_axis_off()
-                continue
-            task, rm, beta, algos = row[j]
-            g_judge = used[(task, rm)]
-            title = f"{task} ({rm} RM{'' if g_judge == judge else ', proxy judge'}), β = {_fmt_beta(beta) or 'n/a'}"
-            if not algos:  # one algorithm only (say, the others failed): no pair to compare
-                ax.text(0.5, 0.5, "no head-to-head pair", ha="center", va="center", transform=ax.transAxes)
-                ax.set_title(title, fontsize=11)
-                ax.set_axis_off()
-                continue
-            mat = np.full((len(algos), len(algos)), np.nan)
-            for ia, a in enumerate(algos):
-                for ib, b in enumerate(algos):
-                    cell = wr.table.get((task, rm, a, b, g_judge, beta)) or wr.table.get(
-                        (task, rm, a, b, g_judge, None)
-                    )
-                    if a == b or cell is None:
-                        continue
-                    mat[ia, ib] = cell["win_rate"]
-                    r, lo, hi = cell["win_rate"], cell["ci_low"], cell["ci_high"]
-                    ax.text(
-                        ib,
-                        ia - 0.1,
-                        f"{100 * r:.0f}%",
-                        ha="center",
-                        va="center",
-                        fontsize=11,
-                        fontweight="bold",
-                        color="white" if abs(r - 0.5) > 0.3 else "black",
-                    )
-                    ax.text(
-                        ib,
-                        ia + 0.24,
-                        f"[{100 * lo:.0f}, {100 * hi:.0f}]",
-                        ha="center",
-                        va="center",
-                        fontsize=7.5,
-                        color="white" if abs(r - 0.5) > 0.3 else "#333333",
-                    )
-            im = ax.imshow(np.ma.masked_invalid(mat), cmap=cmap, vmin=0.0, vmax=1.0)
-            ax.set_xticks(range(len(algos)), algos, rotation=35, ha="right")
-            ax.set_yticks(range(len(algos)), algos)
-            ax.set_xlabel("opponent (column)")
-            if j == 0:
-                ax.set_ylabel("algorithm (row)")
-            ax.set_title(title, fontsize=11)
-            for s in ax.spines.values():
-                s.set_visible(False)
-    main, also = _judge_phrase(used, judge)
-    if im is not None:
-        cb = fig.colorbar(im, ax=axes, shrink=0.8, fraction=0.04)
-        cb.set_label(f"P(row beats column), {main} reward judge{also}; ties count half")
-    seeds = _seed_phrase([row["n_seeds"] for row in wr.rows] or [0])
-    worlds = max([int(row.get("n_worlds") or 1) for row in wr.rows] or [1])
-    over = (
-        f"mean over {worlds} worlds of {seeds}, [95% CI over worlds]"
-        if worlds > 1
-        else f"pooled over {seeds}, [95% CI]"
-    )
-    fig.suptitle(
-        f"Head-to-head win rates of final policies on held-out prompts ({main} judge{also}, {over})", fontsize=12
-    )
-    fig.savefig(path)

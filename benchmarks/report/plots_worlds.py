@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from .loading import _algorithms, _groups, has_gold, worlds_of
-from .plots import _BETA_MARKERS, _new_figure, algorithm_color
 from .pooling import correlation
 from .sections import gap_cell
+from .style import BETA_MARKERS, algorithm_color, new_figure
 from .verdicts import Gap
 from .worlds import claim_comparisons, world_metrics
 
@@ -133,7 +133,7 @@ def _accuracy_panel(ax, comps: list[Gap], metrics: dict, all_algos: list[str]) -
             [p[0] for p in pts],
             [p[1] for p in pts],
             ls="none",
-            marker=_BETA_MARKERS[i % len(_BETA_MARKERS)],
+            marker=BETA_MARKERS[i % len(BETA_MARKERS)],
             ms=7,
             color=algorithm_color(g.a, all_algos),
             mec=algorithm_color(g.b, all_algos),
@@ -176,7 +176,7 @@ def _group_panels(sf, entry: tuple, all_algos: list[str]) -> None:
 
 
 def _message_figure(lines: list[str]):
-    fig = _new_figure(9.0, 1.0 + 0.3 * len(lines))
+    fig = new_figure(9.0, 1.0 + 0.3 * len(lines))
     fig.text(
         0.5,
         0.5,
@@ -196,7 +196,7 @@ def worlds_figure(runs: Sequence[Any], gaps: Sequence[Gap]):
         return _message_figure(why or ["no runs"])
     all_algos = _algorithms(runs)
     heights = [_grid(e)[1] * (1.6 + 0.34 * (len(e[2]) + 1)) + 0.5 for e in shown]
-    fig = _new_figure(5.4 * max(_grid(e)[2] for e in shown) + 0.4, sum(heights) + 0.7)
+    fig = new_figure(5.4 * max(_grid(e)[2] for e in shown) + 0.4, sum(heights) + 0.7)
     subfigs = fig.subfigures(len(shown), 1, squeeze=False, height_ratios=heights).ravel()
     for sf, entry in zip(subfigs, shown):
         _group_panels(sf, entry, all_algos)

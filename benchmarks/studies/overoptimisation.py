@@ -42,7 +42,7 @@ from hydra.experimental.callback import Callback
 from ..formatting import MISSING, table_head
 from ..report.loading import NoRunsError, ReportError, ReportWarning, Run
 from ..report.markdown import _versions, left_out_section
-from ..report.plots import algorithm_color
+from ..report.style import algorithm_color
 from . import gao_fits as gf
 from . import gao_worlds as gw
 from .gao_worlds import load_curves

@@ -142,7 +142,7 @@ def test_the_plugin_runs_in_the_default_benchmark_and_is_coloured_in_its_report(
     colours = _python(
         f"""
         import json
-        from rlhf_bench.benchmarks.report.plots import algorithm_color
+        from rlhf_bench.benchmarks.report.style import algorithm_color
         names = {sorted(ran)!r}
         print(json.dumps({{n: algorithm_color(n, names) for n in names}}))
         """,
