@@ -339,9 +339,9 @@ class RunConfig:
     progress: Optional[bool] = None  # progress bars: true | false | null (auto: on in a terminal, off in a multirun)
     # Free-form description of the benchmark this run belongs to (filled by conf/benchmark/*).
     benchmark: Optional[Any] = None
-    # Per-algorithm settings chosen by the tuning command (conf/tuned/<task>.yaml, selected with
-    # tuned=<task>; the benchmarks select it). The algorithm YAMLs read tuned.settings.<label>.<knob>
-    # and fall back to their defaults when it is null. The file also records how they were chosen.
+    # Where the per-algorithm settings of tuned=<task> come from (conf/tuned/<task>.yaml; the benchmarks
+    # select theirs, none otherwise). The settings themselves, conf/tuned/<task>/<option>.yaml, are laid
+    # over the algorithm option by conf/config.yaml's defaults list.
     tuned: Optional[Any] = None
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)  # injected fault, for tests of the fault handling

@@ -102,7 +102,7 @@ def run_point(
     name: str, beta: float, out_dir: str, cache_dir: str, overrides: Sequence[str] = (), seed: int = 0
 ) -> dict:
     """Train one (algorithm or variant, beta, seed) against the gold bandit reward, with the bandit's
-    tuned settings (conf/tuned/bandit.yaml); return its convergence row."""
+    tuned settings (conf/tuned/bandit/<option>.yaml); return its convergence row."""
     from ..training.runs import run
 
     cfg = compose(

@@ -1,6 +1,6 @@
 """Convergence to the exact KL-regularised optimum on the enumerable bandit (slow; run by .ci/run).
 
-Every run uses the gold reward and the bandit's tuned settings (conf/tuned/bandit.yaml).
+Every run uses the gold reward and the bandit's tuned settings (conf/tuned/bandit/<option>.yaml).
 
 - The committed grid (beta 0.2, 0.6, 2; seed 0; ``python -m rlhf_bench.benchmarks.convergence``
   writes results/bandit_convergence/): each online algorithm ends with frontier efficiency >= 0.9
