@@ -10,7 +10,7 @@
   ``rlhf-bench`` on ``task=hf`` with this model as the SFT base, a function judge, ``--prompts`` prompts a
   step, the algorithm's default updates (4 epochs x 2 minibatches) and ``--beta``: the median of the
   steps' ``time/step_seconds`` after the first. Beside it, trl's trainer for the same algorithm where trl
-  has one (the algorithm's ``trl_peer``, timed by :data:`TRL_PEERS`): ``GRPOTrainer`` and ``RLOOTrainer``
+  has one (the algorithm's ``trl_peer``, timed by :data:`.speed_peers.TRL_PEERS`): ``GRPOTrainer`` and ``RLOOTrainer``
   with the same prompts, 2 generations a
   prompt, the same new tokens, beta and 8 updates per generation (2 steps per generation x 4
   iterations), timed per generation cycle; ``DPOTrainer`` (precomputed reference log-probs) per update
@@ -28,73 +28,17 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from ..formatting import MISSING, number, table_head
 from ..rollout import sample_responses
 from ..runfiles import SUMMARY, TIME
-from ..runtime.phases import synchronize
 from ..utils import make_generator, package_versions
-
-UPDATES = 8  # the harness's default epochs x minibatches, and what the peers are set to
-COMPILED = "rlhf-bench compiled"  # the sampler with model.compile_generation (benchmarks/rollout/decode.py)
-
-
-# ------------------------------------------------------------------------------------------- helpers
-def _timed(fn: Callable[[], Any], device: torch.device) -> float:
-    synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - t0
-
-
-def length_judge(prompts: list[str], responses: list[str]) -> list[float]:
-    """The judge of the speed runs: cheap and deterministic (what it rewards does not matter here)."""
-    return [min(len(r), 200) / 200.0 for r in responses]
-
-
-def random_prompts(tokenizer, n: int, length: int, seed: int = 0) -> list[list[int]]:
-    """``n`` prompts of ``length`` token ids drawn from the vocabulary, special tokens left out."""
-    special = set(tokenizer.all_special_ids)
-    allowed = torch.tensor([i for i in range(len(tokenizer)) if i not in special])
-    g = torch.Generator().manual_seed(seed)
-    return allowed[torch.randint(len(allowed), (n, length), generator=g)].tolist()
-
-
-def random_model(directory: Path, vocab: int, n_layer: int, n_embd: int, n_head: int, seed: int = 0) -> Path:
-    """A random ``GPT2LMHeadModel`` of the given sizes over a word-level tokenizer of ``vocab`` tokens
-    (``<eos>`` and ``w1`` ... : text round-trips through it), saved to ``directory``. Speed depends on
-    the sizes, not on what the weights say, and nothing needs downloading."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    words = {"<eos>": 0, **{f"w{i}": i for i in range(1, vocab)}}
-    inner = Tokenizer(models.WordLevel(words, unk_token="<eos>"))
-    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=inner, eos_token="<eos>", bos_token="<eos>", unk_token="<eos>", pad_token="<eos>"
-    )
-    torch.manual_seed(seed)
-    model = GPT2LMHeadModel(
-        GPT2Config(
-            vocab_size=vocab,
-            n_positions=1024,
-            n_layer=n_layer,
-            n_embd=n_embd,
-            n_head=n_head,
-            bos_token_id=0,
-            eos_token_id=0,
-            pad_token_id=0,
-        )
-    )
-    model.save_pretrained(str(directory))
-    tok.save_pretrained(str(directory))
-    return directory
+from .speed_peers import peer_of
+from .speed_setup import COMPILED, UPDATES, _timed, random_model, random_prompts
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -177,7 +121,7 @@ def harness_steps(a, workdir: Path) -> list[dict]:
         f"model.dtype={a.dtype}",
         f"device={a.device}",
         f"task.prompts={prompts}",
-        "task.judge.fn=rlhf_bench.benchmarks.studies.speed:length_judge",
+        "task.judge.fn=rlhf_bench.benchmarks.studies.speed_setup:length_judge",
         f"task.steps={a.steps}",
         f"task.eval_every={a.steps}",
         "task.n_eval_prompts=8",
@@ -212,147 +156,6 @@ def harness_steps(a, workdir: Path) -> list[dict]:
             for i, s in enumerate(steps)
         ]
     return rows
-
-
-# -------------------------------------------------------------------------------------------- peers
-class _StepClock:
-    """A transformers callback: the wall time of every optimizer step."""
-
-    def __init__(self, device: torch.device):
-        from transformers import TrainerCallback
-
-        clock = self
-
-        class Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kw):
-                synchronize(device)
-                clock.t0 = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                synchronize(device)
-                clock.seconds.append(time.perf_counter() - clock.t0)
-
-        self.seconds: list[float] = []
-        self.callback = Callback()
-
-
-def _trl_common(a, device: torch.device, out: Path) -> dict:
-    return dict(
-        output_dir=str(out),
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=device.type == "cpu",
-        bf16=a.dtype == "bfloat16",
-        learning_rate=1e-6,
-        seed=0,
-        disable_tqdm=True,
-    )
-
-
-def _trl_online(trainer_cls, config_cls, a, device, workdir: Path) -> list[float]:
-    """trl's GRPO or RLOO: per generation cycle (``UPDATES`` optimizer steps), the first left out."""
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(a.model)
-    texts = [tok.decode(p) for p in random_prompts(tok, a.prompts * (a.steps + 1), a.prompt_tokens, seed=1)]
-    per_update = a.prompts * a.responses // 2  # 2 steps per generation x 4 iterations = 8 updates
-    cfg = config_cls(
-        **_trl_common(a, device, workdir / trainer_cls.__name__),
-        per_device_train_batch_size=per_update,
-        gradient_accumulation_steps=1,
-        num_generations=a.responses,
-        steps_per_generation=2,
-        num_iterations=UPDATES // 2,
-        max_completion_length=a.new_tokens,
-        temperature=1.0,
-        top_k=0,
-        beta=a.beta,
-        use_vllm=False,
-        max_steps=UPDATES * a.steps,
-    )
-    clock = _StepClock(device)
-    trainer = trainer_cls(
-        model=a.model,
-        reward_funcs=length_judge_trl,
-        args=cfg,
-        train_dataset=Dataset.from_dict({"prompt": texts}),
-        processing_class=tok,
-        callbacks=[clock.callback],
-    )
-    trainer.train()
-    cycles = [sum(clock.seconds[i : i + UPDATES]) for i in range(0, len(clock.seconds) - UPDATES + 1, UPDATES)]
-    return cycles[1:]
-
-
-def length_judge_trl(prompts: list[str], completions: list[str], **kw) -> list[float]:
-    """trl's reward-function signature around :func:`length_judge`."""
-    return length_judge(prompts, completions)
-
-
-def _trl_dpo(a, device, workdir: Path) -> list[float]:
-    """trl's DPO with precomputed reference log-probs: per update of ``prompts / 2`` pairs."""
-    from datasets import Dataset
-    from transformers import AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
-
-    tok = AutoTokenizer.from_pretrained(a.model)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    ids = random_prompts(tok, 3 * a.prompts * (a.steps + 1), a.prompt_tokens, seed=2)
-    n = len(ids) // 3
-    pairs = {
-        "prompt": [tok.decode(p) for p in ids[:n]],
-        "chosen": [tok.decode(p) for p in ids[n : 2 * n]],
-        "rejected": [tok.decode(p) for p in ids[2 * n : 3 * n]],
-    }
-    cfg = DPOConfig(
-        **_trl_common(a, device, workdir / "DPOTrainer"),
-        per_device_train_batch_size=a.prompts // 2,
-        gradient_accumulation_steps=1,
-        beta=a.beta,
-        precompute_ref_log_probs=True,
-        max_steps=a.steps * 2,
-    )
-    clock = _StepClock(device)
-    DPOTrainer(
-        model=a.model,
-        args=cfg,
-        train_dataset=Dataset.from_dict(pairs),
-        processing_class=tok,
-        callbacks=[clock.callback],
-    ).train()
-    return clock.seconds[1:]
-
-
-def _peer_grpo(a, device, workdir):
-    from trl import GRPOConfig, GRPOTrainer
-
-    return "trl GRPOTrainer, per generation cycle", _trl_online(GRPOTrainer, GRPOConfig, a, device, workdir), 1
-
-
-def _peer_rloo(a, device, workdir):
-    from trl import RLOOConfig, RLOOTrainer
-
-    return "trl RLOOTrainer, per generation cycle", _trl_online(RLOOTrainer, RLOOConfig, a, device, workdir), 1
-
-
-def _peer_dpo(a, device, workdir):
-    return "trl DPOTrainer, per update", _trl_dpo(a, device, workdir), UPDATES
-
-
-#: How this study times each trl trainer that an algorithm names as its peer (``Algorithm.trl_peer``: which
-#: trl trainer implements an algorithm is the plugin's to declare): what it times, its seconds, and how many
-#: of its units one harness step holds.
-TRL_PEERS: dict[str, Callable] = {"GRPOTrainer": _peer_grpo, "RLOOTrainer": _peer_rloo, "DPOTrainer": _peer_dpo}
-
-
-def peer_of(option: str) -> Callable | None:
-    """The timer of trl's trainer for an ``algorithm`` option, if its algorithm declares one."""
-    from ..plugins import algorithm_options
-
-    return TRL_PEERS.get(getattr(algorithm_options()[option].cls, "trl_peer", None) or "")
 
 
 # ------------------------------------------------------------------------------------------ outputs
