@@ -11,7 +11,9 @@ Usage: ``shard_worker.py OUT``.
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -73,8 +75,16 @@ def main(out: str) -> None:
                 }
             )
         )
+    del root, model, grads  # FSDP2's state holds the last collectives' work handles: release them first
+    gc.collect()
     shutdown_process_group()
 
 
 if __name__ == "__main__":
     main(sys.argv[1])
+    # Leave without interpreter finalization: gloo work objects that outlive it abort the process
+    # ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489), which a CI run
+    # saw on rank 1 after the result was written. Everything this worker writes is closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
