@@ -181,15 +181,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = with_default_benchmark(sys.argv[1:] if argv is None else argv)
     os.environ[SWEEP_OVERRIDES_ENV] = sweep_overrides(_overrides(args))  # one sweep dir for all jobs
     sys.argv = [sys.argv[0] if sys.argv else "rlhf-bench", *args]
-    from .runtime.distributed import shutdown_process_group
+    from .runtime.distributed import exit_process, shutdown_process_group
 
     try:
         hydra_main()
     except BaseException:  # Hydra's own exits included: leave the process group without waiting for the others
         shutdown_process_group(synchronise=False)
         raise
-    shutdown_process_group()  # every job of this command is done, on every process
-    exit_if_runs_failed()
+    several = shutdown_process_group()  # every job of this command is done, on every process
+    try:
+        exit_if_runs_failed()
+    except SystemExit as e:
+        if several:
+            exit_process(int(e.code or 0))
+        raise
+    if several:  # a multi-process run: its processes leave without interpreter finalization
+        exit_process(0)
 
 
 def exit_if_runs_failed() -> None:

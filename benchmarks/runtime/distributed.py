@@ -27,7 +27,9 @@ trl's and OpenRLHF's data-parallel trainers.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+import os
+import sys
+from typing import Any, NoReturn, Optional, Sequence
 
 import torch
 
@@ -129,15 +131,27 @@ class Distributed:
             torch.distributed.barrier()
 
 
-def shutdown_process_group(synchronise: bool = True) -> None:
+def shutdown_process_group(synchronise: bool = True) -> bool:
     """Destroy ``torch.distributed``'s default process group, if this process has one, once its work is
     done (``synchronise``: after a barrier, so that no process leaves while another is in a collective;
     False on an error path, where the others may never reach it). A process that exits with the group
     alive can abort at interpreter shutdown: gloo's worker threads outlive it ("terminate called without
     an active exception", SIGABRT; pytorch/pytorch#190489), which turned a finished two-process run into
-    exit status 1 once, on a loaded machine."""
+    exit status 1 once, on a loaded machine. Returns whether there was a group."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return
+        return False
     if synchronise:
         torch.distributed.barrier()
     torch.distributed.destroy_process_group()
+    return True
+
+
+def exit_process(code: int) -> NoReturn:
+    """End one process of a multi-process run once its work is written, without interpreter finalization:
+    gloo work objects that outlive the interpreter abort it even after the group is destroyed (seen in CI
+    on the second process of a finished run), and a finished run must not exit as crashed. Logging is
+    flushed first; the run's files and its logger are closed by then."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
