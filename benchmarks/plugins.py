@@ -106,12 +106,17 @@ def option_parent(option: str) -> str | None:
     return base[1] if base and base[0] == "option" else None
 
 
-def installed(spec: AlgorithmSpec) -> bool:
+def installed_modules() -> set[str]:
+    """The modules the entry points of ``rlhf_bench.algorithms`` name."""
+    return {ep.module for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def installed(spec: AlgorithmSpec, modules: set[str] | None = None) -> bool:
     """Whether an algorithm comes from an installed plugin: its class is defined in a module that an entry
-    point of ``rlhf_bench.algorithms`` names. One registered by a script or a test that merely imports the
-    registry runs when named (``algorithm=<name>``) but joins no benchmark."""
-    modules = {ep.module for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
-    return spec.cls.__module__ in modules
+    point names (``modules``: :func:`installed_modules`, read once by a caller that asks for many). One
+    registered by a script or a test that merely imports the registry runs when named
+    (``algorithm=<name>``) but joins no benchmark."""
+    return spec.cls.__module__ in (installed_modules() if modules is None else modules)
 
 
 def algorithm_options() -> dict[str, AlgorithmSpec]:
@@ -148,10 +153,11 @@ def select_options(selection: str = "all") -> list[str]:
     if selection not in SELECTIONS:
         raise KeyError(f"unknown algorithm selection '{selection}'; known: {', '.join(SELECTIONS)}")
     rank = {"none": 0, "online": 1, "offline": 2}
+    modules = installed_modules()
     chosen = [
         (option, spec.cls)
         for option, spec in algorithm_options().items()
-        if option_parent(option) is None and installed(spec) and SELECTIONS[selection](spec.cls)
+        if option_parent(option) is None and installed(spec, modules) and SELECTIONS[selection](spec.cls)
     ]
     chosen.sort(key=lambda oc: (rank.get(oc[1].data, 1), not oc[1].uses_value_model, oc[0]))
     return [option for option, _ in chosen]
@@ -168,7 +174,8 @@ def convergence_variants() -> dict[str, tuple[str, tuple[str, ...]]]:
     defaults (``Algorithm.convergence_variants``): name -> (option, overrides)."""
     load_algorithms()
     out = {}
-    for spec in filter(installed, _REGISTRY.values()):
+    modules = installed_modules()
+    for spec in (s for s in _REGISTRY.values() if installed(s, modules)):
         for variant, overrides in getattr(spec.cls, "convergence_variants", {}).items():
             out[variant] = (spec.name, tuple(overrides))
     return dict(sorted(out.items()))

@@ -301,13 +301,9 @@ def per_world_table(gaps: Sequence[Gap]) -> list[str]:
         L.append(
             f"| {g.a} | {g.b} | {'all' if g.beta is None else f'{g.beta:g}'} | {gap_cell(g)} | "
             + " | ".join(cells)
-            + f" | {_sd(g.sd_between)} | {_sd(g.sd_within)} |"
+            + f" | {number(g.sd_between)} | {number(g.sd_within)} |"
         )
     return L
-
-
-def _sd(x: float) -> str:
-    return number(x)
 
 
 def claims_section(gaps: Sequence[Gap]) -> list[str]:

@@ -76,10 +76,6 @@ def claim_comparisons(gaps: Sequence[Gap], task: str) -> list[Gap]:
     return out
 
 
-def _n(x: Optional[float], digits: int = 3) -> str:
-    return number(x, digits)
-
-
 def spread_section(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float = 0.95) -> list[str]:
     """Per task with 2 or more worlds: a table of each world's reward-model accuracy and its gaps for
     the claims' comparisons, then the correlation over worlds of each gap with the reward model's
@@ -108,7 +104,7 @@ def spread_section(runs: Sequence[Any], gaps: Sequence[Gap], confidence: float =
         ]
         for w in worlds:
             m = metrics.get(w, {})
-            cells = [_n(m.get(key)) for key, _ in RM_METRICS] + [_n(m.get("sft_gold"))]
+            cells = [number(m.get(key)) for key, _ in RM_METRICS] + [number(m.get("sft_gold"))]
             for g in comps:
                 x = next((x for x in g.worlds if x.world == w), None)
                 cells.append(world_cell(x) if x else MISSING)

@@ -56,9 +56,10 @@ def variant_overrides(name: str) -> list[str]:
     convergence variant (on top of ``algorithm=<its algorithm>`` unless they choose the option)."""
     from ..plugins import convergence_variants
 
-    if name not in convergence_variants():
+    variants = convergence_variants()
+    if name not in variants:
         return [f"algorithm={name}"]
-    algorithm, overrides = convergence_variants()[name]
+    algorithm, overrides = variants[name]
     chosen = any(o.startswith("algorithm=") for o in overrides)
     return [*([] if chosen else [f"algorithm={algorithm}"]), *overrides]
 

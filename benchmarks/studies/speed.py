@@ -246,9 +246,10 @@ def write(rows: list[dict], a, device: torch.device, out: Path) -> Path:
 def trained_algorithms() -> list[str]:
     """The ``algorithm`` options of the installed plugins whose algorithm trains (``data`` online or offline),
     variants included, sorted."""
-    from ..plugins import algorithm_options, installed
+    from ..plugins import algorithm_options, installed, installed_modules
 
-    return [option for option, spec in algorithm_options().items() if spec.cls.data != "none" and installed(spec)]
+    modules = installed_modules()
+    return [o for o, spec in algorithm_options().items() if spec.cls.data != "none" and installed(spec, modules)]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from .cli import REPO
 
 
 def launch(*args: str, processes: int = 2, timeout: int = 600) -> subprocess.CompletedProcess:

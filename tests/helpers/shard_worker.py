@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: helpers
 from helpers.models import tiny_gpt2  # noqa: E402
 from rlhf_bench.benchmarks.models import SequenceBatch  # noqa: E402
 from rlhf_bench.benchmarks.models.logprobs import token_logprobs  # noqa: E402
-from rlhf_bench.benchmarks.runtime.distributed import shutdown_process_group  # noqa: E402
+from rlhf_bench.benchmarks.runtime.distributed import exit_process, shutdown_process_group  # noqa: E402
 from rlhf_bench.benchmarks.runtime.sharding import full_tensor, local_bytes, shard  # noqa: E402
 
 ROWS = 4
@@ -82,9 +81,6 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
-    # Leave without interpreter finalization: gloo work objects that outlive it abort the process
-    # ("terminate called without an active exception", SIGABRT; pytorch/pytorch#190489), which a CI run
-    # saw on rank 1 after the result was written. Everything this worker writes is closed by now.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    # Leave without interpreter finalization, as rlhf-bench's processes do: gloo work objects that outlive
+    # it abort the process, which a CI run saw on rank 1 after the result was written.
+    exit_process(0)

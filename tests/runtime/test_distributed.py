@@ -11,23 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.cli import REPO, SMALL, read_jsonl
 from helpers.launch import launch
 
-REPO = Path(__file__).resolve().parents[2]
 TESTS = Path(__file__).resolve().parents[1]  # tests/
-#: Small bandit shared stages.
-SMALL = [
-    "task=bandit",
-    "task.n_sft_demos=1000",
-    "task.sft.epochs=1",
-    "task.preferences.n_prompts=100",
-    "reward_model.epochs=1",
-    "progress=false",
-]
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 @pytest.mark.parametrize("algorithm", ["ppo", "p3o_v1", "online_dpo"])
