@@ -8,7 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from ..utils import config_hash
-from .schemas import ModelConfig
+from .schemas import DistributedConfig, ModelConfig
 
 #: Config keys that do not change what a run computes, only how it is shown or where shared
 #: files live (``tuned`` acts only through the algorithm values it sets, which are compared). They
@@ -28,6 +28,11 @@ def run_identity(cfg: dict) -> dict:
     ident = {k: v for k, v in cfg.items() if k not in NON_IDENTITY_KEYS}
     if not (ident.get("fault") or {}).get("step"):
         ident.pop("fault", None)  # no fault injected: as runs before faults could be
+    sharding = {
+        k: v for k, v in (ident.pop("distributed", None) or {}).items() if k not in DistributedConfig.PERFORMANCE_ONLY
+    }
+    if sharding.get("mixed_precision", "no") != "no":
+        ident["distributed"] = sharding  # computing in another dtype is another run; the rest is how, not what
     model = {k: v for k, v in (ident.get("model") or {}).items() if k not in ModelConfig.PERFORMANCE_ONLY}
     for key, default in NEW_MODEL_DEFAULTS.items():  # settings newer than recorded runs, at their default
         if model.get(key, default) == default:

@@ -326,6 +326,26 @@ FAULT_QUANTITIES = ("reward", "logprobs", "loss", "grad_norm")
 
 
 @dataclass
+class DistributedConfig:
+    """How a run on several processes (``accelerate launch``, ``torchrun``) shards its models with FSDP2
+    (benchmarks/runtime/sharding.py). A single-process run ignores it."""
+
+    PERFORMANCE_ONLY: ClassVar[tuple[str, ...]] = ("reshard_after_forward", "offload_frozen")
+
+    # free each block's gathered parameters after its forward (gather them again in backward): less memory,
+    # more communication; false keeps them from forward to backward (FSDP2's reshard_after_forward)
+    reshard_after_forward: bool = True
+    # the dtype the sharded models compute in: float32 (as stored) or bfloat16 with float32 gradient
+    # reduction (FSDP2's MixedPrecisionPolicy; not measured on a GPU)
+    mixed_precision: str = "no"  # no | bfloat16
+    # keep the frozen models' shards (reference, reward model) in host memory (FSDP2's CPUOffloadPolicy)
+    offload_frozen: bool = False
+
+    def __post_init__(self) -> None:
+        one_of(self, "mixed_precision", ("no", "bfloat16"))
+
+
+@dataclass
 class RunConfig:
     task: TaskConfig = MISSING
     model: ModelConfig = MISSING
@@ -345,6 +365,7 @@ class RunConfig:
     tuned: Optional[Any] = None
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)  # injected fault, for tests of the fault handling
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)  # sharding over processes
 
 
 #: Task schemas by task name; benchmarks/tasks/hf/config.py adds ``hf`` (imported by :func:`register_configs`).

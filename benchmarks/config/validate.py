@@ -79,6 +79,7 @@ def validate(cfg: DictConfig) -> dict[str, Any]:
     check(cfg.threads >= 0, "threads", ">= 0", cfg.threads)
     out["checkpoint"] = _instantiate("checkpoint", cfg.checkpoint)
     out["fault"] = _instantiate("fault", cfg.fault)
+    out["distributed"] = _instantiate("distributed", cfg.distributed)
     if out["fault"].step and out["fault"].quantity == "reward":
         check(
             spec.cls.data == "online",

@@ -16,6 +16,7 @@ import torch
 
 from ..models import NEG, SequenceBatch, pad_left, position_ids, score_batch, token_logprobs_chunked, unwrap
 from ..runtime.phases import NoTimer
+from ..runtime.sharding import call, gathered
 from ..utils import same_device
 from .decode import decoder
 
@@ -153,25 +154,31 @@ class RolloutEngine:
         self.timer = NoTimer()  # a run's PhaseTimer (benchmarks/runtime/phases.py) when it trains
 
     def sample(self, model, prompts, generator=None, temperature=None) -> SequenceBatch:
-        return sample_responses(
-            model,
-            prompts,
-            eos_id=self.task.eos_id,
-            pad_id=self.task.pad_id,
-            max_new_tokens=self.task.max_new_tokens,
-            temperature=self.temperature if temperature is None else temperature,
-            logit_mask=self.logit_mask,
-            generator=generator,
-            compiled=self.compiled,
-        )
+        """Responses of ``model`` to ``prompts``. A sharded model is gathered whole for it: each process stops
+        when its own rows end, and so makes its own number of forwards (runtime/sharding.py)."""
+        with gathered(model):
+            return call(
+                model,
+                sample_responses,
+                prompts,
+                eos_id=self.task.eos_id,
+                pad_id=self.task.pad_id,
+                max_new_tokens=self.task.max_new_tokens,
+                temperature=self.temperature if temperature is None else temperature,
+                logit_mask=self.logit_mask,
+                generator=generator,
+                compiled=self.compiled,
+            )
 
     def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
-        return token_logprobs_chunked(model, batch, self.temperature, self.logit_mask, chunk_tokens=self.chunk_tokens)
+        return call(
+            model, token_logprobs_chunked, batch, self.temperature, self.logit_mask, chunk_tokens=self.chunk_tokens
+        )
 
     @torch.no_grad()
     def score(self, batch: SequenceBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """(proxy, gold) rewards (B,) of a batch."""
-        proxy = score_batch(self.reward_model, batch)
+        proxy = call(self.reward_model, score_batch, batch)
         gold = self.task.gold_reward(batch.prompts(), batch.responses()).to(proxy.device)
         return proxy, gold
 

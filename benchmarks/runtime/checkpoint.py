@@ -25,10 +25,12 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..utils import atomic_write
+from ..utils import atomic_write, fsync_dir
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^step_(\d+)\.pt$")
+_SHARDED = re.compile(r"^step_(\d+)$")  # a sharded checkpoint: a directory
+TRAINER_STATE = "trainer.pt"  # in a sharded checkpoint: everything but the models and the optimizer
 
 
 # --------------------------------------------------------------------------------- random states
@@ -83,10 +85,13 @@ class Checkpoints:
     def steps(self) -> list[int]:
         if not self.dir.is_dir():
             return []
-        return sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _NAME.match(p.name)))
+        found = (m for p in self.dir.iterdir() if (m := _NAME.match(p.name) or _SHARDED.match(p.name)))
+        return sorted({int(m.group(1)) for m in found})
 
     def path(self, step: int) -> Path:
-        return self.dir / f"step_{step:06d}.pt"
+        """The checkpoint of ``step``: a file, or (a sharded run's) a directory of the same name less ``.pt``."""
+        file = self.dir / f"step_{step:06d}.pt"
+        return file if file.exists() or not file.with_suffix("").is_dir() else file.with_suffix("")
 
     def save(self, state: dict[str, Any], step: int) -> Path:
         """Write ``state`` atomically as the checkpoint of ``step``, then drop the older ones (in the
@@ -116,24 +121,98 @@ class Checkpoints:
             raise RuntimeError(f"writing a checkpoint in {self.dir} failed: {error}") from error
 
     def _write(self, state: dict[str, Any], step: int) -> Path:
-        final = self.path(step)
+        final = self.dir / f"step_{step:06d}.pt"
         atomic_write(final, lambda f: torch.save(state, f))
-        for old in self.steps()[: -self.keep]:
-            self.path(old).unlink(missing_ok=True)
+        self._drop_old()
         return final
+
+    def _drop_old(self) -> None:
+        for old in self.steps()[: -self.keep]:
+            path = self.path(old)
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+    # --- sharded runs ---------------------------------------------------------------------------
+    def save_sharded(self, state: dict[str, Any], step: int, model: torch.nn.Module, optimizer, dist) -> Path:
+        """A sharded run's checkpoint, by every process: the directory ``step_<N>/`` holds the trained models'
+        and the optimizer's shards, written by each process with ``torch.distributed.checkpoint`` (frozen
+        weights left out), and the main process's ``trainer.pt`` (the rest of ``state``). It is written under
+        a temporary name and renamed into place once every process is done: a reader sees all of it or none."""
+        import torch.distributed.checkpoint as dcp
+
+        final = self.dir / f"step_{step:06d}"
+        staging = final.with_name(final.name + ".partial")
+        if dist.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        dist.barrier()
+        dcp.save(_sharded_state(model, optimizer), checkpoint_id=str(staging))
+        if dist.is_main:
+            atomic_write(staging / TRAINER_STATE, lambda f: torch.save(state, f))
+        dist.barrier()  # every shard written
+        if dist.is_main:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging, final)
+            fsync_dir(self.dir)
+            self._drop_old()
+        dist.barrier()
+        return final
+
+    def load_sharded(self, state: dict[str, Any], model: torch.nn.Module, optimizer) -> None:
+        """Load this process's shards of a sharded checkpoint (``state``, as :meth:`latest` read it) into
+        ``model`` and ``optimizer``: a collective."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        if not state.get(SHARDS_KEY):
+            raise RuntimeError(f"{self.dir}: the checkpoint of step {state.get('step')} is not a sharded one")
+        shards = _sharded_state(model, optimizer)
+        dcp.load(shards, checkpoint_id=state[SHARDS_KEY])  # into this process's shards, in place
+        missing, unexpected = set_state_dict(
+            model,
+            optimizer,
+            model_state_dict=shards["model"],
+            optim_state_dict=shards["optimizer"],
+            options=_options(strict=False),  # the frozen weights are not in it
+        )
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+        if unexpected or set(missing) - frozen:
+            raise RuntimeError(
+                f"{state[SHARDS_KEY]} does not fit the models: missing {sorted(set(missing) - frozen)[:5]}, "
+                f"unexpected {sorted(unexpected)[:5]}"
+            )
 
     def latest(self) -> Optional[dict[str, Any]]:
         """The newest checkpoint that loads, or None. One that does not load (a damaged disk) is
         reported and the next older one tried."""
         for step in reversed(self.steps()):
             try:
-                return torch.load(self.path(step), map_location="cpu", weights_only=True)
+                path = self.path(step)
+                if path.is_dir():  # sharded: the rest is read by load_sharded, on every process
+                    state = torch.load(path / TRAINER_STATE, map_location="cpu", weights_only=True)
+                    return {**state, SHARDS_KEY: str(path)}
+                return torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:  # noqa: BLE001 - any unreadable file is skipped the same way
                 log.warning("checkpoint %s cannot be read (%s); trying an older one", self.path(step), e)
         return None
 
     def clear(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+SHARDS_KEY = "sharded_dir"  # in the state latest() returns for a sharded checkpoint: where its shards are
+
+
+def _options(strict: bool = True):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=strict)  # LoRA: the adapters, not the frozen base
+
+
+def _sharded_state(model: torch.nn.Module, optimizer) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer, options=_options())
+    return {"model": model_state, "optimizer": optim_state}
 
 
 def _host_copy(obj: Any) -> Any:

@@ -1,4 +1,4 @@
-"""One run on several processes (``accelerate launch``), data-parallel, acting as one run.
+"""One run on several processes (``accelerate launch``, ``torchrun``), its models sharded, acting as one run.
 
 ``accelerate launch --multi_gpu --num_processes N -m rlhf_bench.benchmarks.cli <overrides>`` (or
 ``torchrun --nproc_per_node N -m ...``) starts N copies of the command; :class:`Distributed` (built
@@ -6,22 +6,25 @@ on accelerate's ``PartialState``, which sets up ``torch.distributed``: gloo on C
 makes them one run. (``accelerate launch --cpu --num_processes N`` starts N processes only through
 mpirun; without a hostfile it starts one.)
 
-- every process holds the whole models; each step's prompts (or offline pairs) are chosen from the
-  same seeded stream on every process and split into contiguous shares, one per process, so the N
-  shares together are the single-process batch (``task.prompts_per_step`` must be divisible by N);
+- every model (policy, value model, reference, reward model) is sharded over the processes with FSDP2
+  (:mod:`.sharding`): each process holds 1/N of its parameters, gradients and optimizer state;
+- each step's prompts (or offline pairs) are chosen from the same seeded stream on every process and split
+  into contiguous shares, one per process, so the N shares together are the single-process batch
+  (``task.prompts_per_step`` must be divisible by N);
 - each process samples its share with a generator of its own (process 0 keeps the single-process
-  seed), computes its loss, and the gradients are averaged before the optimizer steps: every
-  process then holds the same weights;
+  seed) and computes its loss; FSDP2 averages the gradients in backward (a reduce-scatter), so the
+  optimizer steps on the whole batch's gradient;
 - training metrics are averaged, and budget counters summed, over processes before they are logged
   or acted on (PPO's adaptive KL controller reads the average);
-- evaluation runs on the main process only, so its numbers do not depend on N; only the main
-  process writes run files; ``summary.json`` records ``distributed: {num_processes, type}``.
+- evaluation runs on the main process only, with the models gathered whole for it, so its numbers do
+  not depend on N; only the main process writes run files; ``summary.json`` records
+  ``distributed: {num_processes, type}``.
 
-With one process every method is the identity, so a plain run takes the same code path.
-Averaging per-process gradients equals the gradient of the whole batch when the loss is a mean
-over equal shares (sequence means, or token means with equal token counts, as on the bandit);
-token means over responses of different lengths weigh the shares slightly differently, as in
-trl's and OpenRLHF's data-parallel trainers.
+With one process every method is the identity and no model is sharded, so a plain run takes the code path
+it always took. Averaging per-process gradients equals the gradient of the whole batch when the loss is a
+mean over equal shares (sequence means, or token means with equal token counts, as on the bandit); token
+means over responses of different lengths weigh the shares slightly differently, as in trl's and OpenRLHF's
+data-parallel trainers.
 """
 
 from __future__ import annotations
@@ -72,21 +75,6 @@ class Distributed:
         return list(items[self.rank * k : (self.rank + 1) * k])
 
     # --- collectives ---------------------------------------------------------------------------
-    def average_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
-        """Replace every gradient by its mean over processes (one flat all-reduce)."""
-        if not self.active:
-            return
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        torch.distributed.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
-
     def mean_metrics(self, metrics: dict[str, Any], summed: Sequence[str] = ()) -> dict[str, Any]:
         """``metrics`` averaged over processes (keys in ``summed``: added up); None values stay None.
         Every process must pass the same keys."""

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import torch
 
+from .sharding import local_tensor
+
 
 class NonFiniteError(RuntimeError):
     """A loss, gradient norm, reward or log-prob became NaN or infinite. The message names the
@@ -86,4 +88,5 @@ class FaultInjector:
 
     def gradients(self, params: list[torch.nn.Parameter]) -> None:
         if self.active("grad_norm"):
-            next(p for p in params if p.grad is not None).grad.view(-1)[0] = self.value
+            grad = next(p for p in params if p.grad is not None).grad
+            local_tensor(grad).view(-1)[0] = self.value  # sharded: every process's own shard

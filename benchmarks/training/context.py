@@ -11,6 +11,7 @@ import torch
 
 from ..models import SequenceBatch, lm_loss, pad_right, token_logprobs, token_values
 from ..rollout import RolloutEngine
+from ..runtime.sharding import call
 from ..stages import SharedArtifacts
 
 
@@ -46,12 +47,15 @@ class Context:
     def temperature(self) -> float:
         return self.engine.temperature
 
+    # The models a plugin reads are reached through these methods: in a multi-process run each is the root of
+    # a sharded model, which runs a function inside its forward (runtime/sharding.py, ``call``).
     def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
         """Per-token log-probs (B, Tr) with gradients, same temperature and mask as the rollouts."""
-        return token_logprobs(model, batch, self.engine.temperature, self.engine.logit_mask, self.engine.chunk_tokens)
+        e = self.engine
+        return call(model, token_logprobs, batch, e.temperature, e.logit_mask, e.chunk_tokens)
 
     def values(self, batch: SequenceBatch) -> torch.Tensor:
-        return token_values(self.value_model, batch)
+        return call(self.value_model, token_values, batch)
 
     def pair_batch(self, index: torch.Tensor) -> SequenceBatch:
         """Chosen and rejected interleaved (2B rows: c0, r0, c1, r1, ...). Prompts are padded to the
@@ -80,7 +84,7 @@ class Context:
             self._ptx = self.task.pretraining_corpus()
         idx = torch.randint(len(self._ptx), (batch_size,), generator=self.generator).tolist()
         ids, mask = pad_right([self._ptx[i] for i in idx], self.task.pad_id, device=self.device)
-        return lm_loss(self.policy, ids, mask, chunk_tokens=self.engine.chunk_tokens)
+        return call(self.policy, lm_loss, ids, mask, chunk_tokens=self.engine.chunk_tokens)
 
 
 def split_groups(

@@ -49,6 +49,7 @@ from ..runtime.faults import FaultInjector, FiniteChecks, NonFiniteError
 from ..runtime.loggers import NullLogger, build_logger
 from ..runtime.phases import PhaseTimer
 from ..runtime.rundir import summary_header
+from ..runtime.sharding import full_state_dict, full_tensor, gathered, is_sharded, shard
 from ..stages import SharedStages
 from ..tasks import build_task
 from ..utils import (
@@ -127,7 +128,7 @@ class Trainer:
         self.checkpoints = Checkpoints(
             run_dir, ckpt.keep, background=ckpt.background if ckpt.background is not None else self.device.type != "cpu"
         )
-        self.mcfg = groups["model"]
+        self.mcfg, self.dcfg = groups["model"], groups["distributed"]
         self.task = build_task(self.tcfg, model=self.mcfg, device=self.device, cache_dir=cfg.cache_dir)
         stages = SharedStages(
             self.task, self.tcfg, self.mcfg, self.rmcfg, cfg.cache_dir, self.device, progress=self.progress
@@ -189,6 +190,8 @@ class Trainer:
             if lora and self.value_model is not None
             else freeze(stages.load_reward_model(self.art))
         )
+        if self.dist.active:
+            ref, rm = self._shard(ref, rm)
         self.engine = RolloutEngine(
             self.task,
             ref,
@@ -236,21 +239,40 @@ class Trainer:
             broadcast=self.dist.broadcast,
         )
 
+    def _shard(self, ref, rm) -> tuple[Any, Any]:
+        """Several processes: every model sharded with FSDP2 under a root (runtime/sharding.py), LoRA adapters
+        already on (adapters added after sharding would train on un-averaged gradients), the optimizer built
+        after this, on the sharded parameters. A LoRA reference (reward model) stays the policy's (value
+        model's) root with its adapters off. Returns the reference and the reward model."""
+        dcfg = self.dcfg
+        kwargs = {
+            "reshard_after_forward": dcfg.reshard_after_forward,
+            "param_dtype": torch.bfloat16 if dcfg.mixed_precision == "bfloat16" else None,
+        }
+        self.policy = shard(self.policy, **kwargs)
+        if self.value_model is not None:
+            self.value_model = shard(self.value_model, **kwargs)
+        frozen = {**kwargs, "cpu_offload": dcfg.offload_frozen}
+        ref = AdaptersOff(self.policy) if isinstance(ref, AdaptersOff) else shard(ref, **frozen)
+        rm = AdaptersOff(self.value_model) if isinstance(rm, AdaptersOff) else shard(rm, **frozen)
+        return ref, rm
+
     def _build_evaluation(self, groups: dict[str, Any]) -> None:
         """Evaluation, the exact frontier and the logger: the main process's (the only one that
         evaluates and writes)."""
         a, seed = self.acfg, self.cfg.seed
         self.name = run_label(a.label, a.beta, self.cfg.task.seed, seed, self.spec.cls.beta_independent)
         self.evaluator, self.logger = None, NullLogger()
-        if not self.dist.is_main:
-            return
-        self.evaluator = Evaluator(
-            self.engine,
-            self.task.eval_prompts,
-            seed=self.tcfg.eval_seed,
-            cache_dir=self.art.reward_model_dir,
-            heldout=self.art.preferences("heldout"),
-        )
+        with self._evaluation_window():  # its tables are scored once, here
+            if not self.dist.is_main:
+                return
+            self.evaluator = Evaluator(
+                self.engine,
+                self.task.eval_prompts,
+                seed=self.tcfg.eval_seed,
+                cache_dir=self.art.reward_model_dir,
+                heldout=self.art.preferences("heldout"),
+            )
         if self.task.enumerable:
             with open(self.run_dir / "optimal_frontier.csv", "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=["reward", "beta", "kl", "reward_value"])
@@ -373,30 +395,36 @@ class Trainer:
         loss = self.fault.loss(loss)
         self._agree(lambda: self.checks.check("loss", loss))
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.dist.average_gradients(self.params)  # the whole batch's gradient (identity with one process)
+        loss.backward()  # several processes: FSDP2 averages the shares' gradients, the whole batch's gradient
         self.fault.gradients(self.params)
         limit = self.tcfg.max_grad_norm if self.tcfg.max_grad_norm > 0 else float("inf")
-        metrics["train/grad_norm"] = torch.nn.utils.clip_grad_norm_(self.params, limit, foreach=True)
+        norm = torch.nn.utils.clip_grad_norm_(self.params, limit, foreach=True)
+        metrics["train/grad_norm"] = full_tensor(norm)  # sharded: the norm of the whole gradient, on every process
         self.checks.check("gradient norm", metrics["train/grad_norm"])
         self.opt.step()
         self.budget.add_update(len(mb["response_mask"]), self.algo.group_size)
         return metrics
 
+    def _evaluation_window(self):
+        """Evaluation runs on the main process alone: sharded models are gathered whole on every process for
+        it (the others wait), so its numbers do not depend on the number of processes."""
+        return gathered(self.policy, self.engine.ref_model, self.engine.reward_model)
+
     def evaluate(self, step: int) -> bool:
         """Evaluate the current policy on the held-out prompts (not counted in the budget), on the
-        main process: returns whether it did."""
-        if not self.dist.is_main:
-            return False
-        t0 = time.time()
-        self.policy.eval()
-        with self.budget.tokens.paused(), self.phases.phase("evaluation"):
-            eval_policy = self.algo.eval_policy()
-            if step == 0 and isinstance(eval_policy, LMPolicy) and eval_policy.model is self.policy:
-                self.row, self.samples = self.evaluator.evaluate_reference(eval_policy, step)  # still the SFT base
-            else:
-                self.row, self.samples = self.evaluator.evaluate(eval_policy, step)
-        self.policy.train()
+        main process (:meth:`_evaluation_window`): returns whether it did."""
+        with self._evaluation_window():
+            if not self.dist.is_main:
+                return False
+            t0 = time.time()
+            self.policy.eval()
+            with self.budget.tokens.paused(), self.phases.phase("evaluation"):
+                eval_policy = self.algo.eval_policy()
+                if step == 0 and isinstance(eval_policy, LMPolicy) and eval_policy.model is self.policy:
+                    self.row, self.samples = self.evaluator.evaluate_reference(eval_policy, step)  # still the SFT base
+                else:
+                    self.row, self.samples = self.evaluator.evaluate(eval_policy, step)
+            self.policy.train()
         self._write("eval", to_jsonable(self.row))
         self._write("time", {"step": step, "time/eval_seconds": time.time() - t0})  # wall time: kept apart
         self.logger.log({f"eval/{k}": v for k, v in self.row.items() if k != "step"}, step)
@@ -414,11 +442,12 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on, and where each run file ends. With several
         processes (a collective: every process calls it), ``processes`` holds each one's own part."""
+        sharded = is_sharded(self.policy)  # then models and optimizer are written by every process (save_checkpoint)
         state = {
             "step": self.step,
-            "policy": trained_state(self.policy),
-            "value_model": trained_state(self.value_model) if self.value_model is not None else None,
-            "optimizer": self.opt.state_dict(),
+            "policy": None if sharded else trained_state(self.policy),
+            "value_model": trained_state(self.value_model) if self.value_model is not None and not sharded else None,
+            "optimizer": None if sharded else self.opt.state_dict(),
             "scheduler": self.sched.state_dict(),
             **self._process_state(),
             "algorithm": self.algo.state_dict(),
@@ -431,11 +460,17 @@ class Trainer:
             state["processes"] = self.dist.gather(self._process_state())
         return state
 
+    def _trained(self) -> torch.nn.ModuleList:
+        """The trained models, as one module: what a sharded checkpoint holds with the optimizer."""
+        return torch.nn.ModuleList([m for m in (self.policy, self.value_model) if m is not None])
+
     def save_checkpoint(self, step: int) -> None:
         t0 = time.time()
         with self.phases.phase("checkpoint"):
             state = self.state_dict()
-            if self.dist.is_main:
+            if is_sharded(self.policy):
+                self.checkpoints.save_sharded(state, step, self._trained(), self.opt, self.dist)
+            elif self.dist.is_main:
                 self.checkpoints.save(state, step)
         timing = {"time/checkpoint_seconds": time.time() - t0}
         self._write("time", {"step": step, **timing})  # after the recorded length: rewritten on resume
@@ -443,17 +478,20 @@ class Trainer:
 
     def resume(self, state: dict[str, Any]) -> int:
         """Load a checkpoint; the run files are cut back to where it says they ended."""
-        load_trained_state(self.policy, state["policy"])
-        if self.value_model is not None:
-            load_trained_state(self.value_model, state["value_model"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
         processes = state.get("processes") or [state]
         if len(processes) != self.dist.world:
             raise ConfigError(
                 f"{self.run_dir}: its checkpoint was written by a run on {len(processes)} process(es); "
                 f"resume it on as many, not {self.dist.world}"
             )
+        if is_sharded(self.policy):
+            self.checkpoints.load_sharded(state, self._trained(), self.opt)
+        else:
+            load_trained_state(self.policy, state["policy"])
+            if self.value_model is not None:
+                load_trained_state(self.value_model, state["value_model"])
+            self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
         own = processes[self.dist.rank]
         set_rng_state(own["rng"], self.generator, self.sampling)
         self.source.load_state_dict(own["source"])
@@ -492,6 +530,8 @@ class Trainer:
         run_dir, acfg, art = self.run_dir, self.acfg, self.art
         self.checkpoints.wait()  # a background write still going: it ends (or fails) here
         budget = self.budget_totals()  # a collective: every process takes part
+        # sharded: the whole state gathered on the main process (a collective), saved from there
+        weights = full_state_dict(self.policy) if self.steps and is_sharded(self.policy) else None
         if not self.dist.is_main:
             self.close()
             return {"status": "finished", "budget": budget, "process": self.dist.rank}
@@ -499,7 +539,10 @@ class Trainer:
             for s in self.samples:
                 f.write(json.dumps(s) + "\n")
         if self.steps:  # with LoRA, the adapters only (README: merging them into the base)
-            self.policy.save_pretrained(run_dir / "policy")
+            if weights is not None:
+                self.policy.model.save_pretrained(run_dir / "policy", state_dict=weights)
+            else:
+                self.policy.save_pretrained(run_dir / "policy")
             self.task.tokenizer.save_pretrained(run_dir / "policy")
         summary = {
             **summary_header(self.resolved, self.spec.cls.beta_independent, "finished"),

@@ -6,6 +6,12 @@ averages the gradients over the processes. Process 0 then computes the whole bat
 unsharded copy of the same model and writes the largest difference, and both processes' parameter bytes,
 to ``OUT`` (JSON).
 
+Then each process samples its own prompts with its own generator from a sharded small-vocabulary model
+through the rollout engine, so that the processes' responses end after different numbers of tokens: the
+sampling must finish (each process stops when its rows end, inside the gather window of
+``runtime/sharding.gathered``), give the tokens the unsharded model gives, and leave the model sharded and
+trainable (a sharded step after it). ``OUT`` gets every process's number of sampled columns.
+
 Usage: ``shard_worker.py OUT``.
 """
 
@@ -42,6 +48,32 @@ def mean_sequence_logprob(model, prompts, responses) -> torch.Tensor:
     return token_logprobs(model, batch).sum(1).mean()  # (B,) -> ()
 
 
+def uneven_sampling(rank: int, world: int) -> dict:
+    """Sampling whose length differs between processes finishes, as the unsharded model samples, and the
+    model comes back sharded (the same bytes as before it) and trainable."""
+    from types import SimpleNamespace
+
+    from rlhf_bench.benchmarks.rollout import RolloutEngine
+
+    task = SimpleNamespace(eos_id=1, pad_id=2, max_new_tokens=24, logit_mask=lambda n: None)
+    engine = RolloutEngine(task, None, None, reward_kind="proxy", temperature=1.0, device="cpu")
+    root = shard(tiny_gpt2(seed=1, vocab=16))  # EOS has a chance of about 1/16 per token
+    before = local_bytes(root)
+    prompts = [[3 + rank, 4], [5, 6 + rank, 7], [8]]
+    batch = engine.sample(root, prompts, torch.Generator().manual_seed(11 + rank))
+    alone = engine.sample(tiny_gpt2(seed=1, vocab=16), prompts, torch.Generator().manual_seed(11 + rank))
+    after = local_bytes(root)
+    loss = root(mean_sequence_logprob, prompts, batch.responses())  # a sharded step after sampling
+    loss.backward()
+    columns = [torch.zeros(1) for _ in range(world)]
+    dist.all_gather(columns, torch.tensor([float(batch.response.shape[1])]))
+    return {
+        "columns": [int(c.item()) for c in columns],
+        "same_tokens": bool(torch.equal(batch.response, alone.response)),
+        "bytes_kept": before == after,
+    }
+
+
 def main(out: str) -> None:
     dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a hang fails the test within a minute
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -56,6 +88,9 @@ def main(out: str) -> None:
     sharded_bytes = torch.tensor([local_bytes(root)], dtype=torch.float64)
     all_bytes = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
     dist.all_gather(all_bytes, sharded_bytes)
+    sampling = uneven_sampling(rank, world)
+    same = [torch.zeros(1) for _ in range(world)]
+    dist.all_gather(same, torch.tensor([float(sampling["same_tokens"] and sampling["bytes_kept"])]))
     if rank == 0:
         reference = tiny_gpt2(seed=0)
         mean_sequence_logprob(reference, prompts, responses).backward()
@@ -71,6 +106,8 @@ def main(out: str) -> None:
                     "max_abs_grad": scale,
                     "unsharded_bytes": whole_bytes,
                     "sharded_bytes": [int(b.item()) for b in all_bytes],
+                    "sampling_columns": sampling["columns"],
+                    "sampling_as_unsharded": [bool(x.item()) for x in same],
                 }
             )
         )

@@ -17,25 +17,69 @@ from helpers.launch import launch
 TESTS = Path(__file__).resolve().parents[1]  # tests/
 
 
-@pytest.mark.parametrize("algorithm", ["ppo", "p3o_v1", "online_dpo"])
-def test_the_averaged_gradient_is_the_single_process_gradient_of_the_batch(tmp_path, algorithm):
-    out = tmp_path / "out.json"
-    r = launch(str(TESTS / "helpers" / "dist_worker.py"), str(out), str(tmp_path / "cache"), algorithm)
+#: The sharded-step cases of tests/helpers/dist_worker.py: each algorithm family's loss (PPO's with its value
+#: model), plain, with LoRA adapters and with activation checkpointing.
+CASES = {
+    "ppo": ["algorithm=ppo"],
+    "ppo_lora": ["algorithm=ppo", "model.lora.r=4"],
+    "ppo_checkpointing": ["algorithm=ppo", "model.gradient_checkpointing=true"],
+    "grpo": ["algorithm=grpo"],
+    "grpo_lora": ["algorithm=grpo", "model.lora.r=4"],
+    "grpo_checkpointing": ["algorithm=grpo", "model.gradient_checkpointing=true"],
+    "p3o_v1": ["algorithm=p3o_v1"],
+    "p3o_v2_lora": ["algorithm=p3o_v2", "model.lora.r=4"],
+    "p3o_v1_checkpointing": ["algorithm=p3o_v1", "model.gradient_checkpointing=true"],
+    "dpo": ["algorithm=dpo"],
+    "dpo_lora": ["algorithm=dpo", "model.lora.r=4"],
+    "dpo_checkpointing": ["algorithm=dpo", "model.gradient_checkpointing=true"],
+    "online_dpo": ["algorithm=online_dpo"],
+}
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> dict:
+    """Every case on 2 processes in one launch (about 25 s), against an unsharded trainer."""
+    tmp = tmp_path_factory.mktemp("sharded")
+    cases = [[name, *overrides] for name, overrides in CASES.items()] + [["shares"]]
+    r = launch(str(TESTS / "helpers" / "dist_worker.py"), str(tmp / "out.json"), str(tmp / "cache"), json.dumps(cases))
     assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(out.read_text())
+    return json.loads((tmp / "out.json").read_text())
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_sharded_step_gives_the_single_process_gradient_of_the_batch(sharded, case):
+    """Each process's share of the groups through the sharded models, FSDP2's averaging, the gradient gathered
+    whole: the gradient an unsharded trainer computes on the whole batch. The batch itself (rollout, rewards,
+    reference log-probs, values) is the one the unsharded trainer builds, bit for bit."""
+    result = sharded[case]
     assert result["processes"] == 2 and result["share_rows"] * 2 == result["rows"]
-    assert result["max_abs_grad"] > 1e-4  # a gradient worth comparing
+    assert result["data_max_abs_diff"] == 0.0, result
+    assert result["max_abs_grad"] > 1e-3  # a gradient worth comparing
     assert result["max_abs_diff"] <= 1e-6 * max(1.0, result["max_abs_grad"]), result
 
 
-def test_offline_pairs_are_split_into_shares_of_the_single_process_batches(tmp_path):
+@pytest.mark.parametrize("case", ["ppo", "ppo_lora", "dpo"])
+def test_each_process_holds_about_half_of_every_models_parameters(sharded, case):
+    """Policy, value model, reference and reward model (with LoRA: one base each for policy and value model),
+    measured on each process against the unsharded trainer's."""
+    whole, held = sharded[case]["unsharded_bytes"], sharded[case]["bytes"]
+    assert len(held) == 2 and sum(held) >= whole  # the shards cover the models (padding may add a little)
+    for b in held:
+        assert 0.45 * whole <= b <= 0.55 * whole, (b, whole)
+
+
+@pytest.mark.parametrize("case", ["ppo", "ppo_lora", "dpo_lora"])
+def test_the_policy_a_sharded_run_saves_reloads_to_its_weights(sharded, case):
+    """After an optimizer step, the trainer's finish() writes policy/ from the gathered state; from_pretrained
+    (with LoRA: the adapters onto the SFT base) gives back exactly the weights the processes held."""
+    assert sharded[case]["reload_max_abs_diff"] == 0.0
+
+
+def test_offline_pairs_are_split_into_shares_of_the_single_process_batches(sharded):
     """Offline DPO: every process draws the main process's pair order and takes its share, so the
     shares of each step are exactly the single-process step's pairs."""
-    out = tmp_path / "out.json"
-    r = launch(str(TESTS / "helpers" / "dist_worker.py"), str(out), str(tmp_path / "cache"), "dpo")
-    assert r.returncode == 0, r.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert result["processes"] == 2 and result["share_sizes"] == [4, 4]
+    result = sharded["shares"]
+    assert result["share_sizes"] == [4, 4]
     assert result["got"] == result["expected"] and len(set(sum(result["got"], []))) == 24
 
 

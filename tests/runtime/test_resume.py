@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BANDIT_OVERRIDES
+from helpers.launch import kill_tree, start
 
 from rlhf_bench.benchmarks.runfiles import RUN_FILES_VERSION
 
@@ -56,9 +57,9 @@ def _rows(path: Path) -> int:
         return 0
 
 
-def _kill_at(proc: subprocess.Popen, train_jsonl: Path | str, step: int, timeout: float = 300) -> int:
-    """SIGKILL ``proc`` as soon as ``train_jsonl`` (a path, or a glob pattern) holds ``step`` rows;
-    returns the rows it held."""
+def _kill_at(proc: subprocess.Popen, train_jsonl: Path | str, step: int, timeout: float = 300, group=False) -> int:
+    """SIGKILL ``proc`` (``group``: with every process it started) as soon as ``train_jsonl`` (a path, or a glob
+    pattern) holds ``step`` rows; returns the rows it held."""
     deadline = time.time() + timeout
     while proc.poll() is None and time.time() < deadline:
         found = [Path(train_jsonl)] if isinstance(train_jsonl, Path) else list(Path("/").glob(train_jsonl[1:]))
@@ -67,7 +68,10 @@ def _kill_at(proc: subprocess.Popen, train_jsonl: Path | str, step: int, timeout
             break
         time.sleep(0.01)
     assert proc.poll() is None, f"the run ended before step {step}:\n{proc.communicate()[0][-3000:]}"
-    os.kill(proc.pid, signal.SIGKILL)
+    if group:  # a launcher and its processes (each in a session of its own): all of them at once
+        kill_tree(proc.pid)
+    else:
+        os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     return _rows(train_jsonl)
 
@@ -125,6 +129,36 @@ def test_resume_restores_the_algorithm_state(killed_and_resumed):
     rows = [json.loads(line) for line in open(killed_and_resumed["ppo"]["clean"] / "train.jsonl")]
     betas = [row["ppo/beta"] for row in rows]
     assert len(set(betas)) == len(betas), betas
+
+
+# ----------------------------------------------------------------------------------- sharded runs
+#: Two-process runs (FSDP2): PPO (value model, adaptive beta) and DPO with LoRA (the frozen base left out of
+#: the sharded checkpoint).
+SHARDED = {"ppo": ALGORITHMS["ppo"], "dpo_lora": ["algorithm=dpo", "model.lora.r=4"]}
+
+
+@pytest.mark.parametrize("case", list(SHARDED))
+def test_a_killed_sharded_run_resumes_to_the_uninterrupted_runs_results(bandit, cache_dir, tmp_path, case):
+    """A run on 2 processes, every process killed with SIGKILL after step 5 and the command run again, ends
+    with the run files and metrics of the same run uninterrupted, bit for bit. Its checkpoints are sharded
+    (a directory per step, written by both processes with torch.distributed.checkpoint)."""
+    extra = SHARDED[case] if case != "ppo" else ["algorithm=ppo", *SHARDED[case]]
+    args = ["-m", "rlhf_bench.benchmarks.cli", *_args(cache_dir, *extra)]
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    a = start(*args, f"hydra.run.dir={clean}", cwd=tmp_path)
+    b = start(*args, f"hydra.run.dir={killed}", cwd=tmp_path)
+    rows = _kill_at(b, killed / "train.jsonl", 5, group=True)
+    checkpoints = sorted(p.name for p in (killed / "checkpoints").iterdir())
+    assert checkpoints and all((killed / "checkpoints" / c).is_dir() for c in checkpoints), checkpoints
+    _finish(a)
+    log = _finish(start(*args, f"hydra.run.dir={killed}", cwd=tmp_path))
+    where = f"{case} killed after {rows} train rows; checkpoints {checkpoints}"
+    assert "resuming from the checkpoint of step" in log, where
+    for name in RUN_FILES:
+        assert (killed / name).read_bytes() == (clean / name).read_bytes(), f"{name} differs: {where}"
+    summaries = [json.loads((d / "summary.json").read_text()) for d in (clean, killed)]
+    assert _metrics(summaries[1]) == _metrics(summaries[0]), where
+    assert summaries[1]["distributed"]["num_processes"] == 2 and summaries[1]["resumed_from_step"] is not None
 
 
 # ------------------------------------------------------------------------------------------ sweeps

@@ -33,3 +33,12 @@ def test_each_process_holds_about_half_the_parameter_bytes(sharded_step):
     assert len(shards) == 2 and sum(shards) >= whole  # the shards cover the model (padding may add a little)
     for b in shards:
         assert 0.45 * whole <= b <= 0.55 * whole, (b, whole)
+
+
+def test_sampling_of_uneven_lengths_finishes_as_unsharded(sharded_step):
+    """Each process samples its own prompts with its own generator: their responses end after different numbers
+    of tokens (so different numbers of forwards), and the run neither hangs nor changes a token; the model is
+    sharded again after it and takes a step."""
+    columns = sharded_step["sampling_columns"]
+    assert len(columns) == 2 and columns[0] != columns[1], columns  # the case this test is about
+    assert sharded_step["sampling_as_unsharded"] == [True, True]
