@@ -132,12 +132,20 @@ def shard(
     reshard_after_forward: bool = True,
     param_dtype: Optional[torch.dtype] = None,
     cpu_offload: bool = False,
+    from_main: bool = False,
+    device: Optional[torch.device] = None,
 ) -> Root:
     """``model`` under a :class:`Root`, sharded over the default process group: each block, then the root
     (the embeddings, the final norm and the heads). ``param_dtype``: compute in that dtype with float32
     gradient reduction (FSDP2's ``MixedPrecisionPolicy``); ``cpu_offload``: keep the shards in host
     memory (``CPUOffloadPolicy``, for frozen models). Apply LoRA before this, and build the optimizer after
-    it, on the root's parameters (they are now sharded ``DTensor``s)."""
+    it, on the root's parameters (they are now sharded ``DTensor``s).
+
+    ``from_main``: only the main process holds the weights; the others pass the same model built on the meta
+    device (nothing allocated). The shards are allocated on ``device`` and each process receives its own
+    from the main process (``set_model_state_dict(..., broadcast_from_rank0=True)``), so that N processes
+    never hold N whole copies."""
+    import torch.distributed as dist
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
 
     kwargs: dict[str, Any] = {
@@ -147,11 +155,28 @@ def shard(
     if param_dtype is not None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     inner = getattr(model, "get_base_model", lambda: model)()  # through a peft wrapper: its blocks
+    main = dist.get_rank() == 0
+    weights = {f"model.{k}": v for k, v in model.state_dict().items()} if from_main and main else {}
     for block in blocks(inner):
         fully_shard(block, **kwargs)
     root = Root(model, reshard_after_forward)
     fully_shard(root, **kwargs)
+    if from_main:
+        _receive(root, weights, torch.device("cpu") if cpu_offload else device)
     return root
+
+
+def _receive(root: Root, weights: dict[str, torch.Tensor], device: Optional[torch.device]) -> None:
+    """Allocate the root's shards on ``device`` and fill them from the main process's ``weights`` (empty on
+    the others); buffers, which are not sharded (nor, when non-persistent, in a state dict), are broadcast."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    root.to_empty(device=device or torch.device("cpu"))
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(root, weights, options=options)
+    for buffer in root.buffers():
+        dist.broadcast(buffer, src=0)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

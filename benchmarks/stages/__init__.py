@@ -287,9 +287,13 @@ class SharedStages:
         mask = self.task.logit_mask(self.task.max_new_tokens)
         return None if mask is None else mask.to(self.device)
 
-    def load_sft(self, art: SharedArtifacts):
+    def load_sft(self, art: SharedArtifacts, weights: bool = True):
+        """The SFT model. ``weights=False``: its architecture on the meta device, no weight read or allocated
+        (a sharded run's other processes, which receive their shards from the main process)."""
         from transformers import AutoModelForCausalLM
 
+        if not weights:
+            return _on_meta(AutoModelForCausalLM, art.sft_dir, self.model_cfg)
         return AutoModelForCausalLM.from_pretrained(art.sft_dir, **dtype_kwargs(self.model_cfg)).to(self.device)
 
     # --- 2. preference data ---------------------------------------------------------------------
@@ -473,12 +477,23 @@ class SharedStages:
             "rm/heldout_lists": len(held),
         }
 
-    def load_reward_model(self, art: SharedArtifacts):
+    def load_reward_model(self, art: SharedArtifacts, weights: bool = True):
+        """The reward model (``weights=False``: on the meta device, as :meth:`load_sft`)."""
         from transformers import AutoModelForSequenceClassification
 
+        if not weights:
+            return _on_meta(AutoModelForSequenceClassification, art.reward_model_dir, self.model_cfg)
         return AutoModelForSequenceClassification.from_pretrained(
             art.reward_model_dir, **dtype_kwargs(self.model_cfg)
         ).to(self.device)
+
+
+def _on_meta(auto, directory: Path, model_cfg):
+    """The model saved in ``directory`` built from its config alone, on the meta device (no memory)."""
+    from transformers import AutoConfig
+
+    with torch.device("meta"):
+        return auto.from_config(AutoConfig.from_pretrained(directory), **dtype_kwargs(model_cfg))
 
 
 def _fmt(value: Optional[float]) -> str:

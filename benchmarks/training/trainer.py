@@ -18,13 +18,13 @@ output files:
 - ``policy/``: the final policy (``save_pretrained``), for trained algorithms
 
 Read top to bottom: setup (``Trainer.__init__``), the loop (``fit``, ``train_step``, ``update``,
-``evaluate``), checkpoints (``state_dict``, ``resume``), the outputs (``finish``).
+``evaluate``); checkpoints (``state_dict``, ``resume``) are in :mod:`.checkpointing`, the outputs
+(``finish``) in :mod:`.outputs`.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import sys
 import time
@@ -35,38 +35,35 @@ import torch
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from ..config import ConfigError, run_label
+from ..config import run_label
 from ..data import expand_pairs
 from ..evaluation import Evaluator, LMPolicy
 from ..models import configure_memory, disable_dropout, freeze
-from ..models.lora import AdaptersOff, apply_lora, load_trained_state, trainable_parameters, trained_state
+from ..models.lora import AdaptersOff, apply_lora
 from ..plugins import get_algorithm
 from ..rollout import RolloutEngine
-from ..runfiles import SAMPLES, STEP_FILES, SUMMARY
-from ..runtime.checkpoint import Checkpoints, JsonlFile, rng_state, set_rng_state
+from ..runfiles import STEP_FILES
+from ..runtime.checkpoint import Checkpoints, JsonlFile
 from ..runtime.distributed import Distributed
 from ..runtime.faults import FaultInjector, FiniteChecks, NonFiniteError
 from ..runtime.loggers import NullLogger, build_logger
 from ..runtime.phases import PhaseTimer
-from ..runtime.rundir import summary_header
-from ..runtime.sharding import full_state_dict, full_tensor, gathered, is_sharded, shard
+from ..runtime.sharding import full_tensor, gathered, shard
 from ..stages import SharedStages
 from ..tasks import build_task
 from ..utils import (
     adamw,
-    atomic_write_text,
     derive_seed,
-    git_revision,
     make_generator,
-    numerics,
-    package_versions,
     resolve_device,
     sampling_generator,
     seed_everything,
     to_jsonable,
 )
 from .budget import Budget
+from .checkpointing import Checkpointing
 from .context import Context, split_groups
+from .outputs import Outputs
 from .sources import make_source
 
 log = logging.getLogger(__name__)
@@ -99,7 +96,7 @@ def _pair_table(task, ds) -> list[tuple[list[int], list[int], list[int]]]:
 
 
 # --------------------------------------------------------------------------------------- trainer
-class Trainer:
+class Trainer(Checkpointing, Outputs):
     """One run. Its state (models, optimizer, scheduler, data source, random generators, budget,
     algorithm, run files) is explicit: :meth:`state_dict` is a checkpoint, and a step depends only
     on it."""
@@ -167,31 +164,39 @@ class Trainer:
         """Policy, reference, reward model and (PPO) value model. With ``model.lora.r > 0`` the
         policy and the value model train adapters on frozen bases, and the reference and the reward
         model are those same models with their adapters disabled (:class:`~.lora.AdaptersOff`)."""
-        cfg, tcfg, mcfg = self.cfg, self.tcfg, self.mcfg
+        cfg, mcfg = self.cfg, self.mcfg
         seed_everything(cfg.seed)
         rank = () if self.dist.rank == 0 else (f"process{self.dist.rank}",)  # process 0: the single-process stream
         self.generator = make_generator(derive_seed(cfg.seed, "train", *rank))
         # the tokens' stream: this generator on the CPU, one on the model's device elsewhere
         self.sampling = sampling_generator(self.generator, self.device, cfg.seed, "train", *rank)
         cls, lora = self.spec.cls, mcfg.lora.r > 0
-        self.policy = configure_memory(disable_dropout(stages.load_sft(self.art)), mcfg)
+        # several processes: the main one reads the weights, the others build the models on the meta device
+        # and receive their shards from it (_place): no process but the main one holds a whole model
+        weights = self.dist.is_main or not self.dist.active
+        trained = lambda model: self._place(apply_lora(model, mcfg.lora) if lora else model)  # noqa: E731
+        self.policy = trained(configure_memory(disable_dropout(stages.load_sft(self.art, weights)), mcfg))
+        ref = (
+            AdaptersOff(self.policy)
+            if lora
+            else self._place(freeze(disable_dropout(stages.load_sft(self.art, weights))), frozen=True)
+        )
         self.value_model = None
-        if lora:
-            self.policy = apply_lora(self.policy, mcfg.lora)
-            ref = AdaptersOff(self.policy)
-        else:
-            ref = freeze(disable_dropout(stages.load_sft(self.art)))
         if cls.uses_value_model:
-            self.value_model = configure_memory(disable_dropout(stages.load_reward_model(self.art)), mcfg)
-            if lora:
-                self.value_model = apply_lora(self.value_model, mcfg.lora)
+            self.value_model = trained(
+                configure_memory(disable_dropout(stages.load_reward_model(self.art, weights)), mcfg)
+            )
         rm = (
             AdaptersOff(self.value_model)
             if lora and self.value_model is not None
-            else freeze(stages.load_reward_model(self.art))
+            else self._place(freeze(stages.load_reward_model(self.art, weights)), frozen=True)
         )
-        if self.dist.active:
-            ref, rm = self._shard(ref, rm)
+        self._build_algorithm(ref, rm)
+
+    def _build_algorithm(self, ref, rm) -> None:
+        """The rollout engine (the reward every algorithm optimises), what the plugin receives, the plugin,
+        the budget and the data source."""
+        cfg, tcfg, mcfg, cls = self.cfg, self.tcfg, self.mcfg, self.spec.cls
         self.engine = RolloutEngine(
             self.task,
             ref,
@@ -239,23 +244,23 @@ class Trainer:
             broadcast=self.dist.broadcast,
         )
 
-    def _shard(self, ref, rm) -> tuple[Any, Any]:
-        """Several processes: every model sharded with FSDP2 under a root (runtime/sharding.py), LoRA adapters
-        already on (adapters added after sharding would train on un-averaged gradients), the optimizer built
-        after this, on the sharded parameters. A LoRA reference (reward model) stays the policy's (value
-        model's) root with its adapters off. Returns the reference and the reward model."""
+    def _place(self, model: torch.nn.Module, frozen: bool = False) -> torch.nn.Module:
+        """A model as the run holds it: itself with one process; with several, sharded with FSDP2 under a root
+        (runtime/sharding.py) as soon as it is loaded, so that the main process never holds two whole models.
+        LoRA adapters are on already (adapters added after sharding would train on un-averaged gradients);
+        the optimizer is built after this, on the sharded parameters. A LoRA reference (reward model) is the
+        policy's (value model's) root with its adapters off, and is not placed again."""
+        if not self.dist.active:
+            return model
         dcfg = self.dcfg
-        kwargs = {
-            "reshard_after_forward": dcfg.reshard_after_forward,
-            "param_dtype": torch.bfloat16 if dcfg.mixed_precision == "bfloat16" else None,
-        }
-        self.policy = shard(self.policy, **kwargs)
-        if self.value_model is not None:
-            self.value_model = shard(self.value_model, **kwargs)
-        frozen = {**kwargs, "cpu_offload": dcfg.offload_frozen}
-        ref = AdaptersOff(self.policy) if isinstance(ref, AdaptersOff) else shard(ref, **frozen)
-        rm = AdaptersOff(self.value_model) if isinstance(rm, AdaptersOff) else shard(rm, **frozen)
-        return ref, rm
+        return shard(
+            model,
+            reshard_after_forward=dcfg.reshard_after_forward,
+            param_dtype=torch.bfloat16 if dcfg.mixed_precision == "bfloat16" else None,
+            cpu_offload=frozen and dcfg.offload_frozen,
+            from_main=True,  # the main process's weights, each process's shards of them
+            device=self.device,
+        )
 
     def _build_evaluation(self, groups: dict[str, Any]) -> None:
         """Evaluation, the exact frontier and the logger: the main process's (the only one that
@@ -429,156 +434,3 @@ class Trainer:
         self._write("time", {"step": step, "time/eval_seconds": time.time() - t0})  # wall time: kept apart
         self.logger.log({f"eval/{k}": v for k, v in self.row.items() if k != "step"}, step)
         return True
-
-    # ------------------------------------------------------------------------------ checkpoints
-    def _process_state(self) -> dict[str, Any]:
-        """What differs between the processes of a run: random streams, data order, budget."""
-        return {
-            "rng": rng_state(self.generator, self.sampling),
-            "source": self.source.state_dict(),
-            "budget": self.budget.state_dict(),
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything the next step depends on, and where each run file ends. With several
-        processes (a collective: every process calls it), ``processes`` holds each one's own part."""
-        sharded = is_sharded(self.policy)  # then models and optimizer are written by every process (save_checkpoint)
-        state = {
-            "step": self.step,
-            "policy": None if sharded else trained_state(self.policy),
-            "value_model": trained_state(self.value_model) if self.value_model is not None and not sharded else None,
-            "optimizer": None if sharded else self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            **self._process_state(),
-            "algorithm": self.algo.state_dict(),
-            "last_eval": {"row": self.row, "samples": self.samples},
-            "logger": self.logger.state_dict(),
-            "phases": self.phases.state_dict(),
-            "files": {name: f.position() for name, f in self.files.items()},
-        }
-        if self.dist.active:
-            state["processes"] = self.dist.gather(self._process_state())
-        return state
-
-    def _trained(self) -> torch.nn.ModuleList:
-        """The trained models, as one module: what a sharded checkpoint holds with the optimizer."""
-        return torch.nn.ModuleList([m for m in (self.policy, self.value_model) if m is not None])
-
-    def save_checkpoint(self, step: int) -> None:
-        t0 = time.time()
-        with self.phases.phase("checkpoint"):
-            state = self.state_dict()
-            if is_sharded(self.policy):
-                self.checkpoints.save_sharded(state, step, self._trained(), self.opt, self.dist)
-            elif self.dist.is_main:
-                self.checkpoints.save(state, step)
-        timing = {"time/checkpoint_seconds": time.time() - t0}
-        self._write("time", {"step": step, **timing})  # after the recorded length: rewritten on resume
-        self.logger.log(timing, step)
-
-    def resume(self, state: dict[str, Any]) -> int:
-        """Load a checkpoint; the run files are cut back to where it says they ended."""
-        processes = state.get("processes") or [state]
-        if len(processes) != self.dist.world:
-            raise ConfigError(
-                f"{self.run_dir}: its checkpoint was written by a run on {len(processes)} process(es); "
-                f"resume it on as many, not {self.dist.world}"
-            )
-        if is_sharded(self.policy):
-            self.checkpoints.load_sharded(state, self._trained(), self.opt)
-        else:
-            load_trained_state(self.policy, state["policy"])
-            if self.value_model is not None:
-                load_trained_state(self.value_model, state["value_model"])
-            self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        own = processes[self.dist.rank]
-        set_rng_state(own["rng"], self.generator, self.sampling)
-        self.source.load_state_dict(own["source"])
-        self.budget.load_state_dict(own["budget"])
-        self.algo.load_state_dict(state["algorithm"])
-        self.phases.load_state_dict(state.get("phases"))
-        self.row, self.samples = state["last_eval"]["row"], state["last_eval"]["samples"]
-        if self.dist.is_main:
-            self.files = {
-                name: JsonlFile(self.run_dir / STEP_FILES[name], state["files"].get(name)) for name in self.FILES
-            }
-        self.step = state["step"]
-        log.info("%s: resuming from the checkpoint of step %d/%d", self.name, self.step, self.steps)
-        return self.step
-
-    # --------------------------------------------------------------------------------- outputs
-    def _model_summary(self) -> dict[str, Any]:
-        """Whether the task has a gold reward and, for real models, the parameters trained (older
-        runs, of the synthetic tasks, lack these keys)."""
-        out = {} if self.task.has_gold else {"gold_reward": False}
-        if self.mcfg.pretrained:
-            trainable, total = trainable_parameters(self.policy)
-            out["gold_reward"] = self.task.has_gold
-            out["policy_parameters"] = {"trainable": trainable, "total": total, "lora_r": self.mcfg.lora.r}
-        return out
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.budget.tokens.detach()
-        self.logger.finish()
-
-    def finish(self) -> dict[str, Any]:
-        """samples.jsonl, policy/ and summary.json (by the main process); then the training state
-        is deleted."""
-        run_dir, acfg, art = self.run_dir, self.acfg, self.art
-        self.checkpoints.wait()  # a background write still going: it ends (or fails) here
-        budget = self.budget_totals()  # a collective: every process takes part
-        # sharded: the whole state gathered on the main process (a collective), saved from there
-        weights = full_state_dict(self.policy) if self.steps and is_sharded(self.policy) else None
-        if not self.dist.is_main:
-            self.close()
-            return {"status": "finished", "budget": budget, "process": self.dist.rank}
-        with open(run_dir / SAMPLES, "w") as f:
-            for s in self.samples:
-                f.write(json.dumps(s) + "\n")
-        if self.steps:  # with LoRA, the adapters only (README: merging them into the base)
-            if weights is not None:
-                self.policy.model.save_pretrained(run_dir / "policy", state_dict=weights)
-            else:
-                self.policy.save_pretrained(run_dir / "policy")
-            self.task.tokenizer.save_pretrained(run_dir / "policy")
-        summary = {
-            **summary_header(self.resolved, self.spec.cls.beta_independent, "finished"),
-            "steps": self.steps,
-            "final": self.row,
-            "budget": budget,
-            "distributed": self.dist.summary(),
-            "shared": {
-                "metrics": art.metrics,
-                "reused": art.reused,
-                "dirs": {
-                    "sft": str(art.sft_dir),
-                    "preferences": str(art.preferences_dir),
-                    "reward_model": str(art.reward_model_dir),
-                },
-            },
-            "resumed_from_step": self.resume_from["step"] if self.resume_from else None,
-            **self._model_summary(),
-            "wall_time_seconds": time.time() - self.t_start,
-            "shared_stage_seconds": self.t_shared - self.t_start,
-            "train_seconds": time.time() - self.t_shared,
-            "config": self.resolved,
-            "versions": package_versions(),
-            "numerics": numerics(),
-            **self.phases.summary(),
-            "git_revision": git_revision(),
-            "run_dir": str(run_dir),
-        }
-        if self.task.summary():
-            summary["data"] = self.task.summary()
-        if self.task.enumerable and self.spec.cls.data != "none":
-            reward = "gold" if self.rmcfg.kind == "gold" else "proxy"
-            kl_opt, r_opt = self.evaluator.optimal_at_beta(acfg.beta, reward)
-            summary["optimal_at_beta"] = {"kl": kl_opt, "reward_value": r_opt, "reward": reward}
-        self.logger.summary({f"final/{k}": v for k, v in self.row.items()})
-        self.close()
-        atomic_write_text(run_dir / SUMMARY, json.dumps(to_jsonable(summary), indent=2))
-        self.checkpoints.clear()
-        return summary

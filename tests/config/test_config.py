@@ -48,7 +48,7 @@ def test_every_group_has_options():
 def test_every_option_composes_and_validates(group, option, compose):
     cfg = compose(f"{group}={option}", *REQUIRED_EXTRA.get((group, option), []))
     groups = validate(cfg)
-    assert set(groups) == set(GROUPS) | {"checkpoint", "fault"}  # plus the run-level settings
+    assert set(groups) == set(GROUPS) | {"checkpoint", "fault", "distributed"}  # plus the run-level settings
     if group == "algorithm":
         spec = get_algorithm(cfg.algorithm.name)
         assert isinstance(groups["algorithm"], spec.config_class)
@@ -97,6 +97,7 @@ def test_mandatory_value_left_unset_fails(compose):
         ("logger.mode=sometimes", ["logger.mode", "offline"]),
         ("threads=-1", ["threads", ">= 0"]),
         ("device=tpu", ["device", "cuda"]),
+        ("distributed.mixed_precision=fp16", ["distributed.mixed_precision", "bfloat16", "fp16"]),
     ],
 )
 def test_bad_values_name_the_field(override, fragments, compose):
@@ -206,10 +207,15 @@ def test_committed_results_are_the_same_runs_as_todays_config(run, compose):
         overrides.append(f"algorithm.beta={a['beta']}")
     today = OmegaConf.to_container(compose(*overrides), resolve=True)
     assert config_differences(run_identity(summary["config"]), run_identity(today)) == []
-    for changed in ("model.dtype=bfloat16", "model.lora.r=4", "fault.step=2"):
+    for changed in ("model.dtype=bfloat16", "model.lora.r=4", "fault.step=2", "distributed.mixed_precision=bfloat16"):
         other = OmegaConf.to_container(compose(*overrides, changed), resolve=True)
         assert config_differences(run_identity(summary["config"]), run_identity(other)), changed
-    for speed in ("model.gradient_checkpointing=true", "model.compile_generation=true"):
+    for speed in (
+        "model.gradient_checkpointing=true",
+        "model.compile_generation=true",
+        "distributed.offload_frozen=true",
+        "distributed.reshard_after_forward=false",
+    ):
         memory = OmegaConf.to_container(compose(*overrides, speed), resolve=True)
         assert config_differences(run_identity(summary["config"]), run_identity(memory)) == [], speed
 

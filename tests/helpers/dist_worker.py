@@ -12,7 +12,9 @@ Both take the same global batch:
   gradients, which are then gathered whole; the unsharded trainer computes the whole batch's loss.
 
 ``OUT`` (JSON) gets, per case: the largest difference between the two gradients, the largest gradient, the
-rows, the parameter bytes each process holds for all the run's models against the unsharded trainer's, and,
+rows, how many checkpoints each process read while the sharded trainer was built (the others receive their
+shards from the main process), the parameter bytes each process holds for all the run's models against the
+unsharded trainer's, and,
 after one optimizer step and the trainer's own ``finish``, the largest difference between the gathered policy
 and ``policy/`` loaded back with ``from_pretrained`` (with LoRA: the adapters, loaded onto the base).
 
@@ -135,10 +137,28 @@ def reload_difference(t: Trainer, lora: bool) -> float:
     return max((weights[k].float() - loaded[k].float()).abs().max().item() for k in names)
 
 
+def counting_reads() -> list[str]:
+    """Record every checkpoint ``from_pretrained`` reads in this process (the list returned)."""
+    import transformers
+
+    reads: list[str] = []
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoModelForSequenceClassification):
+        original = auto.from_pretrained.__func__
+
+        def counted(cls, path, *args, _original=original, **kwargs):
+            reads.append(str(path))
+            return _original(cls, path, *args, **kwargs)
+
+        auto.from_pretrained = classmethod(counted)
+    return reads
+
+
 def compare(out: dict[str, Any], cache: str, name: str, *overrides: str) -> None:
     dist = Distributed("cpu")
     root = Path(cache).parent / name
+    reads = counting_reads()
     sharded = trainer(cache, root / f"sharded{dist.rank}", dist, *overrides)
+    weights_read = dist.gather(len(reads))
     data = global_batch(sharded)
     rows = len(data["response_mask"]) // dist.world  # whole groups: each process's share
     share = {k: v[dist.rank * rows : (dist.rank + 1) * rows] for k, v in data.items()}
@@ -159,6 +179,7 @@ def compare(out: dict[str, Any], cache: str, name: str, *overrides: str) -> None
             "max_abs_grad": max(g.abs().max().item() for g in expected),
             "data_max_abs_diff": data_diff,
             "bytes": held,
+            "weights_read": weights_read,
             "unsharded_bytes": model_bytes(alone),
         }
         alone.close()

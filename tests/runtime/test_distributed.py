@@ -68,6 +68,14 @@ def test_each_process_holds_about_half_of_every_models_parameters(sharded, case)
         assert 0.45 * whole <= b <= 0.55 * whole, (b, whole)
 
 
+@pytest.mark.parametrize("case", ["ppo", "ppo_lora", "dpo"])
+def test_only_the_main_process_reads_the_weights(sharded, case):
+    """The other processes build the models on the meta device and receive their shards from the main one
+    (the gradients above show they received the right ones): N processes never hold N whole copies."""
+    reads = sharded[case]["weights_read"]
+    assert reads[0] >= 2 and reads[1] == 0, reads  # the policy's SFT base and the reward model at least
+
+
 @pytest.mark.parametrize("case", ["ppo", "ppo_lora", "dpo_lora"])
 def test_the_policy_a_sharded_run_saves_reloads_to_its_weights(sharded, case):
     """After an optimizer step, the trainer's finish() writes policy/ from the gathered state; from_pretrained
@@ -115,6 +123,23 @@ def test_a_two_process_run_is_one_run_with_one_writer(tmp_path):
     budget = {k: v for k, v in summary["budget"].items() if k != "train_seconds"}
     assert budget == {k: v for k, v in alone["budget"].items() if k != "train_seconds"}
     assert budget["responses_sampled"] == 4 * 64 * 2  # steps x prompts_per_step x responses per prompt
+
+
+def test_the_sharding_settings_change_how_a_run_computes_not_what(tmp_path):
+    """Frozen models' shards kept in host memory and blocks kept gathered from forward to backward: the same
+    run files, bit for bit, as FSDP2's defaults. (Mixed precision changes what is computed: it runs, on CPU.)"""
+    cache = tmp_path / "cache"
+    args = [*SMALL, "algorithm=ppo", "task.steps=2", "task.eval_every=2", f"cache_dir={cache}"]
+    default, tuned, bf16 = tmp_path / "default", tmp_path / "tuned", tmp_path / "bf16"
+    settings = ["distributed.offload_frozen=true", "distributed.reshard_after_forward=false"]
+    for run_dir, extra in ((default, []), (tuned, settings), (bf16, ["distributed.mixed_precision=bfloat16"])):
+        r = launch("-m", "rlhf_bench.benchmarks.cli", *args, *extra, f"hydra.run.dir={run_dir}")
+        assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("eval.jsonl", "train.jsonl", "samples.jsonl"):
+        assert (tuned / name).read_bytes() == (default / name).read_bytes(), name
+    assert (bf16 / "eval.jsonl").read_bytes() != (default / "eval.jsonl").read_bytes()  # bfloat16 did compute
+    final = json.loads((bf16 / "summary.json").read_text())["final"]
+    assert abs(final["reward_gold"] - read_jsonl(default / "eval.jsonl")[-1]["reward_gold"]) < 0.05, final
 
 
 def test_prompts_that_do_not_split_over_the_processes_are_refused(tmp_path):

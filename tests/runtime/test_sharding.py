@@ -1,5 +1,6 @@
-"""FSDP2 on 2 CPU processes (gloo): the harness's log-probs through a sharded root give the whole batch's
-gradient, and each process holds about half the parameter bytes (benchmarks/runtime/sharding.py)."""
+"""FSDP2 on 2 CPU processes (gloo), one model (benchmarks/runtime/sharding.py): the harness's log-probs through a
+sharded root give the whole batch's gradient, each process holds about half the parameter bytes, and sampling
+whose length differs between processes finishes. The trainer's sharded runs: tests/runtime/test_distributed.py."""
 
 from __future__ import annotations
 
