@@ -299,7 +299,8 @@ class CheckpointConfig:
     every: int = 10  # steps between checkpoints (0: none); one is also written after the last step
     keep: int = 1  # checkpoints kept, the newest; a finished run deletes them all and keeps policy/
     # write each checkpoint from a host copy in a background thread while training goes on (null: on
-    # off the CPU, where a real model's save takes seconds; off on the CPU)
+    # off the CPU, where a real model's save takes seconds; off on the CPU). A sharded run (several
+    # processes) writes its checkpoints at once, every process its own shards
     background: Optional[bool] = None
 
     def __post_init__(self) -> None:

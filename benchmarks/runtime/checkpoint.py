@@ -136,7 +136,8 @@ class Checkpoints:
         """A sharded run's checkpoint, by every process: the directory ``step_<N>/`` holds the trained models'
         and the optimizer's shards, written by each process with ``torch.distributed.checkpoint`` (frozen
         weights left out), and the main process's ``trainer.pt`` (the rest of ``state``). It is written under
-        a temporary name and renamed into place once every process is done: a reader sees all of it or none."""
+        a temporary name and renamed into place once every process is done: a reader sees all of it or none.
+        It is written at once (``checkpoint.background`` applies to single-process checkpoints)."""
         import torch.distributed.checkpoint as dcp
 
         final = self.dir / f"step_{step:06d}"

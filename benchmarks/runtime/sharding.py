@@ -56,7 +56,10 @@ class Root(nn.Module):
         try:
             return super().__getattr__(name)  # parameters, buffers, submodules (``model``)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            modules = self.__dict__.get("_modules")
+            if name.startswith("__") or not modules or "model" not in modules:  # copying, pickling, building
+                raise
+            return getattr(modules["model"], name)
 
     def units(self) -> list[nn.Module]:
         """The sharded modules: this root first, then the blocks, in the order every process walks them."""

@@ -13,8 +13,8 @@ Both take the same global batch:
 
 ``OUT`` (JSON) gets, per case: the largest difference between the two gradients, the largest gradient, the
 rows, how many checkpoints each process read while the sharded trainer was built (the others receive their
-shards from the main process), the parameter bytes each process holds for all the run's models against the
-unsharded trainer's, and,
+shards from the main process), the parameter bytes each process holds for all the run's models and the bytes
+of its optimizer state after a step, each against the unsharded trainer's, and,
 after one optimizer step and the trainer's own ``finish``, the largest difference between the gathered policy
 and ``policy/`` loaded back with ``from_pretrained`` (with LoRA: the adapters, loaded onto the base).
 
@@ -38,21 +38,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest
 
 from conftest import compose_config  # noqa: E402
 
+from helpers.cli import SMALL as CLI_SMALL  # noqa: E402
 from rlhf_bench.benchmarks.config import validate  # noqa: E402
 from rlhf_bench.benchmarks.runtime.distributed import Distributed, exit_process, shutdown_process_group  # noqa: E402
-from rlhf_bench.benchmarks.runtime.sharding import full_state_dict, full_tensor, local_bytes  # noqa: E402
+from rlhf_bench.benchmarks.runtime.sharding import full_state_dict, full_tensor, local_bytes, local_tensor  # noqa: E402
 from rlhf_bench.benchmarks.training.context import PreferenceBatch  # noqa: E402
 from rlhf_bench.benchmarks.training.trainer import Trainer  # noqa: E402
 
-SMALL = [
-    "task=bandit",
-    "task.n_sft_demos=1000",
-    "task.sft.epochs=1",
-    "task.preferences.n_prompts=100",
-    "reward_model.epochs=1",
-    "progress=false",
-    "task.prompts_per_step=8",
-]
+SMALL = [*CLI_SMALL, "task.prompts_per_step=8"]  # 8 prompts: whole groups split over 2 processes
 
 
 class OneProcess:
@@ -114,9 +107,20 @@ def model_bytes(t: Trainer) -> int:
     return sum(local_bytes(m) for m in models.values() if isinstance(m, torch.nn.Module))
 
 
+def optimizer_bytes(t: Trainer) -> int:
+    """The bytes of the optimizer state this process holds (AdamW's two moments: its shards of them)."""
+    return sum(local_bytes_of(v) for state in t.opt.state.values() for v in state.values() if torch.is_tensor(v))
+
+
+def local_bytes_of(t: torch.Tensor) -> int:
+    local = local_tensor(t)
+    return local.numel() * local.element_size() if local.dim() else 0  # step counts are not state worth counting
+
+
 def reload_difference(t: Trainer, lora: bool) -> float:
     """One optimizer step, the trainer's own finish (policy/), and policy/ read back against the gathered weights."""
     t.opt.step()
+    t.optimizer_bytes = t.dist.gather(optimizer_bytes(t))
     weights = full_state_dict(t.policy)
     t.steps = max(t.steps, 1)
     t.evaluate(t.steps)  # the row finish() records (evaluation, on the main process)
@@ -170,6 +174,7 @@ def compare(out: dict[str, Any], cache: str, name: str, *overrides: str) -> None
         assert own.keys() == data.keys()
         data_diff = max((own[k].double() - data[k].double()).abs().max().item() for k in own)
         expected = gradients(alone, data)
+        alone.opt.step()
         assert [g.shape for g in got] == [g.shape for g in expected]
         out[name] = {
             "processes": dist.world,
@@ -181,12 +186,14 @@ def compare(out: dict[str, Any], cache: str, name: str, *overrides: str) -> None
             "bytes": held,
             "weights_read": weights_read,
             "unsharded_bytes": model_bytes(alone),
+            "unsharded_optimizer_bytes": optimizer_bytes(alone),
         }
         alone.close()
     lora = any(o.startswith("model.lora.r=") and not o.endswith("=0") for o in overrides)
     diff = reload_difference(sharded, lora)
     if dist.is_main:
         out[name]["reload_max_abs_diff"] = diff
+        out[name]["optimizer_bytes"] = sharded.optimizer_bytes
 
 
 def offline_shares(out: dict[str, Any], cache: str) -> None:

@@ -59,13 +59,17 @@ def test_a_sharded_step_gives_the_single_process_gradient_of_the_batch(sharded, 
 
 
 @pytest.mark.parametrize("case", ["ppo", "ppo_lora", "dpo"])
-def test_each_process_holds_about_half_of_every_models_parameters(sharded, case):
+def test_each_process_holds_about_half_of_the_parameters_and_optimizer_state(sharded, case):
     """Policy, value model, reference and reward model (with LoRA: one base each for policy and value model),
-    measured on each process against the unsharded trainer's."""
-    whole, held = sharded[case]["unsharded_bytes"], sharded[case]["bytes"]
-    assert len(held) == 2 and sum(held) >= whole  # the shards cover the models (padding may add a little)
-    for b in held:
-        assert 0.45 * whole <= b <= 0.55 * whole, (b, whole)
+    and the optimizer state, measured on each process against the unsharded trainer's."""
+    result = sharded[case]
+    for whole, held in (
+        (result["unsharded_bytes"], result["bytes"]),
+        (result["unsharded_optimizer_bytes"], result["optimizer_bytes"]),  # AdamW's moments, after a step
+    ):
+        assert len(held) == 2 and sum(held) >= whole > 0  # the shards cover it all (padding may add a little)
+        for b in held:
+            assert 0.45 * whole <= b <= 0.55 * whole, (b, whole)
 
 
 @pytest.mark.parametrize("case", ["ppo", "ppo_lora", "dpo"])
