@@ -16,6 +16,8 @@ from .schemas import DistributedConfig, ModelConfig
 NON_IDENTITY_KEYS = ("progress", "threads", "cache_dir", "logger", "benchmark", "tuned", "checkpoint", "hydra")
 #: Model settings added after runs were recorded: at these values a run computes what it did before.
 NEW_MODEL_DEFAULTS = {"dtype": "float32"}
+#: Algorithm settings added after runs were recorded, likewise (DPO's flip rate: 0 is the loss it always was).
+NEW_ALGORITHM_DEFAULTS = {"label_smoothing": 0.0}
 _IDENTITY_KEYS_IN_NAME = ("algorithm", "algorithm.beta", "algorithm.label", "seed", "task.seed")
 
 
@@ -41,6 +43,9 @@ def run_identity(cfg: dict) -> dict:
         model.pop("lora", None)  # no adapters: full fine-tuning, as before LoRA existed
     ident["model"] = model
     algo = dict(ident.get("algorithm") or {})
+    for key, default in NEW_ALGORITHM_DEFAULTS.items():
+        if algo.get(key, default) == default:
+            algo.pop(key, None)
     if get_algorithm(algo["name"]).cls.beta_independent:
         algo.pop("beta", None)
     ident["algorithm"] = algo

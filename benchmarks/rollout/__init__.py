@@ -34,13 +34,16 @@ def sample_responses(
     generator: Optional[torch.Generator] = None,
     check_every: Optional[int] = None,
     compiled: bool = False,
+    greedy: bool = False,
 ) -> SequenceBatch:
     """Sample one response per prompt (repeat prompts for several). Returns a :class:`SequenceBatch`.
 
     ``generator``: the sampling stream, best on the model's device (:func:`draw_tokens`). ``check_every``:
     tokens between two host reads of "every row has ended" (default: 1 on the CPU, where the read is
     free and the stream must stay that of the committed results; 8 elsewhere). ``compiled``: a static KV
-    cache and a compiled decode step (``model.compile_generation``, :mod:`.decode`)."""
+    cache and a compiled decode step (``model.compile_generation``, :mod:`.decode`). ``greedy``: the argmax of the
+    (temperature-scaled, masked) logits at every token instead of a draw (ReMax's baseline); nothing is drawn, so
+    ``generator`` (or torch's global stream) is left as it was."""
     device = next(model.parameters()).device
     check_every = check_every or (1 if device.type == "cpu" else 8)
     was_training = model.training
@@ -58,8 +61,11 @@ def sample_responses(
             logits = logits / temperature
         if logit_mask is not None:
             logits = logits.masked_fill(~logit_mask[t].to(device), NEG)
-        probs = torch.softmax(logits, dim=-1)
-        tok = draw_tokens(probs, generator)  # (B,)
+        if greedy:
+            tok = logits.argmax(-1)  # (B,) the first of tied maxima; no draw
+        else:
+            probs = torch.softmax(logits, dim=-1)
+            tok = draw_tokens(probs, generator)  # (B,)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         resp_mask.append((~done).long())
         tokens.append(tok)
@@ -153,9 +159,10 @@ class RolloutEngine:
         self.logit_mask = None if mask is None else mask.to(device)  # None: every token allowed
         self.timer = NoTimer()  # a run's PhaseTimer (benchmarks/runtime/phases.py) when it trains
 
-    def sample(self, model, prompts, generator=None, temperature=None) -> SequenceBatch:
+    def sample(self, model, prompts, generator=None, temperature=None, greedy=False) -> SequenceBatch:
         """Responses of ``model`` to ``prompts``. A sharded model is gathered whole for it: each process stops
-        when its own rows end, and so makes its own number of forwards (runtime/sharding.py)."""
+        when its own rows end, and so makes its own number of forwards (runtime/sharding.py). ``greedy``: the
+        argmax token at every position (:func:`sample_responses`), drawing nothing from ``generator``."""
         with gathered(model):
             return call(
                 model,
@@ -168,6 +175,7 @@ class RolloutEngine:
                 logit_mask=self.logit_mask,
                 generator=generator,
                 compiled=self.compiled,
+                greedy=greedy,
             )
 
     def logprobs(self, model, batch: SequenceBatch) -> torch.Tensor:
