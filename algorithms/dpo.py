@@ -3,8 +3,10 @@
 Every ranked list of the preference data is expanded into its C(K,2) (chosen, rejected) pairs.
 Loss (Rafailov et al. 2023, eq. 7): ``-log sigmoid(beta * Delta)`` with
 ``Delta = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]``; or IPO
-(``loss_type: ipo``): ``(Delta_avg - 1/(2 beta))^2`` with per-token averaged log-ratios.
-Reference log-probs come from the frozen SFT base, computed once and cached.
+(``loss_type: ipo``): ``(Delta_avg - 1/(2 beta))^2`` with per-token averaged log-ratios; or the losses
+meant for labels flipped at rate ``label_smoothing``: conservative DPO (``cdpo``), robust DPO (``robust``)
+and the hinge loss of SLiC (``hinge``), each defined in ``losses.dpo_loss`` (options ``dpo_cdpo``,
+``dpo_robust``, ``dpo_hinge``). Reference log-probs come from the frozen SFT base, computed once and cached.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.algorithms import AlgorithmConfig, Objective, one_of
+from rlhf_bench.algorithms import AlgorithmConfig, Objective, check, one_of
 
 from .base import Algorithm
-from .losses import dpo_loss, sequence_logratio
+from .losses import DPO_LOSS_TYPES, dpo_loss, sequence_logratio
 from .registry import register_algorithm
 
 
@@ -28,12 +30,23 @@ class DPOConfig(AlgorithmConfig):
     # sequences, as many as an online step samples) get 4 epochs x 2 minibatches = 8 gradient updates.
     epochs: int = 4
     minibatches: int = 2
-    loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo (averaged log-ratios)
+    loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo (averaged log-ratios) | cdpo | robust | hinge
+    # the rate at which a preference label is assumed flipped (cdpo and robust; trl's label_smoothing)
+    label_smoothing: float = 0.0
     precompute_ref_logprobs: bool = True  # compute pi_ref log-probs of every pair once, before training
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        one_of(self, "loss_type", ("sigmoid", "ipo"))
+        one_of(self, "loss_type", DPO_LOSS_TYPES)
+        check_label_smoothing(self)
+
+
+def check_label_smoothing(cfg) -> None:
+    """``label_smoothing`` is a flip rate in [0, 1/2) (the robust loss divides by 1 - 2 eps), and only the losses
+    built on it read it: a nonzero value with another loss would be silently ignored."""
+    check(0.0 <= cfg.label_smoothing < 0.5, "label_smoothing", "in [0, 0.5)", cfg.label_smoothing)
+    if cfg.loss_type not in ("cdpo", "robust"):
+        check(cfg.label_smoothing == 0.0, "label_smoothing", f"0 with loss_type {cfg.loss_type}", cfg.label_smoothing)
 
 
 def pair_logratios(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, average: bool):
@@ -82,4 +95,4 @@ class DPO(Algorithm):
         chosen, rejected = pair_logratios(
             logprobs, mb["ref_logprobs"], mb["response_mask"], average=self.cfg.loss_type == "ipo"
         )
-        return dpo_loss(chosen, rejected, self.cfg.beta, self.cfg.loss_type)
+        return dpo_loss(chosen, rejected, self.cfg.beta, self.cfg.loss_type, label_smoothing=self.cfg.label_smoothing)

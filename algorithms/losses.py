@@ -153,23 +153,37 @@ class AdaptiveKLController:
 
 
 # ---------------------------------------------------------------------------------------- DPO
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "cdpo", "robust", "hinge")
+
+
 def dpo_loss(
     chosen_logratios: torch.Tensor,
     rejected_logratios: torch.Tensor,
     beta: float,
     loss_type: str = "sigmoid",
     labels: torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, Metrics]:
-    """DPO (Rafailov et al. 2023, eq. 7) and IPO (Azar et al. 2023, eq. 17).
+    """DPO (Rafailov et al. 2023, eq. 7), IPO (Azar et al. 2023, eq. 17) and the losses robust to flipped labels.
 
     ``Delta = [log pi(y_w) - log pi_ref(y_w)] - [log pi(y_l) - log pi_ref(y_l)]`` from the given
-    per-sequence log-ratios (B,).
+    per-sequence log-ratios (B,); ``eps = label_smoothing``, the rate at which a label is flipped.
     - sigmoid: ``-log sigmoid(beta * Delta)``; with soft ``labels`` p = P(y_w > y_l) in [0, 1]:
       ``-p log sigmoid(beta Delta) - (1 - p) log sigmoid(-beta Delta)`` (Bradley-Terry targets).
     - ipo: ``(Delta - 1 / (2 beta))^2``; the log-ratios must be per-token averages.
-    At pi = pi_ref the sigmoid loss is ln 2 and d loss / d Delta = -beta / 2.
+    - cdpo, conservative DPO (Mitchell 2023): ``-(1 - eps) log sigmoid(beta Delta) - eps log sigmoid(-beta Delta)``,
+      the sigmoid loss against the label's expected value under flips.
+    - robust, robust DPO (Chowdhury et al. 2024, eq. 8): ``[-(1 - eps) log sigmoid(beta Delta)
+      + eps log sigmoid(-beta Delta)] / (1 - 2 eps)``, an unbiased estimate of the clean loss when labels flip
+      at rate eps (eps < 1/2).
+    - hinge, SLiC (Zhao et al. 2023, eq. 4 with margin 1/beta): ``max(0, 1 - beta Delta)``.
+    For cdpo, robust and hinge, hard ``labels`` (0 or 1: whether the first response of the pair won) orient
+    each pair. At pi = pi_ref the sigmoid loss is ln 2 and d loss / d Delta = -beta / 2.
     """
     delta = chosen_logratios - rejected_logratios  # (B,)
+    if loss_type in ("cdpo", "robust", "hinge") and labels is not None:
+        delta = (2.0 * labels - 1.0) * delta  # (B,) the winner's margin
+    eps = label_smoothing
     if loss_type == "sigmoid":
         if labels is None:
             losses = -F.logsigmoid(beta * delta)
@@ -177,8 +191,14 @@ def dpo_loss(
             losses = -labels * F.logsigmoid(beta * delta) - (1.0 - labels) * F.logsigmoid(-beta * delta)
     elif loss_type == "ipo":
         losses = (delta - 1.0 / (2.0 * beta)) ** 2
+    elif loss_type == "cdpo":
+        losses = -(1.0 - eps) * F.logsigmoid(beta * delta) - eps * F.logsigmoid(-beta * delta)
+    elif loss_type == "robust":
+        losses = (-(1.0 - eps) * F.logsigmoid(beta * delta) + eps * F.logsigmoid(-beta * delta)) / (1.0 - 2.0 * eps)
+    elif loss_type == "hinge":
+        losses = torch.relu(1.0 - beta * delta)
     else:
-        raise ValueError(f"unknown DPO loss_type '{loss_type}'; known: sigmoid, ipo")
+        raise ValueError(f"unknown DPO loss_type '{loss_type}'; known: {', '.join(DPO_LOSS_TYPES)}")
     loss = losses.mean()
     with torch.no_grad():
         chosen_r, rejected_r = beta * chosen_logratios.detach(), beta * rejected_logratios.detach()

@@ -11,6 +11,10 @@ Labels (``pair_labels``):
 - ``hard``: the higher-reward response is chosen (as in the P3O paper's online DPO); this pushes
   the margin without bound, so beta no longer pins the KL.
 - ``sampled``: a Bernoulli(p) draw of the Bradley-Terry label.
+
+``loss_type``: ``sigmoid`` (DPO) or ``ipo``, as offline DPO; with 0/1 labels (``hard``, ``sampled``) also the
+losses meant for flipped labels, ``cdpo``, ``robust`` (flip rate ``label_smoothing``) and ``hinge``
+(``losses.dpo_loss``). Soft labels are probabilities already: those losses do not apply to them.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ import torch
 from rlhf_bench.algorithms import PI_STAR, AlgorithmConfig, Objective, check, one_of
 
 from .base import Algorithm
-from .dpo import pair_logratios
-from .losses import dpo_loss
+from .dpo import check_label_smoothing, pair_logratios
+from .losses import DPO_LOSS_TYPES, dpo_loss
 from .registry import register_algorithm
 
 
@@ -35,7 +39,8 @@ class OnlineDPOConfig(AlgorithmConfig):
     minibatches: int = 2
     responses_per_prompt: int = 2  # a pair per prompt
     pair_labels: str = "soft"  # soft | hard | sampled
-    loss_type: str = "sigmoid"  # sigmoid | ipo
+    loss_type: str = "sigmoid"  # sigmoid | ipo | cdpo | robust | hinge (the last three with 0/1 labels)
+    label_smoothing: float = 0.0  # the labels' assumed flip rate (cdpo, robust)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -43,7 +48,15 @@ class OnlineDPOConfig(AlgorithmConfig):
             self.responses_per_prompt == 2, "responses_per_prompt", "2 (a pair per prompt)", self.responses_per_prompt
         )
         one_of(self, "pair_labels", ("soft", "hard", "sampled"))
-        one_of(self, "loss_type", ("sigmoid", "ipo"))
+        one_of(self, "loss_type", DPO_LOSS_TYPES)
+        if self.loss_type in ("cdpo", "robust", "hinge"):
+            check(
+                self.pair_labels != "soft",
+                "pair_labels",
+                f"hard or sampled with loss_type {self.loss_type} (soft labels are probabilities already)",
+                self.pair_labels,
+            )
+        check_label_smoothing(self)
 
 
 @register_algorithm("online_dpo", config=OnlineDPOConfig)
@@ -84,7 +97,7 @@ class OnlineDPO(Algorithm):
             logprobs, mb["ref_logprobs"], mb["response_mask"], average=self.cfg.loss_type == "ipo"
         )
         labels = mb["labels"][0::2] if self.cfg.loss_type == "sigmoid" else None
-        if labels is None:  # IPO takes hard preferences: orient each pair winner-first
+        if labels is None:  # IPO and the flip-robust losses take hard preferences: orient each pair winner-first
             win = mb["labels"][0::2] >= 0.5
             first, second = torch.where(win, first, second), torch.where(win, second, first)
-        return dpo_loss(first, second, self.cfg.beta, self.cfg.loss_type, labels)
+        return dpo_loss(first, second, self.cfg.beta, self.cfg.loss_type, labels, self.cfg.label_smoothing)

@@ -127,8 +127,8 @@ def test_soft_label_loss_is_minimised_at_beta_delta_equal_logit_p(p):
 
 
 def test_dpo_unknown_loss_type_fails():
-    with pytest.raises(ValueError, match="hinge"):
-        dpo_loss(torch.zeros(1), torch.zeros(1), 0.1, loss_type="hinge")
+    with pytest.raises(ValueError, match="unknown DPO loss_type 'slic'; known: sigmoid, ipo, cdpo, robust, hinge"):
+        dpo_loss(torch.zeros(1), torch.zeros(1), 0.1, loss_type="slic")
 
 
 # ================================================================================== PPO pieces

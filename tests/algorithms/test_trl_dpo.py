@@ -1,4 +1,5 @@
-"""Our ``dpo`` plugin against trl's ``DPOTrainer`` (the public reference of Rafailov et al. 2023's loss).
+"""Our ``dpo`` plugin against trl's ``DPOTrainer`` (the public reference of Rafailov et al. 2023's loss), with DPO's
+loss and with the robust-DPO and hinge losses (``loss_type`` robust, hinge).
 
 Both start from the same saved tiny GPT-2 and tokenizer, train on the same pairs in the same order
 with the same optimizer (AdamW, constant lr, no warmup, weight decay 0, grad-norm clip 1.0), batch
@@ -37,8 +38,13 @@ torch.set_num_threads(1)
 STEPS, BATCH, LR, BETA, CLIP = 8, 4, 1e-3, 0.5, 1.0
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+#: (loss_type, label_smoothing, the loss at pi = pi_ref): DPO, and the two flip-robust losses trl implements
+#: (robust DPO and the hinge loss; trl 1.16's sigmoid takes no label smoothing, so conservative DPO has no peer).
+LOSSES = {"sigmoid": (0.0, math.log(2)), "robust": (0.2, math.log(2)), "hinge": (0.0, 1.0)}
+
+
+@pytest.fixture(scope="module", params=list(LOSSES))
+def setup(tmp_path_factory, request):
     import datasets
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig as TrlDPOConfig
@@ -79,7 +85,8 @@ def setup(tmp_path_factory):
         adam_beta2=0.999,
         adam_epsilon=1e-8,
         beta=BETA,
-        loss_type=["sigmoid"],
+        loss_type=[request.param],
+        label_smoothing=LOSSES[request.param][0],
         max_length=None,
         precompute_ref_log_probs=False,
         disable_dropout=True,
@@ -104,11 +111,11 @@ def setup(tmp_path_factory):
         processing_class=AutoTokenizer.from_pretrained(init),
     )
     trainer.recorded = []
-    return task, init, pairs, trainer
+    return task, init, pairs, trainer, request.param
 
 
 def test_trl_tokenizes_our_pairs_into_our_token_ids(setup):
-    task, _, pairs, trainer = setup
+    task, _, pairs, trainer, _ = setup
     ds = trainer.train_dataset
     assert ds["prompt_ids"] == [p for p, _, _ in pairs]
     assert ds["chosen_ids"] == [c for _, c, _ in pairs]
@@ -124,7 +131,7 @@ def _our_context(task, init, pairs, logit_mask):
 
 
 def test_reference_logprobs_match_trl_except_for_the_logit_mask(setup):
-    task, init, pairs, trainer = setup
+    task, init, pairs, trainer, loss_type = setup
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(BATCH)])
     trl_chosen, trl_rejected = trainer.compute_ref_log_probs(trainer.ref_model, batch)
     trl_seq = torch.stack([trl_chosen, trl_rejected], 1).flatten()  # interleaved like ours: c0, r0, c1, r1...
@@ -141,7 +148,7 @@ def test_reference_logprobs_match_trl_except_for_the_logit_mask(setup):
 
 
 def test_dpo_plugin_matches_trl_dpo_trainer_losses(setup):
-    task, init, pairs, trainer = setup
+    task, init, pairs, trainer, loss_type = setup
     # ---- trl
     trainer.recorded.clear()
     trainer.train()
@@ -153,7 +160,9 @@ def test_dpo_plugin_matches_trl_dpo_trainer_losses(setup):
     # ---- ours: the dpo plugin through the harness pieces, pairs in the same order
     full = torch.ones(task.max_new_tokens, task.vocab_size, dtype=torch.bool)
     ctx = _our_context(task, init, pairs, full)
-    algo = DPO(DPOConfig(beta=BETA, lr=LR, loss_type="sigmoid", precompute_ref_logprobs=True), ctx)
+    smoothing, at_reference = LOSSES[loss_type]
+    cfg = DPOConfig(beta=BETA, lr=LR, loss_type=loss_type, label_smoothing=smoothing, precompute_ref_logprobs=True)
+    algo = DPO(cfg, ctx)
     algo.setup()
     params = list(ctx.policy.parameters())
     opt = torch.optim.AdamW(params, lr=LR, weight_decay=0.0, betas=(0.9, 0.999), eps=1e-8)
@@ -168,12 +177,12 @@ def test_dpo_plugin_matches_trl_dpo_trainer_losses(setup):
             opt.step()
             ours.append(loss.item())
 
-    assert ours[0] == pytest.approx(math.log(2), abs=1e-6) and trl_losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    assert ours[0] == pytest.approx(at_reference, abs=1e-6) and trl_losses[0] == pytest.approx(at_reference, abs=1e-6)
     diffs = [abs(a - b) for a, b in zip(ours, trl_losses)]
     assert max(diffs) < 1e-4, f"per-step losses differ: ours {ours}, trl {trl_losses}"
     # the comparison is not trivial: training moved the loss well beyond the tolerance, and
     # consecutive steps differ by much more than it (a one-step misalignment would be caught)
-    assert max(abs(x - math.log(2)) for x in ours) > 1e-2
+    assert max(abs(x - at_reference) for x in ours) > 1e-2
     assert min(abs(a - b) for a, b in zip(ours[1:], ours[:-1])) > 1e-3
     # and the final policies agree
     trl_params = dict(trainer.model.named_parameters())
