@@ -96,10 +96,11 @@ def gathered(*models: Any) -> Iterator[None]:
         units = model.units()  # through a view too: a list, which views return as it is
         if not any(units[0] is r for r in roots):
             roots.append(units[0])
-    opened = []
+    entered, opened = [], []
     try:
         for root in roots:
             root.gathered_depth += 1
+            entered.append(root)
             if root.gathered_depth == 1:
                 opened.append(root)
                 for unit in root.units():
@@ -110,7 +111,7 @@ def gathered(*models: Any) -> Iterator[None]:
                     unit.unshard()
         yield
     finally:
-        for root in roots:
+        for root in entered:
             root.gathered_depth -= 1
         for root in opened:
             for unit in root.units():
