@@ -163,9 +163,29 @@ def select_options(selection: str = "all") -> list[str]:
     return [option for option, _ in chosen]
 
 
-def algorithms_resolver(selection: str = "all") -> str:
+def family(option: str) -> list[str]:
+    """``option`` and every variant that extends it, directly or through another variant (``dpo``: ``dpo``,
+    ``dpo_cdpo``, ``dpo_hinge``, ``dpo_robust``): the options a study of one algorithm's variants runs."""
+    options = algorithm_options()
+    if option not in options:
+        raise KeyError(f"unknown algorithm option '{option}'; known: {', '.join(sorted(options))}")
+
+    def root(o: str | None) -> str | None:
+        while o is not None and o != option:
+            o = option_parent(o)
+        return o
+
+    return [option, *sorted(o for o in options if o != option and root(option_parent(o)) == option)]
+
+
+def algorithms_resolver(selection: str = "all", option: str | None = None) -> str:
     """The ``${algorithms:}`` resolver of the benchmark sweeps (``hydra.sweeper.params.algorithm``):
-    :func:`select_options`, comma-joined; ``${algorithms:trained}`` selects the algorithms that train."""
+    :func:`select_options`, comma-joined; ``${algorithms:trained}`` selects the algorithms that train, and
+    ``${algorithms:family,dpo}`` an option with its variants (:func:`family`)."""
+    if selection == "family":
+        if not option:
+            raise KeyError("${algorithms:family,<option>} names the option whose family to sweep")
+        return ",".join(family(option))
     return ",".join(select_options(selection or "all"))
 
 

@@ -194,3 +194,22 @@ def test_every_job_of_the_recipe_sweep_validates(recipe, masters, compose):
 
 def test_recipe_names_are_the_benchmark_files():
     assert set(RECIPES) <= {p.stem for p in Path(CONF_DIR, "benchmark").glob("*.yaml")}
+
+
+def test_the_label_noise_benchmark_sweeps_dpo_and_its_variants_from_the_registry():
+    """conf/benchmark/label_noise.yaml names no algorithm but dpo: its sweep is dpo and every option that extends
+    it (the flip-robust losses), each job composes and validates with its loss type."""
+    from rlhf_bench.benchmarks.plugins import family
+
+    register_configs()  # the schemas and the resolvers
+    load_algorithms()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = hydra_compose("config", overrides=["benchmark=label_noise"], return_hydra_config=True)
+        options = str(cfg.hydra.sweeper.params.algorithm).split(",")
+        assert options == family("dpo") == ["dpo", "dpo_cdpo", "dpo_hinge", "dpo_robust"]
+        losses = set()
+        for option in options:
+            job = hydra_compose("config", overrides=["benchmark=label_noise", f"algorithm={option}"])
+            losses.add(validate(job)["algorithm"].loss_type)
+    assert losses == {"sigmoid", "cdpo", "hinge", "robust"}
