@@ -63,6 +63,7 @@ class GRPOConfig(AlgorithmConfig):
 class GRPO(Algorithm):
     data = "online"
     trl_peer = "GRPOTrainer"  # trl's trainer of this loss (the speed study times it beside ours)
+    surrogate = staticmethod(grpo_loss)  # the policy loss loss() wires up (gspo swaps in its sequence-ratio one)
 
     @classmethod
     def convergence_target(cls, cfg):
@@ -107,7 +108,7 @@ class GRPO(Algorithm):
         cfg = self.cfg
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (B, T)
         kl_coef = cfg.beta if cfg.kl_in == "loss" else 0.0  # the KL is applied once: in the loss or in the reward
-        return grpo_loss(
+        return self.surrogate(
             logprobs,
             mb["old_logprobs"],
             mb["ref_logprobs"],

@@ -99,7 +99,10 @@ class GSPOConfig(GRPOConfig):
 
 @register_algorithm("gspo", config=GSPOConfig)
 class GSPO(GRPO):
-    """GRPO's ``prepare`` (advantages, the KL where ``kl_in`` puts it) and a sequence-ratio loss."""
+    """GRPO's ``prepare`` (advantages, the KL where ``kl_in`` puts it) and loss wiring, with the sequence-ratio
+    surrogate."""
+
+    surrogate = staticmethod(gspo_loss)
 
     # trl's GRPOTrainer computes it with importance_sampling_level="sequence", but the speed study times that
     # trainer at its default (token ratios), which is GRPO's peer already: no peer of its own here
@@ -112,19 +115,3 @@ class GSPO(GRPO):
         data = super().prepare(rollout)
         self._stats = {"gspo/" + k.split("/", 1)[1]: v for k, v in self._stats.items()}
         return data
-
-    def loss(self, mb):
-        cfg = self.cfg
-        logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (B, T)
-        kl_coef = cfg.beta if cfg.kl_in == "loss" else 0.0  # the KL is applied once: in the loss or in the reward
-        return gspo_loss(
-            logprobs,
-            mb["old_logprobs"],
-            mb["ref_logprobs"],
-            mb["advantages"],
-            mb["response_mask"],
-            kl_coef,
-            cfg.clip_eps,
-            cfg.loss_aggregation,
-            self.ctx.task.max_new_tokens,
-        )
