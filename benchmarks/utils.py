@@ -279,14 +279,16 @@ def numerics() -> dict[str, Any]:
 
 
 def git_revision(path: Path | None = None) -> str:
-    """The git revision of the code that ran (with ``-dirty`` when the tree has changes)."""
+    """The git revision of the code that ran (with ``-dirty`` when a tracked file outside ``results/`` has
+    changes: re-running a benchmark into its committed sweep directory rewrites the finished runs' Hydra
+    records there, which changes no code or config)."""
     path = Path(path or Path(__file__).resolve().parent)
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results"],
             cwd=path,
             capture_output=True,
             text=True,

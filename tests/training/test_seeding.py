@@ -111,3 +111,29 @@ def test_same_seed_same_training(algo, bandit, run_config, tmp_path):
     assert _read_jsonl(tmp_path / "a" / "train.jsonl") == _read_jsonl(tmp_path / "b" / "train.jsonl")
     assert ea[0] == ec[0]
     assert ea[1]["kl"] != ec[1]["kl"] and ea[1]["kl"] > 0
+
+
+def test_the_git_revision_is_dirty_for_code_changes_not_for_committed_results(tmp_path):
+    """A re-run into a committed sweep directory rewrites its finished runs' Hydra records: the runs it adds must
+    still record the clean revision. Any other tracked change (code, config) marks it ``-dirty``."""
+    import subprocess
+
+    from rlhf_bench.benchmarks.utils import git_revision
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "results" / "run").mkdir(parents=True)
+    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "run" / "cli.log").write_text("finished\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
+    clean = git_revision(tmp_path / "pkg")
+    assert len(clean) == 40 and not clean.endswith("-dirty")
+    (tmp_path / "results" / "run" / "cli.log").write_text("skipped\n")
+    (tmp_path / "untracked.txt").write_text("new\n")
+    assert git_revision(tmp_path / "pkg") == clean
+    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
+    assert git_revision(tmp_path / "pkg") == clean + "-dirty"
