@@ -59,6 +59,9 @@ def pair_logratios(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: tor
 class DPO(Algorithm):
     data = "offline"
     trl_peer = "DPOTrainer"  # trl's trainer of this loss (the speed study times it beside ours)
+    # The flip-robust losses optimise other objectives (none with a fixed point on finite data, as DPO's):
+    # the convergence study runs each of this plugin's loss options beside the default.
+    convergence_variants = {option: (f"algorithm={option}",) for option in ("dpo_cdpo", "dpo_robust", "dpo_hinge")}
 
     @classmethod
     def convergence_target(cls, cfg):
