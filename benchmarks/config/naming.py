@@ -3,10 +3,13 @@ named on disk (Hydra resolvers)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from ..runfiles import SUMMARY
 from ..utils import config_hash
 from .schemas import DistributedConfig, ModelConfig
 
@@ -87,6 +90,23 @@ def run_name(*, _root_: DictConfig) -> str:
     overrides = OmegaConf.select(_root_, "hydra.overrides.task", default=None) or []
     tail = overrides_tail(overrides, _IDENTITY_KEYS_IN_NAME, 48)
     return "_".join(parts + ([tail] if tail else []))
+
+
+def hydra_record(*, _root_: DictConfig) -> str | None:
+    """The ``${hydra_record:}`` resolver of ``hydra.output_subdir``: ``.hydra``, where Hydra saves a job's
+    composed config and overrides, or None (Hydra saves nothing) when the job's directory already holds a
+    finished run. A re-run sweep skips that run, and its record stays the one it ran with; a run that failed
+    or was interrupted is recorded again (it resumes). Hydra resolves this after it has set the job's
+    ``hydra.runtime.output_dir``."""
+    out = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
+    summary = Path(out) / SUMMARY if out else None
+    if summary is not None and summary.is_file():
+        try:
+            if json.loads(summary.read_text()).get("status", "finished") == "finished":
+                return None
+        except (OSError, ValueError):  # a summary being written: record the job as usual
+            pass
+    return ".hydra"
 
 
 def overrides_tail(overrides: list[str], skip: tuple[str, ...], limit: int) -> str:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..plugins import algorithms_resolver
 from .checks import ConfigError, check
-from .naming import run_name, sweep_dir
+from .naming import hydra_record, run_name, sweep_dir
 from .schemas import TASK_SCHEMAS, LoggerConfig, ModelConfig, RewardModelConfig, RunConfig
 
 
@@ -25,6 +25,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("run_name", run_name)
     if not OmegaConf.has_resolver("sweep_dir"):
         OmegaConf.register_new_resolver("sweep_dir", sweep_dir)
+    if not OmegaConf.has_resolver("hydra_record"):  # no .hydra/ rewritten into a finished run's directory
+        OmegaConf.register_new_resolver("hydra_record", hydra_record)
     if not OmegaConf.has_resolver("algorithms"):  # the benchmark sweeps' algorithms, from the registry
         OmegaConf.register_new_resolver("algorithms", algorithms_resolver)
 

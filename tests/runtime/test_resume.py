@@ -163,6 +163,7 @@ def test_a_killed_sharded_run_resumes_to_the_uninterrupted_runs_results(bandit, 
 
 # ------------------------------------------------------------------------------------------ sweeps
 SWEEP_ALGORITHMS = ["online_dpo", "dpo", "p3o_v2"]  # run in this order by the basic launcher
+HYDRA_RECORD = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml")
 
 
 def _sweep(cache: Path, sweep: Path, *extra: str) -> list[str]:
@@ -182,7 +183,7 @@ def test_killed_sweep_rerun_trains_only_the_killed_job(bandit, cache_dir, tmp_pa
     last = _one(sweep, SWEEP_ALGORITHMS[-1])  # killed during the last job: the others are done
     finished = {a: _one(sweep, a) for a in SWEEP_ALGORITHMS[:-1]}
     before = {
-        a: {f: (d / f).stat().st_mtime_ns for f in ("summary.json", "eval.jsonl", "train.jsonl")}
+        a: {f: (d / f).stat().st_mtime_ns for f in ("summary.json", "eval.jsonl", "train.jsonl", *HYDRA_RECORD)}
         for a, d in finished.items()
     }
     assert not (last / "summary.json").exists() and list((last / "checkpoints").glob("step_*.pt"))
@@ -193,7 +194,8 @@ def test_killed_sweep_rerun_trains_only_the_killed_job(bandit, cache_dir, tmp_pa
         assert f"{d}: already finished for this configuration, skipped" in log, log[-3000:]
     assert log.count("resuming from the checkpoint of step") == 1
     assert f"{SWEEP_ALGORITHMS[-1]}_beta0.1_world0_seed0: resuming from the checkpoint of step 4/{STEPS}" in log
-    # the file timestamps: nothing of the finished jobs was written again; the killed one finished now
+    # the file timestamps: nothing of the finished jobs was written again, not even Hydra's record of the job
+    # (hydra.output_subdir: ${hydra_record:}); the killed one finished now
     for a, d in finished.items():
         assert {f: (d / f).stat().st_mtime_ns for f in before[a]} == before[a], a
     assert (last / "summary.json").stat().st_mtime_ns >= rerun_started
