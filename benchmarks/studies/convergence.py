@@ -225,19 +225,14 @@ def convergence_grid(
     algorithms = default_algorithms() if algorithms is None else algorithms
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # Build the shared stages once before fanning out (the lock would also serialise them).
+    # Build the shared stages once before fanning out (the lock would also serialise them). They do not
+    # depend on the algorithm, so its overrides (algorithm.lr=...) are not the SFT run's.
     from ..training.runs import run
 
+    shared = [o for o in overrides if not o.lstrip("+~").startswith("algorithm.")]
     run(
         compose(
-            [
-                "algorithm=sft",
-                "task=bandit",
-                "reward_model=gold",
-                f"cache_dir={cache_dir}",
-                "progress=false",
-                *overrides,
-            ]
+            ["algorithm=sft", "task=bandit", "reward_model=gold", f"cache_dir={cache_dir}", "progress=false", *shared]
         ),
         out_dir / "runs" / "sft",
     )

@@ -3,15 +3,16 @@
 Every run uses the gold reward and the bandit's tuned settings (conf/tuned/bandit/<option>.yaml).
 
 - The committed grid (beta 0.2, 0.6, 2; seed 0; ``python -m rlhf_bench.benchmarks.convergence``
-  writes results/bandit_convergence/): each online algorithm ends with frontier efficiency >= 0.9
-  and its KL within 25% of KL(pi*_beta || pi_ref); offline DPO, whose data is finite, >= 0.8.
+  writes results/bandit_convergence/): each online algorithm whose target is pi*_beta (ReMax included)
+  ends with frontier efficiency >= 0.9 and its KL within 25% of KL(pi*_beta || pi_ref); offline DPO,
+  whose data is finite, >= 0.8.
 - Held out: at a beta and a seed that no committed result uses (beta 0.45, seed 7), each online
   algorithm whose target is pi*_beta (RLOO and REINFORCE++ included) reaches efficiency >= 0.95 with
   its KL within 10% of KL(pi*_beta || pi_ref).
 - GRPO with beta*k3 in the loss targets another policy (benchmarks/evaluation/targets.py:grpo_k3_target, solved
-  exactly on the run's tables): at each beta of the grid its KL is within 25% of that target's (the
-  tolerance of the online methods against pi*_beta above) and its KL to that target is under 15% of
-  its KL to pi*_beta.
+  exactly on the run's tables), and so does GSPO: at each beta of the grid the KL of each is within 25% of
+  that target's (the tolerance of the online methods against pi*_beta above) and its KL to that target is
+  under 15% of its KL to pi*_beta. (GSPO's held-out point is in tests/algorithms/test_gspo_remax.py.)
 - PPO with the k3 estimator as its reward and online DPO with hard labels have no derived target;
   at beta 0.6 and 2 both overshoot KL(pi*_beta || pi_ref) by more than 25% (beta no longer pins the KL).
 
@@ -39,7 +40,7 @@ def grid(tmp_path_factory):
 
 
 @pytest.mark.parametrize("beta", BETAS)
-@pytest.mark.parametrize("algorithm", ONLINE)
+@pytest.mark.parametrize("algorithm", (*ONLINE, "remax"))  # ReMax's held-out point: test_gspo_remax.py
 def test_online_algorithms_reach_the_optimum(grid, algorithm, beta):
     r = grid[(algorithm, beta)]
     assert r["efficiency"] >= 0.9, r
@@ -68,8 +69,9 @@ def test_online_algorithms_reach_the_optimum_at_a_held_out_beta_and_seed(held_ou
 
 
 @pytest.mark.parametrize("beta", BETAS)
-def test_grpo_with_k3_in_the_loss_lands_on_its_own_target(grid, beta):
-    r = grid[("grpo", beta)]
+@pytest.mark.parametrize("algorithm", ("grpo", "gspo"))
+def test_grpo_with_k3_in_the_loss_lands_on_its_own_target(grid, algorithm, beta):
+    r = grid[(algorithm, beta)]
     assert r["target"].startswith("GRPO k3-in-loss"), r
     assert r["target_residual"] < 1e-8, r
     assert abs(r["kl_rel_error_target"]) <= 0.25, r
