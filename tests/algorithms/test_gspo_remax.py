@@ -567,13 +567,16 @@ def test_plugins_end_to_end_update_the_policy(name, kw, sent):
 
 # ================================================================= convergence (slow, the bandit)
 # A beta, a run seed and a world (task.seed: its own gold reward, data, SFT base and reward model) that no
-# committed result uses (results/bandit_convergence_heldout took beta 0.45 and seed 7 in world 0)
+# other committed result uses (results/bandit_convergence_heldout took beta 0.45 and seed 7 in world 0). The
+# runs of this fixture are committed as results/bandit_convergence_world17_grpo_settings (gspo) and
+# results/bandit_convergence_world17 (remax; and gspo with its own tuned settings, which the README reports)
 HELD_OUT_BETA, HELD_OUT_SEED, HELD_OUT_WORLD = 0.8, 7, 17
 
 
 @pytest.fixture(scope="module")
 def bandit_runs(tmp_path_factory):
-    """GSPO (with grpo's tuned bandit settings, where GSPO has the knob) and ReMax (its own settings) on the
+    """GSPO (with grpo's tuned bandit settings, where GSPO has the knob: the check was declared so before GSPO
+    was tuned) and ReMax (its own tuned settings) on the
     bandit with the gold reward, at a beta, a seed and a world that no committed result uses, through the
     convergence study's runner."""
     from omegaconf import OmegaConf
