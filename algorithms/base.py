@@ -109,3 +109,35 @@ class Algorithm:
         return SequenceBatch(
             mb[prefix + "query"], mb[prefix + "query_mask"], mb[prefix + "response"], mb[prefix + "response_mask"]
         )
+
+
+class PairReference:
+    """For an offline algorithm on the shared preference pairs that needs pi_ref (``dpo``, ``kto``): each step's
+    pair tensors with ``ref_logprobs``, pi_ref's token log-probs of the chosen and rejected responses. With
+    ``cfg.precompute_ref_logprobs`` they are computed once in :meth:`setup`, for every pair, on batches of 256
+    pairs (fixed shapes, so bit-identical to computing them per step); otherwise per step. Mixed in before
+    :class:`Algorithm`."""
+
+    cfg: Any
+    ctx: Any
+
+    def setup(self) -> None:
+        self.ref_cache = None
+        if self.cfg.precompute_ref_logprobs:
+            n = len(self.ctx.pairs)
+            chunks = [self._ref_logprobs(torch.arange(i, min(i + 256, n))) for i in range(0, n, 256)]
+            # (n_pairs, 2, T): chosen and rejected token log-probs under pi_ref
+            self.ref_cache = torch.cat(chunks).view(n, 2, -1)
+
+    @torch.no_grad()
+    def _ref_logprobs(self, index: torch.Tensor) -> torch.Tensor:
+        return self.ctx.logprobs(self.ctx.ref_model, self.ctx.pair_batch(index))  # (2B, T)
+
+    @torch.no_grad()
+    def prepare(self, pairs) -> Tensors:
+        batch = self.ctx.pair_batch(pairs.index)  # (2B rows: chosen, rejected interleaved)
+        if self.ref_cache is not None:
+            ref = self.ref_cache[pairs.index].reshape(2 * len(pairs.index), -1)
+        else:
+            ref = self._ref_logprobs(pairs.index)
+        return {**Algorithm.batch_tensors(batch), "ref_logprobs": ref}

@@ -17,7 +17,7 @@ import torch
 
 from rlhf_bench.algorithms import AlgorithmConfig, Objective, check, one_of
 
-from .base import Algorithm
+from .base import Algorithm, PairReference
 from .losses import DPO_LOSS_TYPES, dpo_loss, sequence_logratio
 from .registry import register_algorithm
 
@@ -56,7 +56,7 @@ def pair_logratios(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: tor
 
 
 @register_algorithm("dpo", config=DPOConfig)
-class DPO(Algorithm):
+class DPO(PairReference, Algorithm):
     data = "offline"
     trl_peer = "DPOTrainer"  # trl's trainer of this loss (the speed study times it beside ours)
     # The flip-robust losses optimise other objectives (none with a fixed point on finite data, as DPO's):
@@ -71,27 +71,6 @@ class DPO(Algorithm):
             "the minimiser depends on the finite preference pairs: "
             "pi*_beta of the Bradley-Terry reward only in the limit of full coverage",
         )
-
-    def setup(self) -> None:
-        self.ref_cache = None
-        if self.cfg.precompute_ref_logprobs:
-            n = len(self.ctx.pairs)
-            chunks = [self._ref_logprobs(torch.arange(i, min(i + 256, n))) for i in range(0, n, 256)]
-            # (n_pairs, 2, T): chosen and rejected token log-probs under pi_ref
-            self.ref_cache = torch.cat(chunks).view(n, 2, -1)
-
-    @torch.no_grad()
-    def _ref_logprobs(self, index: torch.Tensor) -> torch.Tensor:
-        return self.ctx.logprobs(self.ctx.ref_model, self.ctx.pair_batch(index))  # (2B, T)
-
-    @torch.no_grad()
-    def prepare(self, pairs) -> dict[str, torch.Tensor]:
-        batch = self.ctx.pair_batch(pairs.index)  # (2B rows: chosen, rejected interleaved)
-        if self.ref_cache is not None:
-            ref = self.ref_cache[pairs.index].reshape(2 * len(pairs.index), -1)
-        else:
-            ref = self._ref_logprobs(pairs.index)
-        return {**self.batch_tensors(batch), "ref_logprobs": ref}
 
     def loss(self, mb):
         logprobs = self.ctx.logprobs(self.ctx.policy, self.sequence_batch(mb))  # (2B, T)

@@ -53,7 +53,7 @@ import torch
 
 from rlhf_bench.algorithms import AlgorithmConfig, Objective, SequenceBatch, positive
 
-from .base import Algorithm
+from .base import Algorithm, PairReference
 from .losses import sequence_logratio
 from .registry import register_algorithm
 
@@ -138,7 +138,7 @@ class KTOConfig(AlgorithmConfig):
 
 
 @register_algorithm("kto", config=KTOConfig)
-class KTO(Algorithm):
+class KTO(PairReference, Algorithm):
     data = "offline"
     trl_peer = None  # trl 1.16 has KTOTrainer, but the speed study has no timer of it (studies/speed_peers.py)
 
@@ -150,27 +150,6 @@ class KTO(Algorithm):
             "the minimiser depends on the finite labelled examples and on the batch estimate z0; KTO's "
             "prospect-theoretic value is not the KL-regularised reward objective, so no fixed point is derived",
         )
-
-    def setup(self) -> None:
-        self.ref_cache = None
-        if self.cfg.precompute_ref_logprobs:
-            n = len(self.ctx.pairs)
-            chunks = [self._ref_logprobs(torch.arange(i, min(i + 256, n))) for i in range(0, n, 256)]
-            # (n_pairs, 2, T): chosen and rejected token log-probs under pi_ref
-            self.ref_cache = torch.cat(chunks).view(n, 2, -1)
-
-    @torch.no_grad()
-    def _ref_logprobs(self, index: torch.Tensor) -> torch.Tensor:
-        return self.ctx.logprobs(self.ctx.ref_model, self.ctx.pair_batch(index))  # (2B, T)
-
-    @torch.no_grad()
-    def prepare(self, pairs) -> dict[str, torch.Tensor]:
-        batch = self.ctx.pair_batch(pairs.index)  # (2B rows: chosen, rejected interleaved)
-        if self.ref_cache is not None:
-            ref = self.ref_cache[pairs.index].reshape(2 * len(pairs.index), -1)
-        else:
-            ref = self._ref_logprobs(pairs.index)
-        return {**self.batch_tensors(batch), "ref_logprobs": ref}
 
     @torch.no_grad()
     def kl_logratios(self, mb) -> tuple[torch.Tensor, torch.Tensor]:
