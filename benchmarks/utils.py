@@ -278,17 +278,22 @@ def numerics() -> dict[str, Any]:
     }
 
 
+#: What the package is made of, in its repository: a change there changes what a run computes.
+PACKAGE_PATHS = ("algorithms", "benchmarks", "conf", "pyproject.toml")
+
+
 def git_revision(path: Path | None = None) -> str:
-    """The git revision of the code that ran (with ``-dirty`` when a tracked file outside ``results/`` has
-    changes: re-running a benchmark into its committed sweep directory rewrites the finished runs' Hydra
-    records there, which changes no code or config)."""
+    """The git revision of the code that ran, with ``-dirty`` when a tracked file of the package's code or
+    config (``algorithms/``, ``benchmarks/``, ``conf/``, ``pyproject.toml``) has changes. Other files do not
+    change what runs: results (a re-run of a benchmark into its committed sweep directory writes there while
+    it adds runs), the README, the tests."""
     path = Path(path or Path(__file__).resolve().parent)
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=10)
         if rev.returncode != 0:
             return "unknown"
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/", ":(top,exclude)results"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *(f":(top){p}" for p in PACKAGE_PATHS)],
             cwd=path,
             capture_output=True,
             text=True,

@@ -113,9 +113,10 @@ def test_same_seed_same_training(algo, bandit, run_config, tmp_path):
     assert ea[1]["kl"] != ec[1]["kl"] and ea[1]["kl"] > 0
 
 
-def test_the_git_revision_is_dirty_for_code_changes_not_for_committed_results(tmp_path):
-    """A re-run into a committed sweep directory rewrites its finished runs' Hydra records: the runs it adds must
-    still record the clean revision. Any other tracked change (code, config) marks it ``-dirty``."""
+def test_the_git_revision_is_dirty_for_code_changes_not_for_results_or_docs(tmp_path):
+    """A re-run into a committed sweep directory writes there while it adds runs, and the README changes while
+    results are made: those runs must still record the clean revision. A change to the package's code or config
+    marks it ``-dirty``."""
     import subprocess
 
     from rlhf_bench.benchmarks.utils import git_revision
@@ -124,16 +125,18 @@ def test_the_git_revision_is_dirty_for_code_changes_not_for_committed_results(tm
         subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
 
     git("init", "-q")
-    (tmp_path / "pkg").mkdir()
+    (tmp_path / "benchmarks").mkdir()
     (tmp_path / "results" / "run").mkdir(parents=True)
-    (tmp_path / "pkg" / "code.py").write_text("x = 1\n")
+    (tmp_path / "benchmarks" / "code.py").write_text("x = 1\n")
+    (tmp_path / "README.md").write_text("# docs\n")
     (tmp_path / "results" / "run" / "cli.log").write_text("finished\n")
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "init")
-    clean = git_revision(tmp_path / "pkg")
+    clean = git_revision(tmp_path / "benchmarks")
     assert len(clean) == 40 and not clean.endswith("-dirty")
     (tmp_path / "results" / "run" / "cli.log").write_text("skipped\n")
+    (tmp_path / "README.md").write_text("# docs, edited\n")
     (tmp_path / "untracked.txt").write_text("new\n")
-    assert git_revision(tmp_path / "pkg") == clean
-    (tmp_path / "pkg" / "code.py").write_text("x = 2\n")
-    assert git_revision(tmp_path / "pkg") == clean + "-dirty"
+    assert git_revision(tmp_path / "benchmarks") == clean
+    (tmp_path / "benchmarks" / "code.py").write_text("x = 2\n")
+    assert git_revision(tmp_path / "benchmarks") == clean + "-dirty"
