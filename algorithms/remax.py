@@ -32,12 +32,13 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_bench.algorithms import AlgorithmConfig, check, one_of, positive
+from rlhf_bench.algorithms import AlgorithmConfig, check
 
 from .base import Algorithm
 from .losses import Metrics, sequence_logratio
 from .registry import register_algorithm
 from .reinforce_losses import rloo_loss
+from .rloo import check_surrogate
 
 
 def remax_advantages(
@@ -86,14 +87,7 @@ class ReMaxConfig(AlgorithmConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check(self.responses_per_prompt >= 1, "responses_per_prompt", ">= 1", self.responses_per_prompt)
-        one_of(self, "loss", ("clipped", "reinforce"))
-        positive(self, "clip_eps")
-        check(
-            self.loss != "reinforce" or self.epochs == 1,
-            "epochs",
-            "1 with loss=reinforce (no importance ratio: a second pass would be off-policy)",
-            self.epochs,
-        )
+        check_surrogate(self)  # RLOO's loss, RLOO's checks
 
 
 @register_algorithm("remax", config=ReMaxConfig)

@@ -50,14 +50,20 @@ class RLOOConfig(AlgorithmConfig):
             ">= 2 (a leave-one-out baseline)",
             self.responses_per_prompt,
         )
-        one_of(self, "loss", ("clipped", "reinforce"))
-        positive(self, "clip_eps")
-        check(
-            self.loss != "reinforce" or self.epochs == 1,
-            "epochs",
-            "1 with loss=reinforce (no importance ratio: a second pass would be off-policy)",
-            self.epochs,
-        )
+        check_surrogate(self)
+
+
+def check_surrogate(cfg: AlgorithmConfig) -> None:
+    """The checks of :func:`~.reinforce_losses.rloo_loss`'s settings, shared by the plugins that use it (``rloo``,
+    ``remax``): ``loss`` clipped | reinforce, ``clip_eps`` > 0, and one epoch with ``reinforce``."""
+    one_of(cfg, "loss", ("clipped", "reinforce"))
+    positive(cfg, "clip_eps")
+    check(
+        cfg.loss != "reinforce" or cfg.epochs == 1,
+        "epochs",
+        "1 with loss=reinforce (no importance ratio: a second pass would be off-policy)",
+        cfg.epochs,
+    )
 
 
 @register_algorithm("rloo", config=RLOOConfig)
