@@ -12,7 +12,8 @@ and writes ``label_noise.md`` / ``.csv`` beside them:
   counted), per world, from the preference data the runs trained on;
 - every pooled all-beta comparison within the family (gold-reward gap at matched KL, the interval
   over worlds), read from each sweep's ``comparisons.csv``;
-- the loss the data favour at that level: the one *better* than every other, else "cannot tell".
+- the loss the data favour at that level, the one *better* than every other, and the one they put last, *worse*
+  than every other; else "cannot tell".
 
 The flip rates are read from the shared stages' cache the sweep used (``summary.json``'s
 ``shared.dirs.preferences``); run this on the machine that ran the sweeps.
@@ -92,12 +93,14 @@ def family_rows(sweep: Path, temperature: float) -> list[dict]:
     return out
 
 
-def favoured(rows: Sequence[dict]) -> str:
-    """The algorithm *better* than every other in the rows (both orientations read), else "cannot tell"."""
+def favoured(rows: Sequence[dict], verdict: str = "better") -> str:
+    """The algorithm *better* than every other in the rows (both orientations read), else "cannot tell";
+    ``verdict="worse"``: the one *worse* than every other (the loss the data disfavour)."""
+    other = {"better": "worse", "worse": "better"}[verdict]
     names = sorted({r[k] for r in rows for k in ("a", "b")})
     for name in names:
-        beats = {r["b"] for r in rows if r["a"] == name and r["verdict"] == "better"}
-        beats |= {r["a"] for r in rows if r["b"] == name and r["verdict"] == "worse"}
+        beats = {r["b"] for r in rows if r["a"] == name and r["verdict"] == verdict}
+        beats |= {r["a"] for r in rows if r["b"] == name and r["verdict"] == other}
         if beats == set(names) - {name}:
             return name
     return "cannot tell"
@@ -116,7 +119,7 @@ def markdown(levels: Sequence[tuple[float, dict[int, float], list[dict]]]) -> st
         per_world = ", ".join(f"{w}: {rate:.3f}" for w, rate in sorted(rates.items()))
         lines += [
             f"**Label temperature {temperature:g}**: pair flip rate {mean:.3f} (mean over {len(rates)} worlds;"
-            f" {per_world}). Favoured: **{favoured(rows)}**.",
+            f" {per_world}). Favoured: **{favoured(rows)}**; last: **{favoured(rows, 'worse')}**.",
             "",
             *table_head(["comparison", "gap", "95% interval", "worlds", "verdict"]),
             *(

@@ -45,9 +45,11 @@ def test_favoured_is_the_one_better_than_every_other_read_in_both_orientations()
         _row("dpo_hinge", "dpo_robust", "worse"),
     ]
     assert favoured(rows) == "dpo_robust"
-    # One comparison indistinguishable: nobody beats every other.
+    assert favoured(rows, "worse") == "dpo"  # worse than dpo_hinge (read as a) and than dpo_robust (read as b)
+    # One comparison indistinguishable: nobody beats every other, nor loses to every other.
     rows[1] = _row("dpo_robust", "dpo", "indistinguishable")
     assert favoured(rows) == "cannot tell"
+    assert favoured(rows, "worse") == "cannot tell"
 
 
 def _sweep(root: Path, name: str, temperature: float, prefs: Path, comparisons: list[dict]) -> Path:
@@ -99,7 +101,7 @@ def test_the_summary_reads_each_level_and_keeps_only_pooled_all_beta_rows(tmp_pa
         ("3.0", "-0.1", "0.5"),
     ]
     text = (tmp_path / "out" / "label_noise.md").read_text()
-    assert "**Label temperature 1**: pair flip rate 0.500" in text and "Favoured: **dpo_robust**" in text
+    assert "**Label temperature 1**: pair flip rate 0.500" in text and "Favoured: **dpo_robust**; last: **dpo**" in text
     assert "Favoured: **cannot tell**" in text
 
 
