@@ -1,9 +1,11 @@
 """Which of DPO's losses do noisy preference labels favour? Reads the sweeps of ``benchmark=label_noise``
-(dpo and every option that extends it, over worlds and seeds, at one label noise per sweep directory):
+(dpo and every option that extends it, over worlds and seeds, at one label noise per sweep directory; runs added
+to a sweep directory under another ``algorithm.label``, such as cDPO with another flip rate, join its comparisons):
 
     rlhf-bench benchmark=label_noise task.preferences.label_temperature=1 hydra.sweep.dir=results/label_noise/t1
-    rlhf-bench benchmark=label_noise task.preferences.label_temperature=3 hydra.sweep.dir=results/label_noise/t3
-    python -m rlhf_bench.benchmarks.label_noise results/label_noise/t1 results/label_noise/t3
+    rlhf-bench benchmark=label_noise task.preferences.label_temperature=1 algorithm=dpo_cdpo \
+        algorithm.label_smoothing=0.3 algorithm.label=dpo_cdpo_eps0.3 hydra.sweep.dir=results/label_noise/t1
+    python -m rlhf_bench.benchmarks.label_noise results/label_noise/t1 ...
 
 and writes ``label_noise.md`` / ``.csv`` beside them:
 
@@ -110,8 +112,9 @@ def markdown(levels: Sequence[tuple[float, dict[int, float], list[dict]]]) -> st
     lines = [
         "<!-- written by python -m rlhf_bench.benchmarks.label_noise; the README quotes it verbatim -->",
         "Pair flip rate: the share of the training pairs whose preferred response has the lower gold reward"
-        " (per world; the options `dpo_cdpo` and `dpo_robust` assume 0.1). Gaps: gold reward at matched KL,"
-        " pooled over worlds, all β (95% interval over worlds).",
+        " (per world). The options `dpo_cdpo` and `dpo_robust` assume a flip rate ε = 0.1; a label"
+        " `<option>_eps<ε>` is the option run with another ε. Gaps: gold reward at matched KL, pooled over"
+        " worlds, all β (95% interval over worlds).",
         "",
     ]
     for temperature, rates, rows in levels:
