@@ -28,8 +28,9 @@ from typing import Optional, Sequence
 BLOCK = re.compile(r"<!-- BEGIN (?P<path>\S+) -->\n(?P<body>.*?)<!-- END (?P=path) -->", re.S)
 MARKER = re.compile(r"<!-- (?:BEGIN (?P<file>results/[\w./-]+)|comparisons: (?P<dir>results/[\w./-]+)) -->")
 NUM = r"[+-]\d+\.\d{3}"
+LABEL = r"[A-Za-z_][\w.]*"  # an algorithm's label: a letter first, dots allowed (dpo_cdpo_eps0.4)
 STATEMENT = re.compile(
-    rf"(?P<a>\w+) − (?P<b>\w+) \((?P<task>\w+), (?P<where>all β|β = [\d.]+)\): (?P<gap>{NUM}) "
+    rf"(?P<a>{LABEL}) − (?P<b>{LABEL}) \((?P<task>\w+), (?P<where>all β|β = [\d.]+)\): (?P<gap>{NUM}) "
     rf"(?:\[(?P<low>{NUM}), (?P<high>{NUM})\] (?P<verdict>better|worse|indistinguishable)"
     rf"|\((?P<worlds>\d+) worlds?: cannot tell\))"
 )

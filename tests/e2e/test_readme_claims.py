@@ -58,6 +58,18 @@ def test_the_checker_catches_a_stated_direction_against_the_csv(results):
     assert "no such comparison" in statement_errors(ok.replace("grpo", "rloo", 1), results)[0]
 
 
+def test_a_label_with_a_dot_is_read_whole(results):
+    """Labels such as dpo_cdpo_eps0.4 (an option run under its own label) are checked like any other."""
+    with open(results / "results" / "demo" / "comparisons.csv", "a", newline="") as f:
+        csv.writer(f).writerow(
+            ["bandit", "learned", "all", "dpo_cdpo_eps0.4", "dpo", "pooled", "0.009", "0.002", "0.015", "better"]
+        )
+    ok = "<!-- comparisons: results/demo -->\ndpo_cdpo_eps0.4 − dpo (bandit, all β): +0.009 [+0.002, +0.015] better"
+    assert [m["a"] for m in STATEMENT.finditer(ok)] == ["dpo_cdpo_eps0.4"]
+    assert statement_errors(ok, results) == []
+    assert len(statement_errors(ok.replace("better", "worse"), results)) == 1
+
+
 def test_a_statement_that_two_reward_models_match_is_refused(results):
     """A sweep with a learned and a gold reward model has two pooled rows per comparison: a statement,
     which names the task only, cannot say which it reads."""
