@@ -76,10 +76,7 @@ def test_benchmarks_read_their_tuned_settings(task, tmp_path):
     tuned = tuning.tuned_settings(task)
     assert tuned, f"conf/tuned/{task}/ holds no settings: run python -m rlhf_bench.benchmarks.tuning {task}"
     variants = {o: option_parent(o) for o in algorithm_options() if option_parent(o)}
-    # the algorithms of issue 24 joined the bandit's tuning; on sentiment they run with their own defaults until its
-    # tuning is re-run on the held-apart worlds
-    untuned = {"gspo", "kto", "orpo", "remax", "simpo"} if task == "sentiment" else set()
-    assert set(tuned) == set(tuning.option_grids(tuning.load_protocol(task))) - untuned | set(variants)
+    assert set(tuned) == set(tuning.option_grids(tuning.load_protocol(task))) | set(variants)
     for label, knobs in tuned.items():
         algo = compose_config(f"benchmark={task}", f"algorithm={label}", cache_dir=tmp_path).algorithm
         for knob, value in knobs.items():
