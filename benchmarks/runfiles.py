@@ -17,6 +17,8 @@ holds that step's ``time/<phase>_seconds``; ``summary.json``'s ``phase_seconds``
 (:mod:`rlhf_bench.benchmarks.runtime.phases` measures them).
 """
 
+from __future__ import annotations
+
 #: The version of these files' layout, recorded first in every ``summary.json`` (:data:`VERSION_KEY`). Bump it
 #: when a file, a field or a column changes name or meaning. The report reads every version up to this one
 #: and leaves out a run of a newer one, saying so; a summary without the field is version 1 (runs written
@@ -35,3 +37,9 @@ SAMPLES = "samples.jsonl"
 CHECKPOINTS = "checkpoints"
 #: The files that make a directory a run's (the report looks for these).
 RUN_FILES = frozenset({SUMMARY, RUN_CONFIG, EVAL, TRAIN})
+
+
+def is_finished(summary: dict | None) -> bool:
+    """Whether a run's summary records a finished run: ``status: finished``, or no status at all (summaries
+    written before the field). The one rule for skipping a run on a re-run and leaving its files alone."""
+    return summary is not None and summary.get("status", "finished") == "finished"

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..runfiles import SUMMARY
+from ..runfiles import SUMMARY, is_finished
 from ..utils import config_hash
 from .schemas import DistributedConfig, ModelConfig
 
@@ -99,14 +99,11 @@ def hydra_record(*, _root_: DictConfig) -> str | None:
     or was interrupted is recorded again (it resumes). Hydra resolves this after it has set the job's
     ``hydra.runtime.output_dir``."""
     out = OmegaConf.select(_root_, "hydra.runtime.output_dir", default=None)
-    summary = Path(out) / SUMMARY if out else None
-    if summary is not None and summary.is_file():
-        try:
-            if json.loads(summary.read_text()).get("status", "finished") == "finished":
-                return None
-        except (OSError, ValueError):  # a summary being written: record the job as usual
-            pass
-    return ".hydra"
+    try:
+        summary = json.loads((Path(out) / SUMMARY).read_text()) if out else None
+    except (OSError, ValueError):  # none yet, or one being written: record the job as usual
+        summary = None
+    return None if is_finished(summary) else ".hydra"
 
 
 def overrides_tail(overrides: list[str], skip: tuple[str, ...], limit: int) -> str:

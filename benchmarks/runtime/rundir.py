@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..config import ConfigError, config_differences, run_identity
-from ..runfiles import RUN_CONFIG, RUN_FILES_VERSION, SUMMARY, VERSION_KEY  # noqa: F401  (rundir.SUMMARY: re-exported)
+from ..runfiles import RUN_CONFIG, RUN_FILES_VERSION, SUMMARY, VERSION_KEY, is_finished  # noqa: F401  (rundir.SUMMARY: re-exported)
 
 
 def read_json(path: Path) -> Optional[dict]:
@@ -54,7 +54,7 @@ def finished_run(run_dir: Path, resolved: dict) -> Optional[dict]:
                 f"run directory {run_dir} holds a run of another configuration ({diff}); "
                 "choose another hydra.run.dir / hydra.sweep.dir, or remove it"
             )
-    if summary is not None and summary.get("status", "finished") == "finished":
+    if is_finished(summary):
         return summary
     return None
 
